@@ -1,0 +1,120 @@
+-- reserve.lua — decide one reservation atomically (DESIGN.md §1, §4).
+--
+-- Every check runs before the first write, because Redis does not roll a script back: a script
+-- that failed half-way would leave stock taken with no hold to show for it. The checks run in
+-- this order: idempotency, per-buyer rate limit, sale state and window, per-buyer limit, stock.
+-- Clocks come from Redis TIME so that gate instances with skewed clocks agree.
+--
+-- The script is idempotent by its own checks: if the client resends it after a dropped
+-- connection, the idempotency record written by the first run answers the second.
+--
+-- KEYS (all under the SKU's hash tag, so the script runs unchanged on Redis Cluster):
+--   1 meta      hash    state, starts_ms, ends_ms, limit, ttl_s, price, currency
+--   2 stock     string  units a new hold may take
+--   3 buyer     string  units this buyer holds or bought (invariant 4)
+--   4 idem      hash    the stored answer and request fingerprint for (buyer, key)
+--   5 rl        string  the buyer's GCRA theoretical arrival time, in microseconds
+--   6 hold      hash    the new hold's state
+--   7 holds     zset    hold id -> deadline (ms), for the expiry sweeper
+--   8 events    stream  every decision, in order, for the settler
+-- ARGV:
+--   1 hold id            2 buyer id          3 quantity        4 request fingerprint
+--   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
+--   7 rate-limit burst   8 idempotency key   9 sku
+-- Returns one of:
+--   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
+--   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
+--   {'refused',  code, detail}   detail: retry-after us, units left, limit, or opening ms
+
+local qty = tonumber(ARGV[3])
+
+-- Lua 5.1's tostring keeps 14 significant digits; microsecond clocks have 16.
+local function int(n) return string.format('%.0f', n) end
+
+-- 1. Idempotency: a key seen before answers with what it answered then.
+local stored = redis.call('HMGET', KEYS[4], 'fp', 'id', 'q', 'price', 'cur', 'created', 'expires', 'status')
+if stored[1] then
+  if stored[1] ~= ARGV[4] then
+    return {'refused', 'idempotency_key_reused', '0'}
+  end
+  return {'replayed', stored[2], stored[3], stored[4], stored[5], stored[6], stored[7], stored[8]}
+end
+
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now_us / 1000)
+
+-- 2. Per-buyer rate limit (GCRA). The new arrival time is written below, after every check,
+-- whether or not the rest of the decision admits the hold: an attempt counts as an attempt.
+local interval = tonumber(ARGV[6])
+local new_tat
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if tat < now_us then tat = now_us end
+  new_tat = tat + interval
+  local allow_at = new_tat - interval * tonumber(ARGV[7])
+  if allow_at > now_us then
+    return {'refused', 'rate_limited', int(allow_at - now_us)}
+  end
+end
+
+local function remember_attempt()
+  if new_tat then
+    redis.call('SET', KEYS[5], int(new_tat), 'PX', int(math.ceil((new_tat - now_us) / 1000) + 1000))
+  end
+end
+
+-- 3. Sale state and window.
+local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency')
+if not meta[1] then
+  return {'refused', 'unknown_sku', '0'}
+end
+local starts_ms, ends_ms = tonumber(meta[2]), tonumber(meta[3])
+local refusal
+if meta[1] == 'paused' then
+  refusal = {'refused', 'sale_paused', '0'}
+elseif meta[1] ~= 'open' or (ends_ms > 0 and now_ms >= ends_ms) then
+  refusal = {'refused', 'sale_not_open', '0'}
+elseif starts_ms > 0 and now_ms < starts_ms then
+  refusal = {'refused', 'sale_not_open', int(starts_ms)}
+end
+
+-- 4. Per-buyer limit, counting units held and bought.
+local limit = tonumber(meta[4])
+if not refusal then
+  local holding = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if holding + qty > limit then
+    refusal = {'refused', 'buyer_limit_reached', int(limit)}
+  end
+end
+
+-- 5. Stock.
+if not refusal then
+  local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if stock < qty then
+    refusal = {'refused', 'sold_out', int(stock)}
+  end
+end
+
+remember_attempt()
+if refusal then
+  return refusal
+end
+
+-- Admitted: every write below is unconditional, so the script cannot stop half-way.
+local expires_ms = now_ms + tonumber(meta[5]) * 1000
+local price, currency = meta[6], meta[7]
+redis.call('DECRBY', KEYS[2], qty)
+redis.call('INCRBY', KEYS[3], qty)
+redis.call('HSET', KEYS[6],
+  'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
+  'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])
+redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
+redis.call('HSET', KEYS[4],
+  'fp', ARGV[4], 'id', ARGV[1], 'q', ARGV[3], 'price', price, 'cur', currency,
+  'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held')
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+local event_id = redis.call('XADD', KEYS[8], '*',
+  'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[8], 'q', ARGV[3],
+  'price', price, 'cur', currency, 'created', int(now_ms), 'expires', int(expires_ms))
+return {'created', ARGV[1], ARGV[3], price, currency, int(now_ms), int(expires_ms), 'held', event_id}

@@ -1,0 +1,247 @@
+//! The `flashgate` command line (DESIGN.md §6). `main.rs` parses and dispatches to [`run`].
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::auth::BuyerTokens;
+use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
+use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku};
+use crate::gate::GateError;
+use crate::startup::{self, Application};
+
+/// flashgate — a flash-sale inventory gate.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API.
+    Serve {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        redis: RedisConfig,
+        #[command(flatten)]
+        http: HttpConfig,
+    },
+    /// Apply the database migrations.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Create, update or list sales.
+    #[command(subcommand)]
+    Sku(SkuCommand),
+    /// Load sales from Postgres into Redis before they open.
+    Prewarm {
+        #[command(flatten)]
+        target: PrewarmTarget,
+        /// Overwrite a sale that is already live in Redis (its stock is reset to Postgres
+        /// `available`; holds not yet settled would be handed out again).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        redis: RedisConfig,
+    },
+    /// Mint a buyer token (for tests and load runs).
+    Token {
+        /// The buyer id the token names (its `sub`).
+        #[arg(long)]
+        buyer: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        #[arg(long, env = "FLASHGATE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: SecretString,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct PrewarmTarget {
+    /// The SKU to pre-warm.
+    #[arg(long)]
+    sku: Option<String>,
+    /// Pre-warm every SKU.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SkuCommand {
+    /// Create a sale, or update it (`--stock` is the new total).
+    Upsert {
+        sku: String,
+        #[arg(long)]
+        name: String,
+        /// Unit price as a decimal, e.g. 199.99.
+        #[arg(long)]
+        price: String,
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Units on sale in total.
+        #[arg(long)]
+        stock: u32,
+        #[arg(long, default_value_t = 1)]
+        per_buyer_limit: u32,
+        #[arg(long, default_value_t = 300)]
+        hold_ttl_seconds: u32,
+        /// RFC 3339, e.g. 2026-11-27T00:00:00Z.
+        #[arg(long)]
+        starts_at: Option<DateTime<Utc>>,
+        #[arg(long)]
+        ends_at: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// List every sale with its Postgres inventory.
+    List {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            database,
+            redis,
+            http,
+        } => {
+            let app = Application::build(&http, startup::gate(&redis)?, startup::store(&database)?)
+                .await?;
+            tracing::info!(addr = %app.local_addr()?, "flashgate listening");
+            app.run_until(startup::shutdown_signal())
+                .await
+                .context("http server failed")?;
+            tracing::info!("http server stopped");
+            Ok(())
+        }
+        Command::Migrate { database } => {
+            startup::store(&database)?
+                .migrate()
+                .await
+                .context("migration failed")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Sku(SkuCommand::Upsert {
+            sku,
+            name,
+            price,
+            currency,
+            stock,
+            per_buyer_limit,
+            hold_ttl_seconds,
+            starts_at,
+            ends_at,
+            database,
+        }) => {
+            let sku = Sku::parse(&sku)?;
+            let sale = SaleDefinition {
+                name,
+                price: Money::parse(&price)?,
+                currency: Currency::parse(&currency)?,
+                stock,
+                per_buyer_limit,
+                hold_ttl_seconds,
+                starts_at,
+                ends_at,
+            }
+            .validate()?;
+            let record = startup::store(&database)?.upsert_sku(&sku, &sale).await?;
+            println!(
+                "{}: {} at {} {}, total {}, available {}, reserved {}, sold {}",
+                record.sku,
+                record.name,
+                record.price,
+                record.currency,
+                record.total,
+                record.available,
+                record.reserved,
+                record.sold
+            );
+            Ok(())
+        }
+        Command::Sku(SkuCommand::List { database }) => {
+            println!(
+                "{:<24} {:>10} {:>10} {:>10} {:>10}  state",
+                "sku", "total", "available", "reserved", "sold"
+            );
+            for r in startup::store(&database)?.list_skus().await? {
+                println!(
+                    "{:<24} {:>10} {:>10} {:>10} {:>10}  {}",
+                    r.sku.as_str(),
+                    r.total,
+                    r.available,
+                    r.reserved,
+                    r.sold,
+                    r.state.as_str()
+                );
+            }
+            Ok(())
+        }
+        Command::Prewarm {
+            target,
+            force,
+            database,
+            redis,
+        } => {
+            let store = startup::store(&database)?;
+            let gate = startup::gate(&redis)?;
+            let records = match target.sku {
+                Some(raw) => {
+                    let sku = Sku::parse(&raw)?;
+                    vec![
+                        store
+                            .find_sku(&sku)
+                            .await?
+                            .with_context(|| format!("no SKU {sku} in Postgres"))?,
+                    ]
+                }
+                None => store.list_skus().await?,
+            };
+            let mut refused = 0;
+            for record in &records {
+                match gate.prewarm(record, force).await {
+                    Ok(()) => println!(
+                        "{}: live with {} units available",
+                        record.sku, record.available
+                    ),
+                    Err(GateError::SaleLive(sku)) => {
+                        refused += 1;
+                        eprintln!(
+                            "{sku}: already live in Redis; left alone (use --force to overwrite)"
+                        );
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            if refused > 0 {
+                bail!("{refused} sale(s) were live and left alone");
+            }
+            Ok(())
+        }
+        Command::Token {
+            buyer,
+            ttl_seconds,
+            jwt_secret,
+        } => {
+            let buyer = BuyerId::parse(&buyer)?;
+            let token =
+                BuyerTokens::new(&jwt_secret).mint(&buyer, Duration::from_secs(ttl_seconds))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

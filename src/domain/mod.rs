@@ -1,0 +1,40 @@
+//! Validated domain values.
+//!
+//! Every value that crosses the HTTP or CLI boundary is parsed into one of these newtypes first,
+//! so invalid input cannot reach Redis or Postgres. Each type has a `parse` constructor and its
+//! unit tests beside it.
+
+mod buyer;
+mod idempotency_key;
+mod money;
+mod quantity;
+mod reservation;
+mod sale;
+mod sku;
+
+pub use buyer::BuyerId;
+pub use idempotency_key::IdempotencyKey;
+pub use money::{Currency, Money};
+pub use quantity::Quantity;
+pub use reservation::{ReservationId, ReservationStatus};
+pub use sale::{SaleDefinition, SaleState};
+pub use sku::Sku;
+
+/// Why a value was refused; the message is safe to show to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// The field or header that was refused.
+    pub field: &'static str,
+    /// What is wrong with it, for a human.
+    pub reason: String,
+}
+
+impl ValidationError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Prices and totals. All money is `rust_decimal`, never floating point, and travels as a string.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+
+use super::{Quantity, ValidationError};
+
+/// An ISO 4217 currency code: three upper-case ASCII letters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "currency",
+                "must be a three-letter ISO 4217 code such as USD",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A non-negative amount with at most [`Money::MAX_SCALE`] decimal places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Money(#[serde(with = "rust_decimal::serde::str")] Decimal);
+
+impl Money {
+    pub const MAX_SCALE: u32 = 4;
+    /// Far above any real unit price, and low enough that `price × Quantity::MAX` cannot overflow.
+    const MAX_AMOUNT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+    /// Parses plain decimal notation only (`199.99`): no exponent, no sign other than `-`.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let malformed = || ValidationError::new("price", "must be a decimal number such as 199.99");
+        let digits = raw.strip_prefix('-').unwrap_or(raw);
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(whole) || !all_digits(fraction) {
+            return Err(malformed());
+        }
+        let amount: Decimal = raw.parse().map_err(|_| malformed())?;
+        Self::new(amount)
+    }
+
+    pub fn new(amount: Decimal) -> Result<Self, ValidationError> {
+        if amount.is_sign_negative() && !amount.is_zero() {
+            return Err(ValidationError::new("price", "must not be negative"));
+        }
+        if amount.scale() > Self::MAX_SCALE {
+            return Err(ValidationError::new(
+                "price",
+                format!("may have at most {} decimal places", Self::MAX_SCALE),
+            ));
+        }
+        if amount > Self::MAX_AMOUNT {
+            return Err(ValidationError::new("price", "is too large"));
+        }
+        // Kept at the scale it was written with, so "10.00" is shown as "10.00".
+        Ok(Self(amount.max(Decimal::ZERO)))
+    }
+
+    /// The exact total of `quantity` units at this unit price.
+    pub fn times(self, quantity: Quantity) -> Decimal {
+        // Cannot overflow: MAX_AMOUNT × Quantity::MAX ≈ 1e13, far inside Decimal's 7.9e28.
+        self.0 * Decimal::from(quantity.get())
+    }
+
+    pub fn amount(self) -> Decimal {
+        self.0
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(n: i64) -> Quantity {
+        Quantity::parse(n).expect("valid quantity")
+    }
+
+    #[test]
+    fn totals_are_exact() {
+        let price = Money::parse("19.99").expect("valid price");
+        assert_eq!(price.times(q(3)).to_string(), "59.97");
+        let price = Money::parse("0.10").expect("valid price");
+        assert_eq!(price.times(q(3)).to_string(), "0.30");
+        let price = Money::parse("199.99").expect("valid price");
+        assert_eq!(price.times(q(2)).to_string(), "399.98");
+    }
+
+    #[test]
+    fn price_keeps_its_written_value() {
+        assert_eq!(
+            Money::parse("199.99").map(|m| m.to_string()),
+            Ok("199.99".into())
+        );
+        assert_eq!(
+            Money::parse("10.00").map(|m| m.to_string()),
+            Ok("10.00".into())
+        );
+        assert_eq!(Money::parse("5").map(|m| m.to_string()), Ok("5".into()));
+    }
+
+    #[test]
+    fn refuses_negative_overprecise_and_garbage_prices() {
+        for bad in [
+            "-1",
+            "1.23456",
+            "abc",
+            "1e3",
+            "",
+            "10000000000",
+            "+1",
+            ".5",
+            "1.",
+            " 1",
+        ] {
+            assert!(Money::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn currency_is_three_upper_case_letters() {
+        assert!(Currency::parse("USD").is_ok());
+        for bad in ["usd", "US", "USDX", "U$D"] {
+            assert!(Currency::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

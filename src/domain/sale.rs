@@ -1,0 +1,155 @@
+//! What a sale is: the SKU's name, price, stock, limits and window.
+
+use chrono::{DateTime, Utc};
+
+use super::{Currency, Money, ValidationError};
+
+/// Whether new holds may be taken. Existing holds are unaffected by `paused` and `closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    Open,
+    Paused,
+    Closed,
+}
+
+impl SaleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Paused => "paused",
+            Self::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        match raw {
+            "open" => Ok(Self::Open),
+            "paused" => Ok(Self::Paused),
+            "closed" => Ok(Self::Closed),
+            _ => Err(ValidationError::new(
+                "state",
+                "must be open, paused or closed",
+            )),
+        }
+    }
+}
+
+/// A validated sale definition, as an admin creates or updates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaleDefinition {
+    pub name: String,
+    pub price: Money,
+    pub currency: Currency,
+    /// Units on sale in total (`available + reserved + sold`).
+    pub stock: u32,
+    pub per_buyer_limit: u32,
+    pub hold_ttl_seconds: u32,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl SaleDefinition {
+    pub const MAX_STOCK: u32 = 100_000_000;
+    pub const MAX_HOLD_TTL_SECONDS: u32 = 7 * 24 * 3600;
+
+    /// Checks the parts that only make sense together; the parts themselves are already typed.
+    pub fn validate(self) -> Result<Self, ValidationError> {
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return Err(ValidationError::new("name", "must be 1 to 200 characters"));
+        }
+        if self.stock > Self::MAX_STOCK {
+            return Err(ValidationError::new(
+                "stock",
+                format!("must be at most {}", Self::MAX_STOCK),
+            ));
+        }
+        if self.per_buyer_limit == 0 {
+            return Err(ValidationError::new(
+                "per_buyer_limit",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=Self::MAX_HOLD_TTL_SECONDS).contains(&self.hold_ttl_seconds) {
+            return Err(ValidationError::new(
+                "hold_ttl_seconds",
+                format!("must be from 1 to {}", Self::MAX_HOLD_TTL_SECONDS),
+            ));
+        }
+        if let (Some(starts), Some(ends)) = (self.starts_at, self.ends_at)
+            && starts >= ends
+        {
+            return Err(ValidationError::new("ends_at", "must be after starts_at"));
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale() -> SaleDefinition {
+        SaleDefinition {
+            name: "Sneaker".into(),
+            price: Money::parse("199.99").expect("price"),
+            currency: Currency::parse("USD").expect("currency"),
+            stock: 100,
+            per_buyer_limit: 2,
+            hold_ttl_seconds: 300,
+            starts_at: None,
+            ends_at: None,
+        }
+    }
+
+    #[test]
+    fn an_ordinary_sale_is_valid() {
+        assert!(sale().validate().is_ok());
+    }
+
+    #[test]
+    fn refuses_a_window_that_ends_before_it_starts() {
+        let now = Utc::now();
+        let s = SaleDefinition {
+            starts_at: Some(now),
+            ends_at: Some(now - chrono::Duration::seconds(1)),
+            ..sale()
+        };
+        assert_eq!(s.validate().map_err(|e| e.field), Err("ends_at"));
+    }
+
+    #[test]
+    fn refuses_zero_limit_zero_ttl_and_blank_name() {
+        assert!(
+            SaleDefinition {
+                per_buyer_limit: 0,
+                ..sale()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SaleDefinition {
+                hold_ttl_seconds: 0,
+                ..sale()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SaleDefinition {
+                name: " ".into(),
+                ..sale()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sale_state_round_trips() {
+        for s in [SaleState::Open, SaleState::Paused, SaleState::Closed] {
+            assert_eq!(SaleState::parse(s.as_str()), Ok(s));
+        }
+    }
+}

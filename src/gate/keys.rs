@@ -1,0 +1,123 @@
+//! Redis key names (DESIGN.md §4).
+//!
+//! Every key of one SKU is `<namespace>:{<sku>}:<name>`: the `{sku}` hash tag puts them all in
+//! one cluster slot, so each Lua script touches a single slot and runs unchanged on Redis
+//! Cluster. The namespace lets several deployments (and every test) share one Redis.
+
+use crate::domain::{BuyerId, IdempotencyKey, ReservationId, Sku, ValidationError};
+
+/// The validated key prefix of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// 1–64 characters of `A-Z a-z 0-9 . _ -`: no braces, which would steal the hash tag.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "redis_namespace",
+                "must be 1 to 64 characters of letters, digits, '.', '_' and '-'",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The keys of one SKU.
+    pub fn sku(&self, sku: &Sku) -> SkuKeys {
+        SkuKeys {
+            prefix: format!("{}:{{{}}}:", self.0, sku.as_str()),
+        }
+    }
+
+    /// `<ns>:sku-numbers` — number → SKU, for routing reservation ids. Deliberately outside any
+    /// SKU's slot: it is written by prewarm, never by a decision script.
+    pub fn sku_numbers(&self) -> String {
+        format!("{}:sku-numbers", self.0)
+    }
+
+    /// A `SCAN MATCH` pattern for every key of this namespace.
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.0)
+    }
+}
+
+/// The key names of one SKU, all sharing its hash tag.
+#[derive(Debug, Clone)]
+pub struct SkuKeys {
+    prefix: String,
+}
+
+impl SkuKeys {
+    fn key(&self, name: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + name.len());
+        key.push_str(&self.prefix);
+        key.push_str(name);
+        key
+    }
+
+    pub fn meta(&self) -> String {
+        self.key("meta")
+    }
+    pub fn stock(&self) -> String {
+        self.key("stock")
+    }
+    pub fn buyer(&self, buyer: &BuyerId) -> String {
+        self.key(&format!("buyer:{buyer}"))
+    }
+    pub fn idempotency(&self, buyer: &BuyerId, key: &IdempotencyKey) -> String {
+        self.key(&format!("idem:{buyer}:{key}"))
+    }
+    pub fn rate_limit(&self, buyer: &BuyerId) -> String {
+        self.key(&format!("rl:{buyer}"))
+    }
+    pub fn hold(&self, id: ReservationId) -> String {
+        self.key(&format!("hold:{id}"))
+    }
+    pub fn holds(&self) -> String {
+        self.key("holds")
+    }
+    pub fn events(&self) -> String {
+        self.key("events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_sku_carries_its_hash_tag() {
+        let ns = Namespace::parse("fg").expect("namespace");
+        let keys = ns.sku(&Sku::parse("A-1").expect("sku"));
+        let buyer = BuyerId::parse("b1").expect("buyer");
+        let idem = IdempotencyKey::parse("k{x}:y").expect("key");
+        for key in [
+            keys.meta(),
+            keys.stock(),
+            keys.buyer(&buyer),
+            keys.idempotency(&buyer, &idem),
+            keys.rate_limit(&buyer),
+            keys.holds(),
+            keys.events(),
+        ] {
+            assert!(key.starts_with("fg:{A-1}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn namespace_refuses_braces() {
+        assert!(Namespace::parse("a{b").is_err());
+        assert!(Namespace::parse("").is_err());
+        assert!(Namespace::parse("flashgate-test_1").is_ok());
+    }
+}

@@ -1,0 +1,527 @@
+//! The gate: Redis decides, fast (DESIGN.md §1).
+//!
+//! Every state change of a hold is decided by one Lua script that reads the current state and
+//! writes the new one atomically, and appends the decision to the SKU's event stream in the same
+//! script, for the settler to carry into Postgres.
+
+mod keys;
+mod scripts;
+
+pub use keys::{Namespace, SkuKeys};
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use redis::AsyncCommands;
+use rust_decimal::Decimal;
+
+use crate::domain::{
+    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus,
+    SaleState, Sku,
+};
+use crate::store::SkuRecord;
+use scripts::Scripts;
+
+/// Why the gate could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Redis could not be reached in time; the caller may retry later.
+    #[error("redis is unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered, but not as the scripts promise: a bug or a hand-edited key.
+    #[error("unexpected answer from redis: {0}")]
+    Protocol(String),
+    /// `prewarm` would overwrite a sale that is already live in Redis.
+    #[error("sale {0} is already live in redis; force it to overwrite the live stock")]
+    SaleLive(Sku),
+}
+
+impl From<redis::RedisError> for GateError {
+    fn from(err: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind as S};
+        let transient = err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_refusal()
+            || err.is_connection_dropped()
+            || err.is_cluster_error()
+            || matches!(
+                err.kind(),
+                ErrorKind::Server(
+                    S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+                )
+            );
+        if transient {
+            Self::Unavailable(err.to_string())
+        } else {
+            Self::Protocol(err.to_string())
+        }
+    }
+}
+
+impl From<PoolError> for GateError {
+    fn from(err: PoolError) -> Self {
+        match err {
+            PoolError::Backend(e) => e.into(),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Settings of the gate that are not per SKU.
+#[derive(Debug, Clone)]
+pub struct GateSettings {
+    pub namespace: Namespace,
+    /// How long a created hold stays stored under its idempotency key (24 h by default).
+    pub idempotency_ttl: Duration,
+    /// The per-buyer, per-SKU rate limit, or `None` for none.
+    pub buyer_rate: Option<BuyerRate>,
+}
+
+/// A GCRA quota: `per_second` requests a second on average, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuyerRate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl BuyerRate {
+    fn emission_interval_us(self) -> u64 {
+        (1_000_000.0 / self.per_second).ceil() as u64
+    }
+
+    /// The time over which a full burst is earned back.
+    pub fn window(self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.burst) / self.per_second)
+    }
+}
+
+/// How to reach Redis, and how long to wait for it before answering 503.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub pool_size: usize,
+    /// Bounds connecting, waiting for a pooled connection, and each command's answer.
+    pub timeout: Duration,
+}
+
+/// One buyer's request for a hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ReserveRequest<'a> {
+    pub sku: &'a Sku,
+    pub buyer: &'a BuyerId,
+    pub quantity: Quantity,
+    pub idempotency_key: &'a IdempotencyKey,
+}
+
+impl ReserveRequest<'_> {
+    /// What makes two requests under one idempotency key "the same request".
+    fn fingerprint(&self) -> String {
+        format!("{}|{}", self.sku, self.quantity.get())
+    }
+}
+
+/// A hold as Redis knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: ReservationId,
+    pub sku: Sku,
+    pub buyer: BuyerId,
+    pub quantity: Quantity,
+    pub unit_price: Money,
+    pub currency: Currency,
+    pub status: ReservationStatus,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Hold {
+    /// The exact amount due: unit price × quantity, never rounded.
+    pub fn total(&self) -> Decimal {
+        self.unit_price.times(self.quantity)
+    }
+}
+
+/// What the reserve script decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReserveOutcome {
+    Created(Hold),
+    /// The same request was seen before under this idempotency key; this is its stored answer.
+    Replayed(Hold),
+    Refused(Refusal),
+}
+
+/// Why a hold was not given. A refusal has no effect, so a retry is decided afresh.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("too many requests from this buyer")]
+    RateLimited {
+        retry_after: Duration,
+        /// The quota: `burst` requests per `window`.
+        burst: u32,
+        window: Duration,
+    },
+    #[error("no sale is loaded for this SKU")]
+    UnknownSku,
+    #[error("the sale is not open")]
+    SaleNotOpen { opens_at: Option<DateTime<Utc>> },
+    #[error("the sale is paused")]
+    SalePaused,
+    #[error("this buyer has reached the per-buyer limit of {limit}")]
+    BuyerLimitReached { limit: u32 },
+    #[error("sold out")]
+    SoldOut { available: u32 },
+}
+
+/// The live view of a sale in Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSale {
+    pub name: String,
+    pub price: Money,
+    pub currency: Currency,
+    pub per_buyer_limit: u32,
+    pub hold_ttl_seconds: u32,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub state: SaleState,
+    /// Units a new hold may take right now.
+    pub available: i64,
+}
+
+/// The Redis side of flashgate; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    pool: Pool,
+    settings: GateSettings,
+    scripts: Scripts,
+    /// SKU ↔ number, learnt from Redis once per process: the mapping never changes.
+    sku_numbers: RwLock<SkuNumbers>,
+}
+
+#[derive(Debug, Default)]
+struct SkuNumbers {
+    by_sku: HashMap<Sku, u32>,
+    by_number: HashMap<u32, Sku>,
+}
+
+impl Gate {
+    /// Builds the pool; no connection is made until the first command.
+    pub fn connect(redis: &RedisSettings, settings: GateSettings) -> Result<Self, GateError> {
+        let connection = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(redis.timeout))
+            .set_response_timeout(Some(redis.timeout));
+        let manager = Manager::new_with_config(redis.url.as_str(), connection)?;
+        let pool = Pool::builder(manager)
+            .max_size(redis.pool_size)
+            .wait_timeout(Some(redis.timeout))
+            .create_timeout(Some(redis.timeout))
+            .recycle_timeout(Some(redis.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| GateError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(GateInner {
+                pool,
+                settings,
+                scripts: Scripts::load(),
+                sku_numbers: RwLock::default(),
+            }),
+        })
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.settings.namespace
+    }
+
+    pub(crate) async fn connection(&self) -> Result<deadpool_redis::Connection, GateError> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), GateError> {
+        let mut conn = self.connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Decides one reservation with `lua/reserve.lua`: one round trip for a known SKU.
+    #[tracing::instrument(skip_all, fields(sku = %req.sku, buyer = %req.buyer))]
+    pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveOutcome, GateError> {
+        let Some(number) = self.sku_number(req.sku).await? else {
+            return Ok(ReserveOutcome::Refused(Refusal::UnknownSku));
+        };
+        let id = ReservationId::generate(number);
+        let keys = self.namespace().sku(req.sku);
+        let (interval_us, burst) = match self.inner.settings.buyer_rate {
+            Some(rate) => (rate.emission_interval_us(), rate.burst),
+            None => (0, 0),
+        };
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .inner
+            .scripts
+            .reserve
+            .key(keys.meta())
+            .key(keys.stock())
+            .key(keys.buyer(req.buyer))
+            .key(keys.idempotency(req.buyer, req.idempotency_key))
+            .key(keys.rate_limit(req.buyer))
+            .key(keys.hold(id))
+            .key(keys.holds())
+            .key(keys.events())
+            .arg(id.to_string())
+            .arg(req.buyer.as_str())
+            .arg(req.quantity.get())
+            .arg(req.fingerprint())
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .arg(interval_us)
+            .arg(burst)
+            .arg(req.idempotency_key.as_str())
+            .arg(req.sku.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)
+    }
+
+    /// The hold named `id`, if Redis has it.
+    pub async fn hold(&self, id: ReservationId) -> Result<Option<Hold>, GateError> {
+        let Some(sku) = self.sku_of_number(id.sku_number()).await? else {
+            return Ok(None);
+        };
+        let mut conn = self.connection().await?;
+        let fields: HashMap<String, String> =
+            conn.hgetall(self.namespace().sku(&sku).hold(id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        hold_from_fields(id, sku, &fields).map(Some)
+    }
+
+    /// The sale as Redis serves it, or `None` when it was never pre-warmed.
+    pub async fn live_sale(&self, sku: &Sku) -> Result<Option<LiveSale>, GateError> {
+        let keys = self.namespace().sku(sku);
+        let mut conn = self.connection().await?;
+        let (meta, stock): (HashMap<String, String>, Option<i64>) = redis::pipe()
+            .hgetall(keys.meta())
+            .get(keys.stock())
+            .query_async(&mut conn)
+            .await?;
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            meta.get(name)
+                .map(String::as_str)
+                .ok_or_else(|| GateError::Protocol(format!("sale {sku}: meta has no {name}")))
+        };
+        let number = |name: &str| -> Result<i64, GateError> {
+            field(name)?.parse().map_err(|_| {
+                GateError::Protocol(format!("sale {sku}: meta {name} is not a number"))
+            })
+        };
+        let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
+        Ok(Some(LiveSale {
+            name: field("name")?.to_owned(),
+            price: Money::parse(field("price")?).map_err(protocol)?,
+            currency: Currency::parse(field("currency")?).map_err(protocol)?,
+            per_buyer_limit: u32::try_from(number("limit")?).unwrap_or(u32::MAX),
+            hold_ttl_seconds: u32::try_from(number("ttl_s")?).unwrap_or(u32::MAX),
+            starts_at: optional_millis(number("starts_ms")?),
+            ends_at: optional_millis(number("ends_ms")?),
+            state: SaleState::parse(field("state")?).map_err(protocol)?,
+            available: stock.unwrap_or(0),
+        }))
+    }
+
+    /// Opens the sale in Redis from its Postgres record: sale metadata, and stock set to
+    /// Postgres `available`. Refuses to overwrite a live sale unless `force`.
+    #[tracing::instrument(skip_all, fields(sku = %record.sku, force))]
+    pub async fn prewarm(&self, record: &SkuRecord, force: bool) -> Result<(), GateError> {
+        let keys = self.namespace().sku(&record.sku);
+        let mut conn = self.connection().await?;
+        // The number → SKU directory first: a reservation id must be routable as soon as the
+        // first hold can be created. It is immutable, so writing it twice is harmless.
+        let _: () = conn
+            .hset(
+                self.namespace().sku_numbers(),
+                record.num,
+                record.sku.as_str(),
+            )
+            .await?;
+        let millis = |at: Option<DateTime<Utc>>| at.map_or(0, |t| t.timestamp_millis());
+        let answer: String = self
+            .inner
+            .scripts
+            .prewarm
+            .key(keys.meta())
+            .key(keys.stock())
+            .arg(if force { "1" } else { "0" })
+            .arg(record.available)
+            .arg(&[
+                ("num", record.num.to_string()),
+                ("name", record.name.clone()),
+                ("price", record.price.to_string()),
+                ("currency", record.currency.to_string()),
+                ("limit", record.per_buyer_limit.to_string()),
+                ("ttl_s", record.hold_ttl_seconds.to_string()),
+                ("starts_ms", millis(record.starts_at).to_string()),
+                ("ends_ms", millis(record.ends_at).to_string()),
+                ("state", record.state.as_str().to_owned()),
+            ])
+            .invoke_async(&mut conn)
+            .await?;
+        match answer.as_str() {
+            "ok" => Ok(()),
+            "live" => Err(GateError::SaleLive(record.sku.clone())),
+            other => Err(GateError::Protocol(format!("prewarm answered {other:?}"))),
+        }
+    }
+
+    /// The SKU's number, from the process cache or the sale's meta hash.
+    async fn sku_number(&self, sku: &Sku) -> Result<Option<u32>, GateError> {
+        if let Some(n) = self.read_numbers().by_sku.get(sku) {
+            return Ok(Some(*n));
+        }
+        let mut conn = self.connection().await?;
+        let number: Option<u32> = conn.hget(self.namespace().sku(sku).meta(), "num").await?;
+        if let Some(n) = number {
+            self.remember(sku.clone(), n);
+        }
+        Ok(number)
+    }
+
+    async fn sku_of_number(&self, number: u32) -> Result<Option<Sku>, GateError> {
+        if let Some(sku) = self.read_numbers().by_number.get(&number) {
+            return Ok(Some(sku.clone()));
+        }
+        let mut conn = self.connection().await?;
+        let sku: Option<String> = conn.hget(self.namespace().sku_numbers(), number).await?;
+        let Some(sku) = sku else { return Ok(None) };
+        let sku = Sku::parse(&sku).map_err(|e| GateError::Protocol(e.to_string()))?;
+        self.remember(sku.clone(), number);
+        Ok(Some(sku))
+    }
+
+    fn read_numbers(&self) -> std::sync::RwLockReadGuard<'_, SkuNumbers> {
+        // A panic while holding this lock cannot leave the maps half-written (each insert is
+        // one call), so a poisoned lock is still sound to use.
+        self.inner
+            .sku_numbers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, sku: Sku, number: u32) {
+        let mut numbers = self
+            .inner
+            .sku_numbers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        numbers.by_number.insert(number, sku.clone());
+        numbers.by_sku.insert(sku, number);
+    }
+}
+
+fn optional_millis(ms: i64) -> Option<DateTime<Utc>> {
+    if ms > 0 {
+        DateTime::from_timestamp_millis(ms)
+    } else {
+        None
+    }
+}
+
+fn millis(raw: &str) -> Result<DateTime<Utc>, GateError> {
+    raw.parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(|| GateError::Protocol(format!("{raw:?} is not a timestamp in ms")))
+}
+
+fn parse_reserve_reply(
+    reply: &[String],
+    req: ReserveRequest<'_>,
+    rate: Option<BuyerRate>,
+) -> Result<ReserveOutcome, GateError> {
+    let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
+    let hold = |f: &[String]| -> Result<Hold, GateError> {
+        let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
+        Ok(Hold {
+            id: ReservationId::parse(&f[0]).map_err(protocol)?,
+            sku: req.sku.clone(),
+            buyer: req.buyer.clone(),
+            quantity: Quantity::parse(f[1].parse().map_err(|_| bad())?).map_err(protocol)?,
+            unit_price: Money::parse(&f[2]).map_err(protocol)?,
+            currency: Currency::parse(&f[3]).map_err(protocol)?,
+            created_at: millis(&f[4])?,
+            expires_at: millis(&f[5])?,
+            status: ReservationStatus::parse(&f[6]).map_err(protocol)?,
+        })
+    };
+    match reply.split_first() {
+        Some((tag, rest)) if tag == "created" && rest.len() >= 7 => {
+            Ok(ReserveOutcome::Created(hold(rest)?))
+        }
+        Some((tag, rest)) if tag == "replayed" && rest.len() >= 7 => {
+            Ok(ReserveOutcome::Replayed(hold(rest)?))
+        }
+        Some((tag, [code, detail, ..])) if tag == "refused" => {
+            let detail: u64 = detail.parse().map_err(|_| bad())?;
+            let small = u32::try_from(detail).unwrap_or(u32::MAX);
+            Ok(ReserveOutcome::Refused(match code.as_str() {
+                "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
+                "rate_limited" => Refusal::RateLimited {
+                    retry_after: Duration::from_micros(detail),
+                    burst: rate.map_or(0, |r| r.burst),
+                    window: rate.map_or(Duration::ZERO, BuyerRate::window),
+                },
+                "unknown_sku" => Refusal::UnknownSku,
+                "sale_not_open" => Refusal::SaleNotOpen {
+                    opens_at: optional_millis(i64::try_from(detail).unwrap_or(0)),
+                },
+                "sale_paused" => Refusal::SalePaused,
+                "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
+                "sold_out" => Refusal::SoldOut { available: small },
+                _ => return Err(bad()),
+            }))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn hold_from_fields(
+    id: ReservationId,
+    sku: Sku,
+    fields: &HashMap<String, String>,
+) -> Result<Hold, GateError> {
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| GateError::Protocol(format!("hold {id} has no {name}")))
+    };
+    let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
+    Ok(Hold {
+        id,
+        sku,
+        buyer: BuyerId::parse(field("buyer")?).map_err(protocol)?,
+        quantity: Quantity::parse(
+            field("q")?
+                .parse()
+                .map_err(|_| GateError::Protocol(format!("hold {id}: q")))?,
+        )
+        .map_err(protocol)?,
+        unit_price: Money::parse(field("price")?).map_err(protocol)?,
+        currency: Currency::parse(field("cur")?).map_err(protocol)?,
+        status: ReservationStatus::parse(field("status")?).map_err(protocol)?,
+        created_at: millis(field("created")?)?,
+        expires_at: millis(field("expires")?)?,
+    })
+}

@@ -1,0 +1,92 @@
+//! Admin operations under `/v1/admin`, behind the admin token.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+
+use super::extract::{Admin, AppJson};
+use super::skus::SkuView;
+use super::{ApiError, AppState};
+use crate::domain::{Currency, Money, SaleDefinition, Sku};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/skus/{sku}", put(upsert))
+        .route("/v1/admin/skus/{sku}/prewarm", post(prewarm))
+}
+
+/// `PUT /v1/admin/skus/{sku}` body (DESIGN.md §5).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleBody {
+    pub name: String,
+    /// A decimal string such as `"199.99"`; JSON numbers are refused so no float touches money.
+    pub price: String,
+    pub currency: String,
+    pub stock: u32,
+    pub per_buyer_limit: u32,
+    pub hold_ttl_seconds: u32,
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl SaleBody {
+    pub fn into_definition(self) -> Result<SaleDefinition, ApiError> {
+        Ok(SaleDefinition {
+            name: self.name,
+            price: Money::parse(&self.price)?,
+            currency: Currency::parse(&self.currency)?,
+            stock: self.stock,
+            per_buyer_limit: self.per_buyer_limit,
+            hold_ttl_seconds: self.hold_ttl_seconds,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+        }
+        .validate()?)
+    }
+}
+
+fn sku_param(raw: &str) -> Result<Sku, ApiError> {
+    Ok(Sku::parse(raw)?)
+}
+
+async fn upsert(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(raw): Path<String>,
+    AppJson(body): AppJson<SaleBody>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = sku_param(&raw)?;
+    let record = state
+        .store
+        .upsert_sku(&sku, &body.into_definition()?)
+        .await?;
+    Ok(Json(SkuView::from_record(record)))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct PrewarmQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn prewarm(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(raw): Path<String>,
+    Query(query): Query<PrewarmQuery>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = sku_param(&raw)?;
+    let record = state
+        .store
+        .find_sku(&sku)
+        .await?
+        .ok_or(ApiError::UnknownSku(raw))?;
+    state.gate.prewarm(&record, query.force).await?;
+    let mut view = SkuView::from_record(record);
+    view.live = true;
+    Ok(Json(view))
+}

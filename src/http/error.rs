@@ -1,0 +1,288 @@
+//! The one place where every failure becomes an HTTP response.
+//!
+//! Policy: every refusal has a stable machine code in `{"error": "<code>", "message": "..."}`,
+//! plus fields a client can act on (`retry_after_seconds`, `available`, ...). 5xx responses are
+//! logged here with their cause and answered without it, so internals never leak to buyers.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::domain::{Sku, ValidationError};
+use crate::gate::{GateError, Refusal};
+use crate::store::StoreError;
+
+/// Everything a handler can answer other than success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(ValidationError),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body does not match the expected shape: {0}")]
+    InvalidBody(String),
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    #[error("the Idempotency-Key header is required")]
+    IdempotencyKeyMissing,
+    #[error("{0}")]
+    IdempotencyKeyInvalid(ValidationError),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("this token may not do that")]
+    Forbidden,
+    #[error("no SKU {0}")]
+    UnknownSku(String),
+    #[error("no such reservation")]
+    ReservationNotFound,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("too many requests from this client")]
+    ClientShed {
+        retry_after: Duration,
+        burst: u32,
+        window: Duration,
+    },
+    #[error("sale {0} is already live in redis; pass force=true to overwrite its stock")]
+    SaleLive(Sku),
+    #[error("stock {requested} is below the {committed} units already reserved or sold")]
+    StockBelowCommitted { requested: u32, committed: i64 },
+    #[error("{0} is unavailable, retry shortly")]
+    Unavailable(&'static str),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable machine code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_request",
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTooLarge => "body_too_large",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyInvalid(_) => "idempotency_key_invalid",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::UnknownSku(_) => "unknown_sku",
+            Self::ReservationNotFound => "reservation_not_found",
+            Self::Refused(r) => match r {
+                Refusal::IdempotencyKeyReused => "idempotency_key_reused",
+                Refusal::RateLimited { .. } => "rate_limited",
+                Refusal::UnknownSku => "unknown_sku",
+                Refusal::SaleNotOpen { .. } => "sale_not_open",
+                Refusal::SalePaused => "sale_paused",
+                Refusal::BuyerLimitReached { .. } => "buyer_limit_reached",
+                Refusal::SoldOut { .. } => "sold_out",
+            },
+            Self::ClientShed { .. } => "rate_limited",
+            Self::SaleLive(_) => "sale_live",
+            Self::StockBelowCommitted { .. } => "stock_below_committed",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_)
+            | Self::IdempotencyKeyMissing
+            | Self::IdempotencyKeyInvalid(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) | Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::UnknownSku(_) | Self::ReservationNotFound => StatusCode::NOT_FOUND,
+            Self::Refused(r) => match r {
+                Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+                Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::UnknownSku => StatusCode::NOT_FOUND,
+                Refusal::SaleNotOpen { .. }
+                | Refusal::SalePaused
+                | Refusal::BuyerLimitReached { .. }
+                | Refusal::SoldOut { .. } => StatusCode::CONFLICT,
+            },
+            Self::ClientShed { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::SaleLive(_) | Self::StockBelowCommitted { .. } => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<GateError> for ApiError {
+    fn from(err: GateError) -> Self {
+        match err {
+            GateError::Unavailable(_) => {
+                tracing::warn!(error = %err, "redis unavailable");
+                Self::Unavailable("redis")
+            }
+            GateError::SaleLive(sku) => Self::SaleLive(sku),
+            GateError::Protocol(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::StockBelowCommitted {
+                requested,
+                committed,
+            } => Self::StockBelowCommitted {
+                requested,
+                committed,
+            },
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %err, "postgres unavailable");
+                Self::Unavailable("postgres")
+            }
+            StoreError::Corrupt(_) | StoreError::Database(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        Self::Invalid(err)
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits `Retry-After` must not be refused again.
+fn ceil_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `Retry-After` plus the IETF draft `RateLimit` / `RateLimit-Policy` fields.
+fn rate_limit_headers(
+    headers: &mut HeaderMap,
+    policy: &str,
+    retry_after: Duration,
+    quota: u32,
+    window: Duration,
+) {
+    let secs = ceil_seconds(retry_after).max(1);
+    let mut set = |name: HeaderName, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set(header::RETRY_AFTER, secs.to_string());
+    set(
+        HeaderName::from_static("ratelimit"),
+        format!("\"{policy}\";r=0;t={secs}"),
+    );
+    set(
+        HeaderName::from_static("ratelimit-policy"),
+        format!("\"{policy}\";q={quota};w={}", ceil_seconds(window).max(1)),
+    );
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            if let Self::Internal(detail) = &self {
+                tracing::error!(%detail, "internal error");
+            }
+            match &self {
+                Self::Unavailable(_) => self.to_string(),
+                _ => "internal error".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        let mut body = Map::new();
+        body.insert("error".into(), json!(self.code()));
+        body.insert("message".into(), json!(message));
+        let mut headers = HeaderMap::new();
+        match &self {
+            Self::Invalid(e) | Self::IdempotencyKeyInvalid(e) => {
+                body.insert("field".into(), json!(e.field));
+            }
+            Self::Refused(Refusal::RateLimited {
+                retry_after,
+                burst,
+                window,
+            }) => {
+                body.insert(
+                    "retry_after_seconds".into(),
+                    json!(ceil_seconds(*retry_after).max(1)),
+                );
+                rate_limit_headers(&mut headers, "buyer", *retry_after, *burst, *window);
+            }
+            Self::Refused(Refusal::SoldOut { available }) => {
+                body.insert("available".into(), json!(available));
+            }
+            Self::Refused(Refusal::BuyerLimitReached { limit }) => {
+                body.insert("limit".into(), json!(limit));
+            }
+            Self::Refused(Refusal::SaleNotOpen { opens_at: Some(at) }) => {
+                body.insert("opens_at".into(), json!(at.to_rfc3339()));
+            }
+            Self::ClientShed {
+                retry_after,
+                burst,
+                window,
+            } => {
+                body.insert(
+                    "retry_after_seconds".into(),
+                    json!(ceil_seconds(*retry_after).max(1)),
+                );
+                rate_limit_headers(&mut headers, "client", *retry_after, *burst, *window);
+            }
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        (status, headers, Json(Value::Object(body))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(ceil_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(ceil_seconds(Duration::from_millis(1001)), 2);
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_detail() {
+        let response = ApiError::Internal("password=hunter2".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"], "internal_error");
+        assert!(!body.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn rate_limit_refusals_carry_the_draft_headers() {
+        let response = ApiError::Refused(Refusal::RateLimited {
+            retry_after: Duration::from_millis(1500),
+            burst: 10,
+            window: Duration::from_secs(2),
+        })
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = response.headers();
+        assert_eq!(h[header::RETRY_AFTER], "2");
+        assert_eq!(h["ratelimit"], "\"buyer\";r=0;t=2");
+        assert_eq!(h["ratelimit-policy"], "\"buyer\";q=10;w=2");
+    }
+}

@@ -1,0 +1,100 @@
+//! Extractors whose rejections speak the API's own error format.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+
+use super::{ApiError, AppState};
+use crate::domain::{BuyerId, IdempotencyKey};
+
+/// `axum::Json`, but a bad body is answered with an [`ApiError`].
+#[derive(Debug)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
+                JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge,
+                other => ApiError::MalformedJson(other.body_text()),
+            }),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The buyer named by a valid `Authorization: Bearer <jwt>`.
+#[derive(Debug, Clone)]
+pub struct Buyer(pub BuyerId);
+
+impl FromRequestParts<AppState> for Buyer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        match state.tokens.verify(token) {
+            Ok(buyer) => Ok(Self(buyer)),
+            Err(err) => {
+                tracing::debug!(error = %err, "buyer token refused");
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// Proof that the caller presented the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if state.admin.matches(token) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+/// The required `Idempotency-Key` header.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKeyHeader(pub IdempotencyKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get("idempotency-key")
+            .ok_or(ApiError::IdempotencyKeyMissing)?;
+        let value = value.to_str().map_err(|_| {
+            ApiError::IdempotencyKeyInvalid(crate::domain::ValidationError::new(
+                "Idempotency-Key",
+                "may contain only printable ASCII characters",
+            ))
+        })?;
+        IdempotencyKey::parse(value)
+            .map(Self)
+            .map_err(ApiError::IdempotencyKeyInvalid)
+    }
+}

@@ -1,0 +1,92 @@
+//! Public sale information: `GET /v1/skus/{sku}`.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+
+use super::{ApiError, AppState};
+use crate::domain::{Currency, Money, SaleState, Sku};
+use crate::store::SkuRecord;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/skus/{sku}", get(show))
+}
+
+/// A sale as buyers see it.
+#[derive(Debug, serde::Serialize)]
+pub struct SkuView {
+    pub sku: Sku,
+    pub name: String,
+    pub price: Money,
+    pub currency: Currency,
+    /// Units a new hold may take now (Redis when live, else Postgres).
+    pub available: i64,
+    pub per_buyer_limit: u32,
+    pub hold_ttl_seconds: u32,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub state: SaleState,
+    /// Whether the sale is loaded into Redis (pre-warmed).
+    pub live: bool,
+    /// Whether a hold could be taken right now: live, open, and inside the window.
+    pub open: bool,
+}
+
+impl SkuView {
+    pub fn from_record(record: SkuRecord) -> Self {
+        Self {
+            sku: record.sku,
+            name: record.name,
+            price: record.price,
+            currency: record.currency,
+            available: record.available,
+            per_buyer_limit: record.per_buyer_limit,
+            hold_ttl_seconds: record.hold_ttl_seconds,
+            starts_at: record.starts_at,
+            ends_at: record.ends_at,
+            state: record.state,
+            live: false,
+            open: false,
+        }
+    }
+}
+
+fn window_contains(
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    starts_at.is_none_or(|s| s <= now) && ends_at.is_none_or(|e| now < e)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw.clone()))?;
+    if let Some(live) = state.gate.live_sale(&sku).await? {
+        let open = live.state == SaleState::Open
+            && window_contains(live.starts_at, live.ends_at, Utc::now());
+        return Ok(Json(SkuView {
+            sku,
+            name: live.name,
+            price: live.price,
+            currency: live.currency,
+            available: live.available,
+            per_buyer_limit: live.per_buyer_limit,
+            hold_ttl_seconds: live.hold_ttl_seconds,
+            starts_at: live.starts_at,
+            ends_at: live.ends_at,
+            state: live.state,
+            live: true,
+            open,
+        }));
+    }
+    let record = state
+        .store
+        .find_sku(&sku)
+        .await?
+        .ok_or(ApiError::UnknownSku(raw))?;
+    Ok(Json(SkuView::from_record(record)))
+}

@@ -1,0 +1,25 @@
+//! flashgate — a flash-sale inventory gate.
+//!
+//! Thousands of buyers hit one SKU in the same second; flashgate hands out exactly the units on
+//! sale. Redis decides fast, Postgres decides last (see `DESIGN.md` in the shared folder).
+//!
+//! Module map:
+//!
+//! - [`domain`] — validated values (`Sku`, `BuyerId`, `Quantity`, `IdempotencyKey`, `Money`, ...).
+//! - [`gate`] — the Redis side: one atomic Lua script per decision, the key schema.
+//! - [`store`] — the Postgres side: the authoritative inventory and reservations.
+//! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
+//! - [`auth`] — buyer tokens (JWT) and the admin token.
+//! - [`cli`] — the `flashgate` command line.
+//! - [`config`] — configuration from flags and environment variables.
+//! - [`startup`] — wiring it together and running until shutdown.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod gate;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,189 @@
+//! Sales and their inventory rows.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use super::{Store, StoreError};
+use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
+
+/// A SKU's sale definition joined with its inventory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkuRecord {
+    pub sku: Sku,
+    /// The SKU's stable number, embedded in its reservation ids.
+    pub num: u32,
+    pub name: String,
+    pub price: Money,
+    pub currency: Currency,
+    pub per_buyer_limit: u32,
+    pub hold_ttl_seconds: u32,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub state: SaleState,
+    pub total: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct SkuRow {
+    sku: String,
+    num: i32,
+    name: String,
+    price: Decimal,
+    currency: String,
+    per_buyer_limit: i32,
+    hold_ttl_seconds: i32,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    state: String,
+    total: i64,
+    available: i64,
+    reserved: i64,
+    sold: i64,
+}
+
+impl TryFrom<SkuRow> for SkuRecord {
+    type Error = StoreError;
+
+    fn try_from(row: SkuRow) -> Result<Self, StoreError> {
+        let corrupt = |e: crate::domain::ValidationError| {
+            StoreError::Corrupt(format!("sku {}: {e}", row.sku))
+        };
+        let positive = |n: i32, what: &str| {
+            u32::try_from(n)
+                .map_err(|_| StoreError::Corrupt(format!("sku {}: {what} is {n}", row.sku)))
+        };
+        Ok(Self {
+            sku: Sku::parse(&row.sku).map_err(corrupt)?,
+            num: positive(row.num, "num")?,
+            price: Money::new(row.price).map_err(corrupt)?,
+            currency: Currency::parse(&row.currency).map_err(corrupt)?,
+            per_buyer_limit: positive(row.per_buyer_limit, "per_buyer_limit")?,
+            hold_ttl_seconds: positive(row.hold_ttl_seconds, "hold_ttl_seconds")?,
+            state: SaleState::parse(&row.state).map_err(corrupt)?,
+            name: row.name,
+            starts_at: row.starts_at,
+            ends_at: row.ends_at,
+            total: row.total,
+            available: row.available,
+            reserved: row.reserved,
+            sold: row.sold,
+        })
+    }
+}
+
+const SELECT_SKU: &str = "SELECT s.sku, s.num, s.name, s.price, s.currency, s.per_buyer_limit, \
+     s.hold_ttl_seconds, s.starts_at, s.ends_at, s.state, \
+     i.total, i.available, i.reserved, i.sold \
+     FROM skus s JOIN inventory i ON i.sku = s.sku";
+
+impl Store {
+    /// Creates the sale or updates it. `stock` is the new total: on an update, what is already
+    /// reserved or sold stays so and `available` becomes the rest, which must not be negative.
+    #[tracing::instrument(skip_all, fields(sku = %sku), err)]
+    pub async fn upsert_sku(
+        &self,
+        sku: &Sku,
+        sale: &SaleDefinition,
+    ) -> Result<SkuRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO skus (sku, name, price, currency, per_buyer_limit, hold_ttl_seconds, starts_at, ends_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, \
+               currency = EXCLUDED.currency, per_buyer_limit = EXCLUDED.per_buyer_limit, \
+               hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, starts_at = EXCLUDED.starts_at, \
+               ends_at = EXCLUDED.ends_at, updated_at = now()",
+        )
+        .bind(sku.as_str())
+        .bind(&sale.name)
+        .bind(sale.price.amount())
+        .bind(sale.currency.as_str())
+        .bind(i32::try_from(sale.per_buyer_limit).unwrap_or(i32::MAX))
+        .bind(i32::try_from(sale.hold_ttl_seconds).unwrap_or(i32::MAX))
+        .bind(sale.starts_at)
+        .bind(sale.ends_at)
+        .execute(&mut *tx)
+        .await?;
+
+        // Lock the inventory row so that the check below and the update see the same counts.
+        let committed: Option<i64> =
+            sqlx::query_scalar("SELECT reserved + sold FROM inventory WHERE sku = $1 FOR UPDATE")
+                .bind(sku.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let stock = i64::from(sale.stock);
+        match committed {
+            None => {
+                sqlx::query("INSERT INTO inventory (sku, total, available) VALUES ($1, $2, $2)")
+                    .bind(sku.as_str())
+                    .bind(stock)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO settlement_cursor (sku) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(sku.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(committed) if committed > stock => {
+                return Err(StoreError::StockBelowCommitted {
+                    requested: sale.stock,
+                    committed,
+                });
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE inventory SET total = $2, available = $2 - reserved - sold WHERE sku = $1",
+                )
+                .bind(sku.as_str())
+                .bind(stock)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let record = Self::fetch_sku(&mut *tx, sku).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("sku {sku} vanished inside its own transaction"))
+        })?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub async fn find_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
+        Self::fetch_sku(&self.pool, sku).await
+    }
+
+    pub async fn list_skus(&self) -> Result<Vec<SkuRecord>, StoreError> {
+        let rows: Vec<SkuRow> = sqlx::query_as(&format!("{SELECT_SKU} ORDER BY s.num"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(SkuRecord::try_from).collect()
+    }
+
+    /// The SKU a reservation id routes to (see `domain::ReservationId`).
+    pub async fn sku_by_number(&self, num: u32) -> Result<Option<Sku>, StoreError> {
+        let Ok(num) = i32::try_from(num) else {
+            return Ok(None);
+        };
+        let sku: Option<String> = sqlx::query_scalar("SELECT sku FROM skus WHERE num = $1")
+            .bind(num)
+            .fetch_optional(&self.pool)
+            .await?;
+        sku.map(|s| Sku::parse(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn fetch_sku<'e, E>(executor: E, sku: &Sku) -> Result<Option<SkuRecord>, StoreError>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        let row: Option<SkuRow> = sqlx::query_as(&format!("{SELECT_SKU} WHERE s.sku = $1"))
+            .bind(sku.as_str())
+            .fetch_optional(executor)
+            .await?;
+        row.map(SkuRecord::try_from).transpose()
+    }
+}
