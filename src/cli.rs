@@ -12,6 +12,7 @@ use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
 use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku};
 use crate::gate::GateError;
 use crate::startup::{self, Application};
+use crate::store::Store;
 
 /// flashgate — a flash-sale inventory gate.
 #[derive(Debug, Parser)]
@@ -32,7 +33,7 @@ pub enum Command {
         #[command(flatten)]
         http: HttpConfig,
     },
-    /// Apply the database migrations.
+    /// Create the database if it is missing and apply the migrations.
     Migrate {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -128,6 +129,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { database } => {
+            use secrecy::ExposeSecret;
+            if Store::create_database_if_missing(database.database_url.expose_secret())
+                .await
+                .context("cannot reach Postgres to create the database")?
+            {
+                println!("database created");
+            }
             startup::store(&database)?
                 .migrate()
                 .await

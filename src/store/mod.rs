@@ -67,6 +67,16 @@ impl Store {
         &self.pool
     }
 
+    /// Creates the database named in `url` if it does not exist yet.
+    pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+        use sqlx::migrate::MigrateDatabase;
+        if sqlx::Postgres::database_exists(url).await? {
+            return Ok(false);
+        }
+        sqlx::Postgres::create_database(url).await?;
+        Ok(true)
+    }
+
     /// Applies the migrations embedded from `migrations/`.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         sqlx::migrate!().run(&self.pool).await

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Finds Redis and Postgres for flashgate, or starts them. Source it, then call
+# `flashgate_services`: it exports REDIS_URL and FLASHGATE_PG_SERVER (a Postgres URL without a
+# database name) and sets DATABASE_URL when the caller had none.
+#
+# Where it looks, in order:
+#   1. REDIS_URL / DATABASE_URL, if set and reachable;
+#   2. the default local ports (127.0.0.1:6379, 127.0.0.1:5432 as user postgres);
+#   3. `docker compose` (redis and postgres services of docker-compose.yml) if a Docker engine
+#      answers;
+#   4. private redis-server and postgres processes on their own ports and data directories under
+#      $FLASHGATE_STATE_DIR (default /tmp/flashgate-services), installing the Debian packages
+#      first when they are missing and we are root.
+# FLASHGATE_PRIVATE_SERVICES=1 skips 1–3 (to test step 4 on a machine that has services).
+
+FLASHGATE_STATE_DIR=${FLASHGATE_STATE_DIR:-/tmp/flashgate-services}
+FLASHGATE_PRIVATE_REDIS_PORT=${FLASHGATE_PRIVATE_REDIS_PORT:-16379}
+FLASHGATE_PRIVATE_PG_PORT=${FLASHGATE_PRIVATE_PG_PORT:-15432}
+
+_fg_log() { printf '[services] %s\n' "$*" >&2; }
+
+# host and port of a redis:// or postgres:// URL (user, password, path and query stripped)
+_fg_host_port() {
+  local rest=${1#*://}
+  rest=${rest##*@}
+  rest=${rest%%/*}
+  rest=${rest%%\?*}
+  local host=${rest%:*} port=${rest##*:}
+  [ "$host" = "$rest" ] && port=$2
+  printf '%s %s\n' "${host:-127.0.0.1}" "$port"
+}
+
+_fg_redis_ok() {
+  local url=$1
+  if command -v redis-cli >/dev/null 2>&1; then
+    [ "$(timeout 3 redis-cli -u "$url" ping 2>/dev/null)" = "PONG" ]
+  else
+    local hp; read -r -a hp <<<"$(_fg_host_port "$url" 6379)"
+    timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1 && printf "PING\r\n" >&3 && read -r -t 2 line <&3 && [[ $line == +PONG* ]]' "${hp[0]}" "${hp[1]}" 2>/dev/null
+  fi
+}
+
+_fg_pg_ok() {
+  local url=$1
+  if command -v psql >/dev/null 2>&1; then
+    timeout 5 psql "$url" -Atqc 'SELECT 1' >/dev/null 2>&1
+  else
+    local hp; read -r -a hp <<<"$(_fg_host_port "$url" 5432)"
+    timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1' "${hp[0]}" "${hp[1]}" 2>/dev/null
+  fi
+}
+
+_fg_wait() { # _fg_wait <what> <check-fn> <url>
+  local i
+  for i in $(seq 1 60); do
+    "$2" "$3" && return 0
+    sleep 0.5
+  done
+  _fg_log "$1 did not come up at $3"
+  return 1
+}
+
+_fg_apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    _fg_log "missing $*; install them (apt-get install $*) or set REDIS_URL/DATABASE_URL"
+    return 1
+  fi
+  _fg_log "installing $* with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+_fg_pg_bin() { # newest Postgres server binary of that name
+  command -v "$1" 2>/dev/null && return 0
+  ls /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -1 | grep . 
+}
+
+_fg_start_private_redis() {
+  local url="redis://127.0.0.1:${FLASHGATE_PRIVATE_REDIS_PORT}"
+  _fg_redis_ok "$url" && { echo "$url"; return 0; }
+  command -v redis-server >/dev/null 2>&1 || _fg_apt_install redis-server redis-tools || return 1
+  mkdir -p "$FLASHGATE_STATE_DIR/redis"
+  _fg_log "starting a private redis-server on port $FLASHGATE_PRIVATE_REDIS_PORT"
+  redis-server --port "$FLASHGATE_PRIVATE_REDIS_PORT" --bind 127.0.0.1 --daemonize yes \
+    --dir "$FLASHGATE_STATE_DIR/redis" --save "" --appendonly no \
+    --pidfile "$FLASHGATE_STATE_DIR/redis/redis.pid" --logfile "$FLASHGATE_STATE_DIR/redis/redis.log" >&2 || return 1
+  _fg_wait redis _fg_redis_ok "$url" && echo "$url"
+}
+
+_fg_start_private_postgres() {
+  local server="postgres://postgres@127.0.0.1:${FLASHGATE_PRIVATE_PG_PORT}"
+  _fg_pg_ok "$server/postgres" && { echo "$server"; return 0; }
+  _fg_pg_bin initdb >/dev/null || _fg_apt_install postgresql || return 1
+  local initdb pg_ctl data="$FLASHGATE_STATE_DIR/postgres" run=()
+  initdb=$(_fg_pg_bin initdb) && pg_ctl=$(_fg_pg_bin pg_ctl) || { _fg_log "no initdb/pg_ctl found"; return 1; }
+  mkdir -p "$data"
+  if [ "$(id -u)" = 0 ]; then
+    # Postgres refuses to run as root: run it as the postgres user (created if missing).
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$data" postgres
+    chown -R postgres "$FLASHGATE_STATE_DIR/postgres"
+    chmod 755 "$FLASHGATE_STATE_DIR"
+    run=(runuser -u postgres --)
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    _fg_log "initialising a private Postgres cluster in $data"
+    "${run[@]}" "$initdb" -D "$data" -U postgres --auth=trust >/dev/null || return 1
+  fi
+  _fg_log "starting a private postgres on port $FLASHGATE_PRIVATE_PG_PORT"
+  "${run[@]}" "$pg_ctl" -D "$data" -l "$data/postgres.log" -w \
+    -o "-p $FLASHGATE_PRIVATE_PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=300" start >/dev/null || return 1
+  _fg_wait postgres _fg_pg_ok "$server/postgres" && echo "$server"
+}
+
+_fg_docker_up() {
+  command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1 || return 1
+  local top; top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  _fg_log "starting redis and postgres with docker compose"
+  (cd "$top" && docker compose up -d --wait redis postgres >&2) || return 1
+  _fg_wait redis _fg_redis_ok "redis://127.0.0.1:6379" && _fg_wait postgres _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres"
+}
+
+flashgate_services() {
+  local redis="" pg=""
+  if [ "${FLASHGATE_PRIVATE_SERVICES:-0}" != 1 ]; then
+    if [ -n "${REDIS_URL:-}" ] && _fg_redis_ok "$REDIS_URL"; then redis=$REDIS_URL; fi
+    if [ -n "${DATABASE_URL:-}" ] && _fg_pg_ok "$DATABASE_URL"; then pg=keep; fi
+    [ -z "$redis" ] && _fg_redis_ok "redis://127.0.0.1:6379" && redis="redis://127.0.0.1:6379"
+    [ -z "$pg" ] && _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres" && pg="postgres://postgres@127.0.0.1:5432"
+    if { [ -z "$redis" ] || [ -z "$pg" ]; } && _fg_docker_up; then
+      redis=${redis:-redis://127.0.0.1:6379}
+      pg=${pg:-postgres://postgres@127.0.0.1:5432}
+    fi
+  else
+    unset DATABASE_URL
+  fi
+  [ -z "$redis" ] && { redis=$(_fg_start_private_redis) || return 1; }
+  [ -z "$pg" ] && { pg=$(_fg_start_private_postgres) || return 1; }
+  export REDIS_URL=$redis
+  if [ "$pg" = keep ]; then
+    FLASHGATE_PG_SERVER=${DATABASE_URL%/*}
+  else
+    FLASHGATE_PG_SERVER=$pg
+    export DATABASE_URL="$pg/postgres"
+  fi
+  export FLASHGATE_PG_SERVER
+  _fg_log "redis: $REDIS_URL"
+  _fg_log "postgres: ${DATABASE_URL%%\?*}"
+}

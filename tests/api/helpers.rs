@@ -1,0 +1,219 @@
+//! `spawn_app()` and friends: a real server on 127.0.0.1:0 per test.
+
+use std::time::Duration;
+
+use flashgate::auth::{AdminToken, BuyerTokens};
+use flashgate::domain::{BuyerId, Sku};
+use flashgate::gate::{BuyerRate, Gate, GateSettings, Namespace, RedisSettings};
+use flashgate::http::{AppState, ClientShedder};
+use flashgate::store::Store;
+use reqwest::Response;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Knobs a test may turn; the defaults switch every limiter off except the buyer limit.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub redis_url: String,
+    pub redis_timeout: Duration,
+    pub buyer_rate: Option<BuyerRate>,
+    pub client_rate: u32,
+    pub client_burst: u32,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            redis_url: redis_url(),
+            redis_timeout: Duration::from_secs(2),
+            buyer_rate: None,
+            client_rate: 0,
+            client_burst: 0,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub namespace: Namespace,
+    tokens: BuyerTokens,
+    redis: redis::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
+    let namespace =
+        Namespace::parse(&format!("fgtest-{}", uuid::Uuid::new_v4().simple())).expect("namespace");
+    let gate = Gate::connect(
+        &RedisSettings {
+            url: options.redis_url.clone(),
+            pool_size: 32,
+            timeout: options.redis_timeout,
+        },
+        GateSettings {
+            namespace: namespace.clone(),
+            idempotency_ttl: Duration::from_secs(3600),
+            buyer_rate: options.buyer_rate,
+        },
+    )
+    .expect("gate");
+    let store = Store::from_pool(pool);
+    let secret = SecretString::from(JWT_SECRET.to_owned());
+    let state = AppState {
+        gate,
+        store,
+        tokens: BuyerTokens::new(&secret),
+        admin: AdminToken::new(SecretString::from(ADMIN_TOKEN.to_owned())),
+        shedder: ClientShedder::new(options.client_rate, options.client_burst),
+        request_timeout: Duration::from_secs(10),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(flashgate::http::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()
+            .expect("client"),
+        namespace,
+        tokens: BuyerTokens::new(&secret),
+        redis: redis::Client::open(redis_url()).expect("redis client"),
+        shutdown: Some(tx),
+    }
+}
+
+pub fn sale_body(stock: u32, per_buyer_limit: u32) -> Value {
+    json!({
+        "name": "Test sneaker",
+        "price": "19.99",
+        "currency": "USD",
+        "stock": stock,
+        "per_buyer_limit": per_buyer_limit,
+        "hold_ttl_seconds": 300,
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn token(&self, buyer: &str) -> String {
+        self.tokens
+            .mint(
+                &BuyerId::parse(buyer).expect("buyer"),
+                Duration::from_secs(600),
+            )
+            .expect("token")
+    }
+
+    pub async fn put_sale(&self, sku: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(&format!("/v1/admin/skus/{sku}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("put sale")
+    }
+
+    pub async fn prewarm(&self, sku: &str, force: bool) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/admin/skus/{sku}/prewarm?force={force}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("prewarm")
+    }
+
+    /// Creates the sale and opens it in Redis.
+    pub async fn open_sale(&self, sku: &str, body: &Value) {
+        let put = self.put_sale(sku, body).await;
+        assert_eq!(
+            put.status(),
+            200,
+            "{}",
+            put.text().await.unwrap_or_default()
+        );
+        let warm = self.prewarm(sku, false).await;
+        assert_eq!(
+            warm.status(),
+            200,
+            "{}",
+            warm.text().await.unwrap_or_default()
+        );
+    }
+
+    pub async fn reserve(&self, sku: &str, buyer: &str, key: &str, quantity: i64) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/skus/{sku}/reservations")))
+            .bearer_auth(self.token(buyer))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "quantity": quantity }))
+            .send()
+            .await
+            .expect("reserve")
+    }
+
+    pub async fn redis_stock(&self, sku: &str) -> i64 {
+        let mut conn = self
+            .redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let key = self.namespace.sku(&Sku::parse(sku).expect("sku")).stock();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .expect("GET stock")
+            .unwrap_or(0)
+    }
+}
+
+/// The body of an error response, checked to have the API's error shape.
+pub async fn error_code(response: Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    let code = body["error"].as_str().expect("error code").to_owned();
+    assert!(body["message"].is_string(), "{body}");
+    (status, code, body)
+}
+
+impl Drop for TestApp {
+    /// Stops the server and deletes every key of this test's namespace.
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let Ok(mut conn) = self.redis.get_connection() else {
+            return;
+        };
+        // SCAN, not KEYS: the test Redis may be shared and KEYS blocks it.
+        let keys: Vec<String> = redis::Commands::scan_match(&mut conn, self.namespace.pattern())
+            .map(|iter| iter.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The HTTP API against real Redis and real Postgres.
+//!
+//! Each test gets a fresh database (`#[sqlx::test]`) and its own Redis key namespace, so tests
+//! run in parallel and leave nothing behind.
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod concurrency;
+mod reserve;
+mod skus;
+mod unavailable;

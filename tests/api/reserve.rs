@@ -1,0 +1,430 @@
+//! `POST /v1/skus/{sku}/reservations` and `GET /v1/reservations/{id}`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use flashgate::gate::BuyerRate;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{AppOptions, error_code, sale_body, spawn_app, spawn_app_with};
+
+#[sqlx::test]
+async fn a_buyer_reserves_units_and_gets_the_exact_total(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+
+    let response = app.reserve("sneaker", "alice", "k-1", 3).await;
+
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        location,
+        format!("/v1/reservations/{}", body["id"].as_str().expect("id"))
+    );
+    assert_eq!(body["sku"], "sneaker");
+    assert_eq!(body["buyer_id"], "alice");
+    assert_eq!(body["quantity"], 3);
+    assert_eq!(body["status"], "held");
+    assert_eq!(body["unit_price"], "19.99");
+    assert_eq!(body["total"], "59.97");
+    assert_eq!(body["currency"], "USD");
+    assert_eq!(body["settled"], false);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().expect("expires"))
+            .expect("RFC 3339");
+    let ttl = expires.with_timezone(&Utc) - Utc::now();
+    assert!(
+        ttl > chrono::Duration::seconds(290) && ttl <= chrono::Duration::seconds(301),
+        "{ttl}"
+    );
+    assert_eq!(app.redis_stock("sneaker").await, 7);
+}
+
+#[sqlx::test]
+async fn the_same_key_and_body_replays_the_stored_answer(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+
+    let first: Value = app
+        .reserve("sneaker", "alice", "k-1", 2)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let again = app
+        .client
+        .post(app.url("/v1/skus/sneaker/reservations"))
+        .bearer_auth(app.token("alice"))
+        // The structured-field (quoted) form names the same key.
+        .header("Idempotency-Key", "\"k-1\"")
+        .json(&json!({"quantity": 2}))
+        .send()
+        .await
+        .expect("send");
+
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again, first);
+    assert_eq!(
+        app.redis_stock("sneaker").await,
+        8,
+        "the replay took no stock"
+    );
+}
+
+#[sqlx::test]
+async fn the_same_key_with_another_body_is_refused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    app.reserve("sneaker", "alice", "k-1", 1).await;
+
+    let (status, code, _) = error_code(app.reserve("sneaker", "alice", "k-1", 2).await).await;
+
+    assert_eq!((status, code.as_str()), (422, "idempotency_key_reused"));
+    assert_eq!(app.redis_stock("sneaker").await, 9);
+}
+
+#[sqlx::test]
+async fn keys_are_scoped_per_buyer(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+
+    let alice: Value = app
+        .reserve("sneaker", "alice", "same", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let bob = app.reserve("sneaker", "bob", "same", 1).await;
+
+    assert_eq!(bob.status(), 201);
+    assert!(bob.headers().get("idempotent-replayed").is_none());
+    let bob: Value = bob.json().await.expect("json");
+    assert_ne!(alice["id"], bob["id"]);
+}
+
+#[sqlx::test]
+async fn twenty_concurrent_copies_of_one_request_make_one_hold(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(100, 5)).await;
+
+    let responses =
+        futures::future::join_all((0..20).map(|_| app.reserve("sneaker", "alice", "once", 2)))
+            .await;
+
+    let mut ids = std::collections::HashSet::new();
+    let mut fresh = 0;
+    for response in responses {
+        assert_eq!(response.status(), 201);
+        if response.headers().get("idempotent-replayed").is_none() {
+            fresh += 1;
+        }
+        let body: Value = response.json().await.expect("json");
+        ids.insert(body["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(fresh, 1);
+    assert_eq!(app.redis_stock("sneaker").await, 98);
+}
+
+#[sqlx::test]
+async fn a_buyer_at_the_limit_is_refused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-1", 2).await.status(),
+        201
+    );
+
+    let (status, code, body) = error_code(app.reserve("sneaker", "alice", "k-2", 1).await).await;
+
+    assert_eq!((status, code.as_str()), (409, "buyer_limit_reached"));
+    assert_eq!(body["limit"], 2);
+    assert_eq!(app.reserve("sneaker", "bob", "k-1", 2).await.status(), 201);
+}
+
+#[sqlx::test]
+async fn a_refusal_is_not_stored_so_a_retry_is_decided_afresh(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(1, 5)).await;
+    assert_eq!(app.reserve("sneaker", "bob", "b", 1).await.status(), 201);
+    let (_, code, body) = error_code(app.reserve("sneaker", "alice", "k", 1).await).await;
+    assert_eq!(code, "sold_out");
+    assert_eq!(body["available"], 0);
+
+    // Restock by raising the total and re-opening: the same key is now admitted.
+    app.put_sale("sneaker", &sale_body(2, 5)).await;
+    app.prewarm("sneaker", true).await;
+    assert_eq!(app.reserve("sneaker", "alice", "k", 1).await.status(), 201);
+}
+
+#[sqlx::test]
+async fn more_than_the_remaining_stock_is_sold_out(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(3, 5)).await;
+
+    let (status, code, body) = error_code(app.reserve("sneaker", "alice", "k", 4).await).await;
+
+    assert_eq!((status, code.as_str()), (409, "sold_out"));
+    assert_eq!(body["available"], 3);
+    assert_eq!(app.redis_stock("sneaker").await, 3);
+}
+
+#[sqlx::test]
+async fn a_sale_that_has_not_started_is_not_open(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut sale = sale_body(10, 2);
+    let opens = Utc::now() + chrono::Duration::hours(1);
+    sale["starts_at"] = json!(opens.to_rfc3339());
+    app.open_sale("later", &sale).await;
+
+    let (status, code, body) = error_code(app.reserve("later", "alice", "k", 1).await).await;
+
+    assert_eq!((status, code.as_str()), (409, "sale_not_open"));
+    assert!(body["opens_at"].is_string());
+    assert_eq!(app.redis_stock("later").await, 10);
+}
+
+#[sqlx::test]
+async fn a_sale_that_has_ended_is_not_open(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut sale = sale_body(10, 2);
+    sale["starts_at"] = json!((Utc::now() - chrono::Duration::hours(2)).to_rfc3339());
+    sale["ends_at"] = json!((Utc::now() - chrono::Duration::hours(1)).to_rfc3339());
+    app.open_sale("over", &sale).await;
+
+    let (status, code, _) = error_code(app.reserve("over", "alice", "k", 1).await).await;
+
+    assert_eq!((status, code.as_str()), (409, "sale_not_open"));
+}
+
+#[sqlx::test]
+async fn an_unknown_sku_is_404_and_a_sku_not_prewarmed_is_not_open(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    assert_eq!(app.put_sale("cold", &sale_body(10, 2)).await.status(), 200);
+
+    let (status, code, _) = error_code(app.reserve("nope", "alice", "k", 1).await).await;
+    assert_eq!((status, code.as_str()), (404, "unknown_sku"));
+    let (status, code, _) = error_code(app.reserve("cold", "alice", "k", 1).await).await;
+    assert_eq!((status, code.as_str()), (409, "sale_not_open"));
+    let (status, code, _) = error_code(app.reserve("bad{sku}", "alice", "k", 1).await).await;
+    assert_eq!((status, code.as_str()), (404, "unknown_sku"));
+}
+
+#[sqlx::test]
+async fn a_buyer_over_the_rate_limit_gets_429_with_retry_after(pool: PgPool) {
+    let options = AppOptions {
+        buyer_rate: Some(BuyerRate {
+            per_second: 1.0,
+            burst: 2,
+        }),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("sneaker", &sale_body(100, 50)).await;
+
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-1", 1).await.status(),
+        201
+    );
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-2", 1).await.status(),
+        201
+    );
+    let limited = app.reserve("sneaker", "alice", "k-3", 1).await;
+
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("integer");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(limited.headers()["ratelimit-policy"], "\"buyer\";q=2;w=2");
+    assert!(
+        limited.headers()["ratelimit"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("\"buyer\";r=0;t=")
+    );
+    let (_, code, _) = error_code(limited).await;
+    assert_eq!(code, "rate_limited");
+    // A replay is answered without spending the quota; another buyer has their own.
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-1", 1).await.status(),
+        201
+    );
+    assert_eq!(app.reserve("sneaker", "bob", "k-1", 1).await.status(), 201);
+    assert_eq!(app.redis_stock("sneaker").await, 97);
+}
+
+#[sqlx::test]
+async fn a_flooding_client_is_shed_before_redis(pool: PgPool) {
+    let options = AppOptions {
+        client_rate: 1,
+        client_burst: 3,
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("sneaker", &sale_body(100, 50)).await; // two requests of the burst
+
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-1", 1).await.status(),
+        201
+    );
+    let shed = app.reserve("sneaker", "alice", "k-2", 1).await;
+
+    assert_eq!(shed.status(), 429);
+    assert!(shed.headers().contains_key("retry-after"));
+    assert!(
+        shed.headers()["ratelimit-policy"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("\"client\"")
+    );
+    assert_eq!(
+        app.redis_stock("sneaker").await,
+        99,
+        "the shed request never reached Redis"
+    );
+}
+
+#[sqlx::test]
+async fn request_validation_uses_the_error_format(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let post = || {
+        app.client
+            .post(app.url("/v1/skus/sneaker/reservations"))
+            .bearer_auth(app.token("alice"))
+    };
+
+    let missing_key = post()
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(error_code(missing_key).await.1, "idempotency_key_missing");
+    let long_key = post()
+        .header("Idempotency-Key", "k".repeat(256))
+        .json(&json!({"quantity": 1}));
+    let (status, code, _) = error_code(long_key.send().await.expect("send")).await;
+    assert_eq!((status, code.as_str()), (400, "idempotency_key_invalid"));
+
+    for (quantity, expected) in [
+        (json!(0), 422),
+        (json!(-1), 422),
+        (json!("2"), 422),
+        (json!(1.5), 422),
+    ] {
+        let response = post()
+            .header("Idempotency-Key", "q")
+            .json(&json!({"quantity": quantity}));
+        assert_eq!(
+            response.send().await.expect("send").status(),
+            expected,
+            "{quantity}"
+        );
+    }
+    let malformed = post()
+        .header("Idempotency-Key", "m")
+        .header("content-type", "application/json")
+        .body("{");
+    let (status, code, _) = error_code(malformed.send().await.expect("send")).await;
+    assert_eq!((status, code.as_str()), (400, "malformed_json"));
+    let not_json = post().header("Idempotency-Key", "t").body("quantity=1");
+    let (status, code, _) = error_code(not_json.send().await.expect("send")).await;
+    assert_eq!((status, code.as_str()), (415, "unsupported_media_type"));
+    let huge = post()
+        .header("Idempotency-Key", "h")
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"quantity\": 1, \"pad\": \"{}\"}}",
+            "x".repeat(20 * 1024)
+        ));
+    let (status, code, _) = error_code(huge.send().await.expect("send")).await;
+    assert_eq!((status, code.as_str()), (413, "body_too_large"));
+    assert_eq!(app.redis_stock("sneaker").await, 10);
+}
+
+#[sqlx::test]
+async fn a_buyer_reads_their_own_reservation_and_nobody_elses(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let created: Value = app
+        .reserve("sneaker", "alice", "k", 2)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let path = format!("/v1/reservations/{}", created["id"].as_str().expect("id"));
+
+    let own = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(own.status(), 200);
+    let own: Value = own.json().await.expect("json");
+    assert_eq!(own, created);
+
+    let other = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(app.token("mallory"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(error_code(other).await.1, "reservation_not_found");
+    let missing = app
+        .client
+        .get(app.url(&format!("/v1/reservations/{}", uuid::Uuid::new_v4())))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+    let garbage = app
+        .client
+        .get(app.url("/v1/reservations/nope"))
+        .bearer_auth(app.token("alice"));
+    assert_eq!(garbage.send().await.expect("get").status(), 404);
+}
+
+#[sqlx::test]
+async fn the_gate_reloads_its_script_after_script_flush(pool: PgPool) {
+    // After SCRIPT FLUSH (or a Redis restart) EVALSHA answers NOSCRIPT; the gate reloads.
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-1", 1).await.status(),
+        201
+    );
+
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k-2", 1).await.status(),
+        201
+    );
+    assert_eq!(app.redis_stock("sneaker").await, 8);
+}
