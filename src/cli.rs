@@ -8,11 +8,13 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::auth::BuyerTokens;
-use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
+use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, SettlerConfig};
 use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku};
 use crate::gate::GateError;
+use crate::settler::Settler;
 use crate::startup::{self, Application};
 use crate::store::Store;
+use tokio_util::sync::CancellationToken;
 
 /// flashgate — a flash-sale inventory gate.
 #[derive(Debug, Parser)]
@@ -24,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API.
+    /// Run the HTTP API and the settler.
     Serve {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -32,6 +34,17 @@ pub enum Command {
         redis: RedisConfig,
         #[command(flatten)]
         http: HttpConfig,
+        #[command(flatten)]
+        settler: SettlerConfig,
+    },
+    /// Run only the settler (any number may run beside `serve`).
+    Settle {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        redis: RedisConfig,
+        #[command(flatten)]
+        settler: SettlerConfig,
     },
     /// Create the database if it is missing and apply the migrations.
     Migrate {
@@ -49,6 +62,19 @@ pub enum Command {
         /// `available`; holds not yet settled would be handed out again).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        redis: RedisConfig,
+    },
+    /// Check invariants 1–7 against Redis and Postgres; exits 1 if one is violated.
+    Audit {
+        /// Audit only this SKU (default: every SKU).
+        #[arg(long)]
+        sku: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         database: DatabaseConfig,
         #[command(flatten)]
@@ -118,14 +144,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
             redis,
             http,
+            settler,
         } => {
-            let app = Application::build(&http, startup::gate(&redis)?, startup::store(&database)?)
-                .await?;
+            let gate = startup::gate(&redis)?;
+            let store = startup::store(&database)?;
+            let settler = Settler::new(gate.clone(), store.clone(), settler.settings());
+            let app = Application::build(&http, gate, store).await?;
             tracing::info!(addr = %app.local_addr()?, "flashgate listening");
-            app.run_until(startup::shutdown_signal())
-                .await
-                .context("http server failed")?;
-            tracing::info!("http server stopped");
+            let shutdown = CancellationToken::new();
+            startup::cancel_on_signal(shutdown.clone());
+            startup::serve_and_settle(app, settler, shutdown).await
+        }
+        Command::Settle {
+            database,
+            redis,
+            settler,
+        } => {
+            let settler = Settler::new(
+                startup::gate(&redis)?,
+                startup::store(&database)?,
+                settler.settings(),
+            );
+            let shutdown = CancellationToken::new();
+            startup::cancel_on_signal(shutdown.clone());
+            tracing::info!("settler running");
+            settler.run(shutdown).await;
             Ok(())
         }
         Command::Migrate { database } => {
@@ -237,6 +280,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if refused > 0 {
                 bail!("{refused} sale(s) were live and left alone");
+            }
+            Ok(())
+        }
+        Command::Audit {
+            sku,
+            json,
+            database,
+            redis,
+        } => {
+            let store = startup::store(&database)?;
+            let gate = startup::gate(&redis)?;
+            let skus = match sku {
+                Some(raw) => vec![Sku::parse(&raw)?],
+                None => store.settlement_skus().await?,
+            };
+            let mut audits = Vec::with_capacity(skus.len());
+            for sku in &skus {
+                audits.push(crate::audit::audit_sku(&gate, &store, sku).await?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&audits)?);
+            } else {
+                print!("{}", crate::audit::render_table(&audits));
+            }
+            let broken = audits.iter().filter(|a| !a.ok()).count();
+            if broken > 0 {
+                bail!("{broken} SKU(s) violate an invariant");
             }
             Ok(())
         }

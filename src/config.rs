@@ -106,3 +106,27 @@ pub struct HttpConfig {
     #[arg(long, env = "FLASHGATE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
 }
+
+/// The settler's pace (see `settler::SettlerSettings`).
+#[derive(Debug, Clone, Args)]
+pub struct SettlerConfig {
+    /// Most events applied to Postgres in one transaction.
+    #[arg(long, env = "FLASHGATE_SETTLER_BATCH_SIZE", default_value_t = 500)]
+    pub settler_batch_size: usize,
+    /// Pause between passes when there is nothing to settle, in ms.
+    #[arg(long, env = "FLASHGATE_SETTLER_IDLE_MS", default_value_t = 50)]
+    pub settler_idle_ms: u64,
+    /// Longest retry pause while Postgres or Redis is down, in ms.
+    #[arg(long, env = "FLASHGATE_SETTLER_MAX_BACKOFF_MS", default_value_t = 5000)]
+    pub settler_max_backoff_ms: u64,
+}
+
+impl SettlerConfig {
+    pub fn settings(&self) -> crate::settler::SettlerSettings {
+        crate::settler::SettlerSettings {
+            batch_size: self.settler_batch_size.clamp(1, 10_000),
+            idle_interval: Duration::from_millis(self.settler_idle_ms.max(1)),
+            max_backoff: Duration::from_millis(self.settler_max_backoff_ms.max(1)),
+        }
+    }
+}

@@ -8,18 +8,22 @@
 //! - [`domain`] — validated values (`Sku`, `BuyerId`, `Quantity`, `IdempotencyKey`, `Money`, ...).
 //! - [`gate`] — the Redis side: one atomic Lua script per decision, the key schema.
 //! - [`store`] — the Postgres side: the authoritative inventory and reservations.
+//! - [`settler`] — carries every decision from the Redis streams into Postgres, exactly once.
 //! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
+//! - [`audit`] — checks the seven invariants of DESIGN.md §7 against both stores.
 //! - [`auth`] — buyer tokens (JWT) and the admin token.
 //! - [`cli`] — the `flashgate` command line.
 //! - [`config`] — configuration from flags and environment variables.
 //! - [`startup`] — wiring it together and running until shutdown.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod gate;
 pub mod http;
+pub mod settler;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

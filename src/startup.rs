@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AdminToken, BuyerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
@@ -48,6 +49,7 @@ impl Application {
             admin: AdminToken::new(http.admin_token.clone()),
             shedder: ClientShedder::new(http.client_rate, http.client_burst),
             request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
+            metrics: crate::telemetry::metrics(),
         };
         if http.jwt_secret.expose_secret().len() < 16 {
             tracing::warn!(
@@ -67,6 +69,49 @@ impl Application {
     ) -> std::io::Result<()> {
         http::serve(self.listener, self.state, shutdown).await
     }
+}
+
+/// Runs the API and the settler side by side until `shutdown` is cancelled or one of them stops;
+/// says which one stopped and why, and stops the other.
+pub async fn serve_and_settle(
+    app: Application,
+    settler: crate::settler::Settler,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let api = tokio::spawn(app.run_until(shutdown.clone().cancelled_owned()));
+    let settling = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { settler.run(shutdown).await })
+    };
+    tokio::pin!(api, settling);
+    let result = tokio::select! {
+        api_result = &mut api => {
+            shutdown.cancel();
+            let _ = settling.await;
+            match api_result {
+                Ok(Ok(())) => { tracing::info!("http server stopped"); Ok(()) }
+                Ok(Err(err)) => Err(anyhow::Error::new(err).context("http server failed")),
+                Err(join) => Err(anyhow::Error::new(join).context("http server task panicked")),
+            }
+        }
+        settled = &mut settling => {
+            shutdown.cancel();
+            let _ = api.await;
+            match settled {
+                Ok(()) => { tracing::info!("settler stopped"); Ok(()) }
+                Err(join) => Err(anyhow::Error::new(join).context("settler task panicked")),
+            }
+        }
+    };
+    result
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

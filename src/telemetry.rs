@@ -1,5 +1,11 @@
-//! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging and metrics.
+//!
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`). Metrics: the `metrics`
+//! facade with a Prometheus recorder, rendered at `GET /metrics`.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -9,4 +15,19 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The process's Prometheus recorder, installed on first use. There is one global recorder per
+/// process, so every caller (each test's app included) shares it.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
 }

@@ -21,6 +21,11 @@ impl IdempotencyKey {
             Some(quoted) => Self::unquote(quoted)?,
             None => value.to_owned(),
         };
+        Self::from_decoded(key)
+    }
+
+    /// A key already decoded from its header form (as stored in Redis and Postgres).
+    pub fn from_decoded(key: String) -> Result<Self, ValidationError> {
         if key.is_empty() || key.len() > Self::MAX_LEN {
             return Err(ValidationError::new(
                 Self::FIELD,
@@ -104,6 +109,14 @@ mod tests {
         assert!(key(&"k".repeat(256)).is_err());
         assert!(key("").is_err());
         assert!(key("\"\"").is_err());
+    }
+
+    #[test]
+    fn a_decoded_key_is_taken_as_it_is() {
+        let decoded = IdempotencyKey::parse(r#""\"abc""#).expect("parse");
+        assert_eq!(decoded.as_str(), "\"abc");
+        let again = IdempotencyKey::from_decoded(decoded.as_str().to_owned()).expect("decoded");
+        assert_eq!(again, decoded);
     }
 
     #[test]

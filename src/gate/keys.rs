@@ -83,6 +83,10 @@ impl SkuKeys {
     pub fn hold(&self, id: ReservationId) -> String {
         self.key(&format!("hold:{id}"))
     }
+    /// What every hold key of the SKU starts with.
+    pub fn hold_prefix(&self) -> String {
+        self.key("hold:")
+    }
     pub fn holds(&self) -> String {
         self.key("holds")
     }

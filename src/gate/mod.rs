@@ -4,9 +4,11 @@
 //! writes the new one atomically, and appends the decision to the SKU's event stream in the same
 //! script, for the settler to carry into Postgres.
 
+mod events;
 mod keys;
 mod scripts;
 
+pub use events::{Event, EventId, EventKind, NewHold, event_time};
 pub use keys::{Namespace, SkuKeys};
 
 use std::collections::HashMap;
@@ -142,6 +144,28 @@ impl Hold {
     pub fn total(&self) -> Decimal {
         self.unit_price.times(self.quantity)
     }
+}
+
+/// A hold Postgres refused, as the write-back needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedHold {
+    pub id: ReservationId,
+    pub buyer: BuyerId,
+    pub idempotency_key: IdempotencyKey,
+    pub quantity: Quantity,
+}
+
+/// `HMGET hold status q buyer idem`.
+type HoldFields = (Option<String>, Option<u32>, Option<String>, Option<String>);
+
+/// A hold's state as the audit reads it from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldSummary {
+    pub id: ReservationId,
+    pub status: ReservationStatus,
+    pub quantity: u32,
+    pub buyer: String,
+    pub idempotency_key: String,
 }
 
 /// What the reserve script decided.
@@ -383,6 +407,150 @@ impl Gate {
             "live" => Err(GateError::SaleLive(record.sku.clone())),
             other => Err(GateError::Protocol(format!("prewarm answered {other:?}"))),
         }
+    }
+
+    /// Up to `count` events after `after` (exclusive), oldest first.
+    pub async fn events_after(
+        &self,
+        sku: &Sku,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<Event>, GateError> {
+        let reply = self.range_after(sku, after, count).await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| Event::parse(entry.id, &entry.map))
+            .collect()
+    }
+
+    /// The number of events after `after`, counted up to `cap`, and the oldest one's id.
+    pub async fn backlog(
+        &self,
+        sku: &Sku,
+        after: &str,
+        cap: usize,
+    ) -> Result<(usize, Option<EventId>), GateError> {
+        let reply = self.range_after(sku, after, cap).await?;
+        let oldest = reply.ids.first().map(|e| e.id.clone());
+        Ok((reply.ids.len(), oldest))
+    }
+
+    async fn range_after(
+        &self,
+        sku: &Sku,
+        after: &str,
+        count: usize,
+    ) -> Result<redis::streams::StreamRangeReply, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(redis::cmd("XRANGE")
+            .arg(self.namespace().sku(sku).events())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Drops stream entries older than `settled`, which Postgres has committed. Never call it
+    /// with an id the settlement cursor has not reached: those events would be lost.
+    pub async fn trim_events_below(&self, sku: &Sku, settled: &str) -> Result<(), GateError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(self.namespace().sku(sku).events())
+            .arg("MINID")
+            .arg(settled)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a Postgres refusal back to Redis with `lua/reject.lua`; idempotent. Returns the
+    /// hold's status before the call (`None` when Redis no longer has the hold).
+    pub async fn reject(
+        &self,
+        sku: &Sku,
+        hold: &RejectedHold,
+    ) -> Result<Option<ReservationStatus>, GateError> {
+        let keys = self.namespace().sku(sku);
+        let mut conn = self.connection().await?;
+        let before: String = self
+            .inner
+            .scripts
+            .reject
+            .key(keys.hold(hold.id))
+            .key(keys.buyer(&hold.buyer))
+            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
+            .key(keys.holds())
+            .arg(hold.id.to_string())
+            .arg(hold.quantity.get())
+            .invoke_async(&mut conn)
+            .await?;
+        match before.as_str() {
+            "missing" => Ok(None),
+            status => ReservationStatus::parse(status)
+                .map(Some)
+                .map_err(|e| GateError::Protocol(e.to_string())),
+        }
+    }
+
+    /// Redis `stock` of the SKU, or `None` when the sale is not loaded.
+    pub async fn stock(&self, sku: &Sku) -> Result<Option<i64>, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(conn.get(self.namespace().sku(sku).stock()).await?)
+    }
+
+    /// Every hold Redis has for the SKU, with its state (an audit scan, not for the hot path).
+    pub async fn hold_summaries(&self, sku: &Sku) -> Result<Vec<HoldSummary>, GateError> {
+        let prefix = self.namespace().sku(sku).hold_prefix();
+        let mut conn = self.connection().await?;
+        let mut keys = Vec::new();
+        {
+            let mut iter: redis::AsyncIter<String> = conn.scan_match(format!("{prefix}*")).await?;
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+        }
+        let mut holds = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HMGET")
+                    .arg(key)
+                    .arg(&["status", "q", "buyer", "idem"]);
+            }
+            let rows: Vec<HoldFields> = pipe.query_async(&mut conn).await?;
+            for (key, row) in chunk.iter().zip(rows) {
+                let bad = || GateError::Protocol(format!("hold key {key} is malformed"));
+                let (Some(status), Some(quantity), Some(buyer), Some(idempotency_key)) = row else {
+                    return Err(bad());
+                };
+                holds.push(HoldSummary {
+                    id: key
+                        .strip_prefix(&prefix)
+                        .and_then(|raw| ReservationId::parse(raw).ok())
+                        .ok_or_else(bad)?,
+                    status: ReservationStatus::parse(&status).map_err(|_| bad())?,
+                    quantity,
+                    buyer,
+                    idempotency_key,
+                });
+            }
+        }
+        Ok(holds)
+    }
+
+    /// Holds whose deadline (ms since the epoch) is before `before_ms`, still in the `holds` set.
+    pub async fn overdue_holds(&self, sku: &Sku, before_ms: i64) -> Result<usize, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(conn
+            .zcount(
+                self.namespace().sku(sku).holds(),
+                "-inf",
+                format!("({before_ms}"),
+            )
+            .await?)
     }
 
     /// The SKU's number, from the process cache or the sale's meta hash.

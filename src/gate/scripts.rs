@@ -10,6 +10,7 @@ use redis::Script;
 pub struct Scripts {
     pub reserve: Script,
     pub prewarm: Script,
+    pub reject: Script,
 }
 
 impl Scripts {
@@ -17,6 +18,7 @@ impl Scripts {
         Self {
             reserve: Script::new(include_str!("../../lua/reserve.lua")),
             prewarm: Script::new(include_str!("../../lua/prewarm.lua")),
+            reject: Script::new(include_str!("../../lua/reject.lua")),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Admin operations under `/v1/admin`, behind the admin token.
 
 use axum::extract::{Path, Query, State};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
@@ -14,6 +14,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/skus/{sku}", put(upsert))
         .route("/v1/admin/skus/{sku}/prewarm", post(prewarm))
+        .route("/v1/admin/skus/{sku}/audit", get(audit))
 }
 
 /// `PUT /v1/admin/skus/{sku}` body (DESIGN.md §5).
@@ -89,4 +90,17 @@ async fn prewarm(
     let mut view = SkuView::from_record(record);
     view.live = true;
     Ok(Json(view))
+}
+
+/// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated.
+async fn audit(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw))?;
+    let report = crate::audit::audit_sku(&state.gate, &state.store, &sku).await?;
+    let mut body = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["ok"] = report.ok().into();
+    Ok(Json(body))
 }

@@ -150,6 +150,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(err: crate::audit::AuditError) -> Self {
+        use crate::audit::AuditError;
+        match err {
+            AuditError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
+            AuditError::Gate(e) => e.into(),
+            AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<ValidationError> for ApiError {
     fn from(err: ValidationError) -> Self {
         Self::Invalid(err)

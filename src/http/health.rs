@@ -13,6 +13,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text exposition of the process's counters.
+async fn metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
 }
 
 /// The process is up.

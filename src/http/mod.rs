@@ -47,6 +47,8 @@ pub struct AppState {
     pub shedder: Option<ClientShedder>,
     /// How long one request may take before it is answered 503.
     pub request_timeout: Duration,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// The whole API as one router.

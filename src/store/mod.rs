@@ -5,9 +5,11 @@
 //! code is wrong. SQL lives next to the function that runs it.
 
 mod reservations;
+mod settlement;
 mod skus;
 
 pub use reservations::ReservationRecord;
+pub use settlement::PendingRejection;
 pub use skus::SkuRecord;
 
 use sqlx::PgPool;

@@ -6,6 +6,7 @@ use flashgate::auth::{AdminToken, BuyerTokens};
 use flashgate::domain::{BuyerId, Sku};
 use flashgate::gate::{BuyerRate, Gate, GateSettings, Namespace, RedisSettings};
 use flashgate::http::{AppState, ClientShedder};
+use flashgate::settler::{Settler, SettlerSettings};
 use flashgate::store::Store;
 use reqwest::Response;
 use secrecy::SecretString;
@@ -46,6 +47,8 @@ impl Default for AppOptions {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    pub gate: Gate,
+    pub store: Store,
     pub namespace: Namespace,
     tokens: BuyerTokens,
     redis: redis::Client,
@@ -75,12 +78,13 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     let store = Store::from_pool(pool);
     let secret = SecretString::from(JWT_SECRET.to_owned());
     let state = AppState {
-        gate,
-        store,
+        gate: gate.clone(),
+        store: store.clone(),
         tokens: BuyerTokens::new(&secret),
         admin: AdminToken::new(SecretString::from(ADMIN_TOKEN.to_owned())),
         shedder: ClientShedder::new(options.client_rate, options.client_burst),
         request_timeout: Duration::from_secs(10),
+        metrics: flashgate::telemetry::metrics(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("addr"));
@@ -94,10 +98,20 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             .pool_max_idle_per_host(512)
             .build()
             .expect("client"),
+        gate,
+        store,
         namespace,
         tokens: BuyerTokens::new(&secret),
         redis: redis::Client::open(redis_url()).expect("redis client"),
         shutdown: Some(tx),
+    }
+}
+
+pub fn settler_settings() -> SettlerSettings {
+    SettlerSettings {
+        batch_size: 100,
+        idle_interval: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(200),
     }
 }
 
@@ -172,6 +186,42 @@ impl TestApp {
             .send()
             .await
             .expect("reserve")
+    }
+
+    /// A settler on this app's Redis namespace and database, settling in small batches.
+    pub fn settler(&self) -> Settler {
+        Settler::new(self.gate.clone(), self.store.clone(), settler_settings())
+    }
+
+    /// Overwrites Redis stock, as a Redis failover that lost or replayed writes would.
+    pub async fn set_redis_stock(&self, sku: &str, stock: i64) {
+        let mut conn = self
+            .redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let key = self.namespace.sku(&Sku::parse(sku).expect("sku")).stock();
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(stock)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+    }
+
+    pub async fn audit(&self, sku: &str) -> flashgate::audit::SkuAudit {
+        flashgate::audit::audit_sku(&self.gate, &self.store, &Sku::parse(sku).expect("sku"))
+            .await
+            .expect("audit")
+    }
+
+    /// Postgres inventory of the SKU: (total, available, reserved, sold).
+    pub async fn inventory(&self, sku: &str) -> (i64, i64, i64, i64) {
+        sqlx::query_as("SELECT total, available, reserved, sold FROM inventory WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(self.store.pool())
+            .await
+            .expect("inventory")
     }
 
     pub async fn redis_stock(&self, sku: &str) -> i64 {

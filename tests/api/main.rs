@@ -4,10 +4,12 @@
 //! run in parallel and leave nothing behind.
 
 mod helpers;
+mod proxy;
 
 mod admin;
 mod auth;
 mod concurrency;
 mod reserve;
+mod settlement;
 mod skus;
 mod unavailable;

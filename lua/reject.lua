@@ -1,0 +1,33 @@
+-- reject.lua — write back a hold that Postgres refused (DESIGN.md §1).
+--
+-- Postgres refuses a hold Redis admitted only after Redis lost data or drifted. The hold becomes
+-- 'rejected' and the buyer's count drops, but the units are NOT given back to Redis stock:
+-- Postgres never had them. Idempotent: a second run finds the hold already rejected.
+-- All checks run before the first write.
+--
+-- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset)
+-- ARGV: 1 hold id, 2 quantity
+-- Returns: the hold's status before the call ('held', 'committed', ...), 'rejected' when it was
+-- already rejected, or 'missing'.
+
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return 'missing'
+end
+if status == 'rejected' then
+  return 'rejected'
+end
+local answers_for_this_hold = redis.call('HGET', KEYS[3], 'id') == ARGV[1]
+
+redis.call('HSET', KEYS[1], 'status', 'rejected')
+redis.call('ZREM', KEYS[4], ARGV[1])
+-- Units held or bought stop counting against the buyer's limit. Released or expired units were
+-- already subtracted when they left.
+if status == 'held' or status == 'committed' then
+  local left = redis.call('DECRBY', KEYS[2], ARGV[2])
+  if left <= 0 then redis.call('DEL', KEYS[2]) end
+end
+if answers_for_this_hold then
+  redis.call('HSET', KEYS[3], 'status', 'rejected')
+end
+return status

@@ -1,0 +1,409 @@
+//! The audit: checks the seven invariants of DESIGN.md §7 against Redis and Postgres.
+//!
+//! Used by `flashgate audit`, `GET /v1/admin/skus/{sku}/audit` and the load-test verdict. An
+//! invariant that can only be judged once the settler has drained the stream (5 and 7) is
+//! reported `pending` while events are still waiting, never `violated`.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::{ReservationStatus, Sku};
+use crate::gate::{Gate, GateError, event_time};
+use crate::store::{Store, StoreError};
+
+/// How late a hold may be for the expiry sweeper before invariant 6 calls it overdue.
+pub const EXPIRY_GRACE_MS: i64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("no SKU {0}")]
+    UnknownSku(Sku),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Store(err.into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Held,
+    Violated,
+    /// Cannot be judged until the stream is drained.
+    Pending,
+}
+
+/// One invariant's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub invariant: u8,
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+/// The audit of one SKU.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkuAudit {
+    pub sku: Sku,
+    pub total: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    /// Redis `stock`, or `None` when the sale is not loaded in Redis.
+    pub redis_stock: Option<i64>,
+    /// Events in the stream that the settler has not applied (counted up to 100,000).
+    pub backlog: usize,
+    /// Age of the oldest unapplied event, in ms.
+    pub oldest_unsettled_ms: Option<i64>,
+    /// Holds Postgres refused (Redis had drifted).
+    pub rejected: i64,
+    /// Refusals not yet written back to Redis.
+    pub pending_write_backs: i64,
+    pub checks: Vec<Check>,
+}
+
+impl SkuAudit {
+    /// True when no invariant is violated (pending ones do not count).
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.verdict != Verdict::Violated)
+    }
+}
+
+fn check(invariant: u8, name: &'static str, problems: Vec<String>) -> Check {
+    Check {
+        invariant,
+        name,
+        verdict: if problems.is_empty() {
+            Verdict::Held
+        } else {
+            Verdict::Violated
+        },
+        detail: if problems.is_empty() {
+            "ok".into()
+        } else {
+            problems.join("; ")
+        },
+    }
+}
+
+fn pending(invariant: u8, name: &'static str, backlog: usize) -> Check {
+    Check {
+        invariant,
+        name,
+        verdict: Verdict::Pending,
+        detail: format!("{backlog} event(s) not settled yet"),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Ledger {
+    total: i64,
+    available: i64,
+    reserved: i64,
+    sold: i64,
+    per_buyer_limit: i32,
+    cursor: String,
+    held_units: i64,
+    committed_units: i64,
+    rejected: i64,
+    duplicate_keys: i64,
+    overdue: i64,
+    outbox: i64,
+}
+
+/// Audits one SKU.
+pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit, AuditError> {
+    let pool = store.pool();
+    let ledger: Ledger = sqlx::query_as(
+        "SELECT i.total, i.available, i.reserved, i.sold, s.per_buyer_limit, c.last_event_id AS cursor, \
+           COALESCE((SELECT sum(quantity) FROM reservations WHERE sku = $1 AND status = 'held'), 0)::int8 AS held_units, \
+           COALESCE((SELECT sum(quantity) FROM reservations WHERE sku = $1 AND status = 'committed'), 0)::int8 AS committed_units, \
+           (SELECT count(*) FROM reservations WHERE sku = $1 AND status = 'rejected') AS rejected, \
+           (SELECT count(*) FROM (SELECT 1 FROM reservations WHERE sku = $1 \
+              GROUP BY buyer_id, idempotency_key HAVING count(*) > 1) d) AS duplicate_keys, \
+           (SELECT count(*) FROM reservations WHERE sku = $1 AND status = 'held' \
+              AND expires_at < now() - make_interval(secs => $2)) AS overdue, \
+           (SELECT count(*) FROM rejection_outbox WHERE sku = $1) AS outbox \
+         FROM skus s JOIN inventory i ON i.sku = s.sku JOIN settlement_cursor c ON c.sku = s.sku \
+         WHERE s.sku = $1",
+    )
+    .bind(sku.as_str())
+    .bind(EXPIRY_GRACE_MS as f64 / 1000.0)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| AuditError::UnknownSku(sku.clone()))?;
+    let limit = i64::from(ledger.per_buyer_limit);
+    let over_limit_pg: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT buyer_id, sum(quantity)::int8 FROM reservations \
+         WHERE sku = $1 AND status IN ('held', 'committed') \
+         GROUP BY buyer_id HAVING sum(quantity) > $2 ORDER BY buyer_id LIMIT 10",
+    )
+    .bind(sku.as_str())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+
+    let redis_stock = gate.stock(sku).await?;
+    let (backlog, oldest) = gate.backlog(sku, &ledger.cursor, 100_000).await?;
+    let oldest_unsettled_ms = oldest
+        .as_deref()
+        .and_then(event_time)
+        .map(|t| (Utc::now() - t).num_milliseconds().max(0));
+    let holds = gate.hold_summaries(sku).await?;
+    let overdue_redis = gate
+        .overdue_holds(sku, Utc::now().timestamp_millis() - EXPIRY_GRACE_MS)
+        .await?;
+    let drained = backlog == 0 && ledger.outbox == 0;
+
+    // 1. Stock never negative, always balanced, and equal to the reservations it stands for.
+    let mut problems = Vec::new();
+    for (name, value) in [
+        ("available", ledger.available),
+        ("reserved", ledger.reserved),
+        ("sold", ledger.sold),
+    ] {
+        if value < 0 {
+            problems.push(format!("{name} is {value}"));
+        }
+    }
+    if ledger.available + ledger.reserved + ledger.sold != ledger.total {
+        problems.push(format!(
+            "available {} + reserved {} + sold {} != total {}",
+            ledger.available, ledger.reserved, ledger.sold, ledger.total
+        ));
+    }
+    if ledger.held_units != ledger.reserved {
+        problems.push(format!(
+            "held reservations sum to {} but reserved is {}",
+            ledger.held_units, ledger.reserved
+        ));
+    }
+    if ledger.committed_units != ledger.sold {
+        problems.push(format!(
+            "committed reservations sum to {} but sold is {}",
+            ledger.committed_units, ledger.sold
+        ));
+    }
+    let mut checks = vec![check(
+        1,
+        "postgres stock is never negative and always balanced",
+        problems,
+    )];
+
+    // 2. No oversell, in either store.
+    let mut problems = Vec::new();
+    if ledger.held_units + ledger.committed_units > ledger.total {
+        problems.push(format!(
+            "postgres holds {} units held or sold of {}",
+            ledger.held_units + ledger.committed_units,
+            ledger.total
+        ));
+    }
+    let live =
+        |s: ReservationStatus| matches!(s, ReservationStatus::Held | ReservationStatus::Committed);
+    let redis_units: i64 = holds
+        .iter()
+        .filter(|h| live(h.status))
+        .map(|h| i64::from(h.quantity))
+        .sum();
+    if redis_units > ledger.total {
+        problems.push(format!(
+            "redis holds {redis_units} units held or sold of {}",
+            ledger.total
+        ));
+    }
+    if let Some(stock) = redis_stock.filter(|s| *s < 0) {
+        problems.push(format!("redis stock is {stock}"));
+    }
+    checks.push(check(
+        2,
+        "units held and sold never exceed the stock on sale",
+        problems,
+    ));
+
+    // 3. One reservation per (sku, buyer, idempotency key).
+    let mut problems = Vec::new();
+    if ledger.duplicate_keys > 0 {
+        problems.push(format!(
+            "{} idempotency keys have several reservations in postgres",
+            ledger.duplicate_keys
+        ));
+    }
+    let mut per_key: HashMap<(&str, &str), usize> = HashMap::new();
+    for hold in holds
+        .iter()
+        .filter(|h| h.status != ReservationStatus::Rejected)
+    {
+        *per_key
+            .entry((&hold.buyer, &hold.idempotency_key))
+            .or_default() += 1;
+    }
+    let duplicated = per_key.values().filter(|n| **n > 1).count();
+    if duplicated > 0 {
+        problems.push(format!(
+            "{duplicated} idempotency keys have several live holds in redis"
+        ));
+    }
+    checks.push(check(
+        3,
+        "one idempotency key yields at most one reservation",
+        problems,
+    ));
+
+    // 4. No buyer over the per-buyer limit.
+    let mut problems: Vec<String> = over_limit_pg
+        .iter()
+        .map(|(buyer, units)| {
+            format!("buyer {buyer} has {units} units in postgres (limit {limit})")
+        })
+        .collect();
+    let mut per_buyer: HashMap<&str, i64> = HashMap::new();
+    for hold in holds.iter().filter(|h| live(h.status)) {
+        *per_buyer.entry(&hold.buyer).or_default() += i64::from(hold.quantity);
+    }
+    let mut over: Vec<_> = per_buyer
+        .iter()
+        .filter(|(_, units)| **units > limit)
+        .collect();
+    over.sort();
+    problems.extend(
+        over.iter().take(10).map(|(buyer, units)| {
+            format!("buyer {buyer} has {units} units in redis (limit {limit})")
+        }),
+    );
+    checks.push(check(
+        4,
+        "no buyer holds more than the per-buyer limit",
+        problems,
+    ));
+
+    // 5. Drained streams: Redis stock equals Postgres available.
+    const STOCK_MATCHES: &str = "once drained, redis stock equals postgres available";
+    checks.push(match redis_stock {
+        _ if !drained => pending(5, STOCK_MATCHES, backlog),
+        None => Check {
+            invariant: 5,
+            name: STOCK_MATCHES,
+            verdict: Verdict::Held,
+            detail: "not loaded in redis".into(),
+        },
+        Some(stock) if stock == ledger.available => check(5, STOCK_MATCHES, vec![]),
+        Some(stock) => check(
+            5,
+            STOCK_MATCHES,
+            vec![format!("redis stock {stock} != postgres available {} (drift; `flashgate prewarm --resync` repairs it)", ledger.available)],
+        ),
+    });
+
+    // 6. Every hold ends, or is held with a deadline in the future.
+    let mut problems = Vec::new();
+    if ledger.overdue > 0 {
+        problems.push(format!(
+            "{} holds in postgres are held past their deadline",
+            ledger.overdue
+        ));
+    }
+    if overdue_redis > 0 {
+        problems.push(format!(
+            "{overdue_redis} holds in redis are held past their deadline"
+        ));
+    }
+    checks.push(check(
+        6,
+        "every hold reaches a terminal state or is held with a future deadline",
+        problems,
+    ));
+
+    // 7. Every hold a buyer was told about is in Postgres once settled, or was reported lost.
+    const ALL_RECORDED: &str =
+        "every hold told to a buyer is in postgres once settled, or reported lost";
+    checks.push(if drained {
+        let ids: Vec<Uuid> = holds.iter().map(|h| h.id.as_uuid()).collect();
+        let recorded: HashSet<Uuid> =
+            sqlx::query_scalar("SELECT id FROM reservations WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect();
+        // A hold rejected in Redis without a Postgres row was refused as a duplicate key and
+        // reported (a warning and a metric) when it was refused.
+        let missing: Vec<String> = holds
+            .iter()
+            .filter(|h| {
+                !recorded.contains(&h.id.as_uuid()) && h.status != ReservationStatus::Rejected
+            })
+            .take(10)
+            .map(|h| h.id.to_string())
+            .collect();
+        check(
+            7,
+            ALL_RECORDED,
+            missing
+                .into_iter()
+                .map(|id| format!("hold {id} is not in postgres"))
+                .collect(),
+        )
+    } else {
+        pending(7, ALL_RECORDED, backlog)
+    });
+
+    Ok(SkuAudit {
+        sku: sku.clone(),
+        total: ledger.total,
+        available: ledger.available,
+        reserved: ledger.reserved,
+        sold: ledger.sold,
+        redis_stock,
+        backlog,
+        oldest_unsettled_ms,
+        rejected: ledger.rejected,
+        pending_write_backs: ledger.outbox,
+        checks,
+    })
+}
+
+/// A readable table of the audits, for the command line.
+pub fn render_table(audits: &[SkuAudit]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for a in audits {
+        let _ = writeln!(
+            out,
+            "{}: total {} | postgres available {} reserved {} sold {} | redis stock {} | backlog {} (oldest {}) | rejected {}",
+            a.sku,
+            a.total,
+            a.available,
+            a.reserved,
+            a.sold,
+            a.redis_stock.map_or("-".into(), |s| s.to_string()),
+            a.backlog,
+            a.oldest_unsettled_ms
+                .map_or("-".into(), |ms| format!("{ms} ms")),
+            a.rejected,
+        );
+        for c in &a.checks {
+            let verdict = match c.verdict {
+                Verdict::Held => "held",
+                Verdict::Violated => "VIOLATED",
+                Verdict::Pending => "pending",
+            };
+            let _ = writeln!(
+                out,
+                "  {}. {:<9} {} — {}",
+                c.invariant, verdict, c.name, c.detail
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,302 @@
+//! One settler batch inside one Postgres transaction (DESIGN.md §2, step 3).
+//!
+//! Events are applied in stream order, in runs of the same kind: a run of new holds with one
+//! multi-row insert and one summed conditional decrement; a run of transitions with one
+//! conditional status update per target state and one summed stock move. Every statement that
+//! moves stock has its affected-rows count checked, and only rows really inserted or really
+//! moved out of `held` move stock.
+//!
+//! The inventory row is locked first and `available` tracked in memory, so the holds that do not
+//! fit are found event by event, in order, without leaving the set-based statements: a later,
+//! smaller hold may still fit after a larger one was refused.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{FaultPoint, Faults, SettleError};
+use crate::domain::{IdempotencyKey, ReservationStatus, Sku};
+use crate::gate::{Event, EventId, EventKind, NewHold, RejectedHold};
+
+/// Why Postgres refused a hold that Redis admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionReason {
+    /// Postgres `available` had fewer units than the hold (Redis lost data or drifted).
+    OutOfStock,
+    /// Postgres already has another hold under the same (sku, buyer, idempotency key): Redis lost
+    /// the idempotency record and admitted a retry a second time.
+    DuplicateIdempotencyKey,
+}
+
+impl RejectionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OutOfStock => "out_of_stock",
+            Self::DuplicateIdempotencyKey => "duplicate_idempotency_key",
+        }
+    }
+}
+
+/// What a batch changed.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    pub holds_inserted: u64,
+    pub transitions: u64,
+    pub rejected: Vec<(RejectedHold, RejectionReason)>,
+}
+
+pub(super) async fn apply(
+    tx: &mut PgConnection,
+    sku: &Sku,
+    events: &[Event],
+    faults: &Faults,
+) -> Result<Applied, SettleError> {
+    let mut available: i64 =
+        sqlx::query_scalar("SELECT available FROM inventory WHERE sku = $1 FOR UPDATE")
+            .bind(sku.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut applied = Applied::default();
+    for run in events.chunk_by(|a, b| same_kind(&a.kind, &b.kind)) {
+        if matches!(run[0].kind, EventKind::Reserved(_)) {
+            apply_new_holds(tx, sku, run, &mut available, &mut applied, faults).await?;
+        } else {
+            apply_transitions(tx, sku, run, &mut available, &mut applied).await?;
+        }
+    }
+    record_rejections(tx, sku, &applied.rejected).await?;
+    Ok(applied)
+}
+
+fn same_kind(a: &EventKind, b: &EventKind) -> bool {
+    matches!(
+        (a, b),
+        (EventKind::Reserved(_), EventKind::Reserved(_))
+            | (EventKind::Transition { .. }, EventKind::Transition { .. })
+    )
+}
+
+async fn apply_new_holds(
+    tx: &mut PgConnection,
+    sku: &Sku,
+    run: &[Event],
+    available: &mut i64,
+    applied: &mut Applied,
+    faults: &Faults,
+) -> Result<(), SettleError> {
+    let holds: Vec<(&EventId, &NewHold)> = run
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reserved(hold) => Some((&e.id, hold)),
+            EventKind::Transition { .. } => None,
+        })
+        .collect();
+    let inserted: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO reservations (id, sku, buyer_id, idempotency_key, quantity, unit_price, total, \
+           currency, status, created_at, expires_at, created_event, last_event) \
+         SELECT t.id, $1, t.buyer, t.idem, t.q, t.price, t.total, t.cur, 'held', t.created, \
+           t.expires, t.ev, t.ev \
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::numeric[], $7::numeric[], \
+           $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[]) \
+           AS t(id, buyer, idem, q, price, total, cur, created, expires, ev) \
+         ON CONFLICT DO NOTHING \
+         RETURNING id",
+    )
+    .bind(sku.as_str())
+    .bind(holds.iter().map(|(_, h)| h.id.as_uuid()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| h.buyer.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| h.idempotency_key.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| quantity(h)).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| h.unit_price.amount()).collect::<Vec<Decimal>>())
+    .bind(holds.iter().map(|(_, h)| h.unit_price.times(h.quantity)).collect::<Vec<Decimal>>())
+    .bind(holds.iter().map(|(_, h)| h.currency.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| h.created_at).collect::<Vec<DateTime<Utc>>>())
+    .bind(holds.iter().map(|(_, h)| h.expires_at).collect::<Vec<DateTime<Utc>>>())
+    .bind(holds.iter().map(|(ev, _)| ev.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    faults.check(FaultPoint::AfterInserts)?;
+
+    // A hold not inserted is either already here (this event was applied before) or collides
+    // with another hold's idempotency key; only the latter is refused.
+    let not_inserted: Vec<Uuid> = holds
+        .iter()
+        .map(|(_, h)| h.id.as_uuid())
+        .filter(|id| !inserted.contains(id))
+        .collect();
+    let already_here: HashSet<Uuid> = if not_inserted.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar("SELECT id FROM reservations WHERE id = ANY($1)")
+            .bind(&not_inserted)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+
+    let mut taken: i64 = 0;
+    let mut out_of_stock: Vec<Uuid> = Vec::new();
+    for (_, hold) in &holds {
+        let id = hold.id.as_uuid();
+        if inserted.contains(&id) {
+            let units = i64::from(hold.quantity.get());
+            if units <= *available {
+                *available -= units;
+                taken += units;
+                applied.holds_inserted += 1;
+            } else {
+                out_of_stock.push(id);
+                applied
+                    .rejected
+                    .push((rejected(hold)?, RejectionReason::OutOfStock));
+            }
+        } else if !already_here.contains(&id) {
+            applied
+                .rejected
+                .push((rejected(hold)?, RejectionReason::DuplicateIdempotencyKey));
+        }
+    }
+    if !out_of_stock.is_empty() {
+        let marked = sqlx::query(
+            "UPDATE reservations SET status = 'rejected', updated_at = now() \
+             WHERE id = ANY($1) AND status = 'held'",
+        )
+        .bind(&out_of_stock)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        expect_rows("mark rejected holds", marked, out_of_stock.len() as u64)?;
+    }
+    if taken > 0 {
+        let moved = sqlx::query(
+            "UPDATE inventory SET available = available - $2, reserved = reserved + $2 \
+             WHERE sku = $1 AND available >= $2",
+        )
+        .bind(sku.as_str())
+        .bind(taken)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        expect_rows("take stock for new holds", moved, 1)?;
+    }
+    Ok(())
+}
+
+async fn apply_transitions(
+    tx: &mut PgConnection,
+    sku: &Sku,
+    run: &[Event],
+    available: &mut i64,
+    applied: &mut Applied,
+) -> Result<(), SettleError> {
+    use ReservationStatus::{Committed, Expired, Released};
+    for to in [Committed, Released, Expired] {
+        let (ids, event_ids): (Vec<Uuid>, Vec<&str>) = run
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Transition { hold, to: t } if *t == to => {
+                    Some((hold.as_uuid(), e.id.as_str()))
+                }
+                _ => None,
+            })
+            .unzip();
+        if ids.is_empty() {
+            continue;
+        }
+        // Only holds still `held` move: a hold Postgres rejected has no units to move.
+        let quantities: Vec<i32> = sqlx::query_scalar(
+            "UPDATE reservations r SET status = $2, last_event = t.ev, updated_at = now() \
+             FROM UNNEST($3::uuid[], $4::text[]) AS t(id, ev) \
+             WHERE r.id = t.id AND r.sku = $1 AND r.status = 'held' \
+             RETURNING r.quantity",
+        )
+        .bind(sku.as_str())
+        .bind(to.as_str())
+        .bind(&ids)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        applied.transitions += quantities.len() as u64;
+        let units: i64 = quantities.iter().map(|q| i64::from(*q)).sum();
+        if units == 0 {
+            continue;
+        }
+        let statement = if to == Committed {
+            "UPDATE inventory SET reserved = reserved - $2, sold = sold + $2 \
+             WHERE sku = $1 AND reserved >= $2"
+        } else {
+            "UPDATE inventory SET available = available + $2, reserved = reserved - $2 \
+             WHERE sku = $1 AND reserved >= $2"
+        };
+        let moved = sqlx::query(statement)
+            .bind(sku.as_str())
+            .bind(units)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        expect_rows("move stock for transitions", moved, 1)?;
+        if to != Committed {
+            *available += units;
+        }
+    }
+    Ok(())
+}
+
+/// Queues the refusals for write-back to Redis, in the batch's own transaction.
+async fn record_rejections(
+    tx: &mut PgConnection,
+    sku: &Sku,
+    rejected: &[(RejectedHold, RejectionReason)],
+) -> Result<(), SettleError> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO rejection_outbox (reservation_id, sku, buyer_id, idempotency_key, quantity, reason) \
+         SELECT t.id, $1, t.buyer, t.idem, t.q, t.reason \
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[]) AS t(id, buyer, idem, q, reason) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(sku.as_str())
+    .bind(rejected.iter().map(|(h, _)| h.id.as_uuid()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|(h, _)| h.buyer.as_str()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|(h, _)| h.idempotency_key.as_str()).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|(h, _)| i32::try_from(h.quantity.get()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(rejected.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn quantity(hold: &NewHold) -> i32 {
+    // Quantity::MAX is far below i32::MAX.
+    i32::try_from(hold.quantity.get()).unwrap_or(i32::MAX)
+}
+
+fn rejected(hold: &NewHold) -> Result<RejectedHold, SettleError> {
+    Ok(RejectedHold {
+        id: hold.id,
+        buyer: hold.buyer.clone(),
+        idempotency_key: IdempotencyKey::from_decoded(hold.idempotency_key.clone())
+            .map_err(|e| SettleError::Invariant(format!("hold {}: {e}", hold.id)))?,
+        quantity: hold.quantity,
+    })
+}
+
+/// A conditional write that must have hit `expected` rows; anything else means a bug, and the
+/// batch is rolled back rather than applied half.
+fn expect_rows(what: &str, actual: u64, expected: u64) -> Result<(), SettleError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(SettleError::Invariant(format!(
+            "{what}: {actual} rows changed, {expected} expected"
+        )))
+    }
+}

@@ -1,0 +1,370 @@
+//! The settler: makes Postgres follow every decision the gate made, exactly once and in order
+//! (DESIGN.md §2).
+//!
+//! Each SKU has a row `settlement_cursor(sku, last_event_id)`. A batch reads the events after
+//! the cursor from the SKU's stream, then in one transaction locks the cursor row, checks it
+//! still names the event it read from (else another settler got there first: roll back and
+//! re-read), applies the batch ([`batch`]), advances the cursor and commits. Only then is the
+//! stream trimmed below the cursor and are refusals written back to Redis. Any number of
+//! settlers may run; they serialise on the cursor row, and a crash at any point loses nothing:
+//! the stream still holds every event the cursor has not passed.
+
+mod batch;
+mod faults;
+
+pub use batch::RejectionReason;
+pub use faults::{FaultPoint, Faults};
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use crate::domain::{BuyerId, IdempotencyKey, Quantity, ReservationId, Sku};
+use crate::gate::{Gate, GateError, RejectedHold};
+use crate::store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+/// Why a settler step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A conditional write that must succeed did not: the batch was rolled back.
+    #[error("settlement invariant broken: {0}")]
+    Invariant(String),
+    /// A fault injected by a test.
+    #[error("fault injected at {0:?}")]
+    Injected(FaultPoint),
+    #[error("no settlement cursor for SKU {0}")]
+    NoCursor(Sku),
+}
+
+impl From<sqlx::Error> for SettleError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Store(err.into())
+    }
+}
+
+/// How the settler paces itself.
+#[derive(Debug, Clone)]
+pub struct SettlerSettings {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// Pause between passes over the SKUs when there was nothing to do.
+    pub idle_interval: Duration,
+    /// Longest pause after repeated failures (Postgres or Redis down).
+    pub max_backoff: Duration,
+}
+
+impl Default for SettlerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            idle_interval: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one call to [`Settler::settle_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// No event after the cursor.
+    Idle,
+    /// Another settler holds the SKU's cursor (only when not waiting for it).
+    Busy,
+    /// The cursor moved between reading the stream and locking it; nothing was applied.
+    Moved,
+    /// A batch was committed.
+    Applied {
+        events: usize,
+        rejected: usize,
+        cursor: String,
+    },
+}
+
+/// Applies the gate's decisions to Postgres; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Settler {
+    gate: Gate,
+    store: Store,
+    settings: SettlerSettings,
+    faults: Faults,
+}
+
+/// Whether a batch waits for another settler that holds the cursor, or moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CursorLock {
+    Wait,
+    SkipLocked,
+}
+
+impl Settler {
+    pub fn new(gate: Gate, store: Store, settings: SettlerSettings) -> Self {
+        Self {
+            gate,
+            store,
+            settings,
+            faults: Faults::default(),
+        }
+    }
+
+    /// The same settler, failing at the points `faults` chooses (tests only).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Settles every SKU until `shutdown` is cancelled. A batch under way is finished first.
+    /// Failures (Postgres or Redis down) are retried with capped exponential backoff: the gate
+    /// keeps admitting from Redis meanwhile, and the settler catches up when they return.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(
+            self.settings.idle_interval.max(Duration::from_millis(10)),
+            self.settings.max_backoff,
+        );
+        while !shutdown.is_cancelled() {
+            let pause = match self.pass(&shutdown).await {
+                Ok(true) => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(false) => {
+                    backoff.reset();
+                    self.settings.idle_interval
+                }
+                Err(err) => {
+                    let pause = backoff.next();
+                    tracing::warn!(error = %err, retry_in = ?pause, "settler pass failed");
+                    pause
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!("settler stopped");
+    }
+
+    /// One pass over every SKU: retries pending write-backs, then one batch per SKU. Returns
+    /// whether any work was done.
+    async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, SettleError> {
+        let mut worked = self.write_back_rejections(None).await? > 0;
+        for sku in self.store.settlement_skus().await? {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self
+                .settle_batch_locking(&sku, CursorLock::SkipLocked)
+                .await?
+            {
+                BatchOutcome::Applied { .. } | BatchOutcome::Moved => worked = true,
+                BatchOutcome::Idle | BatchOutcome::Busy => {}
+            }
+        }
+        Ok(worked)
+    }
+
+    /// Applies one batch of the SKU's events, waiting for the cursor if another settler has it.
+    pub async fn settle_batch(&self, sku: &Sku) -> Result<BatchOutcome, SettleError> {
+        self.settle_batch_locking(sku, CursorLock::Wait).await
+    }
+
+    /// Settles the SKU until no event is left after its cursor and every refusal is written
+    /// back to Redis; returns the events applied.
+    pub async fn drain(&self, sku: &Sku) -> Result<usize, SettleError> {
+        let mut total = 0;
+        loop {
+            match self.settle_batch(sku).await? {
+                BatchOutcome::Idle => {
+                    self.write_back_rejections(Some(sku)).await?;
+                    return Ok(total);
+                }
+                BatchOutcome::Applied { events, .. } => total += events,
+                BatchOutcome::Moved | BatchOutcome::Busy => {}
+            }
+        }
+    }
+
+    /// Settles the SKU at least up to the event `through` (whoever applies it).
+    pub async fn settle_through(&self, sku: &Sku, through: &str) -> Result<(), SettleError> {
+        loop {
+            let cursor = self
+                .store
+                .settlement_cursor(sku)
+                .await?
+                .ok_or_else(|| SettleError::NoCursor(sku.clone()))?;
+            if compare_event_ids(&cursor, through) != Ordering::Less {
+                return Ok(());
+            }
+            if self.settle_batch(sku).await? == BatchOutcome::Idle {
+                // The cursor is behind `through` yet the stream has nothing after it: the event
+                // is gone (Redis lost data). Nothing more can be applied.
+                return Err(SettleError::Invariant(format!(
+                    "event {through} of {sku} is not in the stream after cursor {cursor}"
+                )));
+            }
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(sku = %sku))]
+    async fn settle_batch_locking(
+        &self,
+        sku: &Sku,
+        lock: CursorLock,
+    ) -> Result<BatchOutcome, SettleError> {
+        let Some(cursor) = self.store.settlement_cursor(sku).await? else {
+            return Err(SettleError::NoCursor(sku.clone()));
+        };
+        let events = self
+            .gate
+            .events_after(sku, &cursor, self.settings.batch_size)
+            .await?;
+        let Some(last) = events.last().map(|e| e.id.clone()) else {
+            return Ok(BatchOutcome::Idle);
+        };
+
+        let mut tx = self.store.pool().begin().await?;
+        let statement = match lock {
+            CursorLock::Wait => {
+                "SELECT last_event_id FROM settlement_cursor WHERE sku = $1 FOR UPDATE"
+            }
+            CursorLock::SkipLocked => {
+                "SELECT last_event_id FROM settlement_cursor WHERE sku = $1 FOR UPDATE SKIP LOCKED"
+            }
+        };
+        let locked: Option<String> = sqlx::query_scalar(statement)
+            .bind(sku.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match locked {
+            None if lock == CursorLock::SkipLocked => return Ok(BatchOutcome::Busy),
+            None => return Err(SettleError::NoCursor(sku.clone())),
+            Some(now) if now != cursor => return Ok(BatchOutcome::Moved),
+            Some(_) => {}
+        }
+
+        let applied = batch::apply(&mut tx, sku, &events, &self.faults).await?;
+        self.faults.check(FaultPoint::MidBatch)?;
+        let advanced = sqlx::query(
+            "UPDATE settlement_cursor SET last_event_id = $2, updated_at = now() \
+             WHERE sku = $1 AND last_event_id = $3",
+        )
+        .bind(sku.as_str())
+        .bind(&last)
+        .bind(&cursor)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if advanced != 1 {
+            return Err(SettleError::Invariant(format!(
+                "cursor of {sku} did not advance"
+            )));
+        }
+        tx.commit().await?;
+        self.faults.check(FaultPoint::AfterCommit)?;
+
+        metrics::counter!("flashgate_settled_events_total").increment(events.len() as u64);
+        let rejected = applied.rejected.len();
+        if rejected > 0 {
+            metrics::counter!("flashgate_rejected_holds_total").increment(rejected as u64);
+            for (hold, reason) in &applied.rejected {
+                tracing::warn!(sku = %sku, hold = %hold.id, buyer = %hold.buyer, reason = reason.as_str(),
+                    "postgres refused a hold redis admitted; redis has drifted");
+            }
+            self.write_back_rejections(Some(sku)).await?;
+        }
+        // Safe: everything below `last` is committed. A failure only leaves a longer stream.
+        if let Err(err) = self.gate.trim_events_below(sku, &last).await {
+            tracing::warn!(error = %err, "could not trim the event stream");
+        }
+        Ok(BatchOutcome::Applied {
+            events: events.len(),
+            rejected,
+            cursor: last,
+        })
+    }
+
+    /// Writes pending refusals back to Redis (all SKUs, or one) and clears them from the outbox.
+    async fn write_back_rejections(&self, sku: Option<&Sku>) -> Result<usize, SettleError> {
+        let pending = self.store.pending_rejections(sku).await?;
+        for row in &pending {
+            let hold = RejectedHold {
+                id: ReservationId::from_uuid(row.reservation_id),
+                buyer: BuyerId::parse(&row.buyer_id)
+                    .map_err(|e| SettleError::Invariant(e.to_string()))?,
+                idempotency_key: IdempotencyKey::from_decoded(row.idempotency_key.clone())
+                    .map_err(|e| SettleError::Invariant(e.to_string()))?,
+                quantity: Quantity::parse(i64::from(row.quantity))
+                    .map_err(|e| SettleError::Invariant(e.to_string()))?,
+            };
+            self.gate.reject(&row.sku, &hold).await?;
+            self.store.clear_rejection(row.reservation_id).await?;
+        }
+        Ok(pending.len())
+    }
+}
+
+/// Orders stream ids (`<ms>-<seq>`) numerically; `0-0` is the start.
+pub fn compare_event_ids(a: &str, b: &str) -> Ordering {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a).cmp(&parse(b))
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            current: first,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.current;
+        self.current = (self.current * 2).min(self.max);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_compare_numerically() {
+        assert_eq!(compare_event_ids("0-0", "1-0"), Ordering::Less);
+        assert_eq!(compare_event_ids("9-0", "10-0"), Ordering::Less);
+        assert_eq!(compare_event_ids("10-2", "10-10"), Ordering::Less);
+        assert_eq!(compare_event_ids("10-10", "10-10"), Ordering::Equal);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let seen: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seen, [100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next().as_millis(), 100);
+    }
+}
