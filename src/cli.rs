@@ -60,8 +60,12 @@ pub enum Command {
         target: PrewarmTarget,
         /// Overwrite a sale that is already live in Redis (its stock is reset to Postgres
         /// `available`; holds not yet settled would be handed out again).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resync")]
         force: bool,
+        /// Repair a live sale after Redis lost data or drifted: pause it, drain the settler,
+        /// restore lost holds and set Redis stock from Postgres, resume.
+        #[arg(long)]
+        resync: bool,
         #[command(flatten)]
         database: DatabaseConfig,
         #[command(flatten)]
@@ -148,28 +152,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let gate = startup::gate(&redis)?;
             let store = startup::store(&database)?;
+            let sweeper = settler.sweeper(gate.clone(), store.clone());
             let settler = Settler::new(gate.clone(), store.clone(), settler.settings());
-            let app = Application::build(&http, gate, store).await?;
+            let app = Application::build(&http, gate, store, settler.clone()).await?;
             tracing::info!(addr = %app.local_addr()?, "flashgate listening");
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
-            startup::serve_and_settle(app, settler, shutdown).await
+            startup::run(Some(app), settler, sweeper, shutdown).await
         }
         Command::Settle {
             database,
             redis,
             settler,
         } => {
-            let settler = Settler::new(
-                startup::gate(&redis)?,
-                startup::store(&database)?,
-                settler.settings(),
-            );
+            let gate = startup::gate(&redis)?;
+            let store = startup::store(&database)?;
+            let sweeper = settler.sweeper(gate.clone(), store.clone());
+            let settler = Settler::new(gate, store, settler.settings());
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
-            tracing::info!("settler running");
-            settler.run(shutdown).await;
-            Ok(())
+            tracing::info!("settler and sweeper running");
+            startup::run(None, settler, sweeper, shutdown).await
         }
         Command::Migrate { database } => {
             use secrecy::ExposeSecret;
@@ -245,11 +248,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prewarm {
             target,
             force,
+            resync,
             database,
             redis,
         } => {
             let store = startup::store(&database)?;
             let gate = startup::gate(&redis)?;
+            if resync {
+                let settler = Settler::new(gate.clone(), store.clone(), Default::default());
+                let skus = match target.sku {
+                    Some(raw) => vec![Sku::parse(&raw)?],
+                    None => store.settlement_skus().await?,
+                };
+                for sku in &skus {
+                    let report = crate::resync::resync(&gate, &store, &settler, sku).await?;
+                    println!(
+                        "{}: resynced, {} events settled, {} holds restored, stock {}{}, {}",
+                        report.sku,
+                        report.settled_events,
+                        report.restored_holds,
+                        report.stock,
+                        if report.cursor_reset {
+                            ", cursor restarted"
+                        } else {
+                            ""
+                        },
+                        report.state.as_str()
+                    );
+                }
+                return Ok(());
+            }
             let records = match target.sku {
                 Some(raw) => {
                     let sku = Sku::parse(&raw)?;

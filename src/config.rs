@@ -119,9 +119,28 @@ pub struct SettlerConfig {
     /// Longest retry pause while Postgres or Redis is down, in ms.
     #[arg(long, env = "FLASHGATE_SETTLER_MAX_BACKOFF_MS", default_value_t = 5000)]
     pub settler_max_backoff_ms: u64,
+    /// Pause between expiry sweeps, in ms.
+    #[arg(long, env = "FLASHGATE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u64,
+    /// Most holds expired per SKU per Redis query.
+    #[arg(long, env = "FLASHGATE_SWEEP_BATCH", default_value_t = 500)]
+    pub sweep_batch: usize,
 }
 
 impl SettlerConfig {
+    pub fn sweeper(
+        &self,
+        gate: crate::gate::Gate,
+        store: crate::store::Store,
+    ) -> crate::sweeper::Sweeper {
+        crate::sweeper::Sweeper::new(
+            gate,
+            store,
+            Duration::from_millis(self.sweep_interval_ms.max(1)),
+            self.sweep_batch,
+        )
+    }
+
     pub fn settings(&self) -> crate::settler::SettlerSettings {
         crate::settler::SettlerSettings {
             batch_size: self.settler_batch_size.clamp(1, 10_000),

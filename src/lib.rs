@@ -9,6 +9,8 @@
 //! - [`gate`] — the Redis side: one atomic Lua script per decision, the key schema.
 //! - [`store`] — the Postgres side: the authoritative inventory and reservations.
 //! - [`settler`] — carries every decision from the Redis streams into Postgres, exactly once.
+//! - [`sweeper`] — expires holds past their deadline.
+//! - [`resync`] — rebuilds a sale's Redis state from Postgres after Redis lost data.
 //! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
 //! - [`audit`] — checks the seven invariants of DESIGN.md §7 against both stores.
 //! - [`auth`] — buyer tokens (JWT) and the admin token.
@@ -23,7 +25,9 @@ pub mod config;
 pub mod domain;
 pub mod gate;
 pub mod http;
+pub mod resync;
 pub mod settler;
 pub mod startup;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;

@@ -7,7 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::settler::Settler;
+use crate::sweeper::Sweeper;
 
 use crate::auth::{AdminToken, BuyerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
@@ -38,13 +42,19 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(http: &HttpConfig, gate: Gate, store: Store) -> anyhow::Result<Self> {
+    pub async fn build(
+        http: &HttpConfig,
+        gate: Gate,
+        store: Store,
+        settler: Settler,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", http.listen))?;
         let state = AppState {
             gate,
             store,
+            settler,
             tokens: BuyerTokens::new(&http.jwt_secret),
             admin: AdminToken::new(http.admin_token.clone()),
             shedder: ClientShedder::new(http.client_rate, http.client_burst),
@@ -71,39 +81,56 @@ impl Application {
     }
 }
 
-/// Runs the API and the settler side by side until `shutdown` is cancelled or one of them stops;
-/// says which one stopped and why, and stops the other.
-pub async fn serve_and_settle(
-    app: Application,
-    settler: crate::settler::Settler,
+/// Runs the API (when given), the settler and the expiry sweeper side by side until `shutdown`
+/// is cancelled or one of them stops. Says which one stopped and why, stops the others (the
+/// API drains its requests, the settler finishes its batch), and returns the first failure.
+pub async fn run(
+    app: Option<Application>,
+    settler: Settler,
+    sweeper: Sweeper,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let api = tokio::spawn(app.run_until(shutdown.clone().cancelled_owned()));
-    let settling = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { settler.run(shutdown).await })
-    };
-    tokio::pin!(api, settling);
-    let result = tokio::select! {
-        api_result = &mut api => {
-            shutdown.cancel();
-            let _ = settling.await;
-            match api_result {
-                Ok(Ok(())) => { tracing::info!("http server stopped"); Ok(()) }
-                Ok(Err(err)) => Err(anyhow::Error::new(err).context("http server failed")),
-                Err(join) => Err(anyhow::Error::new(join).context("http server task panicked")),
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    if let Some(app) = app {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = app.run_until(stop.cancelled_owned()).await;
+            ("http server", served.context("http server failed"))
+        });
+    }
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        settler.run(stop).await;
+        ("settler", Ok(()))
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        sweeper.run(stop).await;
+        ("sweeper", Ok(()))
+    });
+
+    let mut first_failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = match joined {
+            Ok(done) => done,
+            Err(join) => (
+                "a task",
+                Err(anyhow::Error::new(join).context("task panicked")),
+            ),
+        };
+        match &result {
+            Ok(()) if shutdown.is_cancelled() => tracing::info!(task = name, "stopped"),
+            Ok(()) => tracing::warn!(task = name, "stopped on its own; stopping the others"),
+            Err(err) => {
+                tracing::error!(task = name, error = %format!("{err:#}"), "failed; stopping the others")
             }
         }
-        settled = &mut settling => {
-            shutdown.cancel();
-            let _ = api.await;
-            match settled {
-                Ok(()) => { tracing::info!("settler stopped"); Ok(()) }
-                Err(join) => Err(anyhow::Error::new(join).context("settler task panicked")),
-            }
+        shutdown.cancel();
+        if let (Err(err), None) = (result, &first_failure) {
+            first_failure = Some(err);
         }
-    };
-    result
+    }
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

@@ -119,10 +119,49 @@ pub struct ReserveRequest<'a> {
 }
 
 impl ReserveRequest<'_> {
-    /// What makes two requests under one idempotency key "the same request".
     fn fingerprint(&self) -> String {
-        format!("{}|{}", self.sku, self.quantity.get())
+        fingerprint(self.sku, self.quantity)
     }
+}
+
+/// What makes two requests under one idempotency key "the same request".
+pub fn fingerprint(sku: &Sku, quantity: Quantity) -> String {
+    format!("{sku}|{}", quantity.get())
+}
+
+/// A move out of `held` (`lua/transition.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Payment captured. Past the deadline this expires the hold instead.
+    Commit,
+    /// The buyer cancelled or payment failed.
+    Release,
+    /// The deadline passed (the sweeper). Before the deadline this changes nothing.
+    Expire,
+}
+
+impl Transition {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Release => "release",
+            Self::Expire => "expire",
+        }
+    }
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionOutcome {
+    /// Redis has no such hold.
+    Missing,
+    /// The hold was not moved; this is its status.
+    Unchanged(ReservationStatus),
+    /// The hold moved to `to`; `event` is the stream entry that records it.
+    Changed {
+        to: ReservationStatus,
+        event: EventId,
+    },
 }
 
 /// A hold as Redis knows it.
@@ -131,6 +170,7 @@ pub struct Hold {
     pub id: ReservationId,
     pub sku: Sku,
     pub buyer: BuyerId,
+    pub idempotency_key: IdempotencyKey,
     pub quantity: Quantity,
     pub unit_price: Money,
     pub currency: Currency,
@@ -320,6 +360,11 @@ impl Gate {
         let Some(sku) = self.sku_of_number(id.sku_number()).await? else {
             return Ok(None);
         };
+        self.hold_in(&sku, id).await
+    }
+
+    async fn hold_in(&self, sku: &Sku, id: ReservationId) -> Result<Option<Hold>, GateError> {
+        let sku = sku.clone();
         let mut conn = self.connection().await?;
         let fields: HashMap<String, String> =
             conn.hgetall(self.namespace().sku(&sku).hold(id)).await?;
@@ -369,6 +414,37 @@ impl Gate {
     /// Postgres `available`. Refuses to overwrite a live sale unless `force`.
     #[tracing::instrument(skip_all, fields(sku = %record.sku, force))]
     pub async fn prewarm(&self, record: &SkuRecord, force: bool) -> Result<(), GateError> {
+        match self
+            .load_sale(record, if force { "force" } else { "new" }, "")
+            .await?
+            .as_str()
+        {
+            "ok" => Ok(()),
+            "live" => Err(GateError::SaleLive(record.sku.clone())),
+            other => Err(GateError::Protocol(format!("load_sale answered {other:?}"))),
+        }
+    }
+
+    /// Loads the sale like [`Gate::prewarm`] with `force`, but only if the SKU's stream still
+    /// ends at `last_event` (`None`: empty), i.e. nothing happened since the caller drained it.
+    /// Returns false when an event slipped in: drain again and retry.
+    pub async fn load_sale_if_drained(
+        &self,
+        record: &SkuRecord,
+        last_event: Option<&str>,
+    ) -> Result<bool, GateError> {
+        Ok(self
+            .load_sale(record, "drained", last_event.unwrap_or(""))
+            .await?
+            == "ok")
+    }
+
+    async fn load_sale(
+        &self,
+        record: &SkuRecord,
+        guard: &str,
+        last_event: &str,
+    ) -> Result<String, GateError> {
         let keys = self.namespace().sku(&record.sku);
         let mut conn = self.connection().await?;
         // The number → SKU directory first: a reservation id must be routable as soon as the
@@ -381,13 +457,15 @@ impl Gate {
             )
             .await?;
         let millis = |at: Option<DateTime<Utc>>| at.map_or(0, |t| t.timestamp_millis());
-        let answer: String = self
+        Ok(self
             .inner
             .scripts
-            .prewarm
+            .load_sale
             .key(keys.meta())
             .key(keys.stock())
-            .arg(if force { "1" } else { "0" })
+            .key(keys.events())
+            .arg(guard)
+            .arg(last_event)
             .arg(record.available)
             .arg(&[
                 ("num", record.num.to_string()),
@@ -401,12 +479,158 @@ impl Gate {
                 ("state", record.state.as_str().to_owned()),
             ])
             .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Moves `hold` out of `held` with `lua/transition.lua`.
+    #[tracing::instrument(skip_all, fields(hold = %hold.id, action = action.as_str()))]
+    pub async fn transition(
+        &self,
+        hold: &Hold,
+        action: Transition,
+    ) -> Result<TransitionOutcome, GateError> {
+        let keys = self.namespace().sku(&hold.sku);
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .inner
+            .scripts
+            .transition
+            .key(keys.hold(hold.id))
+            .key(keys.stock())
+            .key(keys.buyer(&hold.buyer))
+            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
+            .key(keys.holds())
+            .key(keys.events())
+            .arg(hold.id.to_string())
+            .arg(action.as_str())
+            .invoke_async(&mut conn)
             .await?;
-        match answer.as_str() {
-            "ok" => Ok(()),
-            "live" => Err(GateError::SaleLive(record.sku.clone())),
-            other => Err(GateError::Protocol(format!("prewarm answered {other:?}"))),
+        let status = |raw: &str| {
+            ReservationStatus::parse(raw).map_err(|e| GateError::Protocol(e.to_string()))
+        };
+        match reply.as_slice() {
+            [tag] if tag == "missing" => Ok(TransitionOutcome::Missing),
+            [tag, s] if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(status(s)?)),
+            [tag, s, event] if tag == "changed" => Ok(TransitionOutcome::Changed {
+                to: status(s)?,
+                event: event.clone(),
+            }),
+            _ => Err(GateError::Protocol(format!(
+                "transition.lua answered {reply:?}"
+            ))),
         }
+    }
+
+    /// Expires up to `limit` of the SKU's holds whose deadline has passed (by Redis `TIME`).
+    /// Any number of sweepers may run: the script expires a hold only while it is `held`.
+    /// Returns how many this call expired.
+    pub async fn expire_due(&self, sku: &Sku, limit: usize) -> Result<usize, GateError> {
+        let due: Vec<String> = {
+            let mut conn = self.connection().await?;
+            let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+            let now_ms = seconds * 1000 + micros / 1000;
+            redis::cmd("ZRANGE")
+                .arg(self.namespace().sku(sku).holds())
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn)
+                .await?
+        };
+        let mut expired = 0;
+        for raw in due {
+            let id = ReservationId::parse(&raw).map_err(|e| GateError::Protocol(e.to_string()))?;
+            let Some(hold) = self.hold_in(sku, id).await? else {
+                // A deadline without a hold: nothing to expire; drop the stale entry.
+                let mut conn = self.connection().await?;
+                let _: i64 = conn.zrem(self.namespace().sku(sku).holds(), &raw).await?;
+                continue;
+            };
+            if let TransitionOutcome::Changed { .. } =
+                self.transition(&hold, Transition::Expire).await?
+            {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Adds `units` to a live sale's stock. Returns false when the sale is not live in Redis.
+    pub async fn restock(&self, sku: &Sku, units: u32) -> Result<bool, GateError> {
+        self.sale_admin(sku, "restock", units.to_string()).await
+    }
+
+    /// Sets a live sale's state. Returns false when the sale is not live in Redis.
+    pub async fn set_state(&self, sku: &Sku, state: SaleState) -> Result<bool, GateError> {
+        self.sale_admin(sku, "state", state.as_str().to_owned())
+            .await
+    }
+
+    async fn sale_admin(
+        &self,
+        sku: &Sku,
+        operation: &str,
+        value: String,
+    ) -> Result<bool, GateError> {
+        let keys = self.namespace().sku(sku);
+        let mut conn = self.connection().await?;
+        let changed: i64 = self
+            .inner
+            .scripts
+            .sale_admin
+            .key(keys.meta())
+            .key(keys.stock())
+            .arg(operation)
+            .arg(value)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Puts back a hold Redis lost, from its Postgres record. Returns false when Redis had it.
+    pub async fn restore_hold(&self, hold: &Hold) -> Result<bool, GateError> {
+        let keys = self.namespace().sku(&hold.sku);
+        let mut conn = self.connection().await?;
+        let restored: i64 = self
+            .inner
+            .scripts
+            .restore_hold
+            .key(keys.hold(hold.id))
+            .key(keys.buyer(&hold.buyer))
+            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
+            .key(keys.holds())
+            .arg(hold.id.to_string())
+            .arg(hold.sku.as_str())
+            .arg(hold.buyer.as_str())
+            .arg(hold.quantity.get())
+            .arg(hold.unit_price.to_string())
+            .arg(hold.currency.as_str())
+            .arg(hold.created_at.timestamp_millis())
+            .arg(hold.expires_at.timestamp_millis())
+            .arg(hold.status.as_str())
+            .arg(hold.idempotency_key.as_str())
+            .arg(fingerprint(&hold.sku, hold.quantity))
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(restored == 1)
+    }
+
+    /// The id of the last entry of the SKU's stream, or `None` when the stream is empty.
+    pub async fn last_event_id(&self, sku: &Sku) -> Result<Option<EventId>, GateError> {
+        let mut conn = self.connection().await?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.namespace().sku(sku).events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply.ids.into_iter().next().map(|e| e.id))
     }
 
     /// Up to `count` events after `after` (exclusive), oldest first.
@@ -625,6 +849,7 @@ fn parse_reserve_reply(
             id: ReservationId::parse(&f[0]).map_err(protocol)?,
             sku: req.sku.clone(),
             buyer: req.buyer.clone(),
+            idempotency_key: req.idempotency_key.clone(),
             quantity: Quantity::parse(f[1].parse().map_err(|_| bad())?).map_err(protocol)?,
             unit_price: Money::parse(&f[2]).map_err(protocol)?,
             currency: Currency::parse(&f[3]).map_err(protocol)?,
@@ -680,6 +905,8 @@ fn hold_from_fields(
         id,
         sku,
         buyer: BuyerId::parse(field("buyer")?).map_err(protocol)?,
+        idempotency_key: IdempotencyKey::from_decoded(field("idem")?.to_owned())
+            .map_err(protocol)?,
         quantity: Quantity::parse(
             field("q")?
                 .parse()

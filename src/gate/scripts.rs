@@ -9,16 +9,22 @@ use redis::Script;
 #[derive(Debug)]
 pub struct Scripts {
     pub reserve: Script,
-    pub prewarm: Script,
+    pub transition: Script,
+    pub load_sale: Script,
     pub reject: Script,
+    pub sale_admin: Script,
+    pub restore_hold: Script,
 }
 
 impl Scripts {
     pub fn load() -> Self {
         Self {
             reserve: Script::new(include_str!("../../lua/reserve.lua")),
-            prewarm: Script::new(include_str!("../../lua/prewarm.lua")),
+            transition: Script::new(include_str!("../../lua/transition.lua")),
+            load_sale: Script::new(include_str!("../../lua/load_sale.lua")),
             reject: Script::new(include_str!("../../lua/reject.lua")),
+            sale_admin: Script::new(include_str!("../../lua/sale_admin.lua")),
+            restore_hold: Script::new(include_str!("../../lua/restore_hold.lua")),
         }
     }
 }

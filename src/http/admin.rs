@@ -8,13 +8,17 @@ use chrono::{DateTime, Utc};
 use super::extract::{Admin, AppJson};
 use super::skus::SkuView;
 use super::{ApiError, AppState};
-use crate::domain::{Currency, Money, SaleDefinition, Sku};
+use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/skus/{sku}", put(upsert))
         .route("/v1/admin/skus/{sku}/prewarm", post(prewarm))
         .route("/v1/admin/skus/{sku}/audit", get(audit))
+        .route("/v1/admin/skus/{sku}/restock", post(restock))
+        .route("/v1/admin/skus/{sku}/pause", post(pause))
+        .route("/v1/admin/skus/{sku}/resume", post(resume))
+        .route("/v1/admin/skus/{sku}/resync", post(resync))
 }
 
 /// `PUT /v1/admin/skus/{sku}` body (DESIGN.md §5).
@@ -103,4 +107,85 @@ async fn audit(
     let mut body = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["ok"] = report.ok().into();
     Ok(Json(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestockBody {
+    quantity: u32,
+}
+
+/// Adds units to the sale: Postgres first, then the live Redis stock. If Redis fails in between,
+/// Redis has fewer units than Postgres — the safe direction (no oversell) — and the audit shows
+/// the drift until a resync. Not idempotent: do not retry blindly.
+async fn restock(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(raw): Path<String>,
+    AppJson(body): AppJson<RestockBody>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = sku_param(&raw)?;
+    if body.quantity == 0 || body.quantity > SaleDefinition::MAX_STOCK {
+        return Err(crate::domain::ValidationError::new(
+            "quantity",
+            format!("must be from 1 to {}", SaleDefinition::MAX_STOCK),
+        )
+        .into());
+    }
+    let record = state
+        .store
+        .restock(&sku, body.quantity)
+        .await?
+        .ok_or(ApiError::UnknownSku(raw))?;
+    let live = state.gate.restock(&sku, body.quantity).await?;
+    let mut view = SkuView::from_record(record);
+    view.live = live;
+    Ok(Json(view))
+}
+
+async fn pause(
+    state: State<AppState>,
+    admin: Admin,
+    raw: Path<String>,
+) -> Result<Json<SkuView>, ApiError> {
+    set_state(state, admin, raw, SaleState::Paused).await
+}
+
+async fn resume(
+    state: State<AppState>,
+    admin: Admin,
+    raw: Path<String>,
+) -> Result<Json<SkuView>, ApiError> {
+    set_state(state, admin, raw, SaleState::Open).await
+}
+
+/// Paused: new holds are refused with 409 `sale_paused`; existing holds are unaffected.
+async fn set_state(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(raw): Path<String>,
+    sale_state: SaleState,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = sku_param(&raw)?;
+    let record = state
+        .store
+        .set_sale_state(&sku, sale_state)
+        .await?
+        .ok_or(ApiError::UnknownSku(raw))?;
+    let live = state.gate.set_state(&sku, sale_state).await?;
+    let mut view = SkuView::from_record(record);
+    view.live = live;
+    Ok(Json(view))
+}
+
+/// Pause, drain the settler, rebuild Redis from Postgres, resume (see `resync`).
+async fn resync(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(raw): Path<String>,
+) -> Result<Json<crate::resync::ResyncReport>, ApiError> {
+    let sku = sku_param(&raw)?;
+    Ok(Json(
+        crate::resync::resync(&state.gate, &state.store, &state.settler, &sku).await?,
+    ))
 }

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::domain::{Sku, ValidationError};
+use crate::domain::{ReservationStatus, Sku, ValidationError};
 use crate::gate::{GateError, Refusal};
 use crate::store::StoreError;
 
@@ -40,6 +40,9 @@ pub enum ApiError {
     UnknownSku(String),
     #[error("no such reservation")]
     ReservationNotFound,
+    /// The hold is not in a state this call can move it from.
+    #[error("the reservation is {0}")]
+    HoldIs(ReservationStatus),
     #[error(transparent)]
     Refused(#[from] Refusal),
     #[error("too many requests from this client")]
@@ -73,6 +76,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::UnknownSku(_) => "unknown_sku",
             Self::ReservationNotFound => "reservation_not_found",
+            Self::HoldIs(status) => status.as_str(),
             Self::Refused(r) => match r {
                 Refusal::IdempotencyKeyReused => "idempotency_key_reused",
                 Refusal::RateLimited { .. } => "rate_limited",
@@ -111,7 +115,9 @@ impl ApiError {
                 | Refusal::SoldOut { .. } => StatusCode::CONFLICT,
             },
             Self::ClientShed { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::SaleLive(_) | Self::StockBelowCommitted { .. } => StatusCode::CONFLICT,
+            Self::SaleLive(_) | Self::StockBelowCommitted { .. } | Self::HoldIs(_) => {
+                StatusCode::CONFLICT
+            }
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -157,6 +163,31 @@ impl From<crate::audit::AuditError> for ApiError {
             AuditError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
             AuditError::Gate(e) => e.into(),
             AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::settler::SettleError> for ApiError {
+    fn from(err: crate::settler::SettleError) -> Self {
+        use crate::settler::SettleError;
+        match err {
+            SettleError::Gate(e) => e.into(),
+            SettleError::Store(e) => e.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::resync::ResyncError> for ApiError {
+    fn from(err: crate::resync::ResyncError) -> Self {
+        use crate::resync::ResyncError;
+        match err {
+            ResyncError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
+            ResyncError::Busy => Self::Unavailable("the settler"),
+            ResyncError::Gate(e) => e.into(),
+            ResyncError::Store(e) => e.into(),
+            ResyncError::Settle(e) => e.into(),
+            ResyncError::Corrupt(e) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -75,6 +75,38 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Whoever may act on a hold: the buyer who owns it, or the admin.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Buyer(BuyerId),
+    Admin,
+}
+
+impl Caller {
+    /// Whether this caller may see and change a hold of `owner`.
+    pub fn may_act_for(&self, owner: &BuyerId) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Buyer(buyer) => buyer == owner,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if state.admin.matches(token) {
+            return Ok(Self::Admin);
+        }
+        state.tokens.verify(token).map(Self::Buyer).map_err(|err| {
+            tracing::debug!(error = %err, "token refused");
+            ApiError::Unauthorized
+        })
+    }
+}
+
 /// The required `Idempotency-Key` header.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKeyHeader(pub IdempotencyKey);

@@ -39,6 +39,8 @@ pub struct AppState {
     pub gate: Gate,
     /// Postgres: the authoritative record.
     pub store: Store,
+    /// Settles synchronously where a caller must wait for Postgres (commit, resync).
+    pub settler: crate::settler::Settler,
     /// Verifies buyer tokens.
     pub tokens: BuyerTokens,
     /// The admin bearer token.

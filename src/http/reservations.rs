@@ -7,15 +7,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
-use super::extract::{AppJson, Buyer, IdempotencyKeyHeader};
+use super::extract::{AppJson, Buyer, Caller, IdempotencyKeyHeader};
 use super::{ApiError, AppState};
 use crate::domain::{BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku};
-use crate::gate::{Hold, Refusal, ReserveOutcome, ReserveRequest};
+use crate::gate::{Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/skus/{sku}/reservations", post(reserve))
         .route("/v1/reservations/{id}", get(show))
+        .route("/v1/reservations/{id}/commit", post(commit))
+        .route("/v1/reservations/{id}/release", post(release))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -123,19 +125,99 @@ async fn is_settled(state: &AppState, hold: &Hold) -> bool {
 
 async fn show(
     State(state): State<AppState>,
-    Buyer(buyer): Buyer,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let id = ReservationId::parse(&id).map_err(|_| ApiError::ReservationNotFound)?;
-    let hold = state
-        .gate
-        .hold(id)
-        .await?
-        .ok_or(ApiError::ReservationNotFound)?;
-    // Another buyer's hold answers exactly as a missing one, so ids cannot be probed.
-    if hold.buyer != buyer {
-        return Err(ApiError::ReservationNotFound);
-    }
+    let hold = owned_hold(&state, &caller, &id).await?;
     let settled = is_settled(&state, &hold).await;
     Ok(Json(ReservationView::new(hold, settled)))
+}
+
+/// The hold named `id` if the caller may see it. Another buyer's hold answers exactly as a
+/// missing one, so ids cannot be probed.
+async fn owned_hold(state: &AppState, caller: &Caller, id: &str) -> Result<Hold, ApiError> {
+    let id = ReservationId::parse(id).map_err(|_| ApiError::ReservationNotFound)?;
+    match state.gate.hold(id).await? {
+        Some(hold) if caller.may_act_for(&hold.buyer) => Ok(hold),
+        _ => Err(ApiError::ReservationNotFound),
+    }
+}
+
+/// Payment captured: `held` → `committed`, answered only once Postgres has it (DESIGN.md §3).
+///
+/// The Redis transition decides the race with the expiry sweeper; then this handler settles the
+/// SKU up to its own event with the settler's code (fenced by the cursor, so it is safe beside
+/// any number of background settlers) and answers from Postgres. Committing again answers 200
+/// again; a hold Postgres refused at settlement answers 409 `rejected`, so the caller refunds.
+#[tracing::instrument(skip_all, fields(reservation = %id))]
+async fn commit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let mut hold = owned_hold(&state, &caller, &id).await?;
+    let through = match state.gate.transition(&hold, Transition::Commit).await? {
+        TransitionOutcome::Changed {
+            to: ReservationStatus::Committed,
+            event,
+        } => Some(event),
+        TransitionOutcome::Unchanged(ReservationStatus::Committed) => None,
+        TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
+            return Err(ApiError::HoldIs(to));
+        }
+        TransitionOutcome::Missing => return Err(ApiError::ReservationNotFound),
+    };
+    let recorded = match state.store.find_reservation(hold.id).await? {
+        Some(record) if record.status == ReservationStatus::Committed => record.status,
+        _ => {
+            // Settle through this commit's event, or (a repeated commit) through whatever the
+            // stream holds now, which includes the earlier commit's event.
+            let through = match through {
+                Some(event) => Some(event),
+                None => state.gate.last_event_id(&hold.sku).await?,
+            };
+            if let Some(event) = through {
+                state.settler.settle_through(&hold.sku, &event).await?;
+            }
+            state
+                .store
+                .find_reservation(hold.id)
+                .await?
+                .map(|r| r.status)
+                .ok_or(ApiError::Unavailable("settlement"))?
+        }
+    };
+    match recorded {
+        ReservationStatus::Committed => {
+            hold.status = ReservationStatus::Committed;
+            Ok(Json(ReservationView::new(hold, true)))
+        }
+        other => Err(ApiError::HoldIs(other)),
+    }
+}
+
+/// The buyer cancelled or payment failed: `held` → `released`; idempotent. The units go back on
+/// sale at once; Postgres follows through the settler.
+#[tracing::instrument(skip_all, fields(reservation = %id))]
+async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let mut hold = owned_hold(&state, &caller, &id).await?;
+    match state.gate.transition(&hold, Transition::Release).await? {
+        TransitionOutcome::Changed {
+            to: ReservationStatus::Released,
+            ..
+        }
+        | TransitionOutcome::Unchanged(ReservationStatus::Released) => {
+            hold.status = ReservationStatus::Released;
+            let settled = is_settled(&state, &hold).await;
+            Ok(Json(ReservationView::new(hold, settled)))
+        }
+        TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
+            Err(ApiError::HoldIs(to))
+        }
+        TransitionOutcome::Missing => Err(ApiError::ReservationNotFound),
+    }
 }

@@ -22,6 +22,9 @@ pub struct SkuView {
     pub currency: Currency,
     /// Units a new hold may take now (Redis when live, else Postgres).
     pub available: i64,
+    /// Units on sale in total; shown when read from Postgres.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
     pub per_buyer_limit: u32,
     pub hold_ttl_seconds: u32,
     pub starts_at: Option<DateTime<Utc>>,
@@ -41,6 +44,7 @@ impl SkuView {
             price: record.price,
             currency: record.currency,
             available: record.available,
+            total: Some(record.total),
             per_buyer_limit: record.per_buyer_limit,
             hold_ttl_seconds: record.hold_ttl_seconds,
             starts_at: record.starts_at,
@@ -74,6 +78,7 @@ async fn show(
             price: live.price,
             currency: live.currency,
             available: live.available,
+            total: None,
             per_buyer_limit: live.per_buyer_limit,
             hold_ttl_seconds: live.hold_ttl_seconds,
             starts_at: live.starts_at,

@@ -1,6 +1,7 @@
 //! Reservation rows, as the settler wrote them.
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -34,5 +35,35 @@ impl Store {
             })
         })
         .transpose()
+    }
+}
+
+/// A reservation row as stored, for rebuilding Redis from Postgres (resync).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredReservation {
+    pub id: Uuid,
+    pub buyer_id: String,
+    pub idempotency_key: String,
+    pub quantity: i32,
+    pub unit_price: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Every reservation of the SKU that a buyer may still ask about: all but the rejected.
+    pub async fn reservations_of(
+        &self,
+        sku: &crate::domain::Sku,
+    ) -> Result<Vec<StoredReservation>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, buyer_id, idempotency_key, quantity, unit_price, currency, status, created_at, \
+               expires_at FROM reservations WHERE sku = $1 AND status <> 'rejected' ORDER BY created_event",
+        )
+        .bind(sku.as_str())
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -152,6 +152,39 @@ impl Store {
         Ok(record)
     }
 
+    /// Adds `units` to the sale's total and available stock; `None` for an unknown SKU.
+    pub async fn restock(&self, sku: &Sku, units: u32) -> Result<Option<SkuRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE inventory SET total = total + $2, available = available + $2 WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .bind(i64::from(units))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(None);
+        }
+        let record = Self::fetch_sku(&mut *tx, sku).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Records whether new holds may be taken; `None` for an unknown SKU.
+    pub async fn set_sale_state(
+        &self,
+        sku: &Sku,
+        state: SaleState,
+    ) -> Result<Option<SkuRecord>, StoreError> {
+        sqlx::query("UPDATE skus SET state = $2, updated_at = now() WHERE sku = $1")
+            .bind(sku.as_str())
+            .bind(state.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.find_sku(sku).await
+    }
+
     pub async fn find_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
         Self::fetch_sku(&self.pool, sku).await
     }

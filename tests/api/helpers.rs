@@ -78,6 +78,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     let store = Store::from_pool(pool);
     let secret = SecretString::from(JWT_SECRET.to_owned());
     let state = AppState {
+        settler: Settler::new(gate.clone(), store.clone(), settler_settings()),
         gate: gate.clone(),
         store: store.clone(),
         tokens: BuyerTokens::new(&secret),
@@ -222,6 +223,25 @@ impl TestApp {
             .fetch_one(self.store.pool())
             .await
             .expect("inventory")
+    }
+
+    /// POST /v1/reservations/{id}/{action} with the given bearer token.
+    pub async fn act(&self, id: &str, action: &str, token: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/reservations/{id}/{action}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect(action)
+    }
+
+    /// Deletes every key of this test's namespace, as a Redis that lost its data would.
+    pub fn flush_redis(&self) {
+        let mut conn = self.redis.get_connection().expect("redis");
+        let keys: Vec<String> = redis::Commands::scan_match(&mut conn, self.namespace.pattern())
+            .map(|iter| iter.filter_map(Result::ok).collect())
+            .expect("scan");
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).expect("DEL");
     }
 
     pub async fn redis_stock(&self, sku: &str) -> i64 {

@@ -4,6 +4,7 @@
 //! run in parallel and leave nothing behind.
 
 mod helpers;
+mod lifecycle;
 mod proxy;
 
 mod admin;

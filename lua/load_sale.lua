@@ -1,0 +1,30 @@
+-- load_sale.lua — load a sale's metadata and stock into Redis from its Postgres record.
+--
+-- Used by prewarm and by resync; they differ only in the guard, checked before the first write:
+--   'new'     refuse a sale that is already live (its meta hash exists): overwriting the stock
+--             of a live sale would hand units out twice;
+--   'force'   overwrite whatever is there;
+--   'drained' the caller paused the sale, drained the settler up to the stream's last event and
+--             read Postgres `available`; if any event was appended since (a release or expiry
+--             racing the resync), `available` is stale: nothing is written, drain again.
+--
+-- KEYS: 1 meta (hash), 2 stock (string), 3 events (stream)
+-- ARGV: 1 guard, 2 the stream's last event id as drained ('' for an empty stream; 'drained'
+--       only), 3 available units, then field/value pairs for meta
+-- Returns: 'ok', 'live' (guard 'new') or 'moved' (guard 'drained')
+
+if ARGV[1] == 'new' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return 'live'
+end
+if ARGV[1] == 'drained' then
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  local last_id = ''
+  if last[1] then last_id = last[1][1] end
+  if last_id ~= ARGV[2] then
+    return 'moved'
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('SET', KEYS[2], ARGV[3])
+return 'ok'

@@ -1,0 +1,112 @@
+//! Resync: the repair after Redis lost data or drifted (DESIGN.md §1, §3).
+//!
+//! Pause the sale in Redis, drain the settler so Postgres has every decision Redis still holds,
+//! put back the holds Redis lost (with their buyers' counts and idempotency records), then set
+//! Redis stock from Postgres `available` and resume — the last step only if no event slipped in
+//! since the drain (`lua/load_sale.lua`, guard `drained`), else drain and try again.
+
+use crate::domain::{
+    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus,
+    SaleState, Sku, ValidationError,
+};
+use crate::gate::{Gate, GateError, Hold};
+use crate::settler::{SettleError, Settler};
+use crate::store::{Store, StoreError, StoredReservation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error("no SKU {0}")]
+    UnknownSku(Sku),
+    #[error("events kept arriving; the sale is still paused, try again")]
+    Busy,
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+    #[error("reservation row is corrupt: {0}")]
+    Corrupt(#[from] ValidationError),
+}
+
+/// What a resync did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResyncReport {
+    pub sku: Sku,
+    /// Events the settler applied while draining.
+    pub settled_events: usize,
+    /// Holds Redis had lost and got back from Postgres.
+    pub restored_holds: usize,
+    /// Redis stock after the resync (Postgres `available`).
+    pub stock: i64,
+    /// Whether the settlement cursor was started over because the stream was gone.
+    pub cursor_reset: bool,
+    /// The sale's state after the resync (from Postgres).
+    pub state: SaleState,
+}
+
+const ATTEMPTS: usize = 20;
+
+pub async fn resync(
+    gate: &Gate,
+    store: &Store,
+    settler: &Settler,
+    sku: &Sku,
+) -> Result<ResyncReport, ResyncError> {
+    store
+        .find_sku(sku)
+        .await?
+        .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+    gate.set_state(sku, SaleState::Paused).await?;
+    let mut settled_events = 0;
+    let mut restored_holds = 0;
+    let mut cursor_reset = false;
+    for _ in 0..ATTEMPTS {
+        settled_events += settler.drain(sku).await?;
+        let last_event = gate.last_event_id(sku).await?;
+        if last_event.is_none() {
+            // Redis lost the stream; anything it writes from now on must be read from the start.
+            store.reset_cursor(sku).await?;
+            cursor_reset = true;
+        }
+        for row in store.reservations_of(sku).await? {
+            if gate.restore_hold(&hold_from_row(sku, row)?).await? {
+                restored_holds += 1;
+            }
+        }
+        let record = store
+            .find_sku(sku)
+            .await?
+            .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+        if gate
+            .load_sale_if_drained(&record, last_event.as_deref())
+            .await?
+        {
+            tracing::info!(sku = %sku, restored_holds, stock = record.available, "resynced redis from postgres");
+            return Ok(ResyncReport {
+                sku: sku.clone(),
+                settled_events,
+                restored_holds,
+                stock: record.available,
+                cursor_reset,
+                state: record.state,
+            });
+        }
+    }
+    Err(ResyncError::Busy)
+}
+
+fn hold_from_row(sku: &Sku, row: StoredReservation) -> Result<Hold, ValidationError> {
+    Ok(Hold {
+        id: ReservationId::from_uuid(row.id),
+        sku: sku.clone(),
+        buyer: BuyerId::parse(&row.buyer_id)?,
+        idempotency_key: IdempotencyKey::from_decoded(row.idempotency_key)?,
+        quantity: Quantity::parse(i64::from(row.quantity))?,
+        unit_price: Money::new(row.unit_price)?,
+        currency: Currency::parse(&row.currency)?,
+        status: ReservationStatus::parse(&row.status)?,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+    })
+}
