@@ -2,6 +2,7 @@
 # The whole test suite: formatting, lints, unit and integration tests against real Redis and
 # Postgres (found or started by scripts/services.sh). Every test gets a fresh database
 # (#[sqlx::test]) and its own Redis key namespace, so they run in parallel and leave nothing.
+# Last, a small load-test run against a private gate must pass its invariants verdict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -13,3 +14,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== load-test smoke run: 2,000 buyers at a SKU with stock 100, then the invariants verdict"
+FLASHGATE_PROFILE=debug ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet

@@ -35,7 +35,7 @@ pub struct RedisConfig {
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     #[arg(long, env = "FLASHGATE_REDIS_NAMESPACE", default_value = "flashgate")]
     pub redis_namespace: String,
-    /// Pooled Redis connections; each carries one request at a time.
+    /// Most Redis connections; requests are pipelined over them (multiplexed).
     #[arg(long, env = "FLASHGATE_REDIS_POOL_SIZE", default_value_t = 64)]
     pub redis_pool_size: usize,
     /// Bound on connecting to Redis, waiting for a pooled connection and each command, in ms:
@@ -146,6 +146,7 @@ impl SettlerConfig {
             batch_size: self.settler_batch_size.clamp(1, 10_000),
             idle_interval: Duration::from_millis(self.settler_idle_ms.max(1)),
             max_backoff: Duration::from_millis(self.settler_max_backoff_ms.max(1)),
+            ..crate::settler::SettlerSettings::default()
         }
     }
 }

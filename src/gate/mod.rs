@@ -12,12 +12,13 @@ pub use events::{Event, EventId, EventKind, NewHold, event_time};
 pub use keys::{Namespace, SkuKeys};
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
 use rust_decimal::Decimal;
 
 use crate::domain::{
@@ -269,7 +270,12 @@ struct GateInner {
     scripts: Scripts,
     /// SKU ↔ number, learnt from Redis once per process: the mapping never changes.
     sku_numbers: RwLock<SkuNumbers>,
+    /// The connection requests currently share, and when it was taken from the pool.
+    shared: Mutex<Option<(MultiplexedConnection, Instant)>>,
 }
+
+/// How long requests share one connection before it is taken afresh from the pool.
+const CONNECTION_REUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct SkuNumbers {
@@ -298,6 +304,7 @@ impl Gate {
                 settings,
                 scripts: Scripts::load(),
                 sku_numbers: RwLock::default(),
+                shared: Mutex::new(None),
             }),
         })
     }
@@ -306,8 +313,28 @@ impl Gate {
         &self.inner.settings.namespace
     }
 
-    pub(crate) async fn connection(&self) -> Result<deadpool_redis::Connection, GateError> {
-        Ok(self.inner.pool.get().await?)
+    /// A handle on a multiplexed Redis connection.
+    ///
+    /// A `MultiplexedConnection` pipelines any number of concurrent requests over one socket,
+    /// so requests share one through cheap clones instead of each holding a pooled object for
+    /// its whole duration (which caps concurrency at the pool size and turns a burst into
+    /// 503s). The handle is reused for [`CONNECTION_REUSE`] and then taken afresh from the pool,
+    /// whose health check (a `PING` on every `get`) thus runs about once a second rather than
+    /// on every request, and which replaces a connection that broke.
+    pub(crate) async fn connection(&self) -> Result<MultiplexedConnection, GateError> {
+        {
+            let shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((conn, fetched)) = shared.as_ref()
+                && fetched.elapsed() < CONNECTION_REUSE
+            {
+                return Ok(conn.clone());
+            }
+        }
+        let pooled = self.inner.pool.get().await?;
+        let conn = MultiplexedConnection::clone(&pooled);
+        *self.inner.shared.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((conn.clone(), Instant::now()));
+        Ok(conn)
     }
 
     pub async fn ping(&self) -> Result<(), GateError> {

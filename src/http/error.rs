@@ -173,6 +173,7 @@ impl From<crate::settler::SettleError> for ApiError {
         match err {
             SettleError::Gate(e) => e.into(),
             SettleError::Store(e) => e.into(),
+            SettleError::TimedOut(_) => Self::Unavailable("settlement"),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -38,6 +38,9 @@ pub enum SettleError {
     Injected(FaultPoint),
     #[error("no settlement cursor for SKU {0}")]
     NoCursor(Sku),
+    /// Another settler kept the SKU's cursor longer than the caller could wait.
+    #[error("settling {0} took longer than the caller could wait")]
+    TimedOut(Sku),
 }
 
 impl From<sqlx::Error> for SettleError {
@@ -55,6 +58,8 @@ pub struct SettlerSettings {
     pub idle_interval: Duration,
     /// Longest pause after repeated failures (Postgres or Redis down).
     pub max_backoff: Duration,
+    /// Longest a caller of `settle_through` (a commit) waits for Postgres.
+    pub settle_through_timeout: Duration,
 }
 
 impl Default for SettlerSettings {
@@ -63,6 +68,7 @@ impl Default for SettlerSettings {
             batch_size: 500,
             idle_interval: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            settle_through_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -188,8 +194,14 @@ impl Settler {
         }
     }
 
-    /// Settles the SKU at least up to the event `through` (whoever applies it).
+    /// Settles the SKU at least up to the event `through`, whoever applies it, waiting at most
+    /// `settle_through_timeout`.
+    ///
+    /// Callers (every commit) do not queue on the cursor row: when another settler holds it,
+    /// that settler is applying the batch that most likely contains `through`, so this waits a
+    /// moment and looks again rather than holding a Postgres connection blocked on the lock.
     pub async fn settle_through(&self, sku: &Sku, through: &str) -> Result<(), SettleError> {
+        let deadline = tokio::time::Instant::now() + self.settings.settle_through_timeout;
         loop {
             let cursor = self
                 .store
@@ -199,12 +211,30 @@ impl Settler {
             if compare_event_ids(&cursor, through) != Ordering::Less {
                 return Ok(());
             }
-            if self.settle_batch(sku).await? == BatchOutcome::Idle {
-                // The cursor is behind `through` yet the stream has nothing after it: the event
-                // is gone (Redis lost data). Nothing more can be applied.
-                return Err(SettleError::Invariant(format!(
-                    "event {through} of {sku} is not in the stream after cursor {cursor}"
-                )));
+            match self
+                .settle_batch_locking(sku, CursorLock::SkipLocked)
+                .await?
+            {
+                BatchOutcome::Applied { .. } => continue,
+                BatchOutcome::Idle => {
+                    // Nothing after the cursor the batch read. Another settler may have moved
+                    // the cursor past `through` since `cursor` was read: look again.
+                    let now = self.store.settlement_cursor(sku).await?.unwrap_or_default();
+                    if compare_event_ids(&now, through) != Ordering::Less {
+                        return Ok(());
+                    }
+                    // Still behind, and the stream has nothing after it: the event is gone
+                    // (Redis lost data). Nothing more can be applied.
+                    return Err(SettleError::Invariant(format!(
+                        "event {through} of {sku} is not in the stream after cursor {now}"
+                    )));
+                }
+                BatchOutcome::Busy | BatchOutcome::Moved => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(SettleError::TimedOut(sku.clone()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
         }
     }

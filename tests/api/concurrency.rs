@@ -6,7 +6,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{sale_body, spawn_app};
+use crate::helpers::{AppOptions, sale_body, spawn_app, spawn_app_with};
 
 #[sqlx::test]
 async fn two_thousand_buyers_double_submitting_get_exactly_the_stock(pool: PgPool) {
@@ -65,4 +65,79 @@ async fn two_thousand_buyers_double_submitting_get_exactly_the_stock(pool: PgPoo
         "{codes:?}"
     );
     assert_eq!(app.redis_stock("hot").await, 0);
+}
+
+/// Regression: each request used to hold a pooled Redis connection for its whole duration, so a
+/// burst larger than the pool queued for a connection and was answered 503 after the timeout.
+#[sqlx::test]
+async fn a_burst_far_larger_than_the_redis_pool_is_served(pool: PgPool) {
+    // Every answer from Redis takes 20 ms more: 200 requests in turn over one pooled connection
+    // would take 4 s, far past the 1 s timeout; pipelined, they share the delay.
+    let redis = crate::helpers::redis_url();
+    let upstream = redis.trim_start_matches("redis://").trim_end_matches('/');
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("address");
+    let slow =
+        crate::proxy::Proxy::start_with_delay(upstream, std::time::Duration::from_millis(20)).await;
+    let options = AppOptions {
+        redis_url: format!("redis://{}", slow.addr),
+        redis_pool_size: 1,
+        redis_timeout: std::time::Duration::from_secs(1),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("hot", &sale_body(100, 1)).await;
+
+    let buyers: Vec<String> = (0..200).map(|n| format!("buyer-{n}")).collect();
+    let statuses: Vec<u16> =
+        futures::future::join_all(buyers.iter().map(|b| app.reserve("hot", b, "k", 1)))
+            .await
+            .into_iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{:?}",
+        statuses.iter().filter(|s| **s >= 500).count()
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 100);
+}
+
+/// Regression: a commit's synchronous settle compared a cursor read before another settler
+/// advanced it, found nothing left in the stream, and answered 500.
+#[sqlx::test]
+async fn many_concurrent_commits_all_succeed(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("hot", &sale_body(200, 1)).await;
+    let mut holds = Vec::new();
+    for n in 0..200 {
+        let body: Value = app
+            .reserve("hot", &format!("buyer-{n}"), "k", 1)
+            .await
+            .json()
+            .await
+            .expect("json");
+        holds.push((n, body["id"].as_str().expect("id").to_owned()));
+    }
+
+    let statuses: Vec<u16> = futures::stream::iter(holds)
+        .map(|(n, id)| {
+            let app = &app;
+            async move {
+                app.act(&id, "commit", &app.token(&format!("buyer-{n}")))
+                    .await
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.inventory("hot").await, (200, 0, 0, 200));
 }

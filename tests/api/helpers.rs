@@ -26,6 +26,7 @@ pub fn redis_url() -> String {
 #[derive(Debug, Clone)]
 pub struct AppOptions {
     pub redis_url: String,
+    pub redis_pool_size: usize,
     pub redis_timeout: Duration,
     pub buyer_rate: Option<BuyerRate>,
     pub client_rate: u32,
@@ -36,6 +37,7 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             redis_url: redis_url(),
+            redis_pool_size: 32,
             redis_timeout: Duration::from_secs(2),
             buyer_rate: None,
             client_rate: 0,
@@ -65,7 +67,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     let gate = Gate::connect(
         &RedisSettings {
             url: options.redis_url.clone(),
-            pool_size: 32,
+            pool_size: options.redis_pool_size,
             timeout: options.redis_timeout,
         },
         GateSettings {
@@ -113,6 +115,7 @@ pub fn settler_settings() -> SettlerSettings {
         batch_size: 100,
         idle_interval: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
+        ..SettlerSettings::default()
     }
 }
 

@@ -1,0 +1,99 @@
+//! The command line.
+
+use clap::{Parser, ValueEnum};
+use secrecy::SecretString;
+
+/// Drives virtual buyers at one SKU of a running gate, then checks invariants 1–7.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Base URL of the gate.
+    #[arg(long, env = "FLASHGATE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The gate's admin token (creates the sale, reads the audit).
+    #[arg(long, env = "FLASHGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: SecretString,
+    /// The gate's buyer-token secret, to mint one token per virtual buyer.
+    #[arg(long, env = "FLASHGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: SecretString,
+
+    /// The SKU to drive (created with --create, else it must exist and be pre-warmed).
+    #[arg(long, default_value = "loadtest")]
+    pub sku: String,
+    /// Create (or reset) the sale through the admin API and pre-warm it with --force first.
+    #[arg(long)]
+    pub create: bool,
+    /// Units on sale (with --create).
+    #[arg(long, default_value_t = 100)]
+    pub stock: u32,
+    /// Per-buyer limit (with --create).
+    #[arg(long, default_value_t = 1)]
+    pub per_buyer_limit: u32,
+    /// Hold TTL in seconds (with --create).
+    #[arg(long, default_value_t = 300)]
+    pub hold_ttl_seconds: u32,
+    /// Unit price (with --create).
+    #[arg(long, default_value = "19.99")]
+    pub price: String,
+
+    /// Virtual buyers; each wants one unit under its own idempotency key.
+    #[arg(long, default_value_t = 5_000)]
+    pub buyers: usize,
+    /// Closed: `--concurrency` buyers in flight at once. Open: buyers arrive at `--rate` per
+    /// second whatever the gate's answers, and latency counts from the scheduled arrival, so
+    /// slow answers cannot hide latency (no coordinated omission).
+    #[arg(long, value_enum, default_value_t = Mode::Closed)]
+    pub mode: Mode,
+    /// Buyers in flight at once (closed mode); default: all of them.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Arrivals per second (open mode).
+    #[arg(long, default_value_t = 2_000.0)]
+    pub rate: f64,
+    /// HTTP connections the load generator may open.
+    #[arg(long, default_value_t = 512)]
+    pub connections: usize,
+    /// Client timeout per request, in ms; a timed-out reserve is retried with the same key.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+
+    /// Share of buyers who send the same reserve twice at once.
+    #[arg(long, default_value_t = 0.1)]
+    pub double_submit: f64,
+    /// Share of buyers who send their reserve again with the same key after the first answer
+    /// (as after a lost response).
+    #[arg(long, default_value_t = 0.05)]
+    pub retry: f64,
+    /// Share of buyers with a hold who commit it (pay).
+    #[arg(long, default_value_t = 0.6)]
+    pub commit: f64,
+    /// Share of buyers with a hold who release it; the rest let it expire.
+    #[arg(long, default_value_t = 0.2)]
+    pub release: f64,
+
+    /// Longest wait for the settler to drain after the drive, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub settle_timeout_seconds: u64,
+    /// Accept 5xx answers (they fail the verdict by default).
+    #[arg(long)]
+    pub allow_5xx: bool,
+    /// The gate's process id, to report its peak memory (VmHWM).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub report_json: Option<String>,
+    /// Write the report as a self-contained HTML page here.
+    #[arg(long)]
+    pub report_html: Option<String>,
+    /// No progress bar (for CI logs).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Closed,
+    Open,
+}

@@ -1,0 +1,371 @@
+//! The virtual buyers, and what each request's answer and latency were.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use flashgate::auth::BuyerTokens;
+use flashgate::domain::BuyerId;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::config::{Config, Mode};
+
+/// The calls a buyer makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Reserve,
+    Commit,
+    Release,
+}
+
+/// One request: what it was, how it ended, how long it took, and when it started.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub op: Op,
+    /// `201`, `409 sold_out`, `timeout`, ...
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// When the request started, from the start of the drive.
+    pub at: Duration,
+}
+
+/// What one buyer saw.
+#[derive(Debug, Clone, Default)]
+pub struct BuyerSeen {
+    /// Every reservation id a 201 answered this buyer's key with.
+    pub ids: BTreeSet<String>,
+}
+
+/// Everything the drive recorded.
+#[derive(Debug)]
+pub struct Drive {
+    pub samples: Vec<Sample>,
+    pub buyers: Vec<BuyerSeen>,
+    pub duration: Duration,
+}
+
+/// Calls to the admin API.
+pub struct Admin {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    sku: String,
+}
+
+impl Admin {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            url: config.url.trim_end_matches('/').to_owned(),
+            token: config.admin_token.expose_secret().to_owned(),
+            sku: config.sku.clone(),
+        })
+    }
+
+    /// Creates or resets the sale and loads it into Redis (`prewarm?force=true`).
+    pub async fn create_sale(&self, config: &Config) -> anyhow::Result<()> {
+        let body = json!({
+            "name": format!("load test {}", self.sku),
+            "price": config.price,
+            "currency": "USD",
+            "stock": config.stock,
+            "per_buyer_limit": config.per_buyer_limit,
+            "hold_ttl_seconds": config.hold_ttl_seconds,
+        });
+        let base = format!("{}/v1/admin/skus/{}", self.url, self.sku);
+        let put = self
+            .client
+            .put(&base)
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        if !put.status().is_success() {
+            bail!(
+                "PUT {base}: {} {}",
+                put.status(),
+                put.text().await.unwrap_or_default()
+            );
+        }
+        let warm = self
+            .client
+            .post(format!("{base}/prewarm?force=true"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !warm.status().is_success() {
+            bail!(
+                "prewarm: {} {}",
+                warm.status(),
+                warm.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn audit(&self) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/admin/skus/{}/audit", self.url, self.sku);
+        let response = self
+            .client
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "GET {url}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Polls the audit until the settler has drained the stream and written back every refusal,
+    /// or the timeout passes; returns the last audit either way.
+    pub async fn wait_for_settlement(&self, config: &Config) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(config.settle_timeout_seconds);
+        loop {
+            let audit = self.audit().await?;
+            let drained = audit["backlog"] == 0 && audit["pending_write_backs"] == 0;
+            if drained || Instant::now() >= deadline {
+                return Ok(audit);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Shared by every buyer task.
+struct Shared {
+    client: reqwest::Client,
+    reserve_url: String,
+    url: String,
+    config: Config,
+    run: u64,
+    start: Instant,
+}
+
+/// Runs every buyer and collects what they saw.
+pub async fn drive(config: &Config) -> anyhow::Result<Drive> {
+    let tokens = BuyerTokens::new(&config.jwt_secret);
+    let run: u64 = rand::random::<u32>().into();
+    let minted: Vec<String> = (0..config.buyers)
+        .map(|n| {
+            let buyer = BuyerId::parse(&format!("lt{run}-{n}")).context("buyer id")?;
+            tokens
+                .mint(&buyer, Duration::from_secs(3600))
+                .context("mint a buyer token")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.connections)
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .build()?;
+    let url = config.url.trim_end_matches('/').to_owned();
+    let context = Arc::new(Shared {
+        client,
+        reserve_url: format!("{url}/v1/skus/{}/reservations", config.sku),
+        url,
+        config: config.clone(),
+        run,
+        start: Instant::now(),
+    });
+    let progress = if config.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(config.buyers as u64).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} buyers {per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+
+    let buyers = minted.into_iter().enumerate().map(|(n, token)| {
+        let (context, progress) = (context.clone(), progress.clone());
+        async move {
+            let scheduled = match context.config.mode {
+                Mode::Open => {
+                    let at = context.start
+                        + Duration::from_secs_f64(n as f64 / context.config.rate.max(0.001));
+                    tokio::time::sleep_until(at.into()).await;
+                    Some(at)
+                }
+                Mode::Closed => None,
+            };
+            let seen = buyer(&context, n, &token, scheduled).await;
+            progress.inc(1);
+            seen
+        }
+    });
+    let concurrency = match config.mode {
+        Mode::Closed => config.concurrency.unwrap_or(config.buyers).max(1),
+        // Open mode: every buyer waits for its own arrival time; none may wait for another.
+        Mode::Open => config.buyers.max(1),
+    };
+    let results: Vec<(Vec<Sample>, BuyerSeen)> = futures::stream::iter(buyers)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    progress.finish_and_clear();
+    let duration = context.start.elapsed();
+    let mut samples = Vec::new();
+    let mut seen = Vec::with_capacity(results.len());
+    for (buyer_samples, buyer_seen) in results {
+        samples.extend(buyer_samples);
+        seen.push(buyer_seen);
+    }
+    Ok(Drive {
+        samples,
+        buyers: seen,
+        duration,
+    })
+}
+
+/// One virtual buyer: reserve (maybe twice at once, maybe again later), then commit, release or
+/// walk away. Its choices come from a generator seeded by its number, so a run is repeatable.
+async fn buyer(
+    context: &Shared,
+    n: usize,
+    token: &str,
+    scheduled: Option<Instant>,
+) -> (Vec<Sample>, BuyerSeen) {
+    let config = &context.config;
+    let mut rng =
+        StdRng::seed_from_u64(context.run ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let key = format!("lt-{}-{n}", context.run);
+    let mut samples = Vec::new();
+    let mut seen = BuyerSeen::default();
+
+    let double = rng.random_bool(config.double_submit.clamp(0.0, 1.0));
+    let first = if double {
+        let (a, b) = futures::join!(
+            reserve(context, token, &key, scheduled),
+            reserve(context, token, &key, scheduled)
+        );
+        vec![a, b]
+    } else {
+        vec![reserve(context, token, &key, scheduled).await]
+    };
+    for (answers, id) in first {
+        samples.extend(answers);
+        seen.ids.extend(id);
+    }
+    if rng.random_bool(config.retry.clamp(0.0, 1.0)) {
+        let (answers, id) = reserve(context, token, &key, None).await;
+        samples.extend(answers);
+        seen.ids.extend(id);
+    }
+
+    if let Some(id) = seen.ids.iter().next().cloned() {
+        let roll: f64 = rng.random();
+        let op = if roll < config.commit {
+            Some(Op::Commit)
+        } else if roll < config.commit + config.release {
+            Some(Op::Release)
+        } else {
+            None // walks away: the hold expires
+        };
+        if let Some(op) = op {
+            let action = if op == Op::Commit {
+                "commit"
+            } else {
+                "release"
+            };
+            let request = context
+                .client
+                .post(format!("{}/v1/reservations/{id}/{action}", context.url))
+                .bearer_auth(token);
+            samples.push(send(context, op, request, None).await.0);
+        }
+    }
+    (samples, seen)
+}
+
+/// A reserve, retried with the same key after a client timeout (at most three tries). Returns
+/// its samples and the reservation id of a 201.
+async fn reserve(
+    context: &Shared,
+    token: &str,
+    key: &str,
+    scheduled: Option<Instant>,
+) -> (Vec<Sample>, Option<String>) {
+    let mut samples = Vec::new();
+    for attempt in 0..3 {
+        let request = context
+            .client
+            .post(&context.reserve_url)
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&json!({"quantity": 1}));
+        // Only the first attempt of an open-mode arrival counts from its scheduled time.
+        let (sample, body) = send(
+            context,
+            Op::Reserve,
+            request,
+            if attempt == 0 { scheduled } else { None },
+        )
+        .await;
+        let timed_out = sample.outcome == "timeout";
+        let id = (sample.status == Some(201))
+            .then(|| {
+                body.as_ref()
+                    .and_then(|b| b["id"].as_str().map(str::to_owned))
+            })
+            .flatten();
+        samples.push(sample);
+        if !timed_out {
+            return (samples, id);
+        }
+    }
+    (samples, None)
+}
+
+async fn send(
+    context: &Shared,
+    op: Op,
+    request: reqwest::RequestBuilder,
+    scheduled: Option<Instant>,
+) -> (Sample, Option<Value>) {
+    let started = scheduled.unwrap_or_else(Instant::now);
+    let at = started.saturating_duration_since(context.start);
+    let (outcome, status, body) = match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body: Option<Value> = response.json().await.ok();
+            let code = body
+                .as_ref()
+                .and_then(|b| b["error"].as_str())
+                .map(str::to_owned);
+            let outcome = match code {
+                Some(code) => format!("{status} {code}"),
+                None => status.to_string(),
+            };
+            (outcome, Some(status), body)
+        }
+        Err(err) if err.is_timeout() => ("timeout".to_owned(), None, None),
+        Err(err) if err.is_connect() => ("connect_error".to_owned(), None, None),
+        Err(_) => ("transport_error".to_owned(), None, None),
+    };
+    (
+        Sample {
+            op,
+            outcome,
+            status,
+            latency: started.elapsed(),
+            at,
+        },
+        body,
+    )
+}

@@ -1,0 +1,391 @@
+//! The report: throughput, latency percentiles per outcome (HDR histograms), counts, the
+//! settlement lag and the verdict — as text, JSON, and a self-contained HTML page with a
+//! latency-over-time plot and a latency histogram drawn as inline SVG.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::drive::{Drive, Op, Sample};
+use crate::verdict::Finding;
+
+/// Latency percentiles of one (operation, outcome), in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutcomeStats {
+    pub op: Op,
+    pub outcome: String,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+pub struct Report {
+    summary: Value,
+    outcomes: Vec<OutcomeStats>,
+    audit: Value,
+    verdict: Vec<Finding>,
+    points: Vec<(f64, f64, &'static str)>,
+    buckets: Vec<(f64, u64)>,
+}
+
+fn histogram(samples: &[&Sample]) -> Histogram<u64> {
+    // 1 µs to 10 min at 3 significant digits; `saturating_record` keeps outliers at the top.
+    let mut h =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+    for s in samples {
+        h.saturating_record(s.latency.as_micros().max(1) as u64);
+    }
+    h
+}
+
+fn ms(micros: u64) -> f64 {
+    (micros as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+fn colour(sample: &Sample) -> &'static str {
+    match (sample.op, sample.status) {
+        (Op::Commit, _) => "#1f77b4",
+        (Op::Release, _) => "#9467bd",
+        (_, Some(201)) => "#2ca02c",
+        (_, Some(409)) => "#ff7f0e",
+        (_, Some(s)) if s >= 500 => "#d62728",
+        (_, Some(_)) => "#8c564b",
+        (_, None) => "#d62728",
+    }
+}
+
+impl Report {
+    pub fn new(
+        config: &Config,
+        drive: &Drive,
+        settlement_lag: Duration,
+        audit: Value,
+        verdict: Vec<Finding>,
+        server_peak_memory_kib: Option<u64>,
+    ) -> Self {
+        let mut groups: BTreeMap<(Op, String), Vec<&Sample>> = BTreeMap::new();
+        for s in &drive.samples {
+            groups.entry((s.op, s.outcome.clone())).or_default().push(s);
+        }
+        let outcomes: Vec<OutcomeStats> = groups
+            .iter()
+            .map(|((op, outcome), samples)| {
+                let h = histogram(samples);
+                OutcomeStats {
+                    op: *op,
+                    outcome: outcome.clone(),
+                    count: h.len(),
+                    p50_ms: ms(h.value_at_quantile(0.5)),
+                    p90_ms: ms(h.value_at_quantile(0.9)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                    p999_ms: ms(h.value_at_quantile(0.999)),
+                    max_ms: ms(h.max()),
+                }
+            })
+            .collect();
+        let reserves: Vec<&Sample> = drive
+            .samples
+            .iter()
+            .filter(|s| s.op == Op::Reserve)
+            .collect();
+        let all_reserves = histogram(&reserves);
+        let seconds = drive.duration.as_secs_f64().max(1e-9);
+        let holds: usize = drive.buyers.iter().map(|b| b.ids.len()).sum();
+        let summary = json!({
+            "sku": config.sku,
+            "mode": config.mode,
+            "buyers": config.buyers,
+            "concurrency": config.concurrency.unwrap_or(config.buyers),
+            "rate": config.rate,
+            "stock": config.stock,
+            "shares": {"double_submit": config.double_submit, "retry": config.retry, "commit": config.commit, "release": config.release},
+            "duration_seconds": seconds,
+            "requests": drive.samples.len(),
+            "requests_per_second": drive.samples.len() as f64 / seconds,
+            "reserves_per_second": reserves.len() as f64 / seconds,
+            "reserve_latency_ms": {
+                "p50": ms(all_reserves.value_at_quantile(0.5)),
+                "p90": ms(all_reserves.value_at_quantile(0.9)),
+                "p99": ms(all_reserves.value_at_quantile(0.99)),
+                "p999": ms(all_reserves.value_at_quantile(0.999)),
+                "max": ms(all_reserves.max()),
+            },
+            "holds": holds,
+            "settlement_lag_seconds": settlement_lag.as_secs_f64(),
+            "server_peak_memory_kib": server_peak_memory_kib,
+        });
+
+        let stride = (drive.samples.len() / 4_000).max(1);
+        let points = drive
+            .samples
+            .iter()
+            .step_by(stride)
+            .map(|s| {
+                (
+                    s.at.as_secs_f64(),
+                    s.latency.as_secs_f64() * 1000.0,
+                    colour(s),
+                )
+            })
+            .collect();
+        // Reserve latency in log-spaced buckets from 0.1 ms to 10 s, four per decade.
+        let edges: Vec<f64> = (0..=20)
+            .map(|i| 0.1 * 10f64.powf(f64::from(i) / 4.0))
+            .collect();
+        let buckets = edges
+            .windows(2)
+            .map(|w| {
+                let count = reserves
+                    .iter()
+                    .filter(|s| {
+                        let l = s.latency.as_secs_f64() * 1000.0;
+                        l >= w[0] && l < w[1]
+                    })
+                    .count() as u64;
+                (w[0], count)
+            })
+            .collect();
+        Self {
+            summary,
+            outcomes,
+            audit,
+            verdict,
+            points,
+            buckets,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.verdict.iter().all(|f| f.passed)
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "summary": self.summary,
+            "outcomes": self.outcomes,
+            "audit": self.audit,
+            "verdict": {"passed": self.passed(), "findings": self.verdict},
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let s = &self.summary;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n{} buyers ({} mode) at SKU {} with stock {}: {} requests in {:.2} s = {:.0} requests/s ({:.0} reserves/s)",
+            s["buyers"],
+            s["mode"].as_str().unwrap_or("?"),
+            s["sku"].as_str().unwrap_or("?"),
+            s["stock"],
+            s["requests"],
+            s["duration_seconds"].as_f64().unwrap_or(0.0),
+            s["requests_per_second"].as_f64().unwrap_or(0.0),
+            s["reserves_per_second"].as_f64().unwrap_or(0.0),
+        );
+        let r = &s["reserve_latency_ms"];
+        let _ = writeln!(
+            out,
+            "reserve latency ms: p50 {} p90 {} p99 {} p99.9 {} max {}",
+            r["p50"], r["p90"], r["p99"], r["p999"], r["max"]
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<8} {:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "op", "outcome", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for o in &self.outcomes {
+            let op = serde_json::to_value(o.op)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<8} {:<34} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                op, o.outcome, o.count, o.p50_ms, o.p90_ms, o.p99_ms, o.p999_ms, o.max_ms
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nholds handed out: {}; settlement lag: {:.2} s; postgres available {} reserved {} sold {} of {}; redis stock {}",
+            s["holds"],
+            s["settlement_lag_seconds"].as_f64().unwrap_or(0.0),
+            self.audit["available"],
+            self.audit["reserved"],
+            self.audit["sold"],
+            self.audit["total"],
+            self.audit["redis_stock"]
+        );
+        if let Some(kib) = s["server_peak_memory_kib"].as_u64() {
+            let _ = writeln!(
+                out,
+                "server peak memory (VmHWM): {:.1} MiB",
+                kib as f64 / 1024.0
+            );
+        }
+        let _ = writeln!(out, "\nverdict:");
+        for f in &self.verdict {
+            let _ = writeln!(
+                out,
+                "  {} {} — {}",
+                if f.passed { "PASS" } else { "FAIL" },
+                f.name,
+                f.detail
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{}",
+            if self.passed() {
+                "VERDICT: PASS"
+            } else {
+                "VERDICT: FAIL"
+            }
+        );
+        out
+    }
+
+    pub fn html(&self) -> String {
+        let mut rows = String::new();
+        for o in &self.outcomes {
+            let op = serde_json::to_value(o.op)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let _ = write!(
+                rows,
+                "<tr><td>{op}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+                escape(&o.outcome),
+                o.count,
+                o.p50_ms,
+                o.p90_ms,
+                o.p99_ms,
+                o.p999_ms,
+                o.max_ms
+            );
+        }
+        let mut findings = String::new();
+        for f in &self.verdict {
+            let _ = write!(
+                findings,
+                "<li class=\"{}\">{} {} — {}</li>",
+                if f.passed { "pass" } else { "fail" },
+                if f.passed { "PASS" } else { "FAIL" },
+                escape(&f.name),
+                escape(&f.detail)
+            );
+        }
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>flashgate load test</title><style>\
+             body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}} table{{border-collapse:collapse}}\
+             td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:nth-child(2),td:first-child{{text-align:left}}\
+             .pass{{color:#2ca02c}} .fail{{color:#d62728;font-weight:bold}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>\
+             <h1>flashgate load test — {}</h1><h2>Verdict: {}</h2><ul>{findings}</ul>\
+             <h2>Latency over time</h2><p>Each dot is a request (sampled to at most 4,000): green 201, orange 409, red 5xx or \
+             transport error, blue commit, purple release. Log scale.</p>{}\
+             <h2>Reserve latency histogram</h2>{}\
+             <h2>Per outcome</h2><table><tr><th>op</th><th>outcome</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>\
+             <th>p99.9 ms</th><th>max ms</th></tr>{rows}</table>\
+             <h2>Summary</h2><pre>{}</pre><h2>Audit</h2><pre>{}</pre></body></html>",
+            escape(self.summary["sku"].as_str().unwrap_or("")),
+            if self.passed() {
+                "<span class=\"pass\">PASS</span>"
+            } else {
+                "<span class=\"fail\">FAIL</span>"
+            },
+            self.scatter_svg(),
+            self.histogram_svg(),
+            escape(&serde_json::to_string_pretty(&self.summary).unwrap_or_default()),
+            escape(&serde_json::to_string_pretty(&self.audit).unwrap_or_default()),
+        )
+    }
+
+    fn scatter_svg(&self) -> String {
+        let (w, h, pad) = (900.0, 360.0, 50.0);
+        let max_t = self.points.iter().map(|p| p.0).fold(0.001, f64::max);
+        let (lo, hi) = (0.1f64.log10(), 10_000f64.log10());
+        let y = |ms: f64| {
+            h - pad - (ms.clamp(0.1, 10_000.0).log10() - lo) / (hi - lo) * (h - 2.0 * pad)
+        };
+        let mut svg =
+            format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">");
+        for decade in [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0] {
+            let y0 = y(decade);
+            let _ = write!(
+                svg,
+                "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#eee\"/><text x=\"4\" y=\"{:.1}\" font-size=\"11\">{decade} ms</text>",
+                w - 10.0,
+                y0 + 4.0
+            );
+        }
+        for (t, l, c) in &self.points {
+            let x = pad + t / max_t * (w - pad - 10.0);
+            let _ = write!(
+                svg,
+                "<circle cx=\"{x:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"{c}\" fill-opacity=\"0.6\"/>",
+                y(*l)
+            );
+        }
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\">time since start (s), 0 – {max_t:.2}</text></svg>",
+            w / 2.0 - 80.0,
+            h - 10.0
+        );
+        svg
+    }
+
+    fn histogram_svg(&self) -> String {
+        let (w, h, pad) = (900.0, 260.0, 40.0);
+        let max = self.buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
+        let bar = (w - 2.0 * pad) / self.buckets.len().max(1) as f64;
+        let mut svg =
+            format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">");
+        for (i, (edge, count)) in self.buckets.iter().enumerate() {
+            let height = *count as f64 / max * (h - 2.0 * pad);
+            let x = pad + i as f64 * bar;
+            let _ = write!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#2ca02c\"><title>≥ {edge:.2} ms: {count}</title></rect>\
+                 <text x=\"{x:.1}\" y=\"{}\" font-size=\"9\">{}</text>",
+                h - pad - height,
+                bar - 2.0,
+                h - pad + 12.0,
+                if i % 2 == 0 {
+                    format!("{edge:.1}")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\">reserve latency, ms (log buckets)</text></svg>",
+            w / 2.0 - 80.0,
+            h - 5.0
+        );
+        svg
+    }
+}
+
+fn escape(raw: &str) -> String {
+    raw.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The peak resident memory of a process, from `/proc/<pid>/status` (Linux).
+pub fn peak_memory_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}

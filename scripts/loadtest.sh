@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs a load test end to end against a private gate: finds or starts Redis and Postgres, starts
+# `flashgate serve` on its own port, database and Redis namespace (with random secrets and the
+# per-IP shedder off, since every virtual buyer comes from this one machine), runs
+# flashgate-loadtest against it with --create, then stops the gate and cleans up.
+#
+#   scripts/loadtest.sh [flashgate-loadtest options...]      e.g. --buyers 5000 --stock 100
+#
+# FLASHGATE_PROFILE=release (default) or debug; FLASHGATE_LOADTEST_PORT (default 18080).
+# The exit code is flashgate-loadtest's: 0 when the verdict passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+flashgate_services
+
+profile=${FLASHGATE_PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release --locked -p flashgate -p flashgate-loadtest
+else
+  cargo build --locked -p flashgate -p flashgate-loadtest
+fi
+bin=target/$profile
+
+run_id="lt_$$_$RANDOM"
+export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_$run_id"
+export FLASHGATE_REDIS_NAMESPACE="loadtest-$run_id"
+export FLASHGATE_JWT_SECRET="loadtest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export FLASHGATE_ADMIN_TOKEN="admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_LOADTEST_PORT:-18080}"
+export FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0
+export RUST_LOG=${RUST_LOG:-warn}
+
+"$bin/flashgate" migrate >/dev/null
+"$bin/flashgate" serve 2>"target/loadtest-server-$run_id.log" &
+server=$!
+cleanup() {
+  kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  if command -v redis-cli >/dev/null 2>&1; then
+    redis-cli -u "$REDIS_URL" --scan --pattern "$FLASHGATE_REDIS_NAMESPACE:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+  fi
+  if command -v psql >/dev/null 2>&1; then
+    psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_$run_id WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  rm -f "target/loadtest-server-$run_id.log"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/${FLASHGATE_LISTEN%:*}/${FLASHGATE_LISTEN##*:}") 2>/dev/null; then break; fi
+  kill -0 "$server" 2>/dev/null || { cat "target/loadtest-server-$run_id.log" >&2; exit 2; }
+  sleep 0.1
+done
+
+"$bin/flashgate-loadtest" --url "http://$FLASHGATE_LISTEN" --create --server-pid "$server" "$@"
