@@ -128,6 +128,14 @@ impl BenchEnv {
         created as u64
     }
 
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
     /// Deletes the namespace's keys and the database.
     pub async fn cleanup(self) {
         if let Ok(client) = redis::Client::open(self.redis_url.as_str())

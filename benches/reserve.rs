@@ -1,0 +1,120 @@
+//! Reserving one unit on one hot SKU at 256 concurrent buyers, side by side in one run:
+//!
+//! - `gate_reserve_lua` — the gate's own client code running `lua/reserve.lua` (every check,
+//!   every write, the stream append) against a real Redis;
+//! - `evalsha_trivial_floor` — the same number of `EVALSHA`s of a script that returns at once,
+//!   over the same connection: the floor any Redis-script gate pays;
+//! - `postgres_hot_row_update` — "what people do instead": one conditional
+//!   `UPDATE inventory SET available = available - 1 WHERE sku = $1 AND available >= 1` per
+//!   buyer, 256 buyers at once over a pool of 64 connections (Postgres allows 100 here).
+//!
+//! `cargo bench --bench reserve` (needs Redis and Postgres; skips with a message otherwise).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures::StreamExt;
+use sqlx::postgres::PgPoolOptions;
+
+const CONCURRENCY: usize = 256;
+const PER_ITERATION: u64 = 5_000;
+
+fn reserve(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let Some(env) = runtime.block_on(support::BenchEnv::connect("reserve", 100_000_000, None))
+    else {
+        return;
+    };
+    let redis = redis::Client::open(env.redis_url()).expect("redis url");
+    let conn = runtime
+        .block_on(redis.get_multiplexed_async_connection())
+        .expect("redis connection");
+    let trivial = redis::Script::new("return 1");
+    let hot_row = runtime
+        .block_on(
+            PgPoolOptions::new()
+                .max_connections(64)
+                .connect(env.database_url()),
+        )
+        .expect("postgres pool");
+
+    let mut group = c.benchmark_group("reserve_one_hot_sku_256_concurrent");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    group.throughput(Throughput::Elements(PER_ITERATION));
+
+    group.bench_function("gate_reserve_lua", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    let created = env.make_holds(PER_ITERATION, CONCURRENCY).await;
+                    assert_eq!(created, PER_ITERATION);
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    group.bench_function("evalsha_trivial_floor", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    futures::stream::iter(0..PER_ITERATION)
+                        .map(|_| {
+                            let (mut conn, trivial) = (conn.clone(), &trivial);
+                            async move {
+                                let answer: i64 =
+                                    trivial.invoke_async(&mut conn).await.expect("EVALSHA");
+                                answer
+                            }
+                        })
+                        .buffer_unordered(CONCURRENCY)
+                        .for_each(|_| async {})
+                        .await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    group.bench_function("postgres_hot_row_update", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    futures::stream::iter(0..PER_ITERATION)
+                        .map(|_| {
+                            let pool = &hot_row;
+                            async move {
+                                let taken = sqlx::query(
+                                    "UPDATE inventory SET available = available - 1, reserved = reserved + 1 \
+                                     WHERE sku = $1 AND available >= 1",
+                                )
+                                .bind("bench")
+                                .execute(pool)
+                                .await
+                                .expect("UPDATE")
+                                .rows_affected();
+                                assert_eq!(taken, 1);
+                            }
+                        })
+                        .buffer_unordered(CONCURRENCY)
+                        .for_each(|_| async {})
+                        .await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+    runtime.block_on(hot_row.close());
+    runtime.block_on(env.cleanup());
+}
+
+criterion_group!(benches, reserve);
+criterion_main!(benches);

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Measures end-to-end HTTP reserve throughput on one SKU against its single-shard ceiling, in one
+# run on one machine:
+#   1. wrk: POST /v1/skus/hot/reservations, every request a new hold (stock never runs out);
+#   2. wrk: the same on a sold-out SKU (every answer 409 sold_out);
+#   3. redis-benchmark: EVALSHA of the same lua/reserve.lua with the same keys and arguments the
+#      gate sends, every call a new hold, at the same concurrency.
+# and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh.
+#   CONNECTIONS=64 DURATION=10 scripts/perf.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+flashgate_services
+connections=${CONNECTIONS:-64}
+duration=${DURATION:-10}
+for tool in wrk redis-benchmark; do
+  if ! command -v "$tool" >/dev/null; then
+    [ "$(id -u)" = 0 ] || { echo "install $tool (apt-get install wrk redis-tools)" >&2; exit 2; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-tools >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-tools >/dev/null; }
+  fi
+done
+cargo build --release --locked -p flashgate
+
+run_id="perf_$$_$RANDOM"
+ns="perf-$run_id"
+export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_$run_id" FLASHGATE_REDIS_NAMESPACE="$ns"
+export FLASHGATE_JWT_SECRET="perf-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" FLASHGATE_ADMIN_TOKEN="perf-admin"
+export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_PERF_PORT:-18081}" FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0 RUST_LOG=warn
+bin=target/release/flashgate
+"$bin" migrate >/dev/null
+"$bin" sku upsert hot --name Hot --price 9.99 --stock 100000000 --per-buyer-limit 100000000 >/dev/null
+"$bin" sku upsert gone --name Gone --price 9.99 --stock 0 --per-buyer-limit 5 >/dev/null
+"$bin" prewarm --all >/dev/null
+"$bin" serve & server=$!
+cleanup() {
+  kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  redis-cli -u "$REDIS_URL" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+  psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_$run_id WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+sleep 1
+export TOKEN=$("$bin" token --buyer perf)
+lua=$(mktemp)
+cat >"$lua" <<'LUA'
+local counter, id = 0, 0
+function setup(thread) id = id + 1; thread:set("tid", id) end
+function init(args) path = args[1] end
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", path, {["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
+    ["Idempotency-Key"] = tid .. "-" .. counter, ["Content-Type"] = "application/json"}, '{"quantity":1}')
+end
+LUA
+rps() { awk '/Requests\/sec/ {print $2}'; }
+echo "== wrk -t2 -c$connections -d${duration}s: new holds"
+holds=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/hot/reservations | tee /dev/stderr | rps)
+echo "== wrk -t2 -c$connections -d${duration}s: sold out"
+sold_out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/gone/reservations | tee /dev/stderr | rps)
+
+echo "== redis-benchmark -c$connections: EVALSHA lua/reserve.lua, every call a new hold"
+sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/reserve.lua)")
+hp=$(_fg_host_port "$REDIS_URL" 6379)
+# A SKU of its own, loaded like `hot`: the gate's settler never reads its synthetic stream.
+k="$ns:{ceiling}"
+redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 100000000 ttl_s 300 \
+  price 9.99 currency USD name Ceiling num 0 >/dev/null
+redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
+requests=$(( ${duration} * 30000 ))
+ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
+  EVALSHA "$sha" 8 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
+  "$k:hold:h__rand_int__" "$k:holds" "$k:events" h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling \
+  | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
+echo "$ceiling EVALSHA/s"
+echo
+printf 'HTTP new holds/s:        %10.0f\n' "$holds"
+printf 'HTTP sold-out answers/s: %10.0f\n' "$sold_out"
+printf 'redis-benchmark reserve: %10.0f\n' "$ceiling"
+awk -v h="$holds" -v c="$ceiling" -v s="$sold_out" 'BEGIN {
+  printf "HTTP holds / single-shard ceiling: %.1f%%\n", 100 * h / c;
+  printf "sold-out answers / holds: %.2fx\n", s / h }'
