@@ -10,7 +10,8 @@
 --
 -- KEYS: 1 meta (hash), 2 stock (string), 3 events (stream)
 -- ARGV: 1 guard, 2 the stream's last event id as drained ('' for an empty stream; 'drained'
---       only), 3 available units, then field/value pairs for meta
+--       only), 3 available units, 4 the namespace's sale-changed channel, 5 sku (every gate
+--       instance drops its sold-out shortcut for the SKU), then field/value pairs for meta
 -- Returns: 'ok', 'live' (guard 'new') or 'moved' (guard 'drained')
 
 if ARGV[1] == 'new' and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -25,6 +26,7 @@ if ARGV[1] == 'drained' then
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('SET', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 'ok'

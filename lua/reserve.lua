@@ -17,6 +17,7 @@
 --   6 hold      hash    the new hold's state
 --   7 holds     zset    hold id -> deadline (ms), for the expiry sweeper
 --   8 events    stream  every decision, in order, for the settler
+--   9 buyers    set     every buyer who got a hold on this SKU (for the sold-out shortcut)
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
 --   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
@@ -110,6 +111,7 @@ redis.call('HSET', KEYS[6],
   'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])
 redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
+redis.call('SADD', KEYS[9], ARGV[2])
 redis.call('HSET', KEYS[4],
   'fp', ARGV[4], 'id', ARGV[1], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held')

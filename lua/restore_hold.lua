@@ -5,7 +5,7 @@
 -- buyer's limit again, and its idempotency record comes back so that a retry replays it instead
 -- of taking a second hold. The check runs before the first write.
 --
--- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset)
+-- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 buyers (set)
 -- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
 --       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s
 -- Returns: 1 when restored, 0 when Redis already had the hold
@@ -19,6 +19,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q'
 if ARGV[9] == 'held' then
   redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
 end
+redis.call('SADD', KEYS[5], ARGV[3])
 if ARGV[9] == 'held' or ARGV[9] == 'committed' then
   redis.call('INCRBY', KEYS[2], ARGV[4])
 end

@@ -4,7 +4,8 @@
 -- which the caller has already updated. The check runs before the first write.
 --
 -- KEYS: 1 meta (hash), 2 stock (string)
--- ARGV: 1 'restock' | 'state', 2 units to add | new state
+-- ARGV: 1 'restock' | 'state', 2 units to add | new state, 3 the namespace's sale-changed
+--       channel, 4 sku (every gate instance drops its sold-out shortcut for the SKU)
 -- Returns: 1 when the live sale was changed, 0 when the sale is not live
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -17,4 +18,5 @@ elseif ARGV[1] == 'state' then
 else
   return redis.error_reply('unknown operation ' .. tostring(ARGV[1]))
 end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1

@@ -7,7 +7,9 @@
 --
 -- KEYS: 1 hold (hash), 2 stock (string), 3 buyer (string), 4 idem (hash), 5 holds (zset),
 --       6 events (stream)
--- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire'
+-- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 the namespace's sale-changed
+--       channel, 4 sku (published there when units come back, so that every gate instance drops
+--       its sold-out shortcut for the SKU at once)
 -- Returns: {'missing'} | {'unchanged', status} | {'changed', new status, event id}
 
 local hold = redis.call('HMGET', KEYS[1], 'status', 'q', 'expires')
@@ -44,6 +46,7 @@ if target ~= 'committed' then
   -- The units go back on sale and stop counting against the buyer's limit.
   redis.call('INCRBY', KEYS[2], hold[2])
   if redis.call('DECRBY', KEYS[3], hold[2]) <= 0 then redis.call('DEL', KEYS[3]) end
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
 if answers_for_this_hold then
   redis.call('HSET', KEYS[4], 'status', target)

@@ -54,9 +54,13 @@ end
 LUA
 rps() { awk '/Requests\/sec/ {print $2}'; }
 echo "== wrk -t2 -c$connections -d${duration}s: new holds"
-holds=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/hot/reservations | tee /dev/stderr | rps)
+out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/hot/reservations)
+echo "$out"
+holds=$(rps <<<"$out")
 echo "== wrk -t2 -c$connections -d${duration}s: sold out"
-sold_out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/gone/reservations | tee /dev/stderr | rps)
+out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/gone/reservations)
+echo "$out"
+sold_out=$(rps <<<"$out")
 
 echo "== redis-benchmark -c$connections: EVALSHA lua/reserve.lua, every call a new hold"
 sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/reserve.lua)")
@@ -68,8 +72,8 @@ redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
 ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
-  EVALSHA "$sha" 8 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
-  "$k:hold:h__rand_int__" "$k:holds" "$k:events" h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling \
+  EVALSHA "$sha" 9 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
+  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling \
   | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
 echo "$ceiling EVALSHA/s"
 echo

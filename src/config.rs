@@ -55,6 +55,10 @@ pub struct RedisConfig {
     /// Per-buyer burst: attempts allowed at once before the rate applies.
     #[arg(long, env = "FLASHGATE_BUYER_BURST", default_value_t = 10)]
     pub buyer_burst: u32,
+    /// Answer `sold_out` in process once a SKU is sold out, for buyers who never held a unit of
+    /// it (turned off everywhere the moment units come back).
+    #[arg(long, env = "FLASHGATE_SOLD_OUT_SHORTCUT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sold_out_shortcut: bool,
 }
 
 impl RedisConfig {
@@ -80,6 +84,7 @@ impl RedisConfig {
             namespace: Namespace::parse(&self.redis_namespace)?,
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_seconds.max(1)),
             buyer_rate,
+            sold_out_shortcut: self.sold_out_shortcut,
         })
     }
 }

@@ -68,6 +68,7 @@ impl BenchEnv {
                 namespace: namespace.clone(),
                 idempotency_ttl: Duration::from_secs(3600),
                 buyer_rate,
+                sold_out_shortcut: true,
             },
         )
         .ok()?;

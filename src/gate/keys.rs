@@ -45,6 +45,12 @@ impl Namespace {
         format!("{}:sku-numbers", self.0)
     }
 
+    /// The pub/sub channel on which scripts announce that a SKU's units came back or its sale
+    /// changed (see `gate::shortcut`).
+    pub fn sale_changed_channel(&self) -> String {
+        format!("{}:sale-changed", self.0)
+    }
+
     /// A `SCAN MATCH` pattern for every key of this namespace.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.0)
@@ -92,6 +98,10 @@ impl SkuKeys {
     }
     pub fn events(&self) -> String {
         self.key("events")
+    }
+    /// Every buyer who got a hold on the SKU.
+    pub fn buyers(&self) -> String {
+        self.key("buyers")
     }
 }
 

@@ -7,6 +7,7 @@
 mod events;
 mod keys;
 mod scripts;
+mod shortcut;
 
 pub use events::{Event, EventId, EventKind, NewHold, event_time};
 pub use keys::{Namespace, SkuKeys};
@@ -81,6 +82,8 @@ pub struct GateSettings {
     pub idempotency_ttl: Duration,
     /// The per-buyer, per-SKU rate limit, or `None` for none.
     pub buyer_rate: Option<BuyerRate>,
+    /// Answer `sold_out` in process once a SKU is sold out (see `gate::shortcut`).
+    pub sold_out_shortcut: bool,
 }
 
 /// A GCRA quota: `per_second` requests a second on average, bursts of up to `burst`.
@@ -272,6 +275,7 @@ struct GateInner {
     sku_numbers: RwLock<SkuNumbers>,
     /// The connection requests currently share, and when it was taken from the pool.
     shared: Mutex<Option<(MultiplexedConnection, Instant)>>,
+    shortcut: shortcut::SoldOutShortcut,
 }
 
 /// How long requests share one connection before it is taken afresh from the pool.
@@ -298,15 +302,24 @@ impl Gate {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| GateError::Unavailable(e.to_string()))?;
-        Ok(Self {
-            inner: Arc::new(GateInner {
-                pool,
-                settings,
-                scripts: Scripts::load(),
-                sku_numbers: RwLock::default(),
-                shared: Mutex::new(None),
-            }),
-        })
+        let shortcut = shortcut::SoldOutShortcut::new(settings.sold_out_shortcut);
+        let channel = settings.namespace.sale_changed_channel();
+        let inner = Arc::new(GateInner {
+            pool,
+            settings,
+            scripts: Scripts::load(),
+            sku_numbers: RwLock::default(),
+            shared: Mutex::new(None),
+            shortcut,
+        });
+        // The shortcut needs its listener; without a runtime (or when disabled) it stays off.
+        if inner.shortcut.enabled()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let client = redis::Client::open(redis.url.as_str())?;
+            runtime.spawn(shortcut::listen(Arc::downgrade(&inner), client, channel));
+        }
+        Ok(Self { inner })
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -346,6 +359,11 @@ impl Gate {
     /// Decides one reservation with `lua/reserve.lua`: one round trip for a known SKU.
     #[tracing::instrument(skip_all, fields(sku = %req.sku, buyer = %req.buyer))]
     pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveOutcome, GateError> {
+        if self.inner.shortcut.refuses(req.sku, req.buyer) {
+            metrics::counter!("flashgate_sold_out_shortcut_total").increment(1);
+            return Ok(ReserveOutcome::Refused(Refusal::SoldOut { available: 0 }));
+        }
+        let epoch = self.inner.shortcut.epoch();
         let Some(number) = self.sku_number(req.sku).await? else {
             return Ok(ReserveOutcome::Refused(Refusal::UnknownSku));
         };
@@ -368,6 +386,7 @@ impl Gate {
             .key(keys.hold(id))
             .key(keys.holds())
             .key(keys.events())
+            .key(keys.buyers())
             .arg(id.to_string())
             .arg(req.buyer.as_str())
             .arg(req.quantity.get())
@@ -379,7 +398,29 @@ impl Gate {
             .arg(req.sku.as_str())
             .invoke_async(&mut conn)
             .await?;
-        parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)
+        let outcome = parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)?;
+        if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
+            && self.inner.shortcut.enabled()
+            && !self.inner.shortcut.is_on(req.sku)
+        {
+            self.turn_on_shortcut(req.sku, epoch).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Loads the SKU's buyers and turns the sold-out shortcut on, unless anything changed since
+    /// `epoch` (read before the request that found the SKU sold out). Best effort: on failure
+    /// the shortcut simply stays off.
+    async fn turn_on_shortcut(&self, sku: &Sku, epoch: u64) {
+        let loaded: Result<std::collections::HashSet<String>, GateError> = async {
+            let mut conn = self.connection().await?;
+            Ok(conn.smembers(self.namespace().sku(sku).buyers()).await?)
+        }
+        .await;
+        match loaded {
+            Ok(buyers) => self.inner.shortcut.turn_on(sku, buyers, epoch),
+            Err(err) => tracing::debug!(sku = %sku, error = %err, "sold-out shortcut stays off"),
+        }
     }
 
     /// The hold named `id`, if Redis has it.
@@ -494,6 +535,8 @@ impl Gate {
             .arg(guard)
             .arg(last_event)
             .arg(record.available)
+            .arg(self.namespace().sale_changed_channel())
+            .arg(record.sku.as_str())
             .arg(&[
                 ("num", record.num.to_string()),
                 ("name", record.name.clone()),
@@ -530,6 +573,8 @@ impl Gate {
             .key(keys.events())
             .arg(hold.id.to_string())
             .arg(action.as_str())
+            .arg(self.namespace().sale_changed_channel())
+            .arg(hold.sku.as_str())
             .invoke_async(&mut conn)
             .await?;
         let status = |raw: &str| {
@@ -612,6 +657,8 @@ impl Gate {
             .key(keys.stock())
             .arg(operation)
             .arg(value)
+            .arg(self.namespace().sale_changed_channel())
+            .arg(sku.as_str())
             .invoke_async(&mut conn)
             .await?;
         Ok(changed == 1)
@@ -629,6 +676,7 @@ impl Gate {
             .key(keys.buyer(&hold.buyer))
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
+            .key(keys.buyers())
             .arg(hold.id.to_string())
             .arg(hold.sku.as_str())
             .arg(hold.buyer.as_str())

@@ -74,6 +74,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             namespace: namespace.clone(),
             idempotency_ttl: Duration::from_secs(3600),
             buyer_rate: options.buyer_rate,
+            sold_out_shortcut: true,
         },
     )
     .expect("gate");
@@ -245,6 +246,25 @@ impl TestApp {
             .map(|iter| iter.filter_map(Result::ok).collect())
             .expect("scan");
         let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).expect("DEL");
+    }
+
+    /// Whether the per-buyer rate-limit key exists: `reserve.lua` writes it on every attempt, so
+    /// a buyer without one was never decided by Redis.
+    pub async fn reached_redis(&self, sku: &str, buyer: &str) -> bool {
+        let mut conn = self
+            .redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let key = self
+            .namespace
+            .sku(&Sku::parse(sku).expect("sku"))
+            .rate_limit(&BuyerId::parse(buyer).expect("buyer"));
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<bool>(&mut conn)
+            .await
+            .expect("EXISTS")
     }
 
     pub async fn redis_stock(&self, sku: &str) -> i64 {

@@ -13,4 +13,5 @@ mod concurrency;
 mod reserve;
 mod settlement;
 mod skus;
+mod sold_out;
 mod unavailable;

@@ -1,0 +1,146 @@
+//! The in-process sold-out shortcut: once a SKU is sold out, a buyer who never held a unit of it
+//! is answered `sold_out` without a Redis round trip.
+//!
+//! Why only such buyers: a buyer who holds (or held) a unit may be retrying a request whose 201
+//! was lost, and must get the stored answer; their request still goes to Redis, as does any
+//! buyer's while the shortcut is off. `reserve.lua` records every buyer who gets a hold in the
+//! SKU's `buyers` set; when the gate sees `sold_out` with no unit left it loads that set and
+//! turns the shortcut on for the SKU.
+//!
+//! Why it stays correct when units come back: every script that returns units or changes the
+//! sale (release, expiry, restock, pause/resume, prewarm, resync) publishes the SKU on the
+//! namespace's `sale-changed` channel, and the listener here drops the SKU's shortcut as soon as
+//! the message arrives. While the subscription is down the shortcut is off everywhere. An epoch,
+//! bumped by every message, keeps a shortcut from being turned on with a `buyers` set read
+//! before a message that arrived meanwhile. What remains is the delivery time of one pub/sub
+//! message (well under a millisecond on a healthy connection), during which a request already
+//! inside this gate may be refused a unit released elsewhere an instant earlier.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::GateInner;
+use crate::domain::{BuyerId, Sku};
+
+#[derive(Debug, Default)]
+pub(super) struct SoldOutShortcut {
+    enabled: bool,
+    /// Whether the listener is subscribed; the shortcut answers only while it is.
+    listening: AtomicBool,
+    /// Bumped by every message and every change of `listening`.
+    epoch: AtomicU64,
+    /// Sold-out SKUs → the buyers who got a hold on them.
+    sold_out: RwLock<HashMap<Sku, Arc<HashSet<String>>>>,
+}
+
+impl SoldOutShortcut {
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether this request may be refused `sold_out` here, without Redis.
+    pub(super) fn refuses(&self, sku: &Sku, buyer: &BuyerId) -> bool {
+        self.enabled
+            && self.listening.load(Ordering::Acquire)
+            && self
+                .read()
+                .get(sku)
+                .is_some_and(|buyers| !buyers.contains(buyer.as_str()))
+    }
+
+    pub(super) fn is_on(&self, sku: &Sku) -> bool {
+        self.read().contains_key(sku)
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(super) fn listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// Turns the shortcut on for `sku`, unless anything changed since `seen_epoch`.
+    pub(super) fn turn_on(&self, sku: &Sku, buyers: HashSet<String>, seen_epoch: u64) {
+        let mut sold_out = self.write();
+        // Checked under the write lock that `turn_off` also takes: no message slips between.
+        if self.listening() && self.epoch() == seen_epoch {
+            sold_out.insert(sku.clone(), Arc::new(buyers));
+        }
+    }
+
+    fn turn_off(&self, sku: &Sku) {
+        let mut sold_out = self.write();
+        sold_out.remove(sku);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn set_listening(&self, listening: bool) {
+        let mut sold_out = self.write();
+        sold_out.clear();
+        self.listening.store(listening, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Sku, Arc<HashSet<String>>>> {
+        self.sold_out.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sku, Arc<HashSet<String>>>> {
+        self.sold_out.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Subscribes to the namespace's `sale-changed` channel and turns shortcuts off as messages
+/// arrive; reconnects with backoff. Ends when the gate is dropped.
+pub(super) async fn listen(gate: Weak<GateInner>, client: redis::Client, channel: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    let Some(inner) = gate.upgrade() else { return };
+                    inner.shortcut.set_listening(true);
+                    drop(inner);
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        let Some(inner) = gate.upgrade() else { return };
+                        match message
+                            .get_payload::<String>()
+                            .ok()
+                            .and_then(|raw| Sku::parse(&raw).ok())
+                        {
+                            Some(sku) => inner.shortcut.turn_off(&sku),
+                            // Unreadable: be safe and forget every SKU.
+                            None => inner.shortcut.set_listening(true),
+                        }
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "cannot subscribe to {channel}"),
+            },
+            Err(err) => tracing::debug!(error = %err, "cannot open a pub/sub connection"),
+        }
+        let Some(inner) = gate.upgrade() else { return };
+        if inner.shortcut.listening() {
+            tracing::warn!(
+                "sale-changed subscription lost; sold-out shortcut off until it is back"
+            );
+        }
+        inner.shortcut.set_listening(false);
+        drop(inner);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,191 @@
+//! The in-process sold-out shortcut: new buyers of a sold-out SKU are answered without Redis,
+//! holders still reach Redis (replays stay exact), and units coming back switch it off at once
+//! in every gate instance.
+
+use std::time::Duration;
+
+use flashgate::domain::{BuyerId, IdempotencyKey, Quantity, Sku};
+use flashgate::gate::{
+    BuyerRate, Gate, GateSettings, RedisSettings, Refusal, ReserveOutcome, ReserveRequest,
+};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{AppOptions, TestApp, error_code, redis_url, sale_body, spawn_app_with};
+
+/// Every attempt that reaches Redis leaves a rate-limit key behind.
+fn counting_attempts() -> AppOptions {
+    AppOptions {
+        buyer_rate: Some(BuyerRate {
+            per_second: 1000.0,
+            burst: 1000,
+        }),
+        ..AppOptions::default()
+    }
+}
+
+/// New buyers try until one is refused `sold_out` without reaching Redis: the shortcut is on
+/// (the listener subscribes in the background, so the first refusals may still go to Redis).
+async fn shortcut_answers(app: &TestApp, sku: &str, tag: &str) -> bool {
+    for n in 0..100 {
+        let buyer = format!("{tag}-{n}");
+        let (status, code, _) = error_code(app.reserve(sku, &buyer, "k", 1).await).await;
+        assert_eq!((status, code.as_str()), (409, "sold_out"));
+        if !app.reached_redis(sku, &buyer).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[sqlx::test]
+async fn a_sold_out_sku_answers_new_buyers_without_redis_but_holders_exactly(pool: PgPool) {
+    let app = spawn_app_with(pool, counting_attempts()).await;
+    app.open_sale("hot", &sale_body(1, 1)).await;
+    let first: Value = app
+        .reserve("hot", "alice", "k", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    assert!(
+        shortcut_answers(&app, "hot", "new").await,
+        "the shortcut never answered"
+    );
+
+    // The holder still reaches Redis: her retry replays, and a new key meets her limit.
+    let replay = app.reserve("hot", "alice", "k", 1).await;
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        replay.json::<Value>().await.expect("json")["id"],
+        first["id"]
+    );
+    assert_eq!(
+        error_code(app.reserve("hot", "alice", "k-2", 1).await)
+            .await
+            .1,
+        "buyer_limit_reached"
+    );
+    assert_eq!(app.redis_stock("hot").await, 0);
+}
+
+#[sqlx::test]
+async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPool) {
+    let app = spawn_app_with(pool, counting_attempts()).await;
+    app.open_sale("hot", &sale_body(1, 1)).await;
+    let held: Value = app
+        .reserve("hot", "alice", "k", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    // A second gate instance on the same Redis namespace, with its own shortcut.
+    let other = Gate::connect(
+        &RedisSettings {
+            url: redis_url(),
+            pool_size: 4,
+            timeout: Duration::from_secs(2),
+        },
+        GateSettings {
+            namespace: app.namespace.clone(),
+            idempotency_ttl: Duration::from_secs(3600),
+            buyer_rate: Some(BuyerRate {
+                per_second: 1000.0,
+                burst: 1000,
+            }),
+            sold_out_shortcut: true,
+        },
+    )
+    .expect("gate");
+    let sku = Sku::parse("hot").expect("sku");
+    let key = IdempotencyKey::parse("k").expect("key");
+    let reserve = |buyer: &str| {
+        let buyer = BuyerId::parse(buyer).expect("buyer");
+        let (other, sku, key) = (&other, &sku, &key);
+        async move {
+            other
+                .reserve(ReserveRequest {
+                    sku,
+                    buyer: &buyer,
+                    quantity: Quantity::parse(1).expect("q"),
+                    idempotency_key: key,
+                })
+                .await
+                .expect("reserve")
+        }
+    };
+    // Both instances learn the SKU is sold out and answer new buyers without Redis.
+    assert!(shortcut_answers(&app, "hot", "new").await);
+    let mut other_on = false;
+    for n in 0..100 {
+        let buyer = format!("probe-{n}");
+        assert_eq!(
+            reserve(&buyer).await,
+            ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
+        );
+        if !app.reached_redis("hot", &buyer).await {
+            other_on = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(other_on, "the second instance's shortcut never answered");
+
+    // The hold is released through the first instance; the second sells the unit again.
+    let id = held["id"].as_str().expect("id");
+    assert_eq!(
+        app.act(id, "release", &app.token("alice")).await.status(),
+        200
+    );
+    let mut sold = false;
+    for n in 0..100 {
+        match reserve(&format!("late-{n}")).await {
+            ReserveOutcome::Created(_) => {
+                sold = true;
+                break;
+            }
+            ReserveOutcome::Refused(Refusal::SoldOut { .. }) => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(sold, "the released unit was never sold again");
+    assert_eq!(app.redis_stock("hot").await, 0);
+}
+
+#[sqlx::test]
+async fn a_restock_switches_the_shortcut_off(pool: PgPool) {
+    let app = spawn_app_with(pool, counting_attempts()).await;
+    app.open_sale("hot", &sale_body(1, 1)).await;
+    app.reserve("hot", "alice", "k", 1).await;
+    assert!(shortcut_answers(&app, "hot", "new").await);
+
+    let restock = app
+        .client
+        .post(app.url("/v1/admin/skus/hot/restock"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .json(&serde_json::json!({"quantity": 1}))
+        .send()
+        .await
+        .expect("restock");
+    assert_eq!(restock.status(), 200);
+
+    let mut sold = false;
+    for n in 0..100 {
+        if app
+            .reserve("hot", &format!("after-{n}"), "k", 1)
+            .await
+            .status()
+            == 201
+        {
+            sold = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(sold, "the restocked unit was never sold");
+}
