@@ -15,7 +15,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures::StreamExt;
 use sqlx::postgres::PgPoolOptions;
 
 const CONCURRENCY: usize = 256;
@@ -61,59 +60,51 @@ fn reserve(c: &mut Criterion) {
 
     group.bench_function("evalsha_trivial_floor", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    futures::stream::iter(0..PER_ITERATION)
-                        .map(|_| {
-                            let (mut conn, trivial) = (conn.clone(), &trivial);
-                            async move {
-                                let answer: i64 =
-                                    trivial.invoke_async(&mut conn).await.expect("EVALSHA");
-                                answer
-                            }
-                        })
-                        .buffer_unordered(CONCURRENCY)
-                        .for_each(|_| async {})
-                        .await;
-                }
-                start.elapsed()
-            })
+            runtime.block_on(timed(iterations, || {
+                support::concurrently(PER_ITERATION, CONCURRENCY, |_| {
+                    let (mut conn, trivial) = (conn.clone(), &trivial);
+                    async move {
+                        let _: i64 = trivial.invoke_async(&mut conn).await.expect("EVALSHA");
+                    }
+                })
+            }))
         })
     });
 
     group.bench_function("postgres_hot_row_update", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    futures::stream::iter(0..PER_ITERATION)
-                        .map(|_| {
-                            let pool = &hot_row;
-                            async move {
-                                let taken = sqlx::query(
-                                    "UPDATE inventory SET available = available - 1, reserved = reserved + 1 \
-                                     WHERE sku = $1 AND available >= 1",
-                                )
-                                .bind("bench")
-                                .execute(pool)
-                                .await
-                                .expect("UPDATE")
-                                .rows_affected();
-                                assert_eq!(taken, 1);
-                            }
-                        })
-                        .buffer_unordered(CONCURRENCY)
-                        .for_each(|_| async {})
-                        .await;
-                }
-                start.elapsed()
-            })
+            runtime.block_on(timed(iterations, || {
+                support::concurrently(PER_ITERATION, CONCURRENCY, |_| async {
+                    let taken = sqlx::query(
+                        "UPDATE inventory SET available = available - 1, reserved = reserved + 1 \
+                         WHERE sku = $1 AND available >= 1",
+                    )
+                    .bind("bench")
+                    .execute(&hot_row)
+                    .await
+                    .expect("UPDATE")
+                    .rows_affected();
+                    assert_eq!(taken, 1);
+                })
+            }))
         })
     });
     group.finish();
     runtime.block_on(hot_row.close());
     runtime.block_on(env.cleanup());
+}
+
+/// Runs `iteration` `iterations` times and returns the time it took.
+async fn timed<F, Fut>(iterations: u64, iteration: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    for _ in 0..iterations {
+        iteration().await;
+    }
+    start.elapsed()
 }
 
 criterion_group!(benches, reserve);

@@ -13,6 +13,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+mkdir -p target
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+count() { awk -v word="$1;" '/^test result:/ {for (i = 2; i <= NF; i++) if ($i == word) n += $(i - 1)} END {print n + 0}' target/test-output.txt; }
+passed=$(count passed)
+failed=$(count failed)
 echo "== load-test smoke run: 2,000 buyers at a SKU with stock 100, then the invariants verdict"
 FLASHGATE_PROFILE=debug ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
+
+# One closing line for the whole suite: every cargo test, plus the load-test verdict as one.
+echo "tests: $((passed + 1)) passed, $failed failed"

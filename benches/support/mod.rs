@@ -13,6 +13,19 @@ use flashgate::store::Store;
 use futures::StreamExt;
 use sqlx::migrate::MigrateDatabase;
 
+/// Runs `count` calls of `call`, at most `concurrency` at a time.
+pub async fn concurrently<F, Fut>(count: u64, concurrency: usize, call: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    futures::stream::iter(0..count)
+        .map(call)
+        .buffer_unordered(concurrency)
+        .for_each(|()| async {})
+        .await;
+}
+
 pub struct BenchEnv {
     pub gate: Gate,
     pub store: Store,

@@ -229,6 +229,20 @@ impl TestApp {
             .expect("inventory")
     }
 
+    /// GET `path` with a bearer token (or none); the answer.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("GET")
+    }
+
+    /// GET `path` with a bearer token (or none); the JSON body.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        self.get(path, token).await.json().await.expect("JSON body")
+    }
+
     /// POST /v1/reservations/{id}/{action} with the given bearer token.
     pub async fn act(&self, id: &str, action: &str, token: &str) -> Response {
         self.client

@@ -111,15 +111,8 @@ async fn release_returns_the_units_and_the_buyer_limit(pool: PgPool) {
     app.settler().drain(&sku("sneaker")).await.expect("drain");
     assert_eq!(app.inventory("sneaker").await, (2, 0, 2, 0));
     let shown: Value = app
-        .client
-        .get(app.url(&format!("/v1/reservations/{id}")))
-        .bearer_auth(app.token("alice"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&format!("/v1/reservations/{id}"), Some(&app.token("alice")))
+        .await;
     assert_eq!(
         (shown["status"].as_str(), shown["settled"].as_bool()),
         (Some("released"), Some(true))

@@ -366,38 +366,24 @@ async fn a_buyer_reads_their_own_reservation_and_nobody_elses(pool: PgPool) {
         .expect("json");
     let path = format!("/v1/reservations/{}", created["id"].as_str().expect("id"));
 
-    let own = app
-        .client
-        .get(app.url(&path))
-        .bearer_auth(app.token("alice"))
-        .send()
-        .await
-        .expect("get");
+    let own = app.get(&path, Some(&app.token("alice"))).await;
     assert_eq!(own.status(), 200);
     let own: Value = own.json().await.expect("json");
     assert_eq!(own, created);
 
-    let other = app
-        .client
-        .get(app.url(&path))
-        .bearer_auth(app.token("mallory"))
-        .send()
-        .await
-        .expect("get");
+    let other = app.get(&path, Some(&app.token("mallory"))).await;
     assert_eq!(error_code(other).await.1, "reservation_not_found");
     let missing = app
-        .client
-        .get(app.url(&format!("/v1/reservations/{}", uuid::Uuid::new_v4())))
-        .bearer_auth(app.token("alice"))
-        .send()
-        .await
-        .expect("get");
+        .get(
+            &format!("/v1/reservations/{}", uuid::Uuid::new_v4()),
+            Some(&app.token("alice")),
+        )
+        .await;
     assert_eq!(missing.status(), 404);
     let garbage = app
-        .client
-        .get(app.url("/v1/reservations/nope"))
-        .bearer_auth(app.token("alice"));
-    assert_eq!(garbage.send().await.expect("get").status(), 404);
+        .get("/v1/reservations/nope", Some(&app.token("alice")))
+        .await;
+    assert_eq!(garbage.status(), 404);
 }
 
 #[sqlx::test]

@@ -93,16 +93,7 @@ async fn settled_holds_are_in_postgres_and_show_settled(pool: PgPool) {
 
     assert_eq!(app.inventory("sneaker").await, (10, 7, 3, 0));
     let path = format!("/v1/reservations/{}", created["id"].as_str().expect("id"));
-    let shown: Value = app
-        .client
-        .get(app.url(&path))
-        .bearer_auth(app.token("alice"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let shown: Value = app.get_json(&path, Some(&app.token("alice"))).await;
     assert_eq!(shown["settled"], true);
     let replay: Value = app
         .reserve("sneaker", "alice", "k", 3)
@@ -358,15 +349,11 @@ async fn redis_drift_surplus_holds_are_rejected_and_the_audit_reports_it(pool: P
     // The first five in stream order won; the last three were refused and told so.
     for (n, id) in ids.iter().enumerate() {
         let shown: Value = app
-            .client
-            .get(app.url(&format!("/v1/reservations/{id}")))
-            .bearer_auth(app.token(&format!("buyer-{n}")))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+            .get_json(
+                &format!("/v1/reservations/{id}"),
+                Some(&app.token(&format!("buyer-{n}"))),
+            )
+            .await;
         let expected = if n < 5 { "held" } else { "rejected" };
         assert_eq!(shown["status"], expected, "hold {n}");
         assert_eq!(shown["settled"], true, "hold {n}");
@@ -440,30 +427,22 @@ async fn the_audit_endpoint_reports_every_invariant(pool: PgPool) {
     app.reserve("sneaker", "alice", "k", 2).await;
 
     let before: Value = app
-        .client
-        .get(app.url("/v1/admin/skus/sneaker/audit"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+        .get_json(
+            "/v1/admin/skus/sneaker/audit",
+            Some(crate::helpers::ADMIN_TOKEN),
+        )
+        .await;
     assert_eq!(before["backlog"], 1);
     assert_eq!(before["checks"][4]["verdict"], "pending");
     assert_eq!(before["ok"], true);
 
     app.settler().drain(&sku("sneaker")).await.expect("drain");
     let after: Value = app
-        .client
-        .get(app.url("/v1/admin/skus/sneaker/audit"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+        .get_json(
+            "/v1/admin/skus/sneaker/audit",
+            Some(crate::helpers::ADMIN_TOKEN),
+        )
+        .await;
     assert_eq!(after["backlog"], 0);
     assert_eq!(after["checks"].as_array().expect("checks").len(), 7);
     assert!(
