@@ -16,6 +16,8 @@ pub use batch::RejectionReason;
 pub use faults::{FaultPoint, Faults};
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{BuyerId, IdempotencyKey, Quantity, ReservationId, Sku};
@@ -97,6 +99,8 @@ pub struct Settler {
     store: Store,
     settings: SettlerSettings,
     faults: Faults,
+    /// One async lock per SKU, queueing this process's `settle_through` callers.
+    turns: Arc<std::sync::Mutex<HashMap<Sku, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Whether a batch waits for another settler that holds the cursor, or moves on.
@@ -113,6 +117,7 @@ impl Settler {
             store,
             settings,
             faults: Faults::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -197,46 +202,59 @@ impl Settler {
     /// Settles the SKU at least up to the event `through`, whoever applies it, waiting at most
     /// `settle_through_timeout`.
     ///
-    /// Callers (every commit) do not queue on the cursor row: when another settler holds it,
-    /// that settler is applying the batch that most likely contains `through`, so this waits a
-    /// moment and looks again rather than holding a Postgres connection blocked on the lock.
+    /// Callers (every commit) queue in process, one per SKU at a time, without holding a
+    /// Postgres connection: the caller ahead usually settles the events of those behind it, who
+    /// then need only one cursor read. Against settlers in other processes the cursor row is
+    /// taken with `SKIP LOCKED`; while another settler holds it (it is most likely applying
+    /// `through` right now) this waits with a growing pause and looks again.
     pub async fn settle_through(&self, sku: &Sku, through: &str) -> Result<(), SettleError> {
-        let deadline = tokio::time::Instant::now() + self.settings.settle_through_timeout;
-        loop {
-            let cursor = self
-                .store
-                .settlement_cursor(sku)
-                .await?
-                .ok_or_else(|| SettleError::NoCursor(sku.clone()))?;
-            if compare_event_ids(&cursor, through) != Ordering::Less {
-                return Ok(());
-            }
-            match self
-                .settle_batch_locking(sku, CursorLock::SkipLocked)
-                .await?
-            {
-                BatchOutcome::Applied { .. } => continue,
-                BatchOutcome::Idle => {
-                    // Nothing after the cursor the batch read. Another settler may have moved
-                    // the cursor past `through` since `cursor` was read: look again.
-                    let now = self.store.settlement_cursor(sku).await?.unwrap_or_default();
-                    if compare_event_ids(&now, through) != Ordering::Less {
-                        return Ok(());
-                    }
-                    // Still behind, and the stream has nothing after it: the event is gone
-                    // (Redis lost data). Nothing more can be applied.
-                    return Err(SettleError::Invariant(format!(
-                        "event {through} of {sku} is not in the stream after cursor {now}"
-                    )));
+        let turn = self.local_turn(sku);
+        let settle = async {
+            let _turn = turn.lock().await;
+            let mut pause = Duration::from_millis(2);
+            loop {
+                let cursor = self
+                    .store
+                    .settlement_cursor(sku)
+                    .await?
+                    .ok_or_else(|| SettleError::NoCursor(sku.clone()))?;
+                if compare_event_ids(&cursor, through) != Ordering::Less {
+                    return Ok(());
                 }
-                BatchOutcome::Busy | BatchOutcome::Moved => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(SettleError::TimedOut(sku.clone()));
+                match self
+                    .settle_batch_locking(sku, CursorLock::SkipLocked)
+                    .await?
+                {
+                    BatchOutcome::Applied { .. } => continue,
+                    BatchOutcome::Idle => {
+                        // Nothing after the cursor the batch read. Another settler may have moved
+                        // the cursor past `through` since `cursor` was read: look again.
+                        let now = self.store.settlement_cursor(sku).await?.unwrap_or_default();
+                        if compare_event_ids(&now, through) != Ordering::Less {
+                            return Ok(());
+                        }
+                        // Still behind, and the stream has nothing after it: the event is gone
+                        // (Redis lost data). Nothing more can be applied.
+                        return Err(SettleError::Invariant(format!(
+                            "event {through} of {sku} is not in the stream after cursor {now}"
+                        )));
                     }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    BatchOutcome::Busy | BatchOutcome::Moved => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
                 }
             }
-        }
+        };
+        tokio::time::timeout(self.settings.settle_through_timeout, settle)
+            .await
+            .unwrap_or_else(|_| Err(SettleError::TimedOut(sku.clone())))
+    }
+
+    /// The in-process queue of `settle_through` callers for one SKU.
+    fn local_turn(&self, sku: &Sku) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.entry(sku.clone()).or_default().clone()
     }
 
     #[tracing::instrument(skip(self), fields(sku = %sku))]

@@ -108,13 +108,15 @@ async fn a_burst_far_larger_than_the_redis_pool_is_served(pool: PgPool) {
 }
 
 /// Regression: a commit's synchronous settle compared a cursor read before another settler
-/// advanced it, found nothing left in the stream, and answered 500.
+/// advanced it, found nothing left in the stream, and answered 500; and hundreds of commits
+/// polling Postgres at once starved the settler of the test's five connections (503).
 #[sqlx::test]
 async fn many_concurrent_commits_all_succeed(pool: PgPool) {
+    const HOLDS: usize = 500;
     let app = spawn_app(pool).await;
-    app.open_sale("hot", &sale_body(200, 1)).await;
+    app.open_sale("hot", &sale_body(HOLDS as u32, 1)).await;
     let mut holds = Vec::new();
-    for n in 0..200 {
+    for n in 0..HOLDS {
         let body: Value = app
             .reserve("hot", &format!("buyer-{n}"), "k", 1)
             .await
@@ -134,10 +136,13 @@ async fn many_concurrent_commits_all_succeed(pool: PgPool) {
                     .as_u16()
             }
         })
-        .buffer_unordered(200)
+        .buffer_unordered(HOLDS)
         .collect()
         .await;
 
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(app.inventory("hot").await, (200, 0, 0, 200));
+    assert_eq!(
+        app.inventory("hot").await,
+        (HOLDS as i64, 0, 0, HOLDS as i64)
+    );
 }
