@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use redis::Value;
 
-use super::{GateError, millis};
-use crate::domain::{BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus};
+use super::{Gate, GateError, millis};
+use crate::domain::{BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku};
 
 /// A stream entry id, `<ms>-<seq>`.
 pub type EventId = String;
@@ -91,4 +91,77 @@ pub fn event_time(id: &str) -> Option<DateTime<Utc>> {
     id.split_once('-')
         .and_then(|(ms, _)| ms.parse::<i64>().ok())
         .and_then(DateTime::from_timestamp_millis)
+}
+
+impl Gate {
+    /// The id of the last entry of the SKU's stream, or `None` when the stream is empty.
+    pub async fn last_event_id(&self, sku: &Sku) -> Result<Option<EventId>, GateError> {
+        let mut conn = self.connection().await?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.namespace().sku(sku).events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply.ids.into_iter().next().map(|e| e.id))
+    }
+
+    /// Up to `count` events after `after` (exclusive), oldest first.
+    pub async fn events_after(
+        &self,
+        sku: &Sku,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<Event>, GateError> {
+        let reply = self.range_after(sku, after, count).await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| Event::parse(entry.id, &entry.map))
+            .collect()
+    }
+
+    /// The number of events after `after`, counted up to `cap`, and the oldest one's id.
+    pub async fn backlog(
+        &self,
+        sku: &Sku,
+        after: &str,
+        cap: usize,
+    ) -> Result<(usize, Option<EventId>), GateError> {
+        let reply = self.range_after(sku, after, cap).await?;
+        let oldest = reply.ids.first().map(|e| e.id.clone());
+        Ok((reply.ids.len(), oldest))
+    }
+
+    async fn range_after(
+        &self,
+        sku: &Sku,
+        after: &str,
+        count: usize,
+    ) -> Result<redis::streams::StreamRangeReply, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(redis::cmd("XRANGE")
+            .arg(self.namespace().sku(sku).events())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Drops stream entries older than `settled`, which Postgres has committed. Never call it
+    /// with an id the settlement cursor has not reached: those events would be lost.
+    pub async fn trim_events_below(&self, sku: &Sku, settled: &str) -> Result<(), GateError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(self.namespace().sku(sku).events())
+            .arg("MINID")
+            .arg(settled)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
 }

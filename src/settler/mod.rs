@@ -4,7 +4,7 @@
 //! Each SKU has a row `settlement_cursor(sku, last_event_id)`. A batch reads the events after
 //! the cursor from the SKU's stream, then in one transaction locks the cursor row, checks it
 //! still names the event it read from (else another settler got there first: roll back and
-//! re-read), applies the batch ([`batch`]), advances the cursor and commits. Only then is the
+//! re-read), applies the batch (`batch.rs`), advances the cursor and commits. Only then is the
 //! stream trimmed below the cursor and are refusals written back to Redis. Any number of
 //! settlers may run; they serialise on the cursor row, and a crash at any point loses nothing:
 //! the stream still holds every event the cursor has not passed.

@@ -1,0 +1,335 @@
+//! A hold's life in Redis: lookup, transitions (`lua/transition.lua`), the expiry sweep,
+//! Postgres refusals written back (`lua/reject.lua`), restoration after data loss
+//! (`lua/restore_hold.lua`), and the audit's scan.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use rust_decimal::Decimal;
+
+use super::{EventId, Gate, GateError, fingerprint, millis};
+use crate::domain::{
+    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus, Sku,
+};
+
+/// A move out of `held` (`lua/transition.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Payment captured. Past the deadline this expires the hold instead.
+    Commit,
+    /// The buyer cancelled or payment failed.
+    Release,
+    /// The deadline passed (the sweeper). Before the deadline this changes nothing.
+    Expire,
+}
+
+impl Transition {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Release => "release",
+            Self::Expire => "expire",
+        }
+    }
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionOutcome {
+    /// Redis has no such hold.
+    Missing,
+    /// The hold was not moved; this is its status.
+    Unchanged(ReservationStatus),
+    /// The hold moved to `to`; `event` is the stream entry that records it.
+    Changed {
+        to: ReservationStatus,
+        event: EventId,
+    },
+}
+
+/// A hold as Redis knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: ReservationId,
+    pub sku: Sku,
+    pub buyer: BuyerId,
+    pub idempotency_key: IdempotencyKey,
+    pub quantity: Quantity,
+    pub unit_price: Money,
+    pub currency: Currency,
+    pub status: ReservationStatus,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Hold {
+    /// The exact amount due: unit price × quantity, never rounded.
+    pub fn total(&self) -> Decimal {
+        self.unit_price.times(self.quantity)
+    }
+}
+
+/// A hold Postgres refused, as the write-back needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedHold {
+    pub id: ReservationId,
+    pub buyer: BuyerId,
+    pub idempotency_key: IdempotencyKey,
+    pub quantity: Quantity,
+}
+
+/// `HMGET hold status q buyer idem`.
+type HoldFields = (Option<String>, Option<u32>, Option<String>, Option<String>);
+
+/// A hold's state as the audit reads it from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldSummary {
+    pub id: ReservationId,
+    pub status: ReservationStatus,
+    pub quantity: u32,
+    pub buyer: String,
+    pub idempotency_key: String,
+}
+
+fn hold_from_fields(
+    id: ReservationId,
+    sku: Sku,
+    fields: &HashMap<String, String>,
+) -> Result<Hold, GateError> {
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| GateError::Protocol(format!("hold {id} has no {name}")))
+    };
+    let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
+    Ok(Hold {
+        id,
+        sku,
+        buyer: BuyerId::parse(field("buyer")?).map_err(protocol)?,
+        idempotency_key: IdempotencyKey::from_decoded(field("idem")?.to_owned())
+            .map_err(protocol)?,
+        quantity: Quantity::parse(
+            field("q")?
+                .parse()
+                .map_err(|_| GateError::Protocol(format!("hold {id}: q")))?,
+        )
+        .map_err(protocol)?,
+        unit_price: Money::parse(field("price")?).map_err(protocol)?,
+        currency: Currency::parse(field("cur")?).map_err(protocol)?,
+        status: ReservationStatus::parse(field("status")?).map_err(protocol)?,
+        created_at: millis(field("created")?)?,
+        expires_at: millis(field("expires")?)?,
+    })
+}
+
+impl Gate {
+    /// The hold named `id`, if Redis has it.
+    pub async fn hold(&self, id: ReservationId) -> Result<Option<Hold>, GateError> {
+        let Some(sku) = self.sku_of_number(id.sku_number()).await? else {
+            return Ok(None);
+        };
+        self.hold_in(&sku, id).await
+    }
+
+    async fn hold_in(&self, sku: &Sku, id: ReservationId) -> Result<Option<Hold>, GateError> {
+        let sku = sku.clone();
+        let mut conn = self.connection().await?;
+        let fields: HashMap<String, String> =
+            conn.hgetall(self.namespace().sku(&sku).hold(id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        hold_from_fields(id, sku, &fields).map(Some)
+    }
+
+    /// Moves `hold` out of `held` with `lua/transition.lua`.
+    #[tracing::instrument(skip_all, fields(hold = %hold.id, action = action.as_str()))]
+    pub async fn transition(
+        &self,
+        hold: &Hold,
+        action: Transition,
+    ) -> Result<TransitionOutcome, GateError> {
+        let keys = self.namespace().sku(&hold.sku);
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .inner
+            .scripts
+            .transition
+            .key(keys.hold(hold.id))
+            .key(keys.stock())
+            .key(keys.buyer(&hold.buyer))
+            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
+            .key(keys.holds())
+            .key(keys.events())
+            .arg(hold.id.to_string())
+            .arg(action.as_str())
+            .arg(self.namespace().sale_changed_channel())
+            .arg(hold.sku.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        let status = |raw: &str| {
+            ReservationStatus::parse(raw).map_err(|e| GateError::Protocol(e.to_string()))
+        };
+        match reply.as_slice() {
+            [tag] if tag == "missing" => Ok(TransitionOutcome::Missing),
+            [tag, s] if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(status(s)?)),
+            [tag, s, event] if tag == "changed" => Ok(TransitionOutcome::Changed {
+                to: status(s)?,
+                event: event.clone(),
+            }),
+            _ => Err(GateError::Protocol(format!(
+                "transition.lua answered {reply:?}"
+            ))),
+        }
+    }
+
+    /// Expires up to `limit` of the SKU's holds whose deadline has passed (by Redis `TIME`).
+    /// Any number of sweepers may run: the script expires a hold only while it is `held`.
+    /// Returns how many this call expired.
+    pub async fn expire_due(&self, sku: &Sku, limit: usize) -> Result<usize, GateError> {
+        let due: Vec<String> = {
+            let mut conn = self.connection().await?;
+            let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+            let now_ms = seconds * 1000 + micros / 1000;
+            redis::cmd("ZRANGE")
+                .arg(self.namespace().sku(sku).holds())
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn)
+                .await?
+        };
+        let mut expired = 0;
+        for raw in due {
+            let id = ReservationId::parse(&raw).map_err(|e| GateError::Protocol(e.to_string()))?;
+            let Some(hold) = self.hold_in(sku, id).await? else {
+                // A deadline without a hold: nothing to expire; drop the stale entry.
+                let mut conn = self.connection().await?;
+                let _: i64 = conn.zrem(self.namespace().sku(sku).holds(), &raw).await?;
+                continue;
+            };
+            if let TransitionOutcome::Changed { .. } =
+                self.transition(&hold, Transition::Expire).await?
+            {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Puts back a hold Redis lost, from its Postgres record. Returns false when Redis had it.
+    pub async fn restore_hold(&self, hold: &Hold) -> Result<bool, GateError> {
+        let keys = self.namespace().sku(&hold.sku);
+        let mut conn = self.connection().await?;
+        let restored: i64 = self
+            .inner
+            .scripts
+            .restore_hold
+            .key(keys.hold(hold.id))
+            .key(keys.buyer(&hold.buyer))
+            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
+            .key(keys.holds())
+            .key(keys.buyers())
+            .arg(hold.id.to_string())
+            .arg(hold.sku.as_str())
+            .arg(hold.buyer.as_str())
+            .arg(hold.quantity.get())
+            .arg(hold.unit_price.to_string())
+            .arg(hold.currency.as_str())
+            .arg(hold.created_at.timestamp_millis())
+            .arg(hold.expires_at.timestamp_millis())
+            .arg(hold.status.as_str())
+            .arg(hold.idempotency_key.as_str())
+            .arg(fingerprint(&hold.sku, hold.quantity))
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(restored == 1)
+    }
+
+    /// Writes a Postgres refusal back to Redis with `lua/reject.lua`; idempotent. Returns the
+    /// hold's status before the call (`None` when Redis no longer has the hold).
+    pub async fn reject(
+        &self,
+        sku: &Sku,
+        hold: &RejectedHold,
+    ) -> Result<Option<ReservationStatus>, GateError> {
+        let keys = self.namespace().sku(sku);
+        let mut conn = self.connection().await?;
+        let before: String = self
+            .inner
+            .scripts
+            .reject
+            .key(keys.hold(hold.id))
+            .key(keys.buyer(&hold.buyer))
+            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
+            .key(keys.holds())
+            .arg(hold.id.to_string())
+            .arg(hold.quantity.get())
+            .invoke_async(&mut conn)
+            .await?;
+        match before.as_str() {
+            "missing" => Ok(None),
+            status => ReservationStatus::parse(status)
+                .map(Some)
+                .map_err(|e| GateError::Protocol(e.to_string())),
+        }
+    }
+
+    /// Every hold Redis has for the SKU, with its state (an audit scan, not for the hot path).
+    pub async fn hold_summaries(&self, sku: &Sku) -> Result<Vec<HoldSummary>, GateError> {
+        let prefix = self.namespace().sku(sku).hold_prefix();
+        let mut conn = self.connection().await?;
+        let mut keys = Vec::new();
+        {
+            let mut iter: redis::AsyncIter<String> = conn.scan_match(format!("{prefix}*")).await?;
+            while let Some(key) = iter.next_item().await {
+                keys.push(key?);
+            }
+        }
+        let mut holds = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HMGET")
+                    .arg(key)
+                    .arg(&["status", "q", "buyer", "idem"]);
+            }
+            let rows: Vec<HoldFields> = pipe.query_async(&mut conn).await?;
+            for (key, row) in chunk.iter().zip(rows) {
+                let bad = || GateError::Protocol(format!("hold key {key} is malformed"));
+                let (Some(status), Some(quantity), Some(buyer), Some(idempotency_key)) = row else {
+                    return Err(bad());
+                };
+                holds.push(HoldSummary {
+                    id: key
+                        .strip_prefix(&prefix)
+                        .and_then(|raw| ReservationId::parse(raw).ok())
+                        .ok_or_else(bad)?,
+                    status: ReservationStatus::parse(&status).map_err(|_| bad())?,
+                    quantity,
+                    buyer,
+                    idempotency_key,
+                });
+            }
+        }
+        Ok(holds)
+    }
+
+    /// Holds whose deadline (ms since the epoch) is before `before_ms`, still in the `holds` set.
+    pub async fn overdue_holds(&self, sku: &Sku, before_ms: i64) -> Result<usize, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(conn
+            .zcount(
+                self.namespace().sku(sku).holds(),
+                "-inf",
+                format!("({before_ms}"),
+            )
+            .await?)
+    }
+}

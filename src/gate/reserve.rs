@@ -1,0 +1,185 @@
+//! The reserve decision (`lua/reserve.lua`) and what it answers.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+
+use super::{BuyerRate, Gate, GateError, Hold, millis, optional_millis};
+use crate::domain::{
+    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus, Sku,
+};
+
+/// One buyer's request for a hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ReserveRequest<'a> {
+    pub sku: &'a Sku,
+    pub buyer: &'a BuyerId,
+    pub quantity: Quantity,
+    pub idempotency_key: &'a IdempotencyKey,
+}
+
+impl ReserveRequest<'_> {
+    fn fingerprint(&self) -> String {
+        fingerprint(self.sku, self.quantity)
+    }
+}
+
+/// What makes two requests under one idempotency key "the same request".
+pub fn fingerprint(sku: &Sku, quantity: Quantity) -> String {
+    format!("{sku}|{}", quantity.get())
+}
+
+/// What the reserve script decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReserveOutcome {
+    Created(Hold),
+    /// The same request was seen before under this idempotency key; this is its stored answer.
+    Replayed(Hold),
+    Refused(Refusal),
+}
+
+/// Why a hold was not given. A refusal has no effect, so a retry is decided afresh.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("too many requests from this buyer")]
+    RateLimited {
+        retry_after: Duration,
+        /// The quota: `burst` requests per `window`.
+        burst: u32,
+        window: Duration,
+    },
+    #[error("no sale is loaded for this SKU")]
+    UnknownSku,
+    #[error("the sale is not open")]
+    SaleNotOpen { opens_at: Option<DateTime<Utc>> },
+    #[error("the sale is paused")]
+    SalePaused,
+    #[error("this buyer has reached the per-buyer limit of {limit}")]
+    BuyerLimitReached { limit: u32 },
+    #[error("sold out")]
+    SoldOut { available: u32 },
+}
+
+fn parse_reserve_reply(
+    reply: &[String],
+    req: ReserveRequest<'_>,
+    rate: Option<BuyerRate>,
+) -> Result<ReserveOutcome, GateError> {
+    let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
+    let hold = |f: &[String]| -> Result<Hold, GateError> {
+        let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
+        Ok(Hold {
+            id: ReservationId::parse(&f[0]).map_err(protocol)?,
+            sku: req.sku.clone(),
+            buyer: req.buyer.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            quantity: Quantity::parse(f[1].parse().map_err(|_| bad())?).map_err(protocol)?,
+            unit_price: Money::parse(&f[2]).map_err(protocol)?,
+            currency: Currency::parse(&f[3]).map_err(protocol)?,
+            created_at: millis(&f[4])?,
+            expires_at: millis(&f[5])?,
+            status: ReservationStatus::parse(&f[6]).map_err(protocol)?,
+        })
+    };
+    match reply.split_first() {
+        Some((tag, rest)) if tag == "created" && rest.len() >= 7 => {
+            Ok(ReserveOutcome::Created(hold(rest)?))
+        }
+        Some((tag, rest)) if tag == "replayed" && rest.len() >= 7 => {
+            Ok(ReserveOutcome::Replayed(hold(rest)?))
+        }
+        Some((tag, [code, detail, ..])) if tag == "refused" => {
+            let detail: u64 = detail.parse().map_err(|_| bad())?;
+            let small = u32::try_from(detail).unwrap_or(u32::MAX);
+            Ok(ReserveOutcome::Refused(match code.as_str() {
+                "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
+                "rate_limited" => Refusal::RateLimited {
+                    retry_after: Duration::from_micros(detail),
+                    burst: rate.map_or(0, |r| r.burst),
+                    window: rate.map_or(Duration::ZERO, BuyerRate::window),
+                },
+                "unknown_sku" => Refusal::UnknownSku,
+                "sale_not_open" => Refusal::SaleNotOpen {
+                    opens_at: optional_millis(i64::try_from(detail).unwrap_or(0)),
+                },
+                "sale_paused" => Refusal::SalePaused,
+                "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
+                "sold_out" => Refusal::SoldOut { available: small },
+                _ => return Err(bad()),
+            }))
+        }
+        _ => Err(bad()),
+    }
+}
+
+impl Gate {
+    /// Decides one reservation with `lua/reserve.lua`: one round trip for a known SKU.
+    #[tracing::instrument(skip_all, fields(sku = %req.sku, buyer = %req.buyer))]
+    pub async fn reserve(&self, req: ReserveRequest<'_>) -> Result<ReserveOutcome, GateError> {
+        if self.inner.shortcut.refuses(req.sku, req.buyer) {
+            metrics::counter!("flashgate_sold_out_shortcut_total").increment(1);
+            return Ok(ReserveOutcome::Refused(Refusal::SoldOut { available: 0 }));
+        }
+        let epoch = self.inner.shortcut.epoch();
+        let Some(number) = self.sku_number(req.sku).await? else {
+            return Ok(ReserveOutcome::Refused(Refusal::UnknownSku));
+        };
+        let id = ReservationId::generate(number);
+        let keys = self.namespace().sku(req.sku);
+        let (interval_us, burst) = match self.inner.settings.buyer_rate {
+            Some(rate) => (rate.emission_interval_us(), rate.burst),
+            None => (0, 0),
+        };
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .inner
+            .scripts
+            .reserve
+            .key(keys.meta())
+            .key(keys.stock())
+            .key(keys.buyer(req.buyer))
+            .key(keys.idempotency(req.buyer, req.idempotency_key))
+            .key(keys.rate_limit(req.buyer))
+            .key(keys.hold(id))
+            .key(keys.holds())
+            .key(keys.events())
+            .key(keys.buyers())
+            .arg(id.to_string())
+            .arg(req.buyer.as_str())
+            .arg(req.quantity.get())
+            .arg(req.fingerprint())
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .arg(interval_us)
+            .arg(burst)
+            .arg(req.idempotency_key.as_str())
+            .arg(req.sku.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        let outcome = parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)?;
+        if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
+            && self.inner.shortcut.enabled()
+            && !self.inner.shortcut.is_on(req.sku)
+        {
+            self.turn_on_shortcut(req.sku, epoch).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Loads the SKU's buyers and turns the sold-out shortcut on, unless anything changed since
+    /// `epoch` (read before the request that found the SKU sold out). Best effort: on failure
+    /// the shortcut simply stays off.
+    async fn turn_on_shortcut(&self, sku: &Sku, epoch: u64) {
+        let loaded: Result<std::collections::HashSet<String>, GateError> = async {
+            let mut conn = self.connection().await?;
+            Ok(conn.smembers(self.namespace().sku(sku).buyers()).await?)
+        }
+        .await;
+        match loaded {
+            Ok(buyers) => self.inner.shortcut.turn_on(sku, buyers, epoch),
+            Err(err) => tracing::debug!(sku = %sku, error = %err, "sold-out shortcut stays off"),
+        }
+    }
+}
