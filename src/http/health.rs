@@ -1,4 +1,4 @@
-//! Liveness and readiness probes.
+//! Liveness and readiness probes, metrics, and the OpenAPI document.
 
 use axum::Json;
 use axum::Router;
@@ -14,6 +14,15 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The API's OpenAPI 3.1 document (`openapi.json` at the repository root).
+async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../../openapi.json"),
+    )
 }
 
 /// Prometheus text exposition of the process's counters.

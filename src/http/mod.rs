@@ -1,7 +1,7 @@
 //! The HTTP API (DESIGN.md §5), built on axum.
 //!
 //! Each resource module exposes `router()`; [`app`] merges them and adds the layers. Errors
-//! become responses in one place, [`error`].
+//! become responses in one place: [`ApiError`], in `error.rs`.
 
 mod admin;
 mod error;

@@ -37,3 +37,36 @@ async fn probes_answer(pool: PgPool) {
     assert_eq!(ready["redis"], "ok");
     assert_eq!(ready["postgres"], "ok");
 }
+
+/// Every operation the OpenAPI document describes reaches a handler: axum's own answers for an
+/// unrouted request (an empty 404, or 405 for a wrong method) never come back.
+#[sqlx::test]
+async fn the_openapi_document_describes_routes_that_exist(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let spec: Value = app.get_json("/openapi.json", None).await;
+    assert_eq!(spec["openapi"], "3.1.0");
+    let paths = spec["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 16, "{}", paths.len());
+    for (path, operations) in paths {
+        let concrete = path
+            .replace("{sku}", "sneaker")
+            .replace("{id}", "00000001-0000-8000-8000-000000000000");
+        for method in operations.as_object().expect("operations").keys() {
+            let method =
+                reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let response = app
+                .client
+                .request(method.clone(), app.url(&concrete))
+                .send()
+                .await
+                .expect("send");
+            let status = response.status().as_u16();
+            let body = response.bytes().await.expect("body");
+            assert_ne!(status, 405, "{method} {path} is not routed");
+            assert!(
+                status != 404 || !body.is_empty(),
+                "{method} {path} is not routed"
+            );
+        }
+    }
+}
