@@ -113,8 +113,8 @@ async fn not_loaded(state: &AppState, sku: Sku) -> ApiError {
 }
 
 async fn is_settled(state: &AppState, hold: &Hold) -> bool {
-    match state.store.find_reservation(hold.id).await {
-        Ok(record) => record.is_some_and(|r| r.status == hold.status),
+    match state.store.reservation_status(hold.id).await {
+        Ok(recorded) => recorded == Some(hold.status),
         Err(err) => {
             // The gate answers from Redis alone; an unreachable Postgres only hides `settled`.
             tracing::warn!(error = %err, "could not tell whether the hold is settled");
@@ -167,25 +167,27 @@ async fn commit(
         }
         TransitionOutcome::Missing => return Err(ApiError::ReservationNotFound),
     };
-    let recorded = match state.store.find_reservation(hold.id).await? {
-        Some(record) if record.status == ReservationStatus::Committed => record.status,
-        _ => {
-            // Settle through this commit's event, or (a repeated commit) through whatever the
-            // stream holds now, which includes the earlier commit's event.
-            let through = match through {
-                Some(event) => Some(event),
-                None => state.gate.last_event_id(&hold.sku).await?,
-            };
-            if let Some(event) = through {
-                state.settler.settle_through(&hold.sku, &event).await?;
-            }
-            state
-                .store
-                .find_reservation(hold.id)
-                .await?
-                .map(|r| r.status)
-                .ok_or(ApiError::Unavailable("settlement"))?
+    // A fresh commit settles through its own event. A repeated one first asks whether Postgres
+    // has it already, else settles through whatever the stream holds now (which includes it).
+    let already = match through {
+        Some(_) => None,
+        None => state.store.reservation_status(hold.id).await?,
+    };
+    let recorded = if already == Some(ReservationStatus::Committed) {
+        ReservationStatus::Committed
+    } else {
+        let through = match through {
+            Some(event) => Some(event),
+            None => state.gate.last_event_id(&hold.sku).await?,
+        };
+        if let Some(event) = through {
+            state.settler.settle_through(&hold.sku, &event).await?;
         }
+        state
+            .store
+            .reservation_status(hold.id)
+            .await?
+            .ok_or(ApiError::Unavailable("settlement"))?
     };
     match recorded {
         ReservationStatus::Committed => {

@@ -85,11 +85,7 @@ pub enum BatchOutcome {
     /// The cursor moved between reading the stream and locking it; nothing was applied.
     Moved,
     /// A batch was committed.
-    Applied {
-        events: usize,
-        rejected: usize,
-        cursor: String,
-    },
+    Applied { events: usize, rejected: usize },
 }
 
 /// Applies the gate's decisions to Postgres; cheap to clone.
@@ -331,7 +327,6 @@ impl Settler {
         Ok(BatchOutcome::Applied {
             events: events.len(),
             rejected,
-            cursor: last,
         })
     }
 

@@ -8,7 +8,7 @@ mod reservations;
 mod settlement;
 mod skus;
 
-pub use reservations::{ReservationRecord, StoredReservation};
+pub use reservations::StoredReservation;
 pub use settlement::PendingRejection;
 pub use skus::SkuRecord;
 

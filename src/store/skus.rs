@@ -196,19 +196,6 @@ impl Store {
         rows.into_iter().map(SkuRecord::try_from).collect()
     }
 
-    /// The SKU a reservation id routes to (see `domain::ReservationId`).
-    pub async fn sku_by_number(&self, num: u32) -> Result<Option<Sku>, StoreError> {
-        let Ok(num) = i32::try_from(num) else {
-            return Ok(None);
-        };
-        let sku: Option<String> = sqlx::query_scalar("SELECT sku FROM skus WHERE num = $1")
-            .bind(num)
-            .fetch_optional(&self.pool)
-            .await?;
-        sku.map(|s| Sku::parse(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
-    }
-
     async fn fetch_sku<'e, E>(executor: E, sku: &Sku) -> Result<Option<SkuRecord>, StoreError>
     where
         E: sqlx::PgExecutor<'e>,

@@ -34,6 +34,16 @@ async fn assert_503_without_hanging(app: &crate::helpers::TestApp) {
     assert_eq!(ready.status(), 503);
 }
 
+/// An app whose Redis is at `port`, giving up on it after 300 ms.
+async fn app_with_redis_on(pool: PgPool, port: u16) -> crate::helpers::TestApp {
+    let options = AppOptions {
+        redis_url: format!("redis://127.0.0.1:{port}"),
+        redis_timeout: Duration::from_millis(300),
+        ..AppOptions::default()
+    };
+    spawn_app_with(pool, options).await
+}
+
 #[sqlx::test]
 async fn redis_refusing_connections_is_503(pool: PgPool) {
     // Nothing listens on a port we bound and released.
@@ -43,12 +53,7 @@ async fn redis_refusing_connections_is_503(pool: PgPool) {
         .local_addr()
         .expect("addr")
         .port();
-    let options = AppOptions {
-        redis_url: format!("redis://127.0.0.1:{port}"),
-        redis_timeout: Duration::from_millis(300),
-        ..AppOptions::default()
-    };
-    let app = spawn_app_with(pool, options).await;
+    let app = app_with_redis_on(pool, port).await;
     assert_503_without_hanging(&app).await;
 }
 
@@ -63,11 +68,6 @@ async fn redis_that_never_answers_is_503(pool: PgPool) {
             held.push(socket);
         }
     });
-    let options = AppOptions {
-        redis_url: format!("redis://127.0.0.1:{port}"),
-        redis_timeout: Duration::from_millis(300),
-        ..AppOptions::default()
-    };
-    let app = spawn_app_with(pool, options).await;
+    let app = app_with_redis_on(pool, port).await;
     assert_503_without_hanging(&app).await;
 }
