@@ -5,12 +5,13 @@
 -- Postgres never had them. Idempotent: a second run finds the hold already rejected.
 -- All checks run before the first write.
 --
--- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset)
+-- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 the live-hold counter
+--       of the client recorded in the hold (any key of the SKU when it records none)
 -- ARGV: 1 hold id, 2 quantity
 -- Returns: the hold's status before the call ('held', 'committed', ...), 'rejected' when it was
 -- already rejected, or 'missing'.
 
-local status = redis.call('HGET', KEYS[1], 'status')
+local status, client = unpack(redis.call('HMGET', KEYS[1], 'status', 'client'))
 if not status then
   return 'missing'
 end
@@ -23,6 +24,9 @@ redis.call('HSET', KEYS[1], 'status', 'rejected')
 redis.call('ZREM', KEYS[4], ARGV[1])
 -- Units held or bought stop counting against the buyer's limit. Released or expired units were
 -- already subtracted when they left.
+if status == 'held' and client then
+  if redis.call('DECR', KEYS[5]) <= 0 then redis.call('DEL', KEYS[5]) end
+end
 if status == 'held' or status == 'committed' then
   local left = redis.call('DECRBY', KEYS[2], ARGV[2])
   if left <= 0 then redis.call('DEL', KEYS[2]) end

@@ -2,7 +2,8 @@
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
--- this order: idempotency, per-buyer rate limit, sale state and window, per-buyer limit, stock.
+-- this order: idempotency, per-buyer rate limit, sale state and window, per-buyer limit,
+-- per-client live-hold limit (opt-in anti-scalping), stock.
 -- Clocks come from Redis TIME so that gate instances with skewed clocks agree.
 --
 -- The script is idempotent by its own checks: if the client resends it after a dropped
@@ -18,14 +19,20 @@
 --   7 holds     zset    hold id -> deadline (ms), for the expiry sweeper
 --   8 events    stream  every decision, in order, for the settler
 --   9 buyers    set     every buyer who got a hold on this SKU (for the sold-out shortcut)
+--  10 client    string  live holds of this client address on this SKU (anti-scalping)
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
 --   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
 --   7 rate-limit burst   8 idempotency key   9 sku
+--  10 client address ('' = unknown)          11 live holds per client (0 = no limit)
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
 --   {'refused',  code, detail}   detail: retry-after us, units left, limit, or opening ms
+--
+-- The client counter is released by transition.lua and reject.lua when the hold leaves 'held'
+-- (the hold records its client); its TTL, renewed on every new hold, bounds it if that never
+-- happens (a hold lost with Redis data).
 
 local qty = tonumber(ARGV[3])
 
@@ -89,7 +96,18 @@ if not refusal then
   end
 end
 
--- 5. Stock.
+-- 5. Live holds of this client address (opt-in): one client with many buyer ids cannot sweep
+-- the sale. Counted in holds, not units: the per-buyer limit already bounds units per hold.
+local client_limit = tonumber(ARGV[11])
+local track_client = client_limit > 0 and ARGV[10] ~= ''
+if not refusal and track_client then
+  local live = tonumber(redis.call('GET', KEYS[10]) or '0')
+  if live >= client_limit then
+    refusal = {'refused', 'client_limit_reached', int(client_limit)}
+  end
+end
+
+-- 6. Stock.
 if not refusal then
   local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
   if stock < qty then
@@ -110,6 +128,11 @@ redis.call('INCRBY', KEYS[3], qty)
 redis.call('HSET', KEYS[6],
   'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])
+if track_client then
+  redis.call('HSET', KEYS[6], 'client', ARGV[10])
+  redis.call('INCR', KEYS[10])
+  redis.call('PEXPIRE', KEYS[10], int(expires_ms - now_ms + 60000))
+end
 redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
 redis.call('SADD', KEYS[9], ARGV[2])
 redis.call('HSET', KEYS[4],

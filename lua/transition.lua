@@ -6,13 +6,14 @@
 -- Idempotent: a hold that is no longer 'held' is left as it is and its status is returned.
 --
 -- KEYS: 1 hold (hash), 2 stock (string), 3 buyer (string), 4 idem (hash), 5 holds (zset),
---       6 events (stream)
+--       6 events (stream), 7 the live-hold counter of the client recorded in the hold (any key
+--       of the SKU when the hold records none)
 -- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 the namespace's sale-changed
 --       channel, 4 sku (published there when units come back, so that every gate instance drops
 --       its sold-out shortcut for the SKU at once)
 -- Returns: {'missing'} | {'unchanged', status} | {'changed', new status, event id}
 
-local hold = redis.call('HMGET', KEYS[1], 'status', 'q', 'expires')
+local hold = redis.call('HMGET', KEYS[1], 'status', 'q', 'expires', 'client')
 if not hold[1] then
   return {'missing'}
 end
@@ -42,6 +43,10 @@ local answers_for_this_hold = redis.call('HGET', KEYS[4], 'id') == ARGV[1]
 -- Every write below is unconditional.
 redis.call('HSET', KEYS[1], 'status', target)
 redis.call('ZREM', KEYS[5], ARGV[1])
+-- Out of 'held' whatever the target: the hold no longer counts against its client's live holds.
+if hold[4] then
+  if redis.call('DECR', KEYS[7]) <= 0 then redis.call('DEL', KEYS[7]) end
+end
 if target ~= 'committed' then
   -- The units go back on sale and stop counting against the buyer's limit.
   redis.call('INCRBY', KEYS[2], hold[2])

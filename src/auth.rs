@@ -2,8 +2,15 @@
 //!
 //! A buyer token is a JWT signed with HS256 under `FLASHGATE_JWT_SECRET`; its `sub` is the buyer
 //! id and it must carry `exp`. Only HS256 is accepted, so `alg: none` and algorithm-confusion
-//! tokens fail verification. The admin token is a shared secret compared in constant time.
+//! tokens fail verification. `nbf` and `iat` may not lie in the future, a token may not live
+//! longer than the configured maximum, and `iss` / `aud` are enforced when configured. The admin
+//! token is a shared secret compared in constant time; failed admin attempts are logged (at most
+//! once a second) and counted.
+//!
+//! Both secrets must be long enough that guessing is hopeless: an HS256 key of a few characters
+//! falls to an offline brute force from a single token in well under a second.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -19,14 +26,88 @@ pub enum AuthError {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("the token's subject is not a valid buyer id: {0}")]
     BadSubject(crate::domain::ValidationError),
+    #[error("the token was issued in the future (iat {iat})")]
+    IssuedInFuture { iat: u64 },
+    #[error("the token lives {lifetime} s, longer than the {max} s allowed")]
+    LivesTooLong { lifetime: u64, max: u64 },
+}
+
+/// A secret too short to be safe; `serve` refuses to start with one.
+#[derive(Debug, thiserror::Error)]
+pub enum WeakSecret {
+    #[error(
+        "FLASHGATE_JWT_SECRET is {0} bytes long; it must be at least {MIN_JWT_SECRET_BYTES} \
+         (generate one with `flashgate secret` or `openssl rand -hex 32`)"
+    )]
+    JwtSecret(usize),
+    #[error(
+        "FLASHGATE_ADMIN_TOKEN is {0} characters long; it must be at least \
+         {MIN_ADMIN_TOKEN_CHARS} (generate one with `flashgate secret` or `openssl rand -hex 32`)"
+    )]
+    AdminToken(usize),
+}
+
+/// Shortest accepted HS256 secret, in bytes (the hash's own size).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Shortest accepted admin token, in characters.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// Refuses a JWT secret shorter than [`MIN_JWT_SECRET_BYTES`].
+pub fn check_jwt_secret(secret: &SecretString) -> Result<(), WeakSecret> {
+    let len = secret.expose_secret().len();
+    if len < MIN_JWT_SECRET_BYTES {
+        return Err(WeakSecret::JwtSecret(len));
+    }
+    Ok(())
+}
+
+/// Refuses an admin token shorter than [`MIN_ADMIN_TOKEN_CHARS`].
+pub fn check_admin_token(token: &SecretString) -> Result<(), WeakSecret> {
+    let len = token.expose_secret().chars().count();
+    if len < MIN_ADMIN_TOKEN_CHARS {
+        return Err(WeakSecret::AdminToken(len));
+    }
+    Ok(())
+}
+
+/// A fresh random secret: 32 bytes as 64 hex characters, long enough for both secrets.
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a buyer token must satisfy beyond its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Longest `exp` − `iat` (or `exp` − now without `iat`).
+    pub max_lifetime: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            max_lifetime: Duration::from_secs(86_400),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
-    #[serde(default)]
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    /// A string or an array of strings; checked by jsonwebtoken against the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<serde_json::Value>,
 }
 
 /// Signs and verifies buyer tokens.
@@ -35,6 +116,7 @@ pub struct BuyerTokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    policy: TokenPolicy,
 }
 
 impl std::fmt::Debug for BuyerTokens {
@@ -47,25 +129,48 @@ impl BuyerTokens {
     /// Tolerated clock skew between whoever minted a token and this gate.
     const LEEWAY_SECONDS: u64 = 30;
 
+    /// Tokens under `secret` with the default policy (no issuer or audience, 24 h at most).
     pub fn new(secret: &SecretString) -> Self {
+        Self::with_policy(secret, TokenPolicy::default())
+    }
+
+    pub fn with_policy(secret: &SecretString, policy: TokenPolicy) -> Self {
         let bytes = secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = Self::LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        // jsonwebtoken checks `iss` and `aud` only when the token carries them: require them.
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &policy.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &policy.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
+            policy,
         }
     }
 
-    /// A token for `buyer` that expires after `ttl`.
+    /// A token for `buyer` that expires after `ttl`, with this policy's issuer and audience.
     pub fn mint(&self, buyer: &BuyerId, ttl: Duration) -> Result<String, AuthError> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: buyer.as_str().to_owned(),
-            iat: now,
+            iat: Some(now),
             exp: now + ttl.as_secs(),
+            iss: self.policy.issuer.clone(),
+            aud: self.policy.audience.clone().map(serde_json::Value::String),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -76,8 +181,20 @@ impl BuyerTokens {
 
     /// The buyer a valid, unexpired token names.
     pub fn verify(&self, token: &str) -> Result<BuyerId, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
-        BuyerId::parse(&data.claims.sub).map_err(AuthError::BadSubject)
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(iat) = claims.iat
+            && iat > now + Self::LEEWAY_SECONDS
+        {
+            return Err(AuthError::IssuedInFuture { iat });
+        }
+        let lifetime = claims.exp.saturating_sub(claims.iat.unwrap_or(now));
+        let max = self.policy.max_lifetime.as_secs();
+        if lifetime > max + Self::LEEWAY_SECONDS {
+            return Err(AuthError::LivesTooLong { lifetime, max });
+        }
+        BuyerId::parse(&claims.sub).map_err(AuthError::BadSubject)
     }
 }
 
@@ -103,12 +220,143 @@ impl AdminToken {
     }
 }
 
+/// Counts a failed admin authentication and logs it, at most once a second (a brute force must
+/// not flood the log), with how many went unlogged since.
+pub fn admin_auth_failed(client: Option<std::net::IpAddr>, reason: &'static str) {
+    static LAST_LOGGED_SECOND: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    metrics::counter!("flashgate_admin_auth_failures_total", "reason" => reason).increment(1);
+    let now = jsonwebtoken::get_current_timestamp();
+    let last = LAST_LOGGED_SECOND.load(Ordering::Relaxed);
+    if now > last
+        && LAST_LOGGED_SECOND
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let also = UNLOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            client = client.map(|ip| ip.to_string()).unwrap_or_default(),
+            reason,
+            unlogged_since_last = also,
+            "failed admin authentication"
+        );
+    } else {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tokens(secret: &str) -> BuyerTokens {
         BuyerTokens::new(&SecretString::from(secret.to_owned()))
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn policy(issuer: Option<&str>, audience: Option<&str>, max_s: u64) -> TokenPolicy {
+        TokenPolicy {
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            max_lifetime: Duration::from_secs(max_s),
+        }
+    }
+
+    #[test]
+    fn refuses_tokens_from_the_future() {
+        let t = tokens("s3cret");
+        let future_nbf = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": now() + 600, "nbf": now() + 300}),
+            "s3cret",
+        );
+        let future_iat = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": now() + 600, "iat": now() + 300}),
+            "s3cret",
+        );
+        assert!(t.verify(&future_nbf).is_err());
+        assert!(matches!(
+            t.verify(&future_iat),
+            Err(AuthError::IssuedInFuture { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_tokens_that_live_too_long() {
+        let t = tokens("s3cret");
+        let year_3000 = 32_503_680_000_u64;
+        let forever = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": year_3000}),
+            "s3cret",
+        );
+        let with_iat = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": year_3000, "iat": now()}),
+            "s3cret",
+        );
+        assert!(matches!(
+            t.verify(&forever),
+            Err(AuthError::LivesTooLong { .. })
+        ));
+        assert!(matches!(
+            t.verify(&with_iat),
+            Err(AuthError::LivesTooLong { .. })
+        ));
+        let short = BuyerTokens::with_policy(
+            &SecretString::from("s3cret".to_owned()),
+            policy(None, None, 60),
+        );
+        assert!(
+            short
+                .mint(&buyer(), Duration::from_secs(3600))
+                .is_ok_and(|tok| short.verify(&tok).is_err())
+        );
+        assert!(
+            short
+                .mint(&buyer(), Duration::from_secs(60))
+                .is_ok_and(|tok| short.verify(&tok).is_ok())
+        );
+    }
+
+    #[test]
+    fn enforces_issuer_and_audience_when_configured() {
+        let secret = SecretString::from("s3cret".to_owned());
+        let strict =
+            BuyerTokens::with_policy(&secret, policy(Some("shop"), Some("flashgate"), 3600));
+        let own = strict
+            .mint(&buyer(), Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(strict.verify(&own).expect("own token"), buyer());
+        let claims = |iss: &str, aud: &str| {
+            sign(
+                &serde_json::json!({"sub": "buyer-1", "exp": now() + 60, "iss": iss, "aud": aud}),
+                "s3cret",
+            )
+        };
+        assert!(strict.verify(&claims("evil", "flashgate")).is_err());
+        assert!(strict.verify(&claims("shop", "elsewhere")).is_err());
+        let no_iss = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": now() + 60, "aud": "flashgate"}),
+            "s3cret",
+        );
+        assert!(strict.verify(&no_iss).is_err());
+        // Without a configured issuer, any iss is accepted.
+        assert!(tokens("s3cret").verify(&claims("anyone", "x")).is_ok());
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_generated_ones_pass() {
+        let short = SecretString::from("a".repeat(31));
+        assert!(check_jwt_secret(&short).is_err());
+        assert!(check_admin_token(&short).is_err());
+        assert!(check_jwt_secret(&SecretString::from(String::new())).is_err());
+        let generated = SecretString::from(generate_secret());
+        assert!(check_jwt_secret(&generated).is_ok());
+        assert!(check_admin_token(&generated).is_ok());
+        assert_ne!(generate_secret(), generate_secret());
+        let message = check_jwt_secret(&short).expect_err("weak").to_string();
+        assert!(message.contains("flashgate secret"), "{message}");
     }
 
     fn buyer() -> BuyerId {

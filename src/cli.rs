@@ -2,18 +2,18 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand};
-use secrecy::SecretString;
-
 use crate::auth::BuyerTokens;
-use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, SettlerConfig};
+use crate::config::{
+    DatabaseConfig, HttpConfig, RedisConfig, SettlerConfig, ShutdownConfig, TokenConfig,
+};
 use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku};
 use crate::gate::GateError;
 use crate::settler::Settler;
 use crate::startup::{self, Application};
 use crate::store::Store;
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// flashgate — a flash-sale inventory gate.
@@ -24,6 +24,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and the settler.
@@ -36,6 +38,8 @@ pub enum Command {
         http: HttpConfig,
         #[command(flatten)]
         settler: SettlerConfig,
+        #[command(flatten)]
+        shutdown: ShutdownConfig,
     },
     /// Run only the settler (any number may run beside `serve`).
     Settle {
@@ -45,6 +49,8 @@ pub enum Command {
         redis: RedisConfig,
         #[command(flatten)]
         settler: SettlerConfig,
+        #[command(flatten)]
+        shutdown: ShutdownConfig,
     },
     /// Create the database if it is missing and apply the migrations.
     Migrate {
@@ -89,12 +95,14 @@ pub enum Command {
         /// The buyer id the token names (its `sub`).
         #[arg(long)]
         buyer: String,
-        /// How long the token is valid, in seconds.
+        /// How long the token is valid, in seconds (at most FLASHGATE_JWT_MAX_LIFETIME_SECONDS).
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
-        #[arg(long, env = "FLASHGATE_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: SecretString,
+        #[command(flatten)]
+        tokens: TokenConfig,
     },
+    /// Print a fresh random secret, long enough for FLASHGATE_JWT_SECRET or FLASHGATE_ADMIN_TOKEN.
+    Secret,
 }
 
 #[derive(Debug, Args)]
@@ -149,7 +157,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             redis,
             http,
             settler,
+            shutdown: stopping,
         } => {
+            startup::raise_file_limit();
             let gate = startup::gate(&redis)?;
             let store = startup::store(&database)?;
             let sweeper = settler.sweeper(gate.clone(), store.clone());
@@ -158,12 +168,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %app.local_addr()?, "flashgate listening");
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
-            startup::run(Some(app), settler, sweeper, shutdown).await
+            startup::run(Some(app), settler, sweeper, shutdown, stopping.settings()).await
         }
         Command::Settle {
             database,
             redis,
             settler,
+            shutdown: stopping,
         } => {
             let gate = startup::gate(&redis)?;
             let store = startup::store(&database)?;
@@ -172,7 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
             tracing::info!("settler and sweeper running");
-            startup::run(None, settler, sweeper, shutdown).await
+            startup::run(None, settler, sweeper, shutdown, stopping.settings()).await
         }
         Command::Migrate { database } => {
             use secrecy::ExposeSecret;
@@ -341,12 +352,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             buyer,
             ttl_seconds,
-            jwt_secret,
+            tokens,
         } => {
+            // A token signed with a key `serve` refuses would only fail later, at the gate.
+            crate::auth::check_jwt_secret(&tokens.jwt_secret)?;
+            let policy = tokens.policy();
+            if ttl_seconds > policy.max_lifetime.as_secs() {
+                bail!(
+                    "--ttl-seconds {ttl_seconds} is longer than the {} s a token may live \
+                     (FLASHGATE_JWT_MAX_LIFETIME_SECONDS)",
+                    policy.max_lifetime.as_secs()
+                );
+            }
             let buyer = BuyerId::parse(&buyer)?;
-            let token =
-                BuyerTokens::new(&jwt_secret).mint(&buyer, Duration::from_secs(ttl_seconds))?;
+            let token = BuyerTokens::with_policy(&tokens.jwt_secret, policy)
+                .mint(&buyer, Duration::from_secs(ttl_seconds))?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Secret => {
+            println!("{}", crate::auth::generate_secret());
             Ok(())
         }
     }

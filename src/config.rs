@@ -8,7 +8,10 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::domain::ValidationError;
-use crate::gate::{BuyerRate, GateSettings, Namespace, RedisSettings};
+use crate::gate::{BreakerSettings, BuyerRate, GateSettings, Namespace, RedisSettings};
+use crate::http::{
+    AdmissionSettings, ClientAddrPolicy, ForwardedHeader, ServerSettings, TrustedProxies,
+};
 
 /// Where Postgres is.
 #[derive(Debug, Clone, Args)]
@@ -59,15 +62,33 @@ pub struct RedisConfig {
     /// it (turned off everywhere the moment units come back).
     #[arg(long, env = "FLASHGATE_SOLD_OUT_SHORTCUT", default_value_t = true, action = clap::ArgAction::Set)]
     pub sold_out_shortcut: bool,
+    /// Most live holds one client address (IPv4, or IPv6 /64) may have on one SKU, decided in
+    /// the reserve script; 0 turns the limit off. Against one client scalping with many buyer ids.
+    #[arg(long, env = "FLASHGATE_HOLDS_PER_CLIENT", default_value_t = 0)]
+    pub holds_per_client: u32,
+    /// Consecutive failed Redis calls that open the circuit breaker; 0 turns it off.
+    #[arg(long, env = "FLASHGATE_REDIS_BREAKER_FAILURES", default_value_t = 5)]
+    pub redis_breaker_failures: u32,
+    /// How long the open breaker answers 503 before it lets one probe through, in ms.
+    #[arg(long, env = "FLASHGATE_REDIS_BREAKER_OPEN_MS", default_value_t = 500)]
+    pub redis_breaker_open_ms: u64,
 }
 
 impl RedisConfig {
     pub fn redis_settings(&self) -> RedisSettings {
         use secrecy::ExposeSecret;
+        let timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
         RedisSettings {
-            url: self.redis_url.expose_secret().to_owned(),
-            pool_size: self.redis_pool_size.max(1),
-            timeout: Duration::from_millis(self.redis_timeout_ms.max(1)),
+            breaker: BreakerSettings {
+                failures: self.redis_breaker_failures,
+                open_for: Duration::from_millis(self.redis_breaker_open_ms),
+                probe_timeout: timeout,
+            },
+            ..RedisSettings::new(
+                self.redis_url.expose_secret(),
+                self.redis_pool_size.max(1),
+                timeout,
+            )
         }
     }
 
@@ -85,6 +106,7 @@ impl RedisConfig {
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_seconds.max(1)),
             buyer_rate,
             sold_out_shortcut: self.sold_out_shortcut,
+            holds_per_client: self.holds_per_client,
         })
     }
 }
@@ -95,21 +117,145 @@ pub struct HttpConfig {
     /// Address to listen on.
     #[arg(long, env = "FLASHGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// HS256 secret that signs buyer tokens.
-    #[arg(long, env = "FLASHGATE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: SecretString,
-    /// Bearer token for `/v1/admin/...`.
+    /// Buyer tokens: secret, issuer, audience, lifetime.
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+    /// Bearer token for `/v1/admin/...`: at least 32 characters.
     #[arg(long, env = "FLASHGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: SecretString,
-    /// Requests per second one client IP may send before it is shed with 429; 0 turns it off.
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed: comma-separated CIDRs or
+    /// addresses (e.g. `10.0.0.0/8,::1`). Default: none, so the client is the socket peer.
+    #[arg(long, env = "FLASHGATE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Which forwarded header the trusted proxies write. `auto`: whichever is present (a
+    /// request with both is keyed on the proxy itself).
+    #[arg(long, env = "FLASHGATE_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::Auto)]
+    pub forwarded_header: ForwardedHeader,
+    /// New-buyer requests per second one client address may send before it is shed with 429;
+    /// 0 turns it off. Payment calls (commit, release, reading one's hold) are never shed.
     #[arg(long, env = "FLASHGATE_CLIENT_RATE", default_value_t = 500)]
     pub client_rate: u32,
-    /// Requests one client IP may send at once before the rate applies.
+    /// New-buyer requests one client address may send at once before the rate applies.
     #[arg(long, env = "FLASHGATE_CLIENT_BURST", default_value_t = 1000)]
     pub client_burst: u32,
-    /// Longest a request may take before it is answered 503, in ms.
+    /// New-buyer requests (reserve, sale view) in flight at once in this process; past it a
+    /// request waits at most FLASHGATE_ADMISSION_QUEUE_MS, then is answered 503 `overloaded`.
+    #[arg(long, env = "FLASHGATE_ADMISSION_LIMIT", default_value_t = 256)]
+    pub admission_limit: usize,
+    /// Longest a new-buyer request waits for a place, in ms (0: refuse at once).
+    #[arg(long, env = "FLASHGATE_ADMISSION_QUEUE_MS", default_value_t = 100)]
+    pub admission_queue_ms: u64,
+    /// Payment requests (commit, release, reading one's hold) in flight at once: a budget of
+    /// their own, never shared with new buyers.
+    #[arg(long, env = "FLASHGATE_PAYMENT_LIMIT", default_value_t = 512)]
+    pub payment_limit: usize,
+    /// Longest a payment request waits for a place, in ms.
+    #[arg(long, env = "FLASHGATE_PAYMENT_QUEUE_MS", default_value_t = 2_000)]
+    pub payment_queue_ms: u64,
+    /// Longest a request may take before it is answered 503 `request_timeout`, in ms.
     #[arg(long, env = "FLASHGATE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Most open client connections; past it new connections wait in the listen backlog.
+    #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, from the connection's start or
+    /// its first byte after an idle spell, in ms. A connection that sends nothing is closed
+    /// after this too.
+    #[arg(
+        long,
+        env = "FLASHGATE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Longest a kept-alive connection may stay idle between requests, in ms. Keep it above
+    /// the idle timeout of the load balancer in front (60 s on most), so the balancer closes
+    /// first and never sends on a connection the gate is closing.
+    #[arg(long, env = "FLASHGATE_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub idle_timeout_ms: u64,
+}
+
+impl HttpConfig {
+    pub fn client_addr_policy(&self) -> Result<ClientAddrPolicy, ValidationError> {
+        Ok(ClientAddrPolicy {
+            trusted: TrustedProxies::parse(&self.trusted_proxies)?,
+            header: self.forwarded_header,
+        })
+    }
+
+    pub fn admission(&self) -> AdmissionSettings {
+        AdmissionSettings {
+            new_buyer_limit: self.admission_limit.max(1),
+            new_buyer_queue: Duration::from_millis(self.admission_queue_ms),
+            payer_limit: self.payment_limit.max(1),
+            payer_queue: Duration::from_millis(self.payment_queue_ms),
+        }
+    }
+
+    pub fn server(&self) -> ServerSettings {
+        ServerSettings {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// Buyer tokens (JWT, HS256).
+#[derive(Debug, Clone, Args)]
+pub struct TokenConfig {
+    /// HS256 secret that signs buyer tokens: at least 32 bytes (`flashgate secret` makes one).
+    #[arg(long, env = "FLASHGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: SecretString,
+    /// When set, tokens must carry this `iss` (and `flashgate token` writes it).
+    #[arg(long, env = "FLASHGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud` (and `flashgate token` writes it).
+    #[arg(long, env = "FLASHGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Longest lifetime a token may have (`exp` − `iat`, or `exp` − now without `iat`), in
+    /// seconds: a stolen token with `exp` in the year 3000 is refused.
+    #[arg(
+        long,
+        env = "FLASHGATE_JWT_MAX_LIFETIME_SECONDS",
+        default_value_t = 86_400
+    )]
+    pub jwt_max_lifetime_seconds: u64,
+}
+
+impl TokenConfig {
+    pub fn policy(&self) -> crate::auth::TokenPolicy {
+        crate::auth::TokenPolicy {
+            issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            max_lifetime: Duration::from_secs(self.jwt_max_lifetime_seconds.max(1)),
+        }
+    }
+}
+
+/// How the process stops on SIGTERM or Ctrl-C.
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownConfig {
+    /// After the first signal, how long `/readyz` answers 503 while requests are still served,
+    /// so load balancers stop sending before the listener closes, in ms.
+    #[arg(
+        long,
+        env = "FLASHGATE_SHUTDOWN_DRAIN_DELAY_MS",
+        default_value_t = 1_000
+    )]
+    pub shutdown_drain_delay_ms: u64,
+    /// Longest the whole shutdown may take (drain delay, in-flight requests, the settler's
+    /// batch) before the process exits anyway, in ms. A second signal exits at once.
+    #[arg(long, env = "FLASHGATE_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl ShutdownConfig {
+    pub fn settings(&self) -> crate::startup::ShutdownSettings {
+        crate::startup::ShutdownSettings {
+            drain_delay: Duration::from_millis(self.shutdown_drain_delay_ms),
+            deadline: Duration::from_millis(self.shutdown_timeout_ms.max(1)),
+        }
+    }
 }
 
 /// The settler's pace (see `settler::SettlerSettings`).

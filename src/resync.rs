@@ -108,5 +108,7 @@ fn hold_from_row(sku: &Sku, row: StoredReservation) -> Result<Hold, ValidationEr
         status: ReservationStatus::parse(&row.status)?,
         created_at: row.created_at,
         expires_at: row.expires_at,
+        // Postgres does not record the client address: a restored hold counts against none.
+        client: None,
     })
 }

@@ -16,7 +16,7 @@ use crate::sweeper::Sweeper;
 use crate::auth::{AdminToken, BuyerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
 use crate::gate::Gate;
-use crate::http::{self, AppState, ClientShedder};
+use crate::http::{self, Admission, AppState, ClientShedder, Readiness, ServerSettings};
 use crate::store::Store;
 
 /// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting).
@@ -39,15 +39,23 @@ pub fn gate(config: &RedisConfig) -> anyhow::Result<Gate> {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    server: ServerSettings,
 }
 
 impl Application {
+    /// Checks the secrets (a short one refuses to start), binds the listener and builds the
+    /// state every handler shares.
     pub async fn build(
         http: &HttpConfig,
         gate: Gate,
         store: Store,
         settler: Settler,
     ) -> anyhow::Result<Self> {
+        crate::auth::check_jwt_secret(&http.tokens.jwt_secret)?;
+        crate::auth::check_admin_token(&http.admin_token)?;
+        let client_addr = http
+            .client_addr_policy()
+            .context("invalid FLASHGATE_TRUSTED_PROXIES")?;
         let listener = TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", http.listen))?;
@@ -55,62 +63,151 @@ impl Application {
             gate,
             store,
             settler,
-            tokens: BuyerTokens::new(&http.jwt_secret),
+            tokens: BuyerTokens::with_policy(&http.tokens.jwt_secret, http.tokens.policy()),
             admin: AdminToken::new(http.admin_token.clone()),
-            shedder: ClientShedder::new(http.client_rate, http.client_burst),
+            admission: Admission::new(
+                http.admission(),
+                ClientShedder::new(http.client_rate, http.client_burst),
+            ),
+            client_addr: std::sync::Arc::new(client_addr),
+            readiness: Readiness::default(),
             request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
             metrics: crate::telemetry::metrics(),
         };
-        if http.jwt_secret.expose_secret().len() < 16 {
-            tracing::warn!(
-                "FLASHGATE_JWT_SECRET is shorter than 16 bytes; use a long random secret"
-            );
-        }
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            server: http.server(),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// What `/readyz` answers; shutdown turns it to `draining` first.
+    pub fn readiness(&self) -> Readiness {
+        self.state.readiness.clone()
+    }
+
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        http::serve(self.listener, self.state, shutdown).await
+        http::serve(self.listener, self.state, self.server, shutdown).await
+    }
+}
+
+/// How the process stops.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownSettings {
+    /// How long `/readyz` says `draining` while requests are still served.
+    pub drain_delay: Duration,
+    /// Longest the whole shutdown may take before the remaining tasks are abandoned.
+    pub deadline: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::ZERO,
+            deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit, so the connection cap — not the kernel —
+/// decides how many clients are served, and logs both. Returns the soft limit now in force.
+pub fn raise_file_limit() -> Option<u64> {
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(raised) => {
+            tracing::info!(before = soft, now = raised, hard, "open-file limit");
+            Some(raised)
+        }
+        Err(err) => {
+            tracing::warn!(soft, hard, error = %err, "cannot raise the open-file limit");
+            Some(soft)
+        }
     }
 }
 
 /// Runs the API (when given), the settler and the expiry sweeper side by side until `shutdown`
-/// is cancelled or one of them stops. Says which one stopped and why, stops the others (the
-/// API drains its requests, the settler finishes its batch), and returns the first failure.
+/// is cancelled or one of them stops. Says which one stopped and why, and returns the first
+/// failure.
+///
+/// Shutdown, in order: `/readyz` turns `draining` (load balancers stop sending) while requests
+/// are still served for `drain_delay`; then the listener closes, in-flight requests finish and
+/// the settler finishes its batch. Whatever still runs at `deadline` (counted from the signal)
+/// is abandoned, so the process always exits in bounded time.
 pub async fn run(
     app: Option<Application>,
     settler: Settler,
     sweeper: Sweeper,
     shutdown: CancellationToken,
+    settings: ShutdownSettings,
 ) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let readiness = app.as_ref().map(Application::readiness);
+    {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            if let Some(readiness) = readiness {
+                readiness.start_draining();
+                tracing::info!(
+                    drain_delay_ms = settings.drain_delay.as_millis() as u64,
+                    "draining: /readyz answers 503 before the listener closes"
+                );
+                tokio::time::sleep(settings.drain_delay).await;
+            }
+            stop.cancel();
+        });
+    }
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     if let Some(app) = app {
-        let stop = shutdown.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
             let served = app.run_until(stop.cancelled_owned()).await;
             ("http server", served.context("http server failed"))
         });
     }
-    let stop = shutdown.clone();
+    let stopping = stop.clone();
     tasks.spawn(async move {
-        settler.run(stop).await;
+        settler.run(stopping).await;
         ("settler", Ok(()))
     });
-    let stop = shutdown.clone();
+    let stopping = stop.clone();
     tasks.spawn(async move {
-        sweeper.run(stop).await;
+        sweeper.run(stopping).await;
         ("sweeper", Ok(()))
     });
 
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(settings.deadline).await;
+        }
+    };
+    tokio::pin!(deadline);
     let mut first_failure = None;
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            () = &mut deadline => {
+                tracing::error!(
+                    deadline_ms = settings.deadline.as_millis() as u64,
+                    still_running = tasks.len(),
+                    "shutdown deadline passed; abandoning what still runs"
+                );
+                tasks.abort_all();
+                break;
+            }
+        };
         let (name, result) = match joined {
             Ok(done) => done,
             Err(join) => (
@@ -126,6 +223,7 @@ pub async fn run(
             }
         }
         shutdown.cancel();
+        stop.cancel();
         if let (Err(err), None) = (result, &first_failure) {
             first_failure = Some(err);
         }
@@ -133,11 +231,14 @@ pub async fn run(
     first_failure.map_or(Ok(()), Err)
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
+/// Cancels `token` on Ctrl-C or SIGTERM; a second signal exits the process at once.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         shutdown_signal().await;
         token.cancel();
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
     });
 }
 

@@ -72,16 +72,13 @@ impl BenchEnv {
         }
         let namespace = Namespace::parse(&format!("fgbench-{name}-{}", std::process::id())).ok()?;
         let gate = Gate::connect(
-            &RedisSettings {
-                url: redis_url.clone(),
-                pool_size: 64,
-                timeout: Duration::from_secs(2),
-            },
+            &RedisSettings::new(redis_url.clone(), 64, Duration::from_secs(2)),
             GateSettings {
                 namespace: namespace.clone(),
                 idempotency_ttl: Duration::from_secs(3600),
                 buyer_rate,
                 sold_out_shortcut: true,
+                holds_per_client: 0,
             },
         )
         .ok()?;
@@ -128,6 +125,7 @@ impl BenchEnv {
                         buyer: &buyer,
                         quantity: Quantity::parse(1).expect("quantity"),
                         idempotency_key: key,
+                        client: None,
                     };
                     matches!(
                         self.gate.reserve(request).await,

@@ -61,6 +61,8 @@ pub struct Hold {
     pub status: ReservationStatus,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The client address whose live holds this one counts against, when that is limited.
+    pub client: Option<String>,
 }
 
 impl Hold {
@@ -121,6 +123,7 @@ fn hold_from_fields(
         status: ReservationStatus::parse(field("status")?).map_err(protocol)?,
         created_at: millis(field("created")?)?,
         expires_at: millis(field("expires")?)?,
+        client: fields.get("client").cloned(),
     })
 }
 
@@ -163,6 +166,7 @@ impl Gate {
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.events())
+            .key(keys.client(hold.client.as_deref().unwrap_or("")))
             .arg(hold.id.to_string())
             .arg(action.as_str())
             .arg(self.namespace().sale_changed_channel())
@@ -261,6 +265,8 @@ impl Gate {
     ) -> Result<Option<ReservationStatus>, GateError> {
         let keys = self.namespace().sku(sku);
         let mut conn = self.connection().await?;
+        // The client counter's key must be named in KEYS; refusals are rare, so one more read.
+        let client: Option<String> = conn.hget(keys.hold(hold.id), "client").await?;
         let before: String = self
             .inner
             .scripts
@@ -269,6 +275,7 @@ impl Gate {
             .key(keys.buyer(&hold.buyer))
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
+            .key(keys.client(client.as_deref().unwrap_or("")))
             .arg(hold.id.to_string())
             .arg(hold.quantity.get())
             .invoke_async(&mut conn)

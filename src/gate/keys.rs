@@ -103,6 +103,11 @@ impl SkuKeys {
     pub fn buyers(&self) -> String {
         self.key("buyers")
     }
+    /// Live holds of one client address on the SKU (`FLASHGATE_HOLDS_PER_CLIENT`). The address
+    /// is an IPv4 address or an IPv6 /64, which carries no braces to steal the hash tag.
+    pub fn client(&self, client: &str) -> String {
+        self.key(&format!("client:{client}"))
+    }
 }
 
 #[cfg(test)]
@@ -121,8 +126,11 @@ mod tests {
             keys.buyer(&buyer),
             keys.idempotency(&buyer, &idem),
             keys.rate_limit(&buyer),
+            keys.hold(crate::domain::ReservationId::generate(7)),
             keys.holds(),
             keys.events(),
+            keys.buyers(),
+            keys.client("2001:db8:1:2::/64"),
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }

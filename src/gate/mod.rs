@@ -12,8 +12,10 @@
 //! - `sale.rs`: loading a sale (prewarm, resync) and changing it while live;
 //! - `events.rs`: the SKU's event stream, as the settler reads and trims it;
 //! - `keys.rs`, `scripts.rs`: key names and the Lua scripts;
-//! - `shortcut.rs`: the in-process sold-out shortcut.
+//! - `shortcut.rs`: the in-process sold-out shortcut;
+//! - `breaker.rs`: the circuit breaker every Redis call goes through.
 
+mod breaker;
 mod events;
 mod holds;
 mod keys;
@@ -22,6 +24,7 @@ mod sale;
 mod scripts;
 mod shortcut;
 
+pub use breaker::{BreakerSettings, GuardedConnection};
 pub use events::{Event, EventId, EventKind, NewHold, event_time};
 pub use holds::{Hold, HoldSummary, RejectedHold, Transition, TransitionOutcome};
 pub use keys::{Namespace, SkuKeys};
@@ -56,23 +59,18 @@ pub enum GateError {
 
 impl From<redis::RedisError> for GateError {
     fn from(err: redis::RedisError) -> Self {
-        use redis::{ErrorKind, ServerErrorKind as S};
-        let transient = err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_refusal()
-            || err.is_connection_dropped()
-            || err.is_cluster_error()
-            || matches!(
-                err.kind(),
-                ErrorKind::Server(
-                    S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
-                )
-            );
-        if transient {
+        // `OOM` and `BUSY` are outages too: the caller may retry once Redis has room or time.
+        if breaker::is_outage(&err) || err.is_cluster_error() {
             Self::Unavailable(err.to_string())
         } else {
             Self::Protocol(err.to_string())
         }
+    }
+}
+
+impl From<breaker::BreakerOpen> for GateError {
+    fn from(err: breaker::BreakerOpen) -> Self {
+        Self::Unavailable(err.to_string())
     }
 }
 
@@ -95,6 +93,8 @@ pub struct GateSettings {
     pub buyer_rate: Option<BuyerRate>,
     /// Answer `sold_out` in process once a SKU is sold out (see `gate::shortcut`).
     pub sold_out_shortcut: bool,
+    /// Most live holds one client address may have on one SKU; 0 for no limit.
+    pub holds_per_client: u32,
 }
 
 /// A GCRA quota: `per_second` requests a second on average, bursts of up to `burst`.
@@ -122,6 +122,24 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Bounds connecting, waiting for a pooled connection, and each command's answer.
     pub timeout: Duration,
+    /// When the circuit breaker in front of Redis opens.
+    pub breaker: BreakerSettings,
+}
+
+impl RedisSettings {
+    /// Settings with the default breaker: open after 5 consecutive failures, probe after 500 ms.
+    pub fn new(url: impl Into<String>, pool_size: usize, timeout: Duration) -> Self {
+        Self {
+            url: url.into(),
+            pool_size,
+            timeout,
+            breaker: BreakerSettings {
+                failures: 5,
+                open_for: Duration::from_millis(500),
+                probe_timeout: timeout,
+            },
+        }
+    }
 }
 
 /// The Redis side of flashgate; cheap to clone.
@@ -140,6 +158,7 @@ struct GateInner {
     /// The connection requests currently share, and when it was taken from the pool.
     shared: Mutex<Option<(MultiplexedConnection, Instant)>>,
     shortcut: shortcut::SoldOutShortcut,
+    breaker: Arc<breaker::CircuitBreaker>,
 }
 
 /// How long requests share one connection before it is taken afresh from the pool.
@@ -175,6 +194,7 @@ impl Gate {
             sku_numbers: RwLock::default(),
             shared: Mutex::new(None),
             shortcut,
+            breaker: Arc::new(breaker::CircuitBreaker::new(redis.breaker)),
         });
         // The shortcut needs its listener; without a runtime (or when disabled) it stays off.
         if inner.shortcut.enabled()
@@ -198,20 +218,39 @@ impl Gate {
     /// 503s). The handle is reused for [`CONNECTION_REUSE`] and then taken afresh from the pool,
     /// whose health check (a `PING` on every `get`) thus runs about once a second rather than
     /// on every request, and which replaces a connection that broke.
-    pub(crate) async fn connection(&self) -> Result<MultiplexedConnection, GateError> {
+    ///
+    /// Every call goes through the circuit breaker: while it is open this fails at once, and
+    /// every reply on the returned connection is reported to it.
+    pub(crate) async fn connection(&self) -> Result<GuardedConnection, GateError> {
+        self.inner.breaker.admit()?;
+        let guard = |conn| GuardedConnection::new(conn, self.inner.breaker.clone());
         {
             let shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((conn, fetched)) = shared.as_ref()
                 && fetched.elapsed() < CONNECTION_REUSE
             {
-                return Ok(conn.clone());
+                return Ok(guard(conn.clone()));
             }
         }
-        let pooled = self.inner.pool.get().await?;
+        let pooled = match self.inner.pool.get().await {
+            Ok(pooled) => pooled,
+            Err(err) => {
+                let err = GateError::from(err);
+                if matches!(err, GateError::Unavailable(_)) {
+                    self.inner.breaker.record_failure();
+                }
+                return Err(err);
+            }
+        };
         let conn = MultiplexedConnection::clone(&pooled);
         *self.inner.shared.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((conn.clone(), Instant::now()));
-        Ok(conn)
+        Ok(guard(conn))
+    }
+
+    /// Whether the circuit breaker in front of Redis is refusing calls right now.
+    pub fn breaker_open(&self) -> bool {
+        self.inner.breaker.is_open()
     }
 
     pub async fn ping(&self) -> Result<(), GateError> {

@@ -17,6 +17,8 @@ pub struct ReserveRequest<'a> {
     pub buyer: &'a BuyerId,
     pub quantity: Quantity,
     pub idempotency_key: &'a IdempotencyKey,
+    /// The client address the request came from (for `FLASHGATE_HOLDS_PER_CLIENT`), if known.
+    pub client: Option<&'a str>,
 }
 
 impl ReserveRequest<'_> {
@@ -61,6 +63,8 @@ pub enum Refusal {
     BuyerLimitReached { limit: u32 },
     #[error("sold out")]
     SoldOut { available: u32 },
+    #[error("this client address already has {limit} live holds on this sale")]
+    ClientLimitReached { limit: u32 },
 }
 
 fn parse_reserve_reply(
@@ -82,6 +86,7 @@ fn parse_reserve_reply(
             created_at: millis(&f[4])?,
             expires_at: millis(&f[5])?,
             status: ReservationStatus::parse(&f[6]).map_err(protocol)?,
+            client: req.client.map(str::to_owned),
         })
     };
     match reply.split_first() {
@@ -108,6 +113,7 @@ fn parse_reserve_reply(
                 "sale_paused" => Refusal::SalePaused,
                 "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
                 "sold_out" => Refusal::SoldOut { available: small },
+                "client_limit_reached" => Refusal::ClientLimitReached { limit: small },
                 _ => return Err(bad()),
             }))
         }
@@ -133,6 +139,7 @@ impl Gate {
             Some(rate) => (rate.emission_interval_us(), rate.burst),
             None => (0, 0),
         };
+        let client = req.client.unwrap_or("");
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
@@ -147,6 +154,7 @@ impl Gate {
             .key(keys.holds())
             .key(keys.events())
             .key(keys.buyers())
+            .key(keys.client(client))
             .arg(id.to_string())
             .arg(req.buyer.as_str())
             .arg(req.quantity.get())
@@ -156,6 +164,8 @@ impl Gate {
             .arg(burst)
             .arg(req.idempotency_key.as_str())
             .arg(req.sku.as_str())
+            .arg(client)
+            .arg(self.inner.settings.holds_per_client)
             .invoke_async(&mut conn)
             .await?;
         let outcome = parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)?;

@@ -1,11 +1,11 @@
 //! Admin operations under `/v1/admin`, behind the admin token.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
-use super::extract::{Admin, AppJson};
+use super::extract::{Admin, AppJson, AppPath, AppQuery};
 use super::skus::SkuView;
 use super::{ApiError, AppState};
 use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
@@ -61,7 +61,7 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
 async fn upsert(
     State(state): State<AppState>,
     _: Admin,
-    Path(raw): Path<String>,
+    AppPath(raw): AppPath<String>,
     AppJson(body): AppJson<SaleBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
@@ -81,8 +81,8 @@ struct PrewarmQuery {
 async fn prewarm(
     State(state): State<AppState>,
     _: Admin,
-    Path(raw): Path<String>,
-    Query(query): Query<PrewarmQuery>,
+    AppPath(raw): AppPath<String>,
+    AppQuery(query): AppQuery<PrewarmQuery>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
     let record = state
@@ -100,7 +100,7 @@ async fn prewarm(
 async fn audit(
     State(state): State<AppState>,
     _: Admin,
-    Path(raw): Path<String>,
+    AppPath(raw): AppPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw))?;
     let report = crate::audit::audit_sku(&state.gate, &state.store, &sku).await?;
@@ -121,7 +121,7 @@ struct RestockBody {
 async fn restock(
     State(state): State<AppState>,
     _: Admin,
-    Path(raw): Path<String>,
+    AppPath(raw): AppPath<String>,
     AppJson(body): AppJson<RestockBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
@@ -146,7 +146,7 @@ async fn restock(
 async fn pause(
     state: State<AppState>,
     admin: Admin,
-    raw: Path<String>,
+    raw: AppPath<String>,
 ) -> Result<Json<SkuView>, ApiError> {
     set_state(state, admin, raw, SaleState::Paused).await
 }
@@ -154,7 +154,7 @@ async fn pause(
 async fn resume(
     state: State<AppState>,
     admin: Admin,
-    raw: Path<String>,
+    raw: AppPath<String>,
 ) -> Result<Json<SkuView>, ApiError> {
     set_state(state, admin, raw, SaleState::Open).await
 }
@@ -163,7 +163,7 @@ async fn resume(
 async fn set_state(
     State(state): State<AppState>,
     _: Admin,
-    Path(raw): Path<String>,
+    AppPath(raw): AppPath<String>,
     sale_state: SaleState,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
@@ -182,7 +182,7 @@ async fn set_state(
 async fn resync(
     State(state): State<AppState>,
     _: Admin,
-    Path(raw): Path<String>,
+    AppPath(raw): AppPath<String>,
 ) -> Result<Json<crate::resync::ResyncReport>, ApiError> {
     let sku = sku_param(&raw)?;
     Ok(Json(

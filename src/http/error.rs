@@ -57,6 +57,18 @@ pub enum ApiError {
     StockBelowCommitted { requested: u32, committed: i64 },
     #[error("{0} is unavailable, retry shortly")]
     Unavailable(&'static str),
+    #[error("the gate is at capacity for new buyers, retry shortly")]
+    Overloaded,
+    #[error("the request took too long and was abandoned, retry shortly")]
+    RequestTimeout,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -85,11 +97,18 @@ impl ApiError {
                 Refusal::SalePaused => "sale_paused",
                 Refusal::BuyerLimitReached { .. } => "buyer_limit_reached",
                 Refusal::SoldOut { .. } => "sold_out",
+                Refusal::ClientLimitReached { .. } => "client_limit_reached",
             },
             Self::ClientShed { .. } => "rate_limited",
             Self::SaleLive(_) => "sale_live",
             Self::StockBelowCommitted { .. } => "stock_below_committed",
             Self::Unavailable(_) => "service_unavailable",
+            Self::Overloaded => "overloaded",
+            Self::RequestTimeout => "request_timeout",
+            Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::InvalidQuery(_) => "invalid_query",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -98,7 +117,11 @@ impl ApiError {
         match self {
             Self::MalformedJson(_)
             | Self::IdempotencyKeyMissing
-            | Self::IdempotencyKeyInvalid(_) => StatusCode::BAD_REQUEST,
+            | Self::IdempotencyKeyInvalid(_)
+            | Self::InvalidPath(_)
+            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Invalid(_) | Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -112,13 +135,16 @@ impl ApiError {
                 Refusal::SaleNotOpen { .. }
                 | Refusal::SalePaused
                 | Refusal::BuyerLimitReached { .. }
+                | Refusal::ClientLimitReached { .. }
                 | Refusal::SoldOut { .. } => StatusCode::CONFLICT,
             },
             Self::ClientShed { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::SaleLive(_) | Self::StockBelowCommitted { .. } | Self::HoldIs(_) => {
                 StatusCode::CONFLICT
             }
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded | Self::RequestTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -237,7 +263,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(%detail, "internal error");
             }
             match &self {
-                Self::Unavailable(_) => self.to_string(),
+                Self::Unavailable(_) | Self::Overloaded | Self::RequestTimeout => self.to_string(),
                 _ => "internal error".to_owned(),
             }
         } else {
@@ -265,7 +291,9 @@ impl IntoResponse for ApiError {
             Self::Refused(Refusal::SoldOut { available }) => {
                 body.insert("available".into(), json!(available));
             }
-            Self::Refused(Refusal::BuyerLimitReached { limit }) => {
+            Self::Refused(
+                Refusal::BuyerLimitReached { limit } | Refusal::ClientLimitReached { limit },
+            ) => {
                 body.insert("limit".into(), json!(limit));
             }
             Self::Refused(Refusal::SaleNotOpen { opens_at: Some(at) }) => {
@@ -282,8 +310,9 @@ impl IntoResponse for ApiError {
                 );
                 rate_limit_headers(&mut headers, "client", *retry_after, *burst, *window);
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Overloaded | Self::RequestTimeout => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                body.insert("retry_after_seconds".into(), json!(1));
             }
             _ => {}
         }

@@ -1,10 +1,11 @@
 //! Extractors whose rejections speak the API's own error format.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 
+use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
 use crate::domain::{BuyerId, IdempotencyKey};
 
@@ -31,6 +32,50 @@ where
             }),
         }
     }
+}
+
+/// `axum::extract::Path`, but a bad path (invalid UTF-8, wrong shape) is answered with an
+/// [`ApiError`] (`400 invalid_path`) instead of a plain-text body.
+#[derive(Debug)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    axum::extract::Path<T>: FromRequestParts<S, Rejection = PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|rejection| ApiError::InvalidPath(rejection.body_text()))
+    }
+}
+
+/// `axum::extract::Query`, with rejections as `400 invalid_query`.
+#[derive(Debug)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    axum::extract::Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))
+    }
+}
+
+/// The client the request is charged to (see `client_addr`), when the server knows its peer.
+pub fn client_of(parts: &Parts) -> Option<ClientAddr> {
+    parts.extensions.get::<ClientAddr>().copied()
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -66,10 +111,15 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let client = client_of(parts).map(ClientAddr::ip);
+        let Some(token) = bearer(parts) else {
+            crate::auth::admin_auth_failed(client, "missing");
+            return Err(ApiError::Unauthorized);
+        };
         if state.admin.matches(token) {
             Ok(Self)
         } else {
+            crate::auth::admin_auth_failed(client, "wrong");
             Err(ApiError::Forbidden)
         }
     }

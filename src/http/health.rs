@@ -1,4 +1,12 @@
 //! Liveness and readiness probes, metrics, and the OpenAPI document.
+//!
+//! None of these touches a store per call: `/readyz` answers from [`Readiness`], which a
+//! background task refreshes about once a second, so probes (or a flood of them) cost the stores
+//! nothing. That refresh also lets the Redis circuit breaker probe and close with no traffic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -8,6 +16,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::gate::Gate;
+use crate::store::Store;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -15,6 +25,77 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+}
+
+/// How often the stores are checked for `/readyz`.
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// The last known state of both stores, and whether the process is shutting down.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    inner: Arc<ReadinessInner>,
+}
+
+#[derive(Debug)]
+struct ReadinessInner {
+    redis: AtomicU8,
+    postgres: AtomicU8,
+    draining: AtomicBool,
+    epoch: Instant,
+    checked_at_ms: AtomicU64,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(ReadinessInner {
+                redis: AtomicU8::new(UNKNOWN),
+                postgres: AtomicU8::new(UNKNOWN),
+                draining: AtomicBool::new(false),
+                epoch: Instant::now(),
+                checked_at_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Readiness {
+    /// Checks both stores once (each call bounded by its store's timeout).
+    pub async fn refresh(&self, gate: &Gate, store: &Store) {
+        let (redis, postgres) = tokio::join!(gate.ping(), store.ping());
+        let word = |ok: bool| if ok { UP } else { DOWN };
+        self.inner
+            .redis
+            .store(word(redis.is_ok()), Ordering::Relaxed);
+        self.inner
+            .postgres
+            .store(word(postgres.is_ok()), Ordering::Relaxed);
+        self.inner.checked_at_ms.store(
+            self.inner.epoch.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Refreshes every [`READINESS_INTERVAL`] until the task is dropped.
+    pub async fn keep_fresh(self, gate: Gate, store: Store) {
+        loop {
+            tokio::time::sleep(READINESS_INTERVAL).await;
+            self.refresh(&gate, &store).await;
+        }
+    }
+
+    /// From now on `/readyz` answers 503 `draining`, so load balancers stop sending.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// The API's OpenAPI 3.1 document (`openapi.json` at the repository root).
@@ -35,22 +116,40 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when Redis answers: the gate decides from Redis alone, and keeps admitting while
-/// Postgres is down (the settler catches up). Postgres's state is reported beside it.
+/// Ready when Redis answered the last check and the process is not shutting down: the gate
+/// decides from Redis alone and keeps admitting while Postgres is down (the settler catches
+/// up). Postgres's state is reported beside it.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (redis, postgres) = tokio::join!(state.gate.ping(), state.store.ping());
-    let status = if redis.is_ok() {
+    let readiness = &state.readiness.inner;
+    let word = |s: &AtomicU8| match s.load(Ordering::Relaxed) {
+        UP => "ok",
+        DOWN => "unavailable",
+        _ => "unknown",
+    };
+    let redis = word(&readiness.redis);
+    let draining = readiness.draining.load(Ordering::Relaxed);
+    let status = if draining {
+        "draining"
+    } else if redis == "ok" {
+        "ok"
+    } else {
+        "unavailable"
+    };
+    let code = if status == "ok" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let checked_ms_ago = (readiness.epoch.elapsed().as_millis() as u64)
+        .saturating_sub(readiness.checked_at_ms.load(Ordering::Relaxed));
     (
-        status,
+        code,
         Json(json!({
-            "status": word(redis.is_ok()),
-            "redis": word(redis.is_ok()),
-            "postgres": word(postgres.is_ok()),
+            "status": status,
+            "redis": redis,
+            "postgres": word(&readiness.postgres),
+            "redis_breaker_open": state.gate.breaker_open(),
+            "checked_ms_ago": checked_ms_ago,
         })),
     )
 }

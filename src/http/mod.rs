@@ -1,28 +1,40 @@
 //! The HTTP API (DESIGN.md §5), built on axum.
 //!
-//! Each resource module exposes `router()`; [`app`] merges them and adds the layers. Errors
-//! become responses in one place: [`ApiError`], in `error.rs`.
+//! Each resource module exposes its routers; [`app`] merges them into lanes and adds the layers.
+//! Errors become responses in one place: [`ApiError`], in `error.rs` — unknown routes, wrong
+//! methods, bad paths and query strings, and timeouts included.
+//!
+//! A request passes, outside in: tracing → client address (`client_addr`) → the request
+//! deadline → body limit → routing → its lane's admission (`admission`) → the handler.
+//! Connections are accepted, capped and timed out in `server`.
 
 mod admin;
+mod admission;
+mod client_addr;
 mod error;
 mod extract;
 mod health;
 mod reservations;
+mod server;
 mod shedding;
 mod skus;
 
+pub use admission::{Admission, AdmissionSettings};
+pub use client_addr::{ClientAddr, ClientAddrPolicy, ForwardedHeader, TrustedProxies};
 pub use error::ApiError;
+pub use health::Readiness;
+pub use server::ServerSettings;
 pub use shedding::ClientShedder;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{AdminToken, BuyerTokens};
@@ -45,9 +57,13 @@ pub struct AppState {
     pub tokens: BuyerTokens,
     /// The admin bearer token.
     pub admin: AdminToken,
-    /// Per-client-IP shedding, or `None` when disabled.
-    pub shedder: Option<ClientShedder>,
-    /// How long one request may take before it is answered 503.
+    /// Per-client shedding and the admission lanes.
+    pub admission: Admission,
+    /// How the real client address is found behind proxies.
+    pub client_addr: Arc<ClientAddrPolicy>,
+    /// What `/readyz` answers, refreshed in the background.
+    pub readiness: Readiness,
+    /// How long one request may take before it is answered 503 `request_timeout`.
     pub request_timeout: Duration,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -55,50 +71,73 @@ pub struct AppState {
 
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(reservations::router())
+    let new_buyers = Router::new()
+        .merge(reservations::new_holds())
         .merge(skus::router())
-        .merge(admin::router())
-        .layer(axum::middleware::from_fn_with_state(
-            state.shedder.clone(),
-            shedding::shed,
+        .route_layer(from_fn_with_state(
+            state.admission.clone(),
+            admission::new_buyers,
         ));
+    let payers = reservations::payments().route_layer(from_fn_with_state(
+        state.admission.clone(),
+        admission::payers,
+    ));
     Router::new()
-        .merge(api)
+        .merge(new_buyers)
+        .merge(payers)
+        .merge(admin::router())
         .merge(health::router())
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.request_timeout,
+        .layer(from_fn_with_state(state.request_timeout, deadline))
+        .layer(from_fn_with_state(
+            state.client_addr.clone(),
+            client_addr::resolve,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
+/// Middleware: a request still running after `timeout` is abandoned and answered
+/// `503 request_timeout` + `Retry-After`, in the API's error format.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("flashgate_request_timeouts_total").increment(1);
+            ApiError::RequestTimeout.into_response()
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Keeps `/readyz` fresh and the shedder's client map pruned while it runs.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    settings: ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The shedder's map only grows; prune it while the server runs.
-    let pruner = state.shedder.clone().map(|shedder| {
-        tokio::spawn(async move {
+    state.readiness.refresh(&state.gate, &state.store).await;
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(
+        state
+            .readiness
+            .clone()
+            .keep_fresh(state.gate.clone(), state.store.clone()),
+    );
+    if let Some(shedder) = state.admission.shedder().cloned() {
+        // The shedder's map only grows; prune it while the server runs.
+        background.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tick.tick().await;
                 shedder.forget_idle_clients();
             }
-        })
-    });
-    let served = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
-    if let Some(pruner) = pruner {
-        pruner.abort();
+        });
     }
+    let served = server::serve(listener, app(state), settings, shutdown).await;
+    background.abort_all();
     served
 }

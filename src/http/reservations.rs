@@ -1,20 +1,26 @@
 //! Buyers' reservations: `POST /v1/skus/{sku}/reservations`, `GET /v1/reservations/{id}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
-use super::extract::{AppJson, Buyer, Caller, IdempotencyKeyHeader};
+use super::client_addr::ClientAddr;
+use super::extract::{AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader};
 use super::{ApiError, AppState};
 use crate::domain::{BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku};
 use crate::gate::{Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome};
 
-pub fn router() -> Router<AppState> {
+/// New holds: the new-buyer lane (shed per client, admission-limited).
+pub fn new_holds() -> Router<AppState> {
+    Router::new().route("/v1/skus/{sku}/reservations", post(reserve))
+}
+
+/// A holder's calls — read, commit, release: the payer lane, never behind new buyers.
+pub fn payments() -> Router<AppState> {
     Router::new()
-        .route("/v1/skus/{sku}/reservations", post(reserve))
         .route("/v1/reservations/{id}", get(show))
         .route("/v1/reservations/{id}/commit", post(commit))
         .route("/v1/reservations/{id}/release", post(release))
@@ -66,17 +72,20 @@ impl ReservationView {
 async fn reserve(
     State(state): State<AppState>,
     Buyer(buyer): Buyer,
-    Path(sku_raw): Path<String>,
+    AppPath(sku_raw): AppPath<String>,
+    client: Option<axum::Extension<ClientAddr>>,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     AppJson(body): AppJson<ReserveBody>,
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&sku_raw).map_err(|_| ApiError::UnknownSku(sku_raw.clone()))?;
     let quantity = Quantity::parse(body.quantity)?;
+    let client = client.map(|axum::Extension(client)| client.to_string());
     let request = ReserveRequest {
         sku: &sku,
         buyer: &buyer,
         quantity,
         idempotency_key: &key,
+        client: client.as_deref(),
     };
     let (hold, replayed) = match state.gate.reserve(request).await? {
         ReserveOutcome::Created(hold) => (hold, false),
@@ -126,7 +135,7 @@ async fn is_settled(state: &AppState, hold: &Hold) -> bool {
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let hold = owned_hold(&state, &caller, &id).await?;
     let settled = is_settled(&state, &hold).await;
@@ -153,7 +162,7 @@ async fn owned_hold(state: &AppState, caller: &Caller, id: &str) -> Result<Hold,
 async fn commit(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let mut hold = owned_hold(&state, &caller, &id).await?;
     let through = match state.gate.transition(&hold, Transition::Commit).await? {
@@ -204,7 +213,7 @@ async fn commit(
 async fn release(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let mut hold = owned_hold(&state, &caller, &id).await?;
     match state.gate.transition(&hold, Transition::Release).await? {

@@ -1,26 +1,25 @@
 //! Per-client load shedding, in process, before a request costs a Redis round trip.
 //!
 //! A client flooding the gate (a bot, a broken retry loop) is answered 429 here from a `governor`
-//! keyed limiter on its IP address. The per-buyer limit and rate limit stay in Lua, where every
-//! gate instance sees the same counts; this limiter is per instance and only protects it.
+//! keyed limiter on its [`ClientAddr`] — the real client behind trusted proxies, not the proxy.
+//! The per-buyer limit and rate limit stay in Lua, where every gate instance sees the same
+//! counts; this limiter is per instance and only protects it. It guards new-buyer traffic only:
+//! a buyer who holds a unit is never shed on the way to paying (see `admission`).
 
-use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::ApiError;
+use super::client_addr::ClientAddr;
 
-/// A keyed GCRA limiter on client IP addresses.
+/// A keyed GCRA limiter on client addresses.
 #[derive(Debug, Clone)]
 pub struct ClientShedder {
-    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Arc<DefaultKeyedRateLimiter<ClientAddr>>,
     burst: u32,
     window: Duration,
 }
@@ -39,9 +38,9 @@ impl ClientShedder {
         })
     }
 
-    fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+    pub fn check(&self, client: ClientAddr) -> Result<(), ApiError> {
         self.limiter
-            .check_key(&ip)
+            .check_key(&client)
             .map_err(|not_until| ApiError::ClientShed {
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
                 burst: self.burst,
@@ -54,21 +53,4 @@ impl ClientShedder {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
-}
-
-/// Middleware: sheds the request if its client is over quota. Requests without a peer address
-/// (tests driving the router in process) are let through.
-pub async fn shed(
-    State(shedder): State<Option<ClientShedder>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let (Some(shedder), Some(ConnectInfo(peer))) = (
-        shedder,
-        request.extensions().get::<ConnectInfo<SocketAddr>>(),
-    ) && let Err(refusal) = shedder.check(peer.ip())
-    {
-        return refusal.into_response();
-    }
-    next.run(request).await
 }

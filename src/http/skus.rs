@@ -1,10 +1,11 @@
 //! Public sale information: `GET /v1/skus/{sku}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
+use super::extract::AppPath;
 use super::{ApiError, AppState};
 use crate::domain::{Currency, Money, SaleState, Sku};
 use crate::store::SkuRecord;
@@ -66,7 +67,7 @@ fn window_contains(
 
 async fn show(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    AppPath(raw): AppPath<String>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw.clone()))?;
     if let Some(live) = state.gate.live_sale(&sku).await? {

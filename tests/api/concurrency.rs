@@ -73,13 +73,7 @@ async fn two_thousand_buyers_double_submitting_get_exactly_the_stock(pool: PgPoo
 async fn a_burst_far_larger_than_the_redis_pool_is_served(pool: PgPool) {
     // Every answer from Redis takes 20 ms more: 200 requests in turn over one pooled connection
     // would take 4 s, far past the 1 s timeout; pipelined, they share the delay.
-    let redis = crate::helpers::redis_url();
-    let upstream = redis.trim_start_matches("redis://").trim_end_matches('/');
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("address");
+    let upstream = crate::helpers::redis_socket_addr().await;
     let slow =
         crate::proxy::Proxy::start_with_delay(upstream, std::time::Duration::from_millis(20)).await;
     let options = AppOptions {

@@ -5,7 +5,10 @@ use std::time::Duration;
 use flashgate::auth::{AdminToken, BuyerTokens};
 use flashgate::domain::{BuyerId, Sku};
 use flashgate::gate::{BuyerRate, Gate, GateSettings, Namespace, RedisSettings};
-use flashgate::http::{AppState, ClientShedder};
+use flashgate::http::{
+    Admission, AdmissionSettings, AppState, ClientAddrPolicy, ClientShedder, ForwardedHeader,
+    Readiness, ServerSettings, TrustedProxies,
+};
 use flashgate::settler::{Settler, SettlerSettings};
 use flashgate::store::Store;
 use reqwest::Response;
@@ -15,11 +18,23 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub const JWT_SECRET: &str = "test-secret-0123456789abcdef";
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// Both at least 32 long, as `serve` demands.
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test Redis as a socket address, for a proxy in front of it.
+pub async fn redis_socket_addr() -> std::net::SocketAddr {
+    let redis = redis_url();
+    let host_port = redis.trim_start_matches("redis://").trim_end_matches('/');
+    tokio::net::lookup_host(host_port)
+        .await
+        .expect("resolve redis")
+        .next()
+        .expect("redis address")
 }
 
 /// Knobs a test may turn; the defaults switch every limiter off except the buyer limit.
@@ -31,6 +46,12 @@ pub struct AppOptions {
     pub buyer_rate: Option<BuyerRate>,
     pub client_rate: u32,
     pub client_burst: u32,
+    /// `FLASHGATE_TRUSTED_PROXIES`.
+    pub trusted_proxies: String,
+    pub admission: AdmissionSettings,
+    pub server: ServerSettings,
+    pub holds_per_client: u32,
+    pub request_timeout: Duration,
 }
 
 impl Default for AppOptions {
@@ -42,6 +63,16 @@ impl Default for AppOptions {
             buyer_rate: None,
             client_rate: 0,
             client_burst: 0,
+            trusted_proxies: String::new(),
+            admission: AdmissionSettings {
+                // Tests burst hundreds of requests at once; they are not about admission.
+                new_buyer_limit: 4096,
+                new_buyer_queue: Duration::from_secs(5),
+                ..AdmissionSettings::default()
+            },
+            server: ServerSettings::default(),
+            holds_per_client: 0,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -65,16 +96,17 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     let namespace =
         Namespace::parse(&format!("fgtest-{}", uuid::Uuid::new_v4().simple())).expect("namespace");
     let gate = Gate::connect(
-        &RedisSettings {
-            url: options.redis_url.clone(),
-            pool_size: options.redis_pool_size,
-            timeout: options.redis_timeout,
-        },
+        &RedisSettings::new(
+            options.redis_url.clone(),
+            options.redis_pool_size,
+            options.redis_timeout,
+        ),
         GateSettings {
             namespace: namespace.clone(),
             idempotency_ttl: Duration::from_secs(3600),
             buyer_rate: options.buyer_rate,
             sold_out_shortcut: true,
+            holds_per_client: options.holds_per_client,
         },
     )
     .expect("gate");
@@ -86,16 +118,29 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         store: store.clone(),
         tokens: BuyerTokens::new(&secret),
         admin: AdminToken::new(SecretString::from(ADMIN_TOKEN.to_owned())),
-        shedder: ClientShedder::new(options.client_rate, options.client_burst),
-        request_timeout: Duration::from_secs(10),
+        admission: Admission::new(
+            options.admission,
+            ClientShedder::new(options.client_rate, options.client_burst),
+        ),
+        client_addr: std::sync::Arc::new(ClientAddrPolicy {
+            trusted: TrustedProxies::parse(&options.trusted_proxies).expect("trusted proxies"),
+            header: ForwardedHeader::Auto,
+        }),
+        readiness: Readiness::default(),
+        request_timeout: options.request_timeout,
         metrics: flashgate::telemetry::metrics(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(flashgate::http::serve(listener, state, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(flashgate::http::serve(
+        listener,
+        state,
+        options.server,
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestApp {
         address,
         client: reqwest::Client::builder()
@@ -188,6 +233,19 @@ impl TestApp {
             .bearer_auth(self.token(buyer))
             .header("Idempotency-Key", key)
             .json(&json!({ "quantity": quantity }))
+            .send()
+            .await
+            .expect("reserve")
+    }
+
+    /// A reserve sent through a proxy that says the client is `client` (`X-Forwarded-For`).
+    pub async fn reserve_via(&self, client: &str, sku: &str, buyer: &str, key: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/skus/{sku}/reservations")))
+            .bearer_auth(self.token(buyer))
+            .header("Idempotency-Key", key)
+            .header("X-Forwarded-For", client)
+            .json(&json!({ "quantity": 1 }))
             .send()
             .await
             .expect("reserve")

@@ -7,6 +7,9 @@ mod helpers;
 mod lifecycle;
 mod proxy;
 
+mod edge;
+mod process;
+
 mod admin;
 mod auth;
 mod concurrency;

@@ -1,5 +1,5 @@
-//! A TCP proxy a test can cut and restore: an outage of one server for one test, while every
-//! other test keeps using the same server directly.
+//! A TCP proxy a test can cut, freeze and restore: an outage of one server for one test, while
+//! every other test keeps using the same server directly.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,15 +7,40 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    frozen: watch::Sender<bool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     acceptor: JoinHandle<()>,
+}
+
+/// Copies `from` → `to`, holding each chunk for `delay`, and standing still (neither reading nor
+/// writing, the sockets left open) while `frozen` says so — like a server stopped with SIGSTOP.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    delay: Duration,
+    mut frozen: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let _ = frozen.wait_for(|f| !*f).await;
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let _ = frozen.wait_for(|f| !*f).await;
+        to.write_all(&buffer[..n]).await?;
+    }
 }
 
 impl Proxy {
@@ -28,37 +53,26 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(AtomicBool::new(true));
+        let (frozen, _) = watch::channel(false);
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let acceptor = {
-            let (up, links) = (up.clone(), links.clone());
+            let (up, links, frozen) = (up.clone(), links.clone(), frozen.clone());
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if !up.load(Ordering::SeqCst) {
                         continue; // dropped: the connection is refused
                     }
+                    let frozen = frozen.subscribe();
                     let link = tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(upstream).await else {
                             return;
                         };
-                        if delay.is_zero() {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            return;
-                        }
-                        let (mut client_read, mut client_write) = client.split();
-                        let (mut server_read, mut server_write) = server.split();
-                        let upstream_leg = tokio::io::copy(&mut client_read, &mut server_write);
-                        let delayed_leg = async {
-                            let mut buffer = vec![0u8; 64 * 1024];
-                            loop {
-                                let n = server_read.read(&mut buffer).await?;
-                                if n == 0 {
-                                    return Ok::<_, std::io::Error>(());
-                                }
-                                tokio::time::sleep(delay).await;
-                                client_write.write_all(&buffer[..n]).await?;
-                            }
-                        };
-                        let _ = tokio::join!(upstream_leg, delayed_leg);
+                        let (client_read, client_write) = client.split();
+                        let (server_read, server_write) = server.split();
+                        let _ = tokio::join!(
+                            pump(client_read, server_write, Duration::ZERO, frozen.clone()),
+                            pump(server_read, client_write, delay, frozen),
+                        );
                     });
                     links.lock().expect("links").push(link);
                 }
@@ -67,6 +81,7 @@ impl Proxy {
         Self {
             addr,
             up,
+            frozen,
             links,
             acceptor,
         }
@@ -82,6 +97,16 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops forwarding in both directions, connections left open: a frozen server.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Forwards again: the frozen server woke up and answers everything it was sent.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 }
 

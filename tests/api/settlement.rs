@@ -39,6 +39,7 @@ async fn reserve_many(
                     buyer: &buyer,
                     quantity: Quantity::parse(quantity).expect("quantity"),
                     idempotency_key: &key,
+                    client: None,
                 };
                 matches!(
                     gate.reserve(request).await.expect("reserve"),

@@ -84,11 +84,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
         .expect("json");
     // A second gate instance on the same Redis namespace, with its own shortcut.
     let other = Gate::connect(
-        &RedisSettings {
-            url: redis_url(),
-            pool_size: 4,
-            timeout: Duration::from_secs(2),
-        },
+        &RedisSettings::new(redis_url(), 4, Duration::from_secs(2)),
         GateSettings {
             namespace: app.namespace.clone(),
             idempotency_ttl: Duration::from_secs(3600),
@@ -97,6 +93,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
                 burst: 1000,
             }),
             sold_out_shortcut: true,
+            holds_per_client: 0,
         },
     )
     .expect("gate");
@@ -112,6 +109,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
                     buyer: &buyer,
                     quantity: Quantity::parse(1).expect("q"),
                     idempotency_key: key,
+                    client: None,
                 })
                 .await
                 .expect("reserve")

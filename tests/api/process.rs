@@ -1,0 +1,169 @@
+//! The `flashgate serve` process itself: what it refuses at start and how it stops.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, redis_url};
+
+fn flashgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flashgate"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `serve` with the given secrets against stores that need not exist: it must refuse before
+/// connecting to anything.
+fn serve_with_secrets(jwt_secret: &str, admin_token: &str) -> std::process::Output {
+    flashgate()
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FLASHGATE_JWT_SECRET", jwt_secret)
+        .env("FLASHGATE_ADMIN_TOKEN", admin_token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flashgate")
+}
+
+#[test]
+fn serve_refuses_weak_secrets_and_says_how_to_make_one() {
+    for (jwt, admin, named) in [
+        ("", ADMIN_TOKEN, "FLASHGATE_JWT_SECRET"),
+        ("abc", ADMIN_TOKEN, "FLASHGATE_JWT_SECRET"),
+        (JWT_SECRET, "admin", "FLASHGATE_ADMIN_TOKEN"),
+        (JWT_SECRET, "a", "FLASHGATE_ADMIN_TOKEN"),
+    ] {
+        let output = serve_with_secrets(jwt, admin);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{jwt:?}/{admin:?} started");
+        assert!(stderr.contains(named), "{stderr}");
+        assert!(stderr.contains("flashgate secret"), "{stderr}");
+    }
+}
+
+#[test]
+fn flashgate_secret_prints_a_secret_serve_accepts() {
+    let output = flashgate().arg("secret").output().expect("run");
+    let secret = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(output.status.success());
+    assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+/// A running `flashgate serve` on this test's database and a fresh Redis namespace.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Served {
+    async fn start(pool: &PgPool, drain_delay_ms: u64) -> Self {
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(pool)
+            .await
+            .expect("database name");
+        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+        let port = free_port();
+        let child = flashgate()
+            .arg("serve")
+            .env("DATABASE_URL", format!("{server}/{database}"))
+            .env("REDIS_URL", redis_url())
+            .env(
+                "FLASHGATE_REDIS_NAMESPACE",
+                format!("fgproc-{}", uuid::Uuid::new_v4().simple()),
+            )
+            .env("FLASHGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+            .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env(
+                "FLASHGATE_SHUTDOWN_DRAIN_DELAY_MS",
+                drain_delay_ms.to_string(),
+            )
+            .env("FLASHGATE_SHUTDOWN_TIMEOUT_MS", "10000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn flashgate serve");
+        let served = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while served.status("/healthz").await != Some(200) {
+            assert!(started.elapsed() < Duration::from_secs(20), "never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        served
+    }
+
+    async fn status(&self, path: &str) -> Option<u16> {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to exit; its exit code and how long it took.
+    async fn exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), started.elapsed());
+            }
+            assert!(started.elapsed() < within, "still running after {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[sqlx::test]
+async fn sigterm_turns_readyz_unready_first_then_exits_cleanly(pool: PgPool) {
+    let mut served = Served::start(&pool, 1_500).await;
+    let started = Instant::now();
+    while served.status("/readyz").await != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    served.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(served.status("/readyz").await, Some(503), "draining");
+    assert_eq!(served.status("/healthz").await, Some(200), "still serving");
+
+    let (code, _) = served.exit(Duration::from_secs(12)).await;
+    assert_eq!(code, Some(0));
+}
+
+#[sqlx::test]
+async fn a_second_sigterm_exits_at_once(pool: PgPool) {
+    let mut served = Served::start(&pool, 60_000).await;
+    served.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    served.signal("TERM");
+    let (code, took) = served.exit(Duration::from_secs(5)).await;
+    assert_eq!(code, Some(130));
+    assert!(took < Duration::from_secs(5));
+}
