@@ -10,7 +10,7 @@ flashgate_services
 [ -n "$had_database_url" ] || export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate"
 
 export FLASHGATE_JWT_SECRET=${FLASHGATE_JWT_SECRET:-demo-secret-change-me-0123456789}
-export FLASHGATE_ADMIN_TOKEN=${FLASHGATE_ADMIN_TOKEN:-demo-admin-token}
+export FLASHGATE_ADMIN_TOKEN=${FLASHGATE_ADMIN_TOKEN:-demo-admin-token-change-me-0123456789}
 export FLASHGATE_LISTEN=${FLASHGATE_LISTEN:-127.0.0.1:8080}
 
 cargo build --release --locked --bin flashgate

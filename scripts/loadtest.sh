@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs a load test end to end against a private gate: finds or starts Redis and Postgres, starts
-# `flashgate serve` on its own port, database and Redis namespace (with random secrets and the
-# per-IP shedder off, since every virtual buyer comes from this one machine), runs
-# flashgate-loadtest against it with --create, then stops the gate and cleans up.
+# `flashgate serve` on its own port, database and Redis namespace (with random secrets, and this
+# machine trusted as a proxy so that the virtual buyers can come from many client addresses
+# through X-Forwarded-For, as behind a load balancer), runs flashgate-loadtest against it with
+# --create, then stops the gate and cleans up. Per-client shedding and admission keep their
+# defaults; buyers are spread over $FLASHGATE_LOADTEST_CLIENTS addresses (default 1000) unless
+# --clients is given.
 #
 #   scripts/loadtest.sh [flashgate-loadtest options...]      e.g. --buyers 5000 --stock 100
 #
@@ -27,7 +30,7 @@ export FLASHGATE_REDIS_NAMESPACE="loadtest-$run_id"
 export FLASHGATE_JWT_SECRET="loadtest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export FLASHGATE_ADMIN_TOKEN="admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_LOADTEST_PORT:-18080}"
-export FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0
+export FLASHGATE_TRUSTED_PROXIES=127.0.0.1/32,::1/128 FLASHGATE_BUYER_RATE=0
 export RUST_LOG=${RUST_LOG:-warn}
 
 "$bin/flashgate" migrate >/dev/null
@@ -51,4 +54,6 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-"$bin/flashgate-loadtest" --url "http://$FLASHGATE_LISTEN" --create --server-pid "$server" "$@"
+clients=()
+[[ " $* " == *" --clients"* ]] || clients=(--clients "${FLASHGATE_LOADTEST_CLIENTS:-1000}")
+"$bin/flashgate-loadtest" --url "http://$FLASHGATE_LISTEN" --create --server-pid "$server" "${clients[@]}" "$@"

@@ -25,7 +25,7 @@ cargo build --release --locked -p flashgate
 run_id="perf_$$_$RANDOM"
 ns="perf-$run_id"
 export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_$run_id" FLASHGATE_REDIS_NAMESPACE="$ns"
-export FLASHGATE_JWT_SECRET="perf-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" FLASHGATE_ADMIN_TOKEN="perf-admin"
+export FLASHGATE_JWT_SECRET="perf-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" FLASHGATE_ADMIN_TOKEN="perf-admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_PERF_PORT:-18081}" FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0 RUST_LOG=warn
 bin=target/release/flashgate
 "$bin" migrate >/dev/null
@@ -72,8 +72,9 @@ redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
 ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
-  EVALSHA "$sha" 9 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
-  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling \
+  EVALSHA "$sha" 10 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
+  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:127.0.0.1" \
+  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling 127.0.0.1 0 \
   | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
 echo "$ceiling EVALSHA/s"
 echo

@@ -147,10 +147,11 @@ pub struct HttpConfig {
     pub admission_queue_ms: u64,
     /// Payment requests (commit, release, reading one's hold) in flight at once: a budget of
     /// their own, never shared with new buyers.
-    #[arg(long, env = "FLASHGATE_PAYMENT_LIMIT", default_value_t = 512)]
+    #[arg(long, env = "FLASHGATE_PAYMENT_LIMIT", default_value_t = 1024)]
     pub payment_limit: usize,
-    /// Longest a payment request waits for a place, in ms.
-    #[arg(long, env = "FLASHGATE_PAYMENT_QUEUE_MS", default_value_t = 2_000)]
+    /// Longest a payment request waits for a place, in ms (keep it below the request
+    /// timeout: a payer should wait, not be refused).
+    #[arg(long, env = "FLASHGATE_PAYMENT_QUEUE_MS", default_value_t = 8_000)]
     pub payment_queue_ms: u64,
     /// Longest a request may take before it is answered 503 `request_timeout`, in ms.
     #[arg(long, env = "FLASHGATE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]

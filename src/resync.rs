@@ -67,6 +67,7 @@ pub async fn resync(
         if last_event.is_none() {
             // Redis lost the stream; anything it writes from now on must be read from the start.
             store.reset_cursor(sku).await?;
+            settler.forget_progress(sku);
             cursor_reset = true;
         }
         for row in store.reservations_of(sku).await? {

@@ -74,10 +74,14 @@ impl Application {
             request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
             metrics: crate::telemetry::metrics(),
         };
+        let server = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            Ok((soft, _)) => http.server().within_file_limit(soft),
+            Err(_) => http.server(),
+        };
         Ok(Self {
             listener,
             state,
-            server: http.server(),
+            server,
         })
     }
 

@@ -56,6 +56,19 @@ pub struct Config {
     /// Client timeout per request, in ms; a timed-out reserve is retried with the same key.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Most tries of one call. A timeout, a 503 or a 429 is tried again with the same
+    /// idempotency key after the answer's `Retry-After` (at most --max-retry-wait-ms), as a
+    /// real client would.
+    #[arg(long, default_value_t = 4)]
+    pub attempts: u32,
+    /// Longest wait before a retry, in ms, whatever `Retry-After` says.
+    #[arg(long, default_value_t = 2_000)]
+    pub max_retry_wait_ms: u64,
+    /// Spread the buyers over this many client addresses, sent as `X-Forwarded-For` as a load
+    /// balancer would (the gate must trust this machine: FLASHGATE_TRUSTED_PROXIES=127.0.0.1).
+    /// 0: no header, every buyer is this machine.
+    #[arg(long, default_value_t = 0)]
+    pub clients: usize,
 
     /// Share of buyers who send the same reserve twice at once.
     #[arg(long, default_value_t = 0.1)]

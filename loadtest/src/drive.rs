@@ -29,12 +29,32 @@ pub enum Op {
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub op: Op,
-    /// `201`, `409 sold_out`, `timeout`, ...
+    /// `201`, `409 sold_out`, `429 shed` (the gate's per-client shedder), `429 rate_limited`
+    /// (the per-buyer limit), `503 overloaded` (admission), `timeout`, ...
     pub outcome: String,
     pub status: Option<u16>,
     pub latency: Duration,
     /// When the request started, from the start of the drive.
     pub at: Duration,
+}
+
+impl Sample {
+    /// Refused by the gate's own protection (per-client shedding or admission), not by a rule
+    /// of the sale: a payment refused this way is a failure of the gate.
+    pub fn shed_or_overloaded(&self) -> bool {
+        self.outcome == "429 shed" || self.outcome == "503 overloaded"
+    }
+
+    /// Worth trying again with the same key: the gate or the network asked for patience.
+    fn retryable(&self) -> bool {
+        self.outcome == "timeout" || matches!(self.status, Some(429 | 503))
+    }
+}
+
+/// What one call's answer said beyond its sample.
+struct Answer {
+    body: Option<Value>,
+    retry_after: Option<Duration>,
 }
 
 /// What one buyer saw.
@@ -156,6 +176,15 @@ struct Shared {
     start: Instant,
 }
 
+/// The address virtual buyer `n` comes from with `--clients`: one of `clients` addresses of the
+/// benchmarking range 198.18.0.0/15, so they never collide with a real network.
+fn client_address(n: usize, clients: usize) -> Option<String> {
+    (clients > 0).then(|| {
+        let host = (n % clients) as u32 + 1;
+        std::net::Ipv4Addr::from(0xC612_0000_u32 + host).to_string()
+    })
+}
+
 /// Runs every buyer and collects what they saw.
 pub async fn drive(config: &Config) -> anyhow::Result<Drive> {
     let tokens = BuyerTokens::new(&config.jwt_secret);
@@ -245,25 +274,27 @@ async fn buyer(
     let mut rng =
         StdRng::seed_from_u64(context.run ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let key = format!("lt-{}-{n}", context.run);
+    let from = client_address(n, config.clients);
+    let from = from.as_deref();
     let mut samples = Vec::new();
     let mut seen = BuyerSeen::default();
 
     let double = rng.random_bool(config.double_submit.clamp(0.0, 1.0));
     let first = if double {
         let (a, b) = futures::join!(
-            reserve(context, token, &key, scheduled),
-            reserve(context, token, &key, scheduled)
+            reserve(context, token, &key, from, scheduled),
+            reserve(context, token, &key, from, scheduled)
         );
         vec![a, b]
     } else {
-        vec![reserve(context, token, &key, scheduled).await]
+        vec![reserve(context, token, &key, from, scheduled).await]
     };
     for (answers, id) in first {
         samples.extend(answers);
         seen.ids.extend(id);
     }
     if rng.random_bool(config.retry.clamp(0.0, 1.0)) {
-        let (answers, id) = reserve(context, token, &key, None).await;
+        let (answers, id) = reserve(context, token, &key, from, None).await;
         samples.extend(answers);
         seen.ids.extend(id);
     }
@@ -283,53 +314,87 @@ async fn buyer(
             } else {
                 "release"
             };
-            let request = context
-                .client
-                .post(format!("{}/v1/reservations/{id}/{action}", context.url))
-                .bearer_auth(token);
-            samples.push(send(context, op, request, None).await.0);
+            let url = format!("{}/v1/reservations/{id}/{action}", context.url);
+            let (answers, _) = with_retries(context, op, None, || {
+                with_client(context.client.post(&url).bearer_auth(token), from)
+            })
+            .await;
+            samples.extend(answers);
         }
     }
     (samples, seen)
 }
 
-/// A reserve, retried with the same key after a client timeout (at most three tries). Returns
-/// its samples and the reservation id of a 201.
+fn with_client(request: reqwest::RequestBuilder, from: Option<&str>) -> reqwest::RequestBuilder {
+    match from {
+        Some(address) => request.header("X-Forwarded-For", address),
+        None => request,
+    }
+}
+
+/// A reserve under one idempotency key, with retries. Returns its samples and the reservation
+/// id of a 201.
 async fn reserve(
     context: &Shared,
     token: &str,
     key: &str,
+    from: Option<&str>,
     scheduled: Option<Instant>,
 ) -> (Vec<Sample>, Option<String>) {
-    let mut samples = Vec::new();
-    for attempt in 0..3 {
+    let (samples, last) = with_retries(context, Op::Reserve, scheduled, || {
         let request = context
             .client
             .post(&context.reserve_url)
             .bearer_auth(token)
             .header("Idempotency-Key", key)
             .json(&json!({"quantity": 1}));
-        // Only the first attempt of an open-mode arrival counts from its scheduled time.
-        let (sample, body) = send(
+        with_client(request, from)
+    })
+    .await;
+    let id = samples
+        .last()
+        .filter(|s| s.status == Some(201))
+        .and(last.as_ref())
+        .and_then(|b| b["id"].as_str().map(str::to_owned));
+    (samples, id)
+}
+
+/// Sends a call up to `--attempts` times while its answer asks for patience (a timeout, 503 or
+/// 429), waiting `Retry-After` (capped) between tries. Every try is a sample; returns them and
+/// the last answer's body. Only the first try of an open-mode arrival counts from its
+/// scheduled time.
+async fn with_retries(
+    context: &Shared,
+    op: Op,
+    scheduled: Option<Instant>,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> (Vec<Sample>, Option<Value>) {
+    let config = &context.config;
+    let mut samples = Vec::new();
+    let mut body = None;
+    for attempt in 0..config.attempts.max(1) {
+        let (sample, answer) = send(
             context,
-            Op::Reserve,
-            request,
+            op,
+            request(),
             if attempt == 0 { scheduled } else { None },
         )
         .await;
-        let timed_out = sample.outcome == "timeout";
-        let id = (sample.status == Some(201))
-            .then(|| {
-                body.as_ref()
-                    .and_then(|b| b["id"].as_str().map(str::to_owned))
-            })
-            .flatten();
+        let retry = sample.retryable();
+        body = answer.body;
         samples.push(sample);
-        if !timed_out {
-            return (samples, id);
+        if !retry || attempt + 1 == config.attempts.max(1) {
+            break;
         }
+        let wait = answer
+            .retry_after
+            .unwrap_or(Duration::from_millis(100))
+            .min(Duration::from_millis(config.max_retry_wait_ms));
+        // Spread the retries of a refused crowd over the wait instead of returning together.
+        let jitter = rand::random_range(0.5..=1.0);
+        tokio::time::sleep(wait.mul_f64(jitter)).await;
     }
-    (samples, None)
+    (samples, body)
 }
 
 async fn send(
@@ -337,26 +402,51 @@ async fn send(
     op: Op,
     request: reqwest::RequestBuilder,
     scheduled: Option<Instant>,
-) -> (Sample, Option<Value>) {
+) -> (Sample, Answer) {
     let started = scheduled.unwrap_or_else(Instant::now);
     let at = started.saturating_duration_since(context.start);
-    let (outcome, status, body) = match request.send().await {
+    let (outcome, status, answer) = match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header("retry-after")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // The gate's shedder and the per-buyer limit both answer `rate_limited`; the
+            // RateLimit-Policy names which ("client" or "buyer").
+            let shed = header("ratelimit-policy").is_some_and(|p| p.starts_with("\"client\""));
             let body: Option<Value> = response.json().await.ok();
             let code = body
                 .as_ref()
                 .and_then(|b| b["error"].as_str())
                 .map(str::to_owned);
             let outcome = match code {
+                Some(_) if status == 429 && shed => "429 shed".to_owned(),
                 Some(code) => format!("{status} {code}"),
                 None => status.to_string(),
             };
-            (outcome, Some(status), body)
+            (outcome, Some(status), Answer { body, retry_after })
         }
-        Err(err) if err.is_timeout() => ("timeout".to_owned(), None, None),
-        Err(err) if err.is_connect() => ("connect_error".to_owned(), None, None),
-        Err(_) => ("transport_error".to_owned(), None, None),
+        Err(err) => {
+            let outcome = if err.is_timeout() {
+                "timeout"
+            } else if err.is_connect() {
+                "connect_error"
+            } else {
+                "transport_error"
+            };
+            let answer = Answer {
+                body: None,
+                retry_after: None,
+            };
+            (outcome.to_owned(), None, answer)
+        }
     };
     (
         Sample {
@@ -366,6 +456,6 @@ async fn send(
             latency: started.elapsed(),
             at,
         },
-        body,
+        answer,
     )
 }

@@ -98,6 +98,24 @@ impl Report {
         let all_reserves = histogram(&reserves);
         let seconds = drive.duration.as_secs_f64().max(1e-9);
         let holds: usize = drive.buyers.iter().map(|b| b.ids.len()).sum();
+        let count = |op: Op, outcome: &str| {
+            drive
+                .samples
+                .iter()
+                .filter(|s| s.op == op && s.outcome == outcome)
+                .count()
+        };
+        let refused = json!({
+            "sold_out": count(Op::Reserve, "409 sold_out"),
+            "rate_limited": count(Op::Reserve, "429 rate_limited"),
+            "shed": count(Op::Reserve, "429 shed"),
+            "overloaded": count(Op::Reserve, "503 overloaded"),
+            "payments_shed_or_overloaded": drive
+                .samples
+                .iter()
+                .filter(|s| s.op != Op::Reserve && s.shed_or_overloaded())
+                .count(),
+        });
         let summary = json!({
             "sku": config.sku,
             "mode": config.mode,
@@ -118,6 +136,8 @@ impl Report {
                 "max": ms(all_reserves.max()),
             },
             "holds": holds,
+            "clients": config.clients,
+            "reserves_refused": refused,
             "settlement_lag_seconds": settlement_lag.as_secs_f64(),
             "server_peak_memory_kib": server_peak_memory_kib,
         });
@@ -195,6 +215,17 @@ impl Report {
             out,
             "reserve latency ms: p50 {} p90 {} p99 {} p99.9 {} max {}",
             r["p50"], r["p90"], r["p99"], r["p999"], r["max"]
+        );
+        let f = &s["reserves_refused"];
+        let _ = writeln!(
+            out,
+            "reserves refused: sold out {}, rate-limited per buyer {}, shed per client {}, \
+             overloaded (admission) {}; payments refused by shedding or admission: {}",
+            f["sold_out"],
+            f["rate_limited"],
+            f["shed"],
+            f["overloaded"],
+            f["payments_shed_or_overloaded"]
         );
         let _ = writeln!(
             out,

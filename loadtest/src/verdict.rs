@@ -91,10 +91,25 @@ pub fn judge(config: &Config, drive: &Drive, audit: &Value) -> Vec<Finding> {
         ));
     }
 
+    // A buyer who holds a unit can always pay (DESIGN.md §9): shedding and admission guard new
+    // buyers only.
+    let refused_payments = drive
+        .samples
+        .iter()
+        .filter(|s| s.op != crate::drive::Op::Reserve && s.shed_or_overloaded())
+        .count();
+    findings.push(finding(
+        "no commit or release was refused by shedding or admission",
+        refused_payments == 0,
+        format!("{refused_payments} commits or releases answered 429 shed or 503 overloaded"),
+    ));
+
+    // `503 overloaded` is admission doing its job (answered fast, retried by the buyer), not a
+    // server error; every other 5xx is.
     let server_errors = drive
         .samples
         .iter()
-        .filter(|s| s.status.is_some_and(|c| c >= 500))
+        .filter(|s| s.status.is_some_and(|c| c >= 500) && s.outcome != "503 overloaded")
         .count();
     findings.push(finding(
         "no 5xx answers",

@@ -8,8 +8,9 @@
 //!   short queue. A request that finds no place within the queue time is answered
 //!   `503 overloaded` + `Retry-After` at once, so latency stays bounded under any load.
 //! - **payers** (commit, release, a buyer's read of their own hold): never shed per client and
-//!   never behind new buyers; a separate, larger in-flight limit with a longer queue guards only
-//!   against a flood of payment calls themselves.
+//!   never behind new buyers; a separate, larger in-flight limit guards only against a flood of
+//!   payment calls themselves. Its queue runs almost to the request deadline: a payer waits
+//!   rather than being refused because new buyers keep the machine busy.
 //!
 //! Admin, health and metrics routes are in neither lane: they are cheap and touch no store per
 //! call (admin needs its token; `/readyz` answers from a state refreshed in the background).
@@ -44,8 +45,8 @@ impl Default for AdmissionSettings {
         Self {
             new_buyer_limit: 256,
             new_buyer_queue: Duration::from_millis(100),
-            payer_limit: 512,
-            payer_queue: Duration::from_secs(2),
+            payer_limit: 1024,
+            payer_queue: Duration::from_secs(8),
         }
     }
 }

@@ -42,6 +42,36 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
 }
 
+/// File descriptors kept free for everything but client connections: Redis and Postgres pools,
+/// the listener, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+impl ServerSettings {
+    /// These settings with the connection cap lowered, if need be, to fit the process's
+    /// open-file limit: past it `accept` fails and no one is served, while below the cap new
+    /// connections merely wait in the backlog until an idle one is closed.
+    pub fn within_file_limit(self, open_files: u64) -> Self {
+        let room = if open_files > 2 * RESERVED_DESCRIPTORS {
+            open_files - RESERVED_DESCRIPTORS
+        } else {
+            open_files / 2
+        };
+        let room = usize::try_from(room.max(1)).unwrap_or(usize::MAX);
+        if room < self.max_connections {
+            tracing::warn!(
+                configured = self.max_connections,
+                open_file_limit = open_files,
+                now = room,
+                "FLASHGATE_MAX_CONNECTIONS does not fit the open-file limit; lowered"
+            );
+        }
+        Self {
+            max_connections: self.max_connections.min(room),
+            ..self
+        }
+    }
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
@@ -266,5 +296,21 @@ impl AsyncWrite for Tracked {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_file_limit() {
+        let settings = ServerSettings::default();
+        assert_eq!(
+            settings.within_file_limit(1_048_576).max_connections,
+            10_000
+        );
+        assert_eq!(settings.within_file_limit(1_024).max_connections, 768);
+        assert_eq!(settings.within_file_limit(256).max_connections, 128);
     }
 }

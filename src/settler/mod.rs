@@ -95,8 +95,43 @@ pub struct Settler {
     store: Store,
     settings: SettlerSettings,
     faults: Faults,
-    /// One async lock per SKU, queueing this process's `settle_through` callers.
-    turns: Arc<std::sync::Mutex<HashMap<Sku, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Per SKU: the queue of this process's `settle_through` callers and how far it knows the
+    /// SKU is settled.
+    turns: Arc<std::sync::Mutex<HashMap<Sku, Arc<SkuTurn>>>>,
+}
+
+/// One SKU's commit queue in this process (group commit).
+///
+/// `settled_through` is the highest cursor this process has seen committed in Postgres for the
+/// SKU. A batch settles up to `batch_size` events, so the commit that applies it also settles
+/// every commit queued behind it; those return as soon as the batch commits, without a
+/// Postgres round trip each. Stream ids only grow (Redis `XADD *` never goes below the stream's
+/// last id, and a stream recreated after a loss starts at the current time), so a watermark
+/// cannot claim an event that was not settled; a resync that restarts the cursor forgets it.
+#[derive(Debug, Default)]
+struct SkuTurn {
+    queue: tokio::sync::Mutex<()>,
+    settled_through: std::sync::Mutex<String>,
+}
+
+impl SkuTurn {
+    fn covers(&self, event: &str) -> bool {
+        let settled = self
+            .settled_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        !settled.is_empty() && compare_event_ids(&settled, event) != Ordering::Less
+    }
+
+    fn observe(&self, cursor: &str) {
+        let mut settled = self
+            .settled_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if settled.is_empty() || compare_event_ids(&settled, cursor) == Ordering::Less {
+            cursor.clone_into(&mut settled);
+        }
+    }
 }
 
 /// Whether a batch waits for another settler that holds the cursor, or moves on.
@@ -205,8 +240,15 @@ impl Settler {
     /// `through` right now) this waits with a growing pause and looks again.
     pub async fn settle_through(&self, sku: &Sku, through: &str) -> Result<(), SettleError> {
         let turn = self.local_turn(sku);
+        if turn.covers(through) {
+            return Ok(());
+        }
         let settle = async {
-            let _turn = turn.lock().await;
+            let _turn = turn.queue.lock().await;
+            // The caller ahead in the queue most likely settled this event with its batch.
+            if turn.covers(through) {
+                return Ok(());
+            }
             let mut pause = Duration::from_millis(2);
             loop {
                 let cursor = self
@@ -214,6 +256,7 @@ impl Settler {
                     .settlement_cursor(sku)
                     .await?
                     .ok_or_else(|| SettleError::NoCursor(sku.clone()))?;
+                turn.observe(&cursor);
                 if compare_event_ids(&cursor, through) != Ordering::Less {
                     return Ok(());
                 }
@@ -248,9 +291,16 @@ impl Settler {
     }
 
     /// The in-process queue of `settle_through` callers for one SKU.
-    fn local_turn(&self, sku: &Sku) -> Arc<tokio::sync::Mutex<()>> {
+    fn local_turn(&self, sku: &Sku) -> Arc<SkuTurn> {
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         turns.entry(sku.clone()).or_default().clone()
+    }
+
+    /// Forgets how far the SKU is known to be settled: its cursor was restarted (resync after
+    /// the stream was lost), so stream ids start over.
+    pub fn forget_progress(&self, sku: &Sku) {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.remove(sku);
     }
 
     #[tracing::instrument(skip(self), fields(sku = %sku))]
@@ -308,6 +358,7 @@ impl Settler {
             )));
         }
         tx.commit().await?;
+        self.local_turn(sku).observe(&last);
         self.faults.check(FaultPoint::AfterCommit)?;
 
         metrics::counter!("flashgate_settled_events_total").increment(events.len() as u64);
