@@ -161,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             startup::raise_file_limit();
             let gate = startup::gate(&redis)?;
+            startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             let sweeper = settler.sweeper(gate.clone(), store.clone());
             let settler = Settler::new(gate.clone(), store.clone(), settler.settings());
@@ -177,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown: stopping,
         } => {
             let gate = startup::gate(&redis)?;
+            startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             let sweeper = settler.sweeper(gate.clone(), store.clone());
             let settler = Settler::new(gate, store, settler.settings());
@@ -193,7 +195,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 println!("database created");
             }
-            startup::store(&database)?
+            // No lock timeout here: a migration may rightly wait for another gate's.
+            Store::connect_lazy(database.database_url.expose_secret(), 2, None)
+                .context("invalid DATABASE_URL")?
                 .migrate()
                 .await
                 .context("migration failed")?;

@@ -22,6 +22,31 @@ pub struct DatabaseConfig {
     /// Most Postgres connections this process opens.
     #[arg(long, env = "FLASHGATE_DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
+    /// Postgres `statement_timeout` of `serve` and `settle`, in ms: a runaway statement is
+    /// cancelled (and retried) instead of stalling settlement.
+    #[arg(
+        long,
+        env = "FLASHGATE_DATABASE_STATEMENT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub database_statement_timeout_ms: u64,
+    /// Postgres `lock_timeout` of `serve` and `settle`, in ms: a row locked by hand (or a stuck
+    /// session) makes that SKU's batch fail and retry, while other SKUs go on.
+    #[arg(
+        long,
+        env = "FLASHGATE_DATABASE_LOCK_TIMEOUT_MS",
+        default_value_t = 3_000
+    )]
+    pub database_lock_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    pub fn statement_limits(&self) -> crate::store::StatementLimits {
+        crate::store::StatementLimits {
+            statement_timeout: Duration::from_millis(self.database_statement_timeout_ms.max(1)),
+            lock_timeout: Duration::from_millis(self.database_lock_timeout_ms.max(1)),
+        }
+    }
 }
 
 /// Where Redis is, and how the gate uses it.
@@ -72,6 +97,10 @@ pub struct RedisConfig {
     /// How long the open breaker answers 503 before it lets one probe through, in ms.
     #[arg(long, env = "FLASHGATE_REDIS_BREAKER_OPEN_MS", default_value_t = 500)]
     pub redis_breaker_open_ms: u64,
+    /// Start even when Redis's `maxmemory-policy` may evict keys (anything but `noeviction`).
+    /// Eviction silently breaks idempotency, buyer limits and the event stream: only for tests.
+    #[arg(long, env = "FLASHGATE_ALLOW_EVICTING_REDIS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_evicting_redis: bool,
 }
 
 impl RedisConfig {

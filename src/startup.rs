@@ -19,11 +19,13 @@ use crate::gate::Gate;
 use crate::http::{self, Admission, AppState, ClientShedder, Readiness, ServerSettings};
 use crate::store::Store;
 
-/// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting).
+/// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting), with
+/// the configured statement and lock timeouts.
 pub fn store(config: &DatabaseConfig) -> anyhow::Result<Store> {
     Store::connect_lazy(
         config.database_url.expose_secret(),
         config.database_pool_size,
+        Some(config.statement_limits()),
     )
     .context("invalid DATABASE_URL")
 }
@@ -32,6 +34,40 @@ pub fn store(config: &DatabaseConfig) -> anyhow::Result<Store> {
 pub fn gate(config: &RedisConfig) -> anyhow::Result<Gate> {
     let settings = config.gate_settings().context("invalid Redis settings")?;
     Gate::connect(&config.redis_settings(), settings).context("invalid REDIS_URL")
+}
+
+/// Checks at start that Redis keeps what the gate writes: refuses an evicting
+/// `maxmemory-policy` (unless `allow_evicting`), warns when Redis does not persist. A Redis that
+/// cannot be reached now is not a reason not to start: the gate answers 503 until it is back.
+pub async fn check_redis(gate: &Gate, allow_evicting: bool) -> anyhow::Result<()> {
+    let facts = match gate.server_facts().await {
+        Ok(facts) => facts,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot check redis's eviction policy at start");
+            return Ok(());
+        }
+    };
+    if facts.evicts() {
+        let policy = facts.maxmemory_policy.clone().unwrap_or_default();
+        if !allow_evicting {
+            anyhow::bail!(
+                "redis maxmemory-policy is {policy}: under memory pressure it would silently drop \
+                 holds, idempotency records and the event stream. Run \
+                 `CONFIG SET maxmemory-policy noeviction` (and keep it in redis.conf), or set \
+                 FLASHGATE_ALLOW_EVICTING_REDIS=true to start anyway"
+            );
+        }
+        tracing::warn!(%policy, "redis may evict keys; starting because FLASHGATE_ALLOW_EVICTING_REDIS=true");
+    }
+    match facts.appendonly {
+        Some(false) => tracing::warn!(
+            "redis appendonly is off: a redis restart loses the holds it admitted and the \
+             settler had not yet applied (see the README on durability)"
+        ),
+        Some(true) => tracing::info!(policy = ?facts.maxmemory_policy, "redis appendonly is on"),
+        None => tracing::info!("redis refused CONFIG GET; its persistence is unknown"),
+    }
+    Ok(())
 }
 
 /// A bound, ready-to-run API server.

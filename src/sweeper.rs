@@ -55,7 +55,12 @@ impl Sweeper {
                     Ok(expired) => {
                         tracing::info!(sku = %sku, expired, "expired holds past their deadline")
                     }
-                    Err(err) => tracing::warn!(sku = %sku, error = %err, "sweep failed"),
+                    // One SKU's failure is its own: the others are swept all the same.
+                    Err(err) => {
+                        metrics::counter!("flashgate_sweep_failures_total", "sku" => sku.to_string())
+                            .increment(1);
+                        tracing::warn!(sku = %sku, error = %err, "sweep failed; the others go on")
+                    }
                 }
             }
             tokio::select! {

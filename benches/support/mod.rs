@@ -63,7 +63,7 @@ impl BenchEnv {
         if let Err(err) = sqlx::Postgres::create_database(&database_url).await {
             return skip(format!("cannot create a database next to {base}: {err}"));
         }
-        let store = match Store::connect_lazy(&database_url, 16) {
+        let store = match Store::connect_lazy(&database_url, 16, None) {
             Ok(store) => store,
             Err(err) => return skip(err.to_string()),
         };

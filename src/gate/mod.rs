@@ -115,6 +115,24 @@ impl BuyerRate {
     }
 }
 
+/// Redis settings that decide whether it keeps what the gate writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    pub maxmemory_policy: Option<String>,
+    pub appendonly: Option<bool>,
+}
+
+impl ServerFacts {
+    /// Whether Redis may drop keys under memory pressure. Any policy but `noeviction` may:
+    /// `volatile-*` evicts keys with a TTL, such as idempotency records, and `allkeys-*` any
+    /// key, such as stock or the event stream. Either silently breaks the invariants.
+    pub fn evicts(&self) -> bool {
+        self.maxmemory_policy
+            .as_deref()
+            .is_some_and(|policy| policy != "noeviction")
+    }
+}
+
 /// How to reach Redis, and how long to wait for it before answering 503.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -253,6 +271,28 @@ impl Gate {
         self.inner.breaker.is_open()
     }
 
+    /// What Redis says of its eviction policy and persistence, where `CONFIG GET` is allowed
+    /// (managed services may refuse it: then both are `None`).
+    pub async fn server_facts(&self) -> Result<ServerFacts, GateError> {
+        let mut conn = self.connection().await?;
+        let mut get = async |name: &str| -> Result<Option<String>, GateError> {
+            let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(pair) => Ok(pair.into_iter().nth(1)),
+                Err(err) if breaker::is_outage(&err) => Err(err.into()),
+                Err(_) => Ok(None),
+            }
+        };
+        Ok(ServerFacts {
+            maxmemory_policy: get("maxmemory-policy").await?,
+            appendonly: get("appendonly").await?.map(|v| v == "yes"),
+        })
+    }
+
     pub async fn ping(&self) -> Result<(), GateError> {
         let mut conn = self.connection().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -317,4 +357,30 @@ fn millis(raw: &str) -> Result<DateTime<Utc>, GateError> {
         .ok()
         .and_then(DateTime::from_timestamp_millis)
         .ok_or_else(|| GateError::Protocol(format!("{raw:?} is not a timestamp in ms")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_noeviction_keeps_every_key() {
+        let facts = |policy: Option<&str>| ServerFacts {
+            maxmemory_policy: policy.map(str::to_owned),
+            appendonly: None,
+        };
+        assert!(!facts(Some("noeviction")).evicts());
+        assert!(
+            !facts(None).evicts(),
+            "unknown (CONFIG refused) is not judged"
+        );
+        for policy in [
+            "allkeys-lru",
+            "volatile-lru",
+            "volatile-ttl",
+            "allkeys-random",
+        ] {
+            assert!(facts(Some(policy)).evicts(), "{policy}");
+        }
+    }
 }

@@ -11,6 +11,7 @@
 
 mod batch;
 mod faults;
+mod isolation;
 
 pub use batch::RejectionReason;
 pub use faults::{FaultPoint, Faults};
@@ -98,6 +99,8 @@ pub struct Settler {
     /// Per SKU: the queue of this process's `settle_through` callers and how far it knows the
     /// SKU is settled.
     turns: Arc<std::sync::Mutex<HashMap<Sku, Arc<SkuTurn>>>>,
+    /// SKUs whose background batch failed, left alone for a while (see `isolation`).
+    quarantine: Arc<isolation::Quarantine>,
 }
 
 /// One SKU's commit queue in this process (group commit).
@@ -143,12 +146,17 @@ enum CursorLock {
 
 impl Settler {
     pub fn new(gate: Gate, store: Store, settings: SettlerSettings) -> Self {
+        let quarantine = isolation::Quarantine::new(
+            settings.idle_interval.max(Duration::from_millis(10)),
+            settings.max_backoff,
+        );
         Self {
             gate,
             store,
             settings,
             faults: Faults::default(),
             turns: Arc::default(),
+            quarantine: Arc::new(quarantine),
         }
     }
 
@@ -159,25 +167,24 @@ impl Settler {
     }
 
     /// Settles every SKU until `shutdown` is cancelled. A batch under way is finished first.
-    /// Failures (Postgres or Redis down) are retried with capped exponential backoff: the gate
-    /// keeps admitting from Redis meanwhile, and the settler catches up when they return.
+    /// A SKU that fails is benched on its own while the others go on; when everything fails
+    /// (Postgres or Redis down) the pass is retried with a jittered, capped exponential backoff:
+    /// the gate keeps admitting from Redis meanwhile, and the settler catches up when they return.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(
-            self.settings.idle_interval.max(Duration::from_millis(10)),
-            self.settings.max_backoff,
-        );
+        let first = self.settings.idle_interval.max(Duration::from_millis(10));
+        let mut backoff = isolation::backoff(first, self.settings.max_backoff);
         while !shutdown.is_cancelled() {
             let pause = match self.pass(&shutdown).await {
                 Ok(true) => {
-                    backoff.reset();
+                    backoff = isolation::backoff(first, self.settings.max_backoff);
                     continue;
                 }
                 Ok(false) => {
-                    backoff.reset();
+                    backoff = isolation::backoff(first, self.settings.max_backoff);
                     self.settings.idle_interval
                 }
                 Err(err) => {
-                    let pause = backoff.next();
+                    let pause = backoff.next().unwrap_or(self.settings.max_backoff);
                     tracing::warn!(error = %err, retry_in = ?pause, "settler pass failed");
                     pause
                 }
@@ -190,23 +197,44 @@ impl Settler {
         tracing::info!("settler stopped");
     }
 
-    /// One pass over every SKU: retries pending write-backs, then one batch per SKU. Returns
-    /// whether any work was done.
+    /// One pass over every SKU: retries pending write-backs, then one batch per SKU not
+    /// benched. Returns whether any work was done; fails only when every SKU tried failed.
     async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, SettleError> {
         let mut worked = self.write_back_rejections(None).await? > 0;
+        let (mut tried, mut failed, mut last_failure) = (0, 0, None);
         for sku in self.store.settlement_skus().await? {
             if shutdown.is_cancelled() {
                 break;
             }
+            if !self.quarantine.may_try(&sku) {
+                continue;
+            }
+            tried += 1;
             match self
                 .settle_batch_locking(&sku, CursorLock::SkipLocked)
-                .await?
+                .await
             {
-                BatchOutcome::Applied { .. } | BatchOutcome::Moved => worked = true,
-                BatchOutcome::Idle | BatchOutcome::Busy => {}
+                Ok(outcome) => {
+                    self.quarantine.succeeded(&sku);
+                    if matches!(outcome, BatchOutcome::Applied { .. } | BatchOutcome::Moved) {
+                        worked = true;
+                    }
+                }
+                Err(err) => {
+                    failed += 1;
+                    let retry_in = self.quarantine.failed(&sku);
+                    metrics::counter!("flashgate_settle_failures_total", "sku" => sku.to_string())
+                        .increment(1);
+                    tracing::warn!(sku = %sku, error = %err, ?retry_in,
+                        "cannot settle this SKU; the others go on");
+                    last_failure = Some(err);
+                }
             }
         }
-        Ok(worked)
+        match last_failure {
+            Some(err) if failed == tried => Err(err),
+            _ => Ok(worked),
+        }
     }
 
     /// Applies one batch of the SKU's events, waiting for the cursor if another settler has it.
@@ -413,34 +441,6 @@ pub fn compare_event_ids(a: &str, b: &str) -> Ordering {
     parse(a).cmp(&parse(b))
 }
 
-/// Capped exponential backoff.
-#[derive(Debug)]
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            first,
-            max,
-            current: first,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.current;
-        self.current = (self.current * 2).min(self.max);
-        now
-    }
-
-    fn reset(&mut self) {
-        self.current = self.first;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,14 +451,5 @@ mod tests {
         assert_eq!(compare_event_ids("9-0", "10-0"), Ordering::Less);
         assert_eq!(compare_event_ids("10-2", "10-10"), Ordering::Less);
         assert_eq!(compare_event_ids("10-10", "10-10"), Ordering::Equal);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let seen: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
-        assert_eq!(seen, [100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next().as_millis(), 100);
     }
 }

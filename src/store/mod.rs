@@ -13,7 +13,7 @@ pub use settlement::PendingRejection;
 pub use skus::SkuRecord;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
 
 /// Why a store operation failed.
@@ -50,14 +50,42 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// Server-side bounds on every statement of a pool, so one stray lock or runaway query cannot
+/// stall settling or hold a request: Postgres cancels the statement and the caller retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementLimits {
+    /// `statement_timeout`: longest one statement may run.
+    pub statement_timeout: Duration,
+    /// `lock_timeout`: longest one statement may wait for a lock (a row, the cursor).
+    pub lock_timeout: Duration,
+}
+
 impl Store {
     /// Connects lazily: the process starts (and the gate admits holds from Redis) even while
-    /// Postgres is down; a statement waits at most `acquire_timeout` for a connection.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// Postgres is down; a statement waits at most `acquire_timeout` for a connection. With
+    /// `limits`, every connection runs with that `statement_timeout` and `lock_timeout`.
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        limits: Option<StatementLimits>,
+    ) -> Result<Self, StoreError> {
+        let mut options: PgConnectOptions = url.parse()?;
+        if let Some(limits) = limits {
+            options = options.options([
+                (
+                    "statement_timeout",
+                    format!("{}ms", limits.statement_timeout.as_millis().max(1)),
+                ),
+                (
+                    "lock_timeout",
+                    format!("{}ms", limits.lock_timeout.as_millis().max(1)),
+                ),
+            ]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(url)?;
+            .connect_lazy_with(options);
         Ok(Self { pool })
     }
 

@@ -9,6 +9,7 @@ mod proxy;
 
 mod edge;
 mod process;
+mod seams;
 
 mod admin;
 mod auth;

@@ -167,3 +167,87 @@ async fn a_second_sigterm_exits_at_once(pool: PgPool) {
     assert_eq!(code, Some(130));
     assert!(took < Duration::from_secs(5));
 }
+
+/// A private `redis-server` with the given extra arguments, stopped on drop; `None` where the
+/// binary is not installed (scripts/services.sh installs it with the other services).
+struct PrivateRedis {
+    child: Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start(args: &[&str]) -> Option<Self> {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let started = Instant::now();
+        while client.get_connection().is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { child, url })
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_refuses_a_redis_that_may_evict_keys() {
+    let Some(redis) = PrivateRedis::start(&["--maxmemory-policy", "allkeys-lru"]) else {
+        panic!("redis-server is not installed: run the suite through scripts/test.sh");
+    };
+    let serve = |allow: &str| {
+        let mut child = flashgate()
+            .arg("serve")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("REDIS_URL", &redis.url)
+            .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+            .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("FLASHGATE_ALLOW_EVICTING_REDIS", allow)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Refused: exits at once. Allowed: still running after a while.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            if child.try_wait().expect("wait").is_some() {
+                return Some(child.wait_with_output().expect("output"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    };
+
+    let refused = serve("false").expect("serve exited");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("maxmemory-policy is allkeys-lru"),
+        "{stderr}"
+    );
+    assert!(serve("true").is_none(), "allowed: it keeps running");
+}
