@@ -7,7 +7,7 @@
 --
 -- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 the live-hold counter
 --       of the client recorded in the hold (any key of the SKU when it records none)
--- ARGV: 1 hold id, 2 quantity
+-- ARGV: 1 hold id, 2 quantity, 3 idempotency ttl s (the rejected hold then expires)
 -- Returns: the hold's status before the call ('held', 'committed', ...), 'rejected' when it was
 -- already rejected, or 'missing'.
 
@@ -21,6 +21,7 @@ end
 local answers_for_this_hold = redis.call('HGET', KEYS[3], 'id') == ARGV[1]
 
 redis.call('HSET', KEYS[1], 'status', 'rejected')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('ZREM', KEYS[4], ARGV[1])
 -- Units held or bought stop counting against the buyer's limit. Released or expired units were
 -- already subtracted when they left.

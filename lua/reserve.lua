@@ -18,7 +18,9 @@
 --   6 hold      hash    the new hold's state
 --   7 holds     zset    hold id -> deadline (ms), for the expiry sweeper
 --   8 events    stream  every decision, in order, for the settler
---   9 buyers    set     every buyer who got a hold on this SKU (for the sold-out shortcut)
+--   9 buyers    set     every buyer who got a hold on this SKU within the idempotency ttl (for the
+--                       sold-out shortcut: its ttl is renewed on every addition, so it holds every
+--                       buyer whose hold may still be replayed, and no more once the sale is quiet)
 --  10 client    string  live holds of this client address on this SKU (anti-scalping)
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
@@ -135,6 +137,7 @@ if track_client then
 end
 redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
 redis.call('SADD', KEYS[9], ARGV[2])
+redis.call('EXPIRE', KEYS[9], tonumber(ARGV[5]))
 redis.call('HSET', KEYS[4],
   'fp', ARGV[4], 'id', ARGV[1], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held')

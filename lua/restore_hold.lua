@@ -18,8 +18,12 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q'
   'idem', ARGV[10])
 if ARGV[9] == 'held' then
   redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
+else
+  -- A terminal hold lives as long as its idempotency record, as when it left 'held'.
+  redis.call('EXPIRE', KEYS[1], ARGV[12])
 end
 redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('EXPIRE', KEYS[5], ARGV[12])
 if ARGV[9] == 'held' or ARGV[9] == 'committed' then
   redis.call('INCRBY', KEYS[2], ARGV[4])
 end

@@ -10,7 +10,9 @@
 --       of the SKU when the hold records none)
 -- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 the namespace's sale-changed
 --       channel, 4 sku (published there when units come back, so that every gate instance drops
---       its sold-out shortcut for the SKU at once)
+--       its sold-out shortcut for the SKU at once), 5 idempotency ttl s (a terminal hold lives
+--       as long as the idempotency record that answers for it, then expires: Redis memory is
+--       bounded by the holds of the last ttl, not by every hold ever sold)
 -- Returns: {'missing'} | {'unchanged', status} | {'changed', new status, event id}
 
 local hold = redis.call('HMGET', KEYS[1], 'status', 'q', 'expires', 'client')
@@ -42,6 +44,7 @@ local answers_for_this_hold = redis.call('HGET', KEYS[4], 'id') == ARGV[1]
 
 -- Every write below is unconditional.
 redis.call('HSET', KEYS[1], 'status', target)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 redis.call('ZREM', KEYS[5], ARGV[1])
 -- Out of 'held' whatever the target: the hold no longer counts against its client's live holds.
 if hold[4] then

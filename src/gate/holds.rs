@@ -171,11 +171,17 @@ impl Gate {
             .arg(action.as_str())
             .arg(self.namespace().sale_changed_channel())
             .arg(hold.sku.as_str())
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
         let status = |raw: &str| {
             ReservationStatus::parse(raw).map_err(|e| GateError::Protocol(e.to_string()))
         };
+        if matches!(reply.as_slice(), [tag, to, _] if tag == "changed" && to != "committed") {
+            // Units came back: this gate's own shortcut is off before the caller is answered,
+            // without waiting for the pub/sub message.
+            self.inner.shortcut.turn_off(&hold.sku);
+        }
         match reply.as_slice() {
             [tag] if tag == "missing" => Ok(TransitionOutcome::Missing),
             [tag, s] if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(status(s)?)),
@@ -278,6 +284,7 @@ impl Gate {
             .key(keys.client(client.as_deref().unwrap_or("")))
             .arg(hold.id.to_string())
             .arg(hold.quantity.get())
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
         match before.as_str() {

@@ -182,6 +182,10 @@ impl Gate {
     /// `epoch` (read before the request that found the SKU sold out). Best effort: on failure
     /// the shortcut simply stays off.
     async fn turn_on_shortcut(&self, sku: &Sku, epoch: u64) {
+        // One load per SKU at a time: at the moment of sell-out a crowd sees `sold_out` at once.
+        let Some(_loading) = self.inner.shortcut.begin_load(sku) else {
+            return;
+        };
         let loaded: Result<std::collections::HashSet<String>, GateError> = async {
             let mut conn = self.connection().await?;
             Ok(conn.smembers(self.namespace().sku(sku).buyers()).await?)

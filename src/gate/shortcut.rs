@@ -12,19 +12,41 @@
 //! namespace's `sale-changed` channel, and the listener here drops the SKU's shortcut as soon as
 //! the message arrives. While the subscription is down the shortcut is off everywhere. An epoch,
 //! bumped by every message, keeps a shortcut from being turned on with a `buyers` set read
-//! before a message that arrived meanwhile. What remains is the delivery time of one pub/sub
-//! message (well under a millisecond on a healthy connection), during which a request already
-//! inside this gate may be refused a unit released elsewhere an instant earlier.
+//! before a message that arrived meanwhile. A release or expiry through this gate turns its own
+//! shortcut off before it answers, without waiting for the message.
+//!
+//! Why it cannot lie for long: a message can still be lost without the connection noticing (a
+//! network path that drops packets silently). So an entry is trusted for [`MAX_AGE`] only; after
+//! that the next buyer goes to Redis, and a `sold_out` answer re-confirms the entry with a fresh
+//! `buyers` set. Only one such load per SKU runs at a time, so a crowd arriving at the moment of
+//! sell-out does not each copy the set. The bound on a wrong refusal is therefore the delivery
+//! time of one message on a healthy subscription, and [`MAX_AGE`] when messages are lost.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use super::GateInner;
 use crate::domain::{BuyerId, Sku};
+
+/// Longest an entry is trusted before a buyer's request goes to Redis again to re-confirm it.
+pub(super) const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A sold-out SKU: the buyers who got a hold on it, and when Redis last said it was sold out.
+#[derive(Debug)]
+struct Entry {
+    buyers: Arc<HashSet<String>>,
+    confirmed: Instant,
+}
+
+impl Entry {
+    fn fresh(&self) -> bool {
+        self.confirmed.elapsed() < MAX_AGE
+    }
+}
 
 #[derive(Debug, Default)]
 pub(super) struct SoldOutShortcut {
@@ -33,8 +55,27 @@ pub(super) struct SoldOutShortcut {
     listening: AtomicBool,
     /// Bumped by every message and every change of `listening`.
     epoch: AtomicU64,
-    /// Sold-out SKUs → the buyers who got a hold on them.
-    sold_out: RwLock<HashMap<Sku, Arc<HashSet<String>>>>,
+    /// Sold-out SKUs.
+    sold_out: RwLock<HashMap<Sku, Entry>>,
+    /// SKUs whose `buyers` set is being loaded right now (one load per SKU at a time).
+    loading: Mutex<HashSet<Sku>>,
+}
+
+/// The right to load one SKU's `buyers` set; released on drop.
+#[derive(Debug)]
+pub(super) struct Loading<'a> {
+    shortcut: &'a SoldOutShortcut,
+    sku: Sku,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.shortcut
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.sku);
+    }
 }
 
 impl SoldOutShortcut {
@@ -56,11 +97,21 @@ impl SoldOutShortcut {
             && self
                 .read()
                 .get(sku)
-                .is_some_and(|buyers| !buyers.contains(buyer.as_str()))
+                .is_some_and(|entry| entry.fresh() && !entry.buyers.contains(buyer.as_str()))
     }
 
+    /// The right to load the SKU's buyers, unless another request is loading them already.
+    pub(super) fn begin_load(&self, sku: &Sku) -> Option<Loading<'_>> {
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        loading.insert(sku.clone()).then(|| Loading {
+            shortcut: self,
+            sku: sku.clone(),
+        })
+    }
+
+    /// Whether the SKU has an entry that is still trusted.
     pub(super) fn is_on(&self, sku: &Sku) -> bool {
-        self.read().contains_key(sku)
+        self.read().get(sku).is_some_and(Entry::fresh)
     }
 
     pub(super) fn epoch(&self) -> u64 {
@@ -76,11 +127,16 @@ impl SoldOutShortcut {
         let mut sold_out = self.write();
         // Checked under the write lock that `turn_off` also takes: no message slips between.
         if self.listening() && self.epoch() == seen_epoch {
-            sold_out.insert(sku.clone(), Arc::new(buyers));
+            let entry = Entry {
+                buyers: Arc::new(buyers),
+                confirmed: Instant::now(),
+            };
+            sold_out.insert(sku.clone(), entry);
         }
     }
 
-    fn turn_off(&self, sku: &Sku) {
+    /// Units of the SKU came back (a message, or a release through this gate).
+    pub(super) fn turn_off(&self, sku: &Sku) {
         let mut sold_out = self.write();
         sold_out.remove(sku);
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -93,11 +149,11 @@ impl SoldOutShortcut {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Sku, Arc<HashSet<String>>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Sku, Entry>> {
         self.sold_out.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sku, Arc<HashSet<String>>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sku, Entry>> {
         self.sold_out.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -85,6 +85,9 @@ pub struct TestApp {
     pub namespace: Namespace,
     tokens: BuyerTokens,
     redis: redis::Client,
+    /// Whether reserve.lua writes a rate-limit key per attempt (a buyer rate is set), which is
+    /// what `reached_redis` looks for.
+    counts_attempts: bool,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -152,6 +155,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         namespace,
         tokens: BuyerTokens::new(&secret),
         redis: redis::Client::open(redis_url()).expect("redis client"),
+        counts_attempts: options.buyer_rate.is_some(),
         shutdown: Some(tx),
     }
 }
@@ -321,8 +325,13 @@ impl TestApp {
     }
 
     /// Whether the per-buyer rate-limit key exists: `reserve.lua` writes it on every attempt, so
-    /// a buyer without one was never decided by Redis.
+    /// a buyer without one was never decided by Redis. Only an app with a buyer rate writes the
+    /// key; without one every answer would be "never reached", so that is refused.
     pub async fn reached_redis(&self, sku: &str, buyer: &str) -> bool {
+        assert!(
+            self.counts_attempts,
+            "reached_redis needs an app with a buyer rate (AppOptions::buyer_rate)"
+        );
         let mut conn = self
             .redis
             .get_multiplexed_async_connection()

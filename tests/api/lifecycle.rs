@@ -241,7 +241,7 @@ async fn commit_racing_the_expiry_has_exactly_one_winner_every_time(pool: PgPool
 
     // Each hold: a commit and the sweeper's expiry at once, fired between 400 ms before and
     // 100 ms after its deadline, so some commits win, some lose, and many meet the expiry.
-    let outcomes: Vec<(u16, bool)> = futures::stream::iter(holds)
+    let outcomes: Vec<(u16, String, bool)> = futures::stream::iter(holds)
         .map(|(n, token, hold)| {
             let app = &app;
             async move {
@@ -255,19 +255,26 @@ async fn commit_racing_the_expiry_has_exactly_one_winner_every_time(pool: PgPool
                     app.gate.transition(&hold, Transition::Expire)
                 );
                 let swept = matches!(expire.expect("expire"), TransitionOutcome::Changed { .. });
-                (commit.status().as_u16(), swept)
+                let status = commit.status().as_u16();
+                let body: serde_json::Value = commit.json().await.expect("JSON body");
+                let code = body["error"].as_str().unwrap_or_default().to_owned();
+                (status, code, swept)
             }
         })
         .buffer_unordered(HOLDS)
         .collect()
         .await;
 
-    let committed = outcomes.iter().filter(|(status, _)| *status == 200).count();
-    for (status, swept) in &outcomes {
-        match status {
-            200 => assert!(!swept, "a committed hold was also expired"),
-            409 => {} // expired: by the sweeper, or by the late commit itself
-            other => panic!("commit answered {other}"),
+    let committed = outcomes
+        .iter()
+        .filter(|(status, ..)| *status == 200)
+        .count();
+    for (status, code, swept) in &outcomes {
+        match (status, code.as_str()) {
+            (200, _) => assert!(!swept, "a committed hold was also expired"),
+            // Expired: by the sweeper, or by the late commit itself. Nothing else may lose.
+            (409, "expired") => {}
+            (other, code) => panic!("commit answered {other} {code}"),
         }
     }
     let expired = HOLDS - committed;

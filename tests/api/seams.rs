@@ -108,3 +108,61 @@ async fn serve_and_settle_pools_carry_statement_and_lock_timeouts(pool: PgPool) 
     assert!(started.elapsed() < Duration::from_secs(6));
     holder.rollback().await.expect("rollback");
 }
+
+#[sqlx::test]
+async fn terminal_holds_and_the_buyers_set_expire_with_the_idempotency_ttl(pool: PgPool) {
+    let app = spawn_app(pool).await; // idempotency ttl: one hour
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
+    let mut redis = redis::Client::open(redis_url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut ttl = async |key: String| -> i64 {
+        redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .expect("TTL")
+    };
+    let mut ids = Vec::new();
+    for key in ["k1", "k2"] {
+        let held: Value = app
+            .reserve("sneaker", "alice", key, 1)
+            .await
+            .json()
+            .await
+            .expect("json");
+        ids.push(ReservationId::parse(held["id"].as_str().expect("id")).expect("id"));
+    }
+
+    assert_eq!(
+        ttl(keys.hold(ids[0])).await,
+        -1,
+        "a held hold lives until it leaves 'held'"
+    );
+    let buyers_ttl = ttl(keys.buyers()).await;
+    assert!(
+        (3500..=3600).contains(&buyers_ttl),
+        "buyers set ttl {buyers_ttl}"
+    );
+
+    let alice = app.token("alice");
+    assert_eq!(
+        app.act(&ids[0].to_string(), "release", &alice)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.act(&ids[1].to_string(), "commit", &alice)
+            .await
+            .status(),
+        200
+    );
+    for id in &ids {
+        let left = ttl(keys.hold(*id)).await;
+        assert!((3500..=3600).contains(&left), "terminal hold ttl {left}");
+    }
+}

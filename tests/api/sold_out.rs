@@ -187,3 +187,43 @@ async fn a_restock_switches_the_shortcut_off(pool: PgPool) {
     }
     assert!(sold, "the restocked unit was never sold");
 }
+
+#[sqlx::test]
+async fn a_lost_message_cannot_make_the_shortcut_lie_for_longer_than_its_max_age(pool: PgPool) {
+    let app = spawn_app_with(pool, counting_attempts()).await;
+    app.open_sale("hot", &sale_body(1, 1)).await;
+    assert_eq!(app.reserve("hot", "alice", "k", 1).await.status(), 201);
+    assert!(shortcut_answers(&app, "hot", "early").await, "shortcut on");
+
+    // A unit comes back and the message that says so is lost (a silently dead subscription).
+    app.set_redis_stock("hot", 1).await;
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // past the shortcut's max age
+    let late = app.reserve("hot", "late-buyer", "k", 1).await;
+    assert_eq!(
+        late.status(),
+        201,
+        "the entry was re-confirmed from Redis, which has the unit"
+    );
+}
+
+#[sqlx::test]
+async fn a_release_through_this_gate_switches_its_own_shortcut_off_at_once(pool: PgPool) {
+    let app = spawn_app_with(pool, counting_attempts()).await;
+    app.open_sale("hot", &sale_body(1, 1)).await;
+    let held: Value = app
+        .reserve("hot", "alice", "k", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(shortcut_answers(&app, "hot", "early").await, "shortcut on");
+
+    let id = held["id"].as_str().expect("id");
+    assert_eq!(
+        app.act(id, "release", &app.token("alice")).await.status(),
+        200
+    );
+    // No wait for the pub/sub message: the very next buyer reaches Redis and gets the unit.
+    assert_eq!(app.reserve("hot", "next", "k", 1).await.status(), 201);
+}
