@@ -1,9 +1,9 @@
 -- load_sale.lua — load a sale's metadata and stock into Redis from its Postgres record.
 --
--- Used by prewarm and by resync; they differ only in the guard, checked before the first write:
+-- Used by prewarm and by resync; they differ only in the guard, checked before the first write
+-- (a live sale is changed by adjust_sale.lua instead, which never resets its stock):
 --   'new'     refuse a sale that is already live (its meta hash exists): overwriting the stock
 --             of a live sale would hand units out twice;
---   'force'   overwrite whatever is there;
 --   'drained' the caller paused the sale, drained the settler up to the stream's last event and
 --             read Postgres `available`; if any event was appended since (a release or expiry
 --             racing the resync), `available` is stale: nothing is written, drain again.

@@ -1,19 +1,18 @@
--- sale_admin.lua — change a live sale in Redis: restock or set its state.
+-- sale_admin.lua — set a live sale's state (open / paused). Stock changes go through
+-- adjust_sale.lua, which records them in the stream.
 --
 -- A sale that is not live in Redis (no meta hash) is left alone: prewarm loads it from Postgres,
 -- which the caller has already updated. The check runs before the first write.
 --
 -- KEYS: 1 meta (hash), 2 stock (string)
--- ARGV: 1 'restock' | 'state', 2 units to add | new state, 3 the namespace's sale-changed
+-- ARGV: 1 'state', 2 the new state, 3 the namespace's sale-changed
 --       channel, 4 sku (every gate instance drops its sold-out shortcut for the SKU)
 -- Returns: 1 when the live sale was changed, 0 when the sale is not live
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-if ARGV[1] == 'restock' then
-  redis.call('INCRBY', KEYS[2], ARGV[2])
-elseif ARGV[1] == 'state' then
+if ARGV[1] == 'state' then
   redis.call('HSET', KEYS[1], 'state', ARGV[2])
 else
   return redis.error_reply('unknown operation ' .. tostring(ARGV[1]))

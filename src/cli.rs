@@ -64,8 +64,9 @@ pub enum Command {
     Prewarm {
         #[command(flatten)]
         target: PrewarmTarget,
-        /// Overwrite a sale that is already live in Redis (its stock is reset to Postgres
-        /// `available`; holds not yet settled would be handed out again).
+        /// Refresh a sale that is already live in Redis: its metadata, state and total are
+        /// brought to Postgres's; its stock is never reset (units held but not yet settled
+        /// would be sold twice).
         #[arg(long, conflicts_with = "resync")]
         force: bool,
         /// Repair a live sale after Redis lost data or drifted: pause it, drain the settler,
@@ -116,6 +117,8 @@ pub struct PrewarmTarget {
     all: bool,
 }
 
+// Parsed once per process, like `Command`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum SkuCommand {
     /// Create a sale, or update it (`--stock` is the new total).
@@ -142,6 +145,9 @@ pub enum SkuCommand {
         ends_at: Option<DateTime<Utc>>,
         #[command(flatten)]
         database: DatabaseConfig,
+        /// A sale live in Redis is changed there too (its total through its event stream).
+        #[command(flatten)]
+        redis: RedisConfig,
     },
     /// List every sale with its Postgres inventory.
     List {
@@ -215,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             starts_at,
             ends_at,
             database,
+            redis,
         }) => {
             let sku = Sku::parse(&sku)?;
             let sale = SaleDefinition {
@@ -228,7 +235,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ends_at,
             }
             .validate()?;
-            let record = startup::store(&database)?.upsert_sku(&sku, &sale).await?;
+            let (gate, store) = (startup::gate(&redis)?, startup::store(&database)?);
+            let settler = Settler::new(gate.clone(), store.clone(), Default::default());
+            let sales = crate::app::Sales {
+                gate: &gate,
+                store: &store,
+                settler: &settler,
+            };
+            let changed = sales.upsert(&sku, &sale).await?;
+            let record = changed.record;
             println!(
                 "{}: {} at {} {}, total {}, available {}, reserved {}, sold {}",
                 record.sku,
@@ -293,30 +308,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let records = match target.sku {
-                Some(raw) => {
-                    let sku = Sku::parse(&raw)?;
-                    vec![
-                        store
-                            .find_sku(&sku)
-                            .await?
-                            .with_context(|| format!("no SKU {sku} in Postgres"))?,
-                    ]
-                }
-                None => store.list_skus().await?,
+            let skus = match target.sku {
+                Some(raw) => vec![Sku::parse(&raw)?],
+                None => store
+                    .list_skus()
+                    .await?
+                    .into_iter()
+                    .map(|r| r.sku)
+                    .collect(),
+            };
+            let settler = Settler::new(gate.clone(), store.clone(), Default::default());
+            let sales = crate::app::Sales {
+                gate: &gate,
+                store: &store,
+                settler: &settler,
             };
             let mut refused = 0;
-            for record in &records {
-                match gate.prewarm(record, force).await {
-                    Ok(()) => println!(
-                        "{}: live with {} units available",
-                        record.sku, record.available
+            for sku in &skus {
+                match sales.prewarm(sku, force).await {
+                    Ok(changed) => println!(
+                        "{}: live, total {}, {} units available in Postgres",
+                        changed.record.sku, changed.record.total, changed.record.available
                     ),
-                    Err(GateError::SaleLive(sku)) => {
+                    Err(crate::app::SaleError::Gate(GateError::SaleLive(sku))) => {
                         refused += 1;
                         eprintln!(
-                            "{sku}: already live in Redis; left alone (use --force to overwrite)"
+                            "{sku}: already live in Redis; left alone (use --force to refresh it)"
                         );
+                    }
+                    Err(crate::app::SaleError::UnknownSku(sku)) => {
+                        bail!("no SKU {sku} in Postgres")
                     }
                     Err(other) => return Err(other.into()),
                 }

@@ -5,6 +5,7 @@
 //!
 //! Module map:
 //!
+//! - [`app`] — the application layer: operations that span Redis and Postgres.
 //! - [`domain`] — validated values (`Sku`, `BuyerId`, `Quantity`, `IdempotencyKey`, `Money`, ...).
 //! - [`gate`] — the Redis side: one atomic Lua script per decision, the key schema.
 //! - [`store`] — the Postgres side: the authoritative inventory and reservations.
@@ -18,6 +19,7 @@
 //! - [`config`] — configuration from flags and environment variables.
 //! - [`startup`] — wiring it together and running until shutdown.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -96,7 +96,7 @@ impl BenchEnv {
             starts_at: None,
             ends_at: None,
         };
-        let record = store.upsert_sku(&sku, &sale).await.ok()?;
+        let record = store.upsert_sku(&sku, &sale, true).await.ok()?;
         gate.prewarm(&record, true).await.ok()?;
         Some(Self {
             gate,

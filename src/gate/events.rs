@@ -30,6 +30,9 @@ pub enum EventKind {
         hold: ReservationId,
         to: ReservationStatus,
     },
+    /// An admin changed the sale's total by `delta` units (`lua/adjust_sale.lua`); Redis already
+    /// checked that its stock covers a decrease.
+    StockChanged { delta: i64 },
 }
 
 /// Everything Postgres needs to record a new hold.
@@ -55,10 +58,10 @@ impl Event {
             }
         };
         let invalid = |e: crate::domain::ValidationError| bad(&e.to_string());
-        let hold = ReservationId::parse(&text("id")?).map_err(invalid)?;
+        let hold = || ReservationId::parse(&text("id")?).map_err(invalid);
         let kind = match text("type")?.as_str() {
             "reserved" => EventKind::Reserved(NewHold {
-                id: hold,
+                id: hold()?,
                 buyer: BuyerId::parse(&text("buyer")?).map_err(invalid)?,
                 idempotency_key: text("idem")?,
                 quantity: Quantity::parse(text("q")?.parse().map_err(|_| bad("q"))?)
@@ -69,16 +72,19 @@ impl Event {
                 expires_at: millis(&text("expires")?)?,
             }),
             "committed" => EventKind::Transition {
-                hold,
+                hold: hold()?,
                 to: ReservationStatus::Committed,
             },
             "released" => EventKind::Transition {
-                hold,
+                hold: hold()?,
                 to: ReservationStatus::Released,
             },
             "expired" => EventKind::Transition {
-                hold,
+                hold: hold()?,
                 to: ReservationStatus::Expired,
+            },
+            "stock" => EventKind::StockChanged {
+                delta: text("q")?.parse().map_err(|_| bad("q"))?,
             },
             other => return Err(bad(&format!("unknown type {other:?}"))),
         };

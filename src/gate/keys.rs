@@ -103,6 +103,10 @@ impl SkuKeys {
     pub fn buyers(&self) -> String {
         self.key("buyers")
     }
+    /// The record of one admin operation on the sale (a restock under an `Idempotency-Key`).
+    pub fn admin_operation(&self, key: &IdempotencyKey) -> String {
+        self.key(&format!("admin:{key}"))
+    }
     /// Live holds of one client address on the SKU (`FLASHGATE_HOLDS_PER_CLIENT`). The address
     /// is an IPv4 address or an IPv6 /64, which carries no braces to steal the hash tag.
     pub fn client(&self, client: &str) -> String {
@@ -131,6 +135,7 @@ mod tests {
             keys.events(),
             keys.buyers(),
             keys.client("2001:db8:1:2::/64"),
+            keys.admin_operation(&idem),
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }

@@ -29,7 +29,7 @@ pub use events::{Event, EventId, EventKind, NewHold, event_time};
 pub use holds::{Hold, HoldSummary, RejectedHold, Transition, TransitionOutcome};
 pub use keys::{Namespace, SkuKeys};
 pub use reserve::{Refusal, ReserveOutcome, ReserveRequest, fingerprint};
-pub use sale::LiveSale;
+pub use sale::{Adjusted, LiveSale, StockChange, definition_meta};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

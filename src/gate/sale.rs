@@ -6,9 +6,83 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
-use super::{Gate, GateError, optional_millis};
-use crate::domain::{Currency, Money, SaleState, Sku};
+use super::{EventId, Gate, GateError, optional_millis};
+use crate::domain::{Currency, IdempotencyKey, Money, SaleDefinition, SaleState, Sku};
 use crate::store::SkuRecord;
+
+/// How a live sale's stock changes (`lua/adjust_sale.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    /// A new total: absolute, so a retry finds nothing to move.
+    Total(u32),
+    /// Units added: relative, made retry-safe by an operation key.
+    Add(u32),
+}
+
+/// What `adjust_sale` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adjusted {
+    /// The sale is not live in Redis: Postgres alone holds it.
+    NotLive,
+    /// The new total is below the units already held or sold; nothing was changed.
+    BelowHeld { total: i64, stock: i64 },
+    /// Changed (or already as asked): the sale's total and stock now, and the stream entry that
+    /// carries the change to Postgres, if stock moved.
+    Done {
+        total: i64,
+        stock: i64,
+        event: Option<EventId>,
+    },
+    /// This operation key was applied before; its result then.
+    Replayed { total: i64, stock: i64 },
+}
+
+/// The sale's descriptive fields as `meta` stores them.
+fn meta_fields(
+    name: &str,
+    price: &Money,
+    currency: &Currency,
+    per_buyer_limit: u32,
+    hold_ttl_seconds: u32,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+) -> Vec<(&'static str, String)> {
+    let millis = |at: Option<DateTime<Utc>>| at.map_or(0, |t| t.timestamp_millis());
+    vec![
+        ("name", name.to_owned()),
+        ("price", price.to_string()),
+        ("currency", currency.to_string()),
+        ("limit", per_buyer_limit.to_string()),
+        ("ttl_s", hold_ttl_seconds.to_string()),
+        ("starts_ms", millis(starts_at).to_string()),
+        ("ends_ms", millis(ends_at).to_string()),
+    ]
+}
+
+fn record_meta(record: &SkuRecord) -> Vec<(&'static str, String)> {
+    meta_fields(
+        &record.name,
+        &record.price,
+        &record.currency,
+        record.per_buyer_limit,
+        record.hold_ttl_seconds,
+        record.starts_at,
+        record.ends_at,
+    )
+}
+
+/// The meta fields a sale definition sets (not its state, nor its total: those change apart).
+pub fn definition_meta(sale: &SaleDefinition) -> Vec<(&'static str, String)> {
+    meta_fields(
+        &sale.name,
+        &sale.price,
+        &sale.currency,
+        sale.per_buyer_limit,
+        sale.hold_ttl_seconds,
+        sale.starts_at,
+        sale.ends_at,
+    )
+}
 
 /// The live view of a sale in Redis.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,17 +137,93 @@ impl Gate {
     }
 
     /// Opens the sale in Redis from its Postgres record: sale metadata, and stock set to
-    /// Postgres `available`. Refuses to overwrite a live sale unless `force`.
+    /// Postgres `available`. A sale already live is refused, unless `force`: then its metadata,
+    /// state and total are brought to the record's, through [`Gate::adjust_sale`] — its stock
+    /// is never reset, since units held and not yet settled are not in Postgres `available`
+    /// and would be sold twice. Returns the stream entry of a stock change, if any.
     #[tracing::instrument(skip_all, fields(sku = %record.sku, force))]
-    pub async fn prewarm(&self, record: &SkuRecord, force: bool) -> Result<(), GateError> {
-        match self
-            .load_sale(record, if force { "force" } else { "new" }, "")
-            .await?
-            .as_str()
-        {
-            "ok" => Ok(()),
+    pub async fn prewarm(
+        &self,
+        record: &SkuRecord,
+        force: bool,
+    ) -> Result<Option<EventId>, GateError> {
+        match self.load_sale(record, "new", "").await?.as_str() {
+            "ok" => Ok(None),
+            "live" if force => {
+                let total = u32::try_from(record.total).unwrap_or(u32::MAX);
+                let mut meta = record_meta(record);
+                meta.push(("state", record.state.as_str().to_owned()));
+                match self
+                    .adjust_sale(&record.sku, StockChange::Total(total), None, &meta)
+                    .await?
+                {
+                    Adjusted::Done { event, .. } => Ok(event),
+                    Adjusted::Replayed { .. } => Ok(None),
+                    // Unloaded in between: load it afresh.
+                    Adjusted::NotLive => Box::pin(self.prewarm(record, false)).await,
+                    Adjusted::BelowHeld { total, stock } => Err(GateError::Protocol(format!(
+                        "postgres total {} is below the {} units redis has handed out",
+                        record.total,
+                        total - stock
+                    ))),
+                }
+            }
             "live" => Err(GateError::SaleLive(record.sku.clone())),
             other => Err(GateError::Protocol(format!("load_sale answered {other:?}"))),
+        }
+    }
+
+    /// Changes a live sale with `lua/adjust_sale.lua`: sets `meta` fields and moves its stock
+    /// and total, recording a stock change in the stream for the settler. See [`Adjusted`].
+    pub async fn adjust_sale(
+        &self,
+        sku: &Sku,
+        change: StockChange,
+        operation: Option<&IdempotencyKey>,
+        meta: &[(&'static str, String)],
+    ) -> Result<Adjusted, GateError> {
+        let keys = self.namespace().sku(sku);
+        let (mode, units) = match change {
+            StockChange::Total(units) => ("total", units),
+            StockChange::Add(units) => ("add", units),
+        };
+        let record = operation.map_or_else(|| keys.meta(), |op| keys.admin_operation(op));
+        let mut conn = self.connection().await?;
+        let reply: Vec<String> = self
+            .inner
+            .scripts
+            .adjust_sale
+            .key(keys.meta())
+            .key(keys.stock())
+            .key(keys.events())
+            .key(record)
+            .arg(mode)
+            .arg(units)
+            .arg(operation.map_or("", IdempotencyKey::as_str))
+            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .arg(self.namespace().sale_changed_channel())
+            .arg(sku.as_str())
+            .arg(meta)
+            .invoke_async(&mut conn)
+            .await?;
+        let bad = || GateError::Protocol(format!("adjust_sale.lua answered {reply:?}"));
+        let number = |raw: &String| raw.parse::<i64>().map_err(|_| bad());
+        match reply.as_slice() {
+            [tag] if tag == "not_live" => Ok(Adjusted::NotLive),
+            [tag, total, stock] if tag == "below_held" => Ok(Adjusted::BelowHeld {
+                total: number(total)?,
+                stock: number(stock)?,
+            }),
+            [tag, total, stock] if tag == "replayed" => Ok(Adjusted::Replayed {
+                total: number(total)?,
+                stock: number(stock)?,
+            }),
+            [tag, total, stock, event] if tag == "done" => Ok(Adjusted::Done {
+                total: number(total)?,
+                stock: number(stock)?,
+                event: (!event.is_empty()).then(|| event.clone()),
+            }),
+            _ => Err(bad()),
         }
     }
 
@@ -108,7 +258,12 @@ impl Gate {
                 record.sku.as_str(),
             )
             .await?;
-        let millis = |at: Option<DateTime<Utc>>| at.map_or(0, |t| t.timestamp_millis());
+        let mut meta = record_meta(record);
+        meta.extend([
+            ("num", record.num.to_string()),
+            ("total", record.total.to_string()),
+            ("state", record.state.as_str().to_owned()),
+        ]);
         Ok(self
             .inner
             .scripts
@@ -121,24 +276,9 @@ impl Gate {
             .arg(record.available)
             .arg(self.namespace().sale_changed_channel())
             .arg(record.sku.as_str())
-            .arg(&[
-                ("num", record.num.to_string()),
-                ("name", record.name.clone()),
-                ("price", record.price.to_string()),
-                ("currency", record.currency.to_string()),
-                ("limit", record.per_buyer_limit.to_string()),
-                ("ttl_s", record.hold_ttl_seconds.to_string()),
-                ("starts_ms", millis(record.starts_at).to_string()),
-                ("ends_ms", millis(record.ends_at).to_string()),
-                ("state", record.state.as_str().to_owned()),
-            ])
+            .arg(meta)
             .invoke_async(&mut conn)
             .await?)
-    }
-
-    /// Adds `units` to a live sale's stock. Returns false when the sale is not live in Redis.
-    pub async fn restock(&self, sku: &Sku, units: u32) -> Result<bool, GateError> {
-        self.sale_admin(sku, "restock", units.to_string()).await
     }
 
     /// Sets a live sale's state. Returns false when the sale is not live in Redis.

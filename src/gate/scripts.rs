@@ -13,6 +13,7 @@ pub struct Scripts {
     pub load_sale: Script,
     pub reject: Script,
     pub sale_admin: Script,
+    pub adjust_sale: Script,
     pub restore_hold: Script,
 }
 
@@ -24,6 +25,7 @@ impl Scripts {
             load_sale: Script::new(include_str!("../../lua/load_sale.lua")),
             reject: Script::new(include_str!("../../lua/reject.lua")),
             sale_admin: Script::new(include_str!("../../lua/sale_admin.lua")),
+            adjust_sale: Script::new(include_str!("../../lua/adjust_sale.lua")),
             restore_hold: Script::new(include_str!("../../lua/restore_hold.lua")),
         }
     }

@@ -5,7 +5,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 
-use super::extract::{Admin, AppJson, AppPath, AppQuery};
+use super::extract::{Admin, AppJson, AppPath, AppQuery, OptionalIdempotencyKey};
 use super::skus::SkuView;
 use super::{ApiError, AppState};
 use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
@@ -58,6 +58,8 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
     Ok(Sku::parse(raw)?)
 }
 
+/// Creates or changes a sale, live or not (see `app::Sales::upsert`): an absolute target, so a
+/// retry after a timeout is safe.
 async fn upsert(
     State(state): State<AppState>,
     _: Admin,
@@ -65,11 +67,8 @@ async fn upsert(
     AppJson(body): AppJson<SaleBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
-    let record = state
-        .store
-        .upsert_sku(&sku, &body.into_definition()?)
-        .await?;
-    Ok(Json(SkuView::from_record(record)))
+    let changed = state.sales().upsert(&sku, &body.into_definition()?).await?;
+    Ok(Json(SkuView::from_change(changed)))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -85,15 +84,8 @@ async fn prewarm(
     AppQuery(query): AppQuery<PrewarmQuery>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
-    let record = state
-        .store
-        .find_sku(&sku)
-        .await?
-        .ok_or(ApiError::UnknownSku(raw))?;
-    state.gate.prewarm(&record, query.force).await?;
-    let mut view = SkuView::from_record(record);
-    view.live = true;
-    Ok(Json(view))
+    let changed = state.sales().prewarm(&sku, query.force).await?;
+    Ok(Json(SkuView::from_change(changed)))
 }
 
 /// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated.
@@ -115,13 +107,13 @@ struct RestockBody {
     quantity: u32,
 }
 
-/// Adds units to the sale: Postgres first, then the live Redis stock. If Redis fails in between,
-/// Redis has fewer units than Postgres — the safe direction (no oversell) — and the audit shows
-/// the drift until a resync. Not idempotent: do not retry blindly.
+/// Adds units to the sale (see `app::Sales::restock`). With an `Idempotency-Key` a retry after
+/// a timeout answers the first result instead of adding the units twice.
 async fn restock(
     State(state): State<AppState>,
     _: Admin,
     AppPath(raw): AppPath<String>,
+    OptionalIdempotencyKey(key): OptionalIdempotencyKey,
     AppJson(body): AppJson<RestockBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
@@ -132,15 +124,11 @@ async fn restock(
         )
         .into());
     }
-    let record = state
-        .store
-        .restock(&sku, body.quantity)
-        .await?
-        .ok_or(ApiError::UnknownSku(raw))?;
-    let live = state.gate.restock(&sku, body.quantity).await?;
-    let mut view = SkuView::from_record(record);
-    view.live = live;
-    Ok(Json(view))
+    let changed = state
+        .sales()
+        .restock(&sku, body.quantity, key.as_ref())
+        .await?;
+    Ok(Json(SkuView::from_change(changed)))
 }
 
 async fn pause(

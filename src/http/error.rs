@@ -182,6 +182,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::app::SaleError> for ApiError {
+    fn from(err: crate::app::SaleError) -> Self {
+        use crate::app::SaleError;
+        match err {
+            SaleError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
+            SaleError::StockBelowCommitted {
+                requested,
+                committed,
+            } => Self::StockBelowCommitted {
+                requested,
+                committed,
+            },
+            SaleError::Gate(e) => e.into(),
+            SaleError::Store(e) => e.into(),
+            SaleError::Settle(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::audit::AuditError> for ApiError {
     fn from(err: crate::audit::AuditError) -> Self {
         use crate::audit::AuditError;

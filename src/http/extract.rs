@@ -165,18 +165,36 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get("idempotency-key")
-            .ok_or(ApiError::IdempotencyKeyMissing)?;
-        let value = value.to_str().map_err(|_| {
-            ApiError::IdempotencyKeyInvalid(crate::domain::ValidationError::new(
-                "Idempotency-Key",
-                "may contain only printable ASCII characters",
-            ))
-        })?;
-        IdempotencyKey::parse(value)
+        idempotency_key(parts)?
             .map(Self)
-            .map_err(ApiError::IdempotencyKeyInvalid)
+            .ok_or(ApiError::IdempotencyKeyMissing)
     }
+}
+
+/// An `Idempotency-Key` header where it is optional (admin mutations): absent is `None`,
+/// present but invalid is refused.
+#[derive(Debug, Clone)]
+pub struct OptionalIdempotencyKey(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for OptionalIdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        idempotency_key(parts).map(Self)
+    }
+}
+
+fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = parts.headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::IdempotencyKeyInvalid(crate::domain::ValidationError::new(
+            "Idempotency-Key",
+            "may contain only printable ASCII characters",
+        ))
+    })?;
+    IdempotencyKey::parse(value)
+        .map(Some)
+        .map_err(ApiError::IdempotencyKeyInvalid)
 }

@@ -69,6 +69,17 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
+impl AppState {
+    /// The sale operations that span both stores (`app`).
+    pub fn sales(&self) -> crate::app::Sales<'_> {
+        crate::app::Sales {
+            gate: &self.gate,
+            store: &self.store,
+            settler: &self.settler,
+        }
+    }
+}
+
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
     let new_buyers = Router::new()

@@ -38,6 +38,14 @@ pub struct SkuView {
 }
 
 impl SkuView {
+    /// The sale after a change, as the application layer reports it.
+    pub fn from_change(changed: crate::app::SaleChanged) -> Self {
+        Self {
+            live: changed.live,
+            ..Self::from_record(changed.record)
+        }
+    }
+
     pub fn from_record(record: SkuRecord) -> Self {
         Self {
             sku: record.sku,

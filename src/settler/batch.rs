@@ -2,7 +2,8 @@
 //!
 //! Events are applied in stream order, in runs of the same kind: a run of new holds with one
 //! multi-row insert and one summed conditional decrement; a run of transitions with one
-//! conditional status update per target state and one summed stock move. Every statement that
+//! conditional status update per target state and one summed stock move; a run of admin stock
+//! changes with one summed conditional update of the total. Every statement that
 //! moves stock has its affected-rows count checked, and only rows really inserted or really
 //! moved out of `held` move stock.
 //!
@@ -61,10 +62,16 @@ pub(super) async fn apply(
             .await?;
     let mut applied = Applied::default();
     for run in events.chunk_by(|a, b| same_kind(&a.kind, &b.kind)) {
-        if matches!(run[0].kind, EventKind::Reserved(_)) {
-            apply_new_holds(tx, sku, run, &mut available, &mut applied, faults).await?;
-        } else {
-            apply_transitions(tx, sku, run, &mut available, &mut applied).await?;
+        match run[0].kind {
+            EventKind::Reserved(_) => {
+                apply_new_holds(tx, sku, run, &mut available, &mut applied, faults).await?
+            }
+            EventKind::Transition { .. } => {
+                apply_transitions(tx, sku, run, &mut available, &mut applied).await?
+            }
+            EventKind::StockChanged { .. } => {
+                apply_stock_changes(tx, sku, run, &mut available).await?
+            }
         }
     }
     record_rejections(tx, sku, &applied.rejected).await?;
@@ -72,11 +79,42 @@ pub(super) async fn apply(
 }
 
 fn same_kind(a: &EventKind, b: &EventKind) -> bool {
-    matches!(
-        (a, b),
-        (EventKind::Reserved(_), EventKind::Reserved(_))
-            | (EventKind::Transition { .. }, EventKind::Transition { .. })
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// A run of admin stock changes: the total and `available` move by their sum. Redis checked
+/// each against its stock, which at this point in the stream equals Postgres `available`, so
+/// the conditional update cannot miss unless the stores had drifted: then the batch fails and
+/// the SKU is benched until an operator resyncs it.
+async fn apply_stock_changes(
+    tx: &mut PgConnection,
+    sku: &Sku,
+    run: &[Event],
+    available: &mut i64,
+) -> Result<(), SettleError> {
+    let delta: i64 = run
+        .iter()
+        .map(|e| match e.kind {
+            EventKind::StockChanged { delta } => delta,
+            _ => 0,
+        })
+        .sum();
+    let moved = sqlx::query(
+        "UPDATE inventory SET total = total + $2, available = available + $2 \
+         WHERE sku = $1 AND available + $2 >= 0",
     )
+    .bind(sku.as_str())
+    .bind(delta)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved != 1 {
+        return Err(SettleError::Invariant(format!(
+            "a stock change of {delta} for {sku} does not fit postgres available {available}"
+        )));
+    }
+    *available += delta;
+    Ok(())
 }
 
 async fn apply_new_holds(
@@ -91,7 +129,7 @@ async fn apply_new_holds(
         .iter()
         .filter_map(|e| match &e.kind {
             EventKind::Reserved(hold) => Some((&e.id, hold)),
-            EventKind::Transition { .. } => None,
+            _ => None,
         })
         .collect();
     let inserted: HashSet<Uuid> = sqlx::query_scalar(

@@ -82,11 +82,16 @@ const SELECT_SKU: &str = "SELECT s.sku, s.num, s.name, s.price, s.currency, s.pe
 impl Store {
     /// Creates the sale or updates it. `stock` is the new total: on an update, what is already
     /// reserved or sold stays so and `available` becomes the rest, which must not be negative.
+    ///
+    /// With `with_total`, the inventory's total is set too (checked against what is reserved
+    /// and sold). Without, an existing inventory is left alone: a sale live in Redis changes its
+    /// total through its event stream, which the settler applies in order.
     #[tracing::instrument(skip_all, fields(sku = %sku), err)]
     pub async fn upsert_sku(
         &self,
         sku: &Sku,
         sale: &SaleDefinition,
+        with_total: bool,
     ) -> Result<SkuRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -129,6 +134,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            Some(_) if !with_total => {}
             Some(committed) if committed > stock => {
                 return Err(StoreError::StockBelowCommitted {
                     requested: sale.stock,

@@ -159,9 +159,11 @@ async fn a_refusal_is_not_stored_so_a_retry_is_decided_afresh(pool: PgPool) {
     assert_eq!(code, "sold_out");
     assert_eq!(body["available"], 0);
 
-    // Restock by raising the total and re-opening: the same key is now admitted.
-    app.put_sale("sneaker", &sale_body(2, 5)).await;
-    app.prewarm("sneaker", true).await;
+    // Raising the live sale's total puts the unit on sale at once: the same key is now admitted.
+    assert_eq!(
+        app.put_sale("sneaker", &sale_body(2, 5)).await.status(),
+        200
+    );
     assert_eq!(app.reserve("sneaker", "alice", "k", 1).await.status(), 201);
 }
 

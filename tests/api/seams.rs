@@ -166,3 +166,170 @@ async fn terminal_holds_and_the_buyers_set_expire_with_the_idempotency_ttl(pool:
         assert!((3500..=3600).contains(&left), "terminal hold ttl {left}");
     }
 }
+
+/// Two units held and not settled (no settler runs in these tests until asked).
+async fn live_sale_with_unsettled_holds(app: &crate::helpers::TestApp) {
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    for buyer in ["alice", "bob"] {
+        assert_eq!(app.reserve("sneaker", buyer, "k", 1).await.status(), 201);
+    }
+}
+
+#[sqlx::test]
+async fn a_live_total_moves_both_stores_and_never_below_what_is_held(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    live_sale_with_unsettled_holds(&app).await;
+
+    let below = app.put_sale("sneaker", &sale_body(1, 5)).await;
+    let (status, code, _) = crate::helpers::error_code(below).await;
+    assert_eq!((status, code.as_str()), (409, "stock_below_committed"));
+    assert_eq!(
+        app.redis_stock("sneaker").await,
+        8,
+        "a refusal changes nothing"
+    );
+
+    let lowered: Value = app
+        .put_sale("sneaker", &sale_body(4, 5))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (lowered["total"].as_i64(), lowered["live"].as_bool()),
+        (Some(4), Some(true))
+    );
+    assert_eq!(app.redis_stock("sneaker").await, 2);
+    assert_eq!(
+        app.inventory("sneaker").await,
+        (4, 2, 2, 0),
+        "settled through the change"
+    );
+    // The same PUT again moves nothing: an absolute target.
+    assert_eq!(
+        app.put_sale("sneaker", &sale_body(4, 5)).await.status(),
+        200
+    );
+    assert_eq!(app.redis_stock("sneaker").await, 2);
+
+    for buyer in ["carol", "dave"] {
+        assert_eq!(app.reserve("sneaker", buyer, "k", 1).await.status(), 201);
+    }
+    let (_, code, _) =
+        crate::helpers::error_code(app.reserve("sneaker", "erin", "k", 1).await).await;
+    assert_eq!(code, "sold_out", "exactly the new total was sold");
+    app.settler()
+        .drain(&Sku::parse("sneaker").expect("sku"))
+        .await
+        .expect("drain");
+    assert_eq!(app.inventory("sneaker").await, (4, 0, 4, 0));
+    assert!(app.audit("sneaker").await.ok());
+}
+
+#[sqlx::test]
+async fn price_limit_ttl_and_window_of_a_live_sale_change_in_the_gate(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    live_sale_with_unsettled_holds(&app).await;
+    let mut changed = sale_body(10, 1);
+    changed["price"] = "29.99".into();
+    changed["hold_ttl_seconds"] = 60.into();
+    assert_eq!(app.put_sale("sneaker", &changed).await.status(), 200);
+
+    let view = app.get_json("/v1/skus/sneaker", None).await;
+    assert_eq!(
+        (view["price"].as_str(), view["per_buyer_limit"].as_u64()),
+        (Some("29.99"), Some(1))
+    );
+    let held: Value = app
+        .reserve("sneaker", "carol", "k", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(held["unit_price"], "29.99");
+    let ttl = chrono::DateTime::parse_from_rfc3339(held["expires_at"].as_str().expect("expires"))
+        .expect("rfc3339")
+        - chrono::DateTime::parse_from_rfc3339(held["created_at"].as_str().expect("created"))
+            .expect("rfc3339");
+    assert_eq!(ttl.num_seconds(), 60);
+    let (_, code, _) =
+        crate::helpers::error_code(app.reserve("sneaker", "carol", "k2", 1).await).await;
+    assert_eq!(code, "buyer_limit_reached", "the new limit of 1");
+
+    let mut closed = sale_body(10, 1);
+    closed["ends_at"] = "2020-01-01T00:00:00Z".into();
+    closed["starts_at"] = "2019-01-01T00:00:00Z".into();
+    assert_eq!(app.put_sale("sneaker", &closed).await.status(), 200);
+    let (_, code, _) =
+        crate::helpers::error_code(app.reserve("sneaker", "dave", "k", 1).await).await;
+    assert_eq!(code, "sale_not_open", "the new window");
+    app.settler()
+        .drain(&Sku::parse("sneaker").expect("sku"))
+        .await
+        .expect("drain");
+    assert!(app.audit("sneaker").await.ok());
+}
+
+#[sqlx::test]
+async fn a_restock_retried_under_its_key_adds_the_units_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    live_sale_with_unsettled_holds(&app).await;
+    let restock = || {
+        app.client
+            .post(app.url("/v1/admin/skus/sneaker/restock"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .header("Idempotency-Key", "restock-1")
+            .json(&serde_json::json!({"quantity": 5}))
+            .send()
+    };
+    for _ in 0..2 {
+        let answer: Value = restock()
+            .await
+            .expect("restock")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            (answer["total"].as_i64(), answer["live"].as_bool()),
+            (Some(15), Some(true))
+        );
+    }
+    assert_eq!(app.redis_stock("sneaker").await, 13);
+    assert_eq!(app.inventory("sneaker").await, (15, 13, 2, 0));
+    assert!(app.audit("sneaker").await.ok());
+}
+
+#[sqlx::test]
+async fn a_forced_prewarm_of_a_live_sale_never_resells_unsettled_units(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    live_sale_with_unsettled_holds(&app).await;
+    assert_eq!(
+        app.inventory("sneaker").await,
+        (10, 10, 0, 0),
+        "nothing settled yet"
+    );
+
+    assert_eq!(app.prewarm("sneaker", true).await.status(), 200);
+    assert_eq!(
+        app.redis_stock("sneaker").await,
+        8,
+        "not reset to postgres available"
+    );
+    for n in 0..8 {
+        assert_eq!(
+            app.reserve("sneaker", &format!("b{n}"), "k", 1)
+                .await
+                .status(),
+            201
+        );
+    }
+    let (_, code, _) =
+        crate::helpers::error_code(app.reserve("sneaker", "late", "k", 1).await).await;
+    assert_eq!(code, "sold_out");
+    app.settler()
+        .drain(&Sku::parse("sneaker").expect("sku"))
+        .await
+        .expect("drain");
+    assert_eq!(app.inventory("sneaker").await, (10, 0, 10, 0));
+    assert!(app.audit("sneaker").await.ok());
+}

@@ -1,0 +1,176 @@
+//! The application layer: operations that span Redis and Postgres (DESIGN.md §10).
+//!
+//! An HTTP handler or a CLI command parses its input, calls one function here and presents the
+//! result. Each function's doc comment states the order of its writes across the two stores,
+//! what makes a retry safe, and what a timeout means to the caller.
+//!
+//! Here so far: changing a sale (create or update, restock, prewarm). The other operations that
+//! span both stores (reserve, commit, release, pause/resume, resync) are still composed by their
+//! handlers and move here next.
+
+use crate::domain::{IdempotencyKey, SaleDefinition, Sku};
+use crate::gate::{Adjusted, EventId, Gate, GateError, StockChange, definition_meta};
+use crate::settler::{SettleError, Settler};
+use crate::store::{SkuRecord, Store, StoreError};
+
+/// Why a sale could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaleError {
+    #[error("no SKU {0}")]
+    UnknownSku(Sku),
+    #[error("stock {requested} is below the {committed} units already held or sold")]
+    StockBelowCommitted { requested: u32, committed: i64 },
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+}
+
+impl From<StoreError> for SaleError {
+    /// The store's "below committed" refusal means the same as the gate's.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::StockBelowCommitted {
+                requested,
+                committed,
+            } => Self::StockBelowCommitted {
+                requested,
+                committed,
+            },
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// A sale as the caller sees it after a change: its Postgres record, and whether it is live in
+/// Redis.
+#[derive(Debug, Clone)]
+pub struct SaleChanged {
+    pub record: SkuRecord,
+    pub live: bool,
+}
+
+/// The stores a sale operation works on.
+#[derive(Debug, Clone, Copy)]
+pub struct Sales<'a> {
+    pub gate: &'a Gate,
+    pub store: &'a Store,
+    pub settler: &'a Settler,
+}
+
+impl Sales<'_> {
+    /// Creates a sale, or changes it — live or not — to `sale` (its `stock` is the new total).
+    ///
+    /// Order: 1. Redis, if the sale is live there: `adjust_sale.lua` sets the metadata and moves
+    /// stock and total to the target in one atomic decision, refused (nothing written) when the
+    /// new total is below the units already held or sold, and records the stock change in the
+    /// SKU's stream. 2. Postgres: the sale's row; for a sale not live in Redis also the
+    /// inventory total (checked against what is reserved and sold). 3. The settler applies the
+    /// stream up to the stock change, so the answer shows Postgres's new total.
+    ///
+    /// Retry: every value is an absolute target, so running it again moves nothing more.
+    /// A timeout: the change may or may not be made in either store; send the same request again.
+    pub async fn upsert(&self, sku: &Sku, sale: &SaleDefinition) -> Result<SaleChanged, SaleError> {
+        let adjusted = self
+            .gate
+            .adjust_sale(
+                sku,
+                StockChange::Total(sale.stock),
+                None,
+                &definition_meta(sale),
+            )
+            .await?;
+        let (live, event) = match adjusted {
+            Adjusted::NotLive => (false, None),
+            Adjusted::BelowHeld { total, stock } => {
+                return Err(SaleError::StockBelowCommitted {
+                    requested: sale.stock,
+                    committed: total - stock,
+                });
+            }
+            Adjusted::Done { event, .. } => (true, event),
+            Adjusted::Replayed { .. } => (true, None),
+        };
+        self.store.upsert_sku(sku, sale, !live).await?;
+        self.settled_view(sku, live, event).await
+    }
+
+    /// Adds `units` to the sale.
+    ///
+    /// Live in Redis: `adjust_sale.lua` adds them to stock and total and records the change in
+    /// the stream (1), the settler applies it to Postgres (2). Under an `operation` key the first
+    /// result is remembered for the idempotency TTL, so a retry after a timeout answers it again
+    /// instead of adding the units twice. Not live: Postgres alone, one conditional update —
+    /// not idempotent; to be retry-safe there, send the new total with [`Sales::upsert`].
+    ///
+    /// A timeout: with a key, retry with the same key; without one, read the sale before retrying.
+    pub async fn restock(
+        &self,
+        sku: &Sku,
+        units: u32,
+        operation: Option<&IdempotencyKey>,
+    ) -> Result<SaleChanged, SaleError> {
+        match self
+            .gate
+            .adjust_sale(sku, StockChange::Add(units), operation, &[])
+            .await?
+        {
+            Adjusted::NotLive => {
+                let record = self
+                    .store
+                    .restock(sku, units)
+                    .await?
+                    .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+                Ok(SaleChanged {
+                    record,
+                    live: false,
+                })
+            }
+            Adjusted::Done { event, .. } => self.settled_view(sku, true, event).await,
+            Adjusted::Replayed { .. } => self.settled_view(sku, true, None).await,
+            // Adding units cannot take stock below zero.
+            Adjusted::BelowHeld { total, stock } => Err(SaleError::StockBelowCommitted {
+                requested: u32::try_from(total).unwrap_or(0),
+                committed: total - stock,
+            }),
+        }
+    }
+
+    /// Opens the sale in Redis from Postgres (`flashgate prewarm`).
+    ///
+    /// A sale not yet live is loaded with stock = Postgres `available`. A live one is refused
+    /// (`SaleLive`) unless `force`; forced, its metadata, state and total are brought to
+    /// Postgres's through `adjust_sale.lua` and its stock is never reset — units held but not
+    /// yet settled are missing from Postgres `available` and would be sold twice.
+    ///
+    /// Retry: loading is refused once live, and a forced load is an absolute target.
+    pub async fn prewarm(&self, sku: &Sku, force: bool) -> Result<SaleChanged, SaleError> {
+        let record = self
+            .store
+            .find_sku(sku)
+            .await?
+            .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+        let event = self.gate.prewarm(&record, force).await?;
+        self.settled_view(sku, true, event).await
+    }
+
+    /// The sale's Postgres record once the settler has applied `event` (when given).
+    async fn settled_view(
+        &self,
+        sku: &Sku,
+        live: bool,
+        event: Option<EventId>,
+    ) -> Result<SaleChanged, SaleError> {
+        if let Some(event) = event {
+            self.settler.settle_through(sku, &event).await?;
+        }
+        let record = self
+            .store
+            .find_sku(sku)
+            .await?
+            .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+        Ok(SaleChanged { record, live })
+    }
+}
