@@ -4,13 +4,14 @@
 -- (a live sale is changed by adjust_sale.lua instead, which never resets its stock):
 --   'new'     refuse a sale that is already live (its meta hash exists): overwriting the stock
 --             of a live sale would hand units out twice;
---   'drained' the caller paused the sale, drained the settler up to the stream's last event and
---             read Postgres `available`; if any event was appended since (a release or expiry
---             racing the resync), `available` is stale: nothing is written, drain again.
+--   'drained' the caller paused the sale, drained the settler, and read Postgres `available`
+--             together with the settlement cursor; unless the stream ends exactly at that cursor
+--             (an event appended since — a release or expiry racing the resync — is not in
+--             `available` yet), nothing is written: drain again.
 --
 -- KEYS: 1 meta (hash), 2 stock (string), 3 events (stream)
--- ARGV: 1 guard, 2 the stream's last event id as drained ('' for an empty stream; 'drained'
---       only), 3 available units, 4 the namespace's sale-changed channel, 5 sku (every gate
+-- ARGV: 1 guard, 2 the settlement cursor `available` was read at ('' for an empty stream;
+--       'drained' only), 3 available units, 4 the namespace's sale-changed channel, 5 sku (every gate
 --       instance drops its sold-out shortcut for the SKU), then field/value pairs for meta
 -- Returns: 'ok', 'live' (guard 'new') or 'moved' (guard 'drained')
 

@@ -2,8 +2,11 @@
 //!
 //! Pause the sale in Redis, drain the settler so Postgres has every decision Redis still holds,
 //! put back the holds Redis lost (with their buyers' counts and idempotency records), then set
-//! Redis stock from Postgres `available` and resume — the last step only if no event slipped in
-//! since the drain (`lua/load_sale.lua`, guard `drained`), else drain and try again.
+//! Redis stock from Postgres `available` and resume. The last step is fenced: `available` is
+//! read together with the settlement cursor in one snapshot, and Redis is loaded only if its
+//! stream still ends exactly at that cursor (`lua/load_sale.lua`, guard `drained`). An event
+//! appended since — a release or an expiry racing the resync — is not in `available` yet, so
+//! the load is refused and the loop drains again.
 
 use crate::domain::{
     BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus,
@@ -75,14 +78,7 @@ pub async fn resync(
                 restored_holds += 1;
             }
         }
-        let record = store
-            .find_sku(sku)
-            .await?
-            .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
-        if gate
-            .load_sale_if_drained(&record, last_event.as_deref())
-            .await?
-        {
+        if let Some(record) = load_if_settled(gate, store, sku).await? {
             tracing::info!(sku = %sku, restored_holds, stock = record.available, "resynced redis from postgres");
             return Ok(ResyncReport {
                 sku: sku.clone(),
@@ -95,6 +91,25 @@ pub async fn resync(
         }
     }
     Err(ResyncError::Busy)
+}
+
+/// The fenced last step: reads Postgres `available` together with the settlement cursor, and
+/// loads it into Redis only if the SKU's stream ends exactly at that cursor. Returns the record
+/// loaded, or `None` when an event was appended since (the caller drains and tries again).
+pub async fn load_if_settled(
+    gate: &Gate,
+    store: &Store,
+    sku: &Sku,
+) -> Result<Option<crate::store::SkuRecord>, ResyncError> {
+    let (record, cursor) = store
+        .find_sku_at_cursor(sku)
+        .await?
+        .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+    let settled_through = (cursor != "0-0").then_some(cursor.as_str());
+    Ok(gate
+        .load_sale_if_drained(&record, settled_through)
+        .await?
+        .then_some(record))
 }
 
 fn hold_from_row(sku: &Sku, row: StoredReservation) -> Result<Hold, ValidationError> {

@@ -227,16 +227,18 @@ impl Gate {
         }
     }
 
-    /// Loads the sale like [`Gate::prewarm`] with `force`, but only if the SKU's stream still
-    /// ends at `last_event` (`None`: empty), i.e. nothing happened since the caller drained it.
-    /// Returns false when an event slipped in: drain again and retry.
+    /// Overwrites the sale's metadata and stock from `record`, but only if the SKU's stream
+    /// ends exactly at `settled_through` (`None`: the stream is empty) — the settlement cursor
+    /// that `record.available` was read at. Then `available` is exactly Redis's stock after the
+    /// last event, and no unsettled event is lost. Returns false when the stream has moved on:
+    /// drain again and retry.
     pub async fn load_sale_if_drained(
         &self,
         record: &SkuRecord,
-        last_event: Option<&str>,
+        settled_through: Option<&str>,
     ) -> Result<bool, GateError> {
         Ok(self
-            .load_sale(record, "drained", last_event.unwrap_or(""))
+            .load_sale(record, "drained", settled_through.unwrap_or(""))
             .await?
             == "ok")
     }

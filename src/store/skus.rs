@@ -191,6 +191,29 @@ impl Store {
         self.find_sku(sku).await
     }
 
+    /// The sale and its settlement cursor read in one snapshot: `available` is exactly what
+    /// the events up to that cursor left (the settler moves both in one transaction). `None` for
+    /// an unknown SKU.
+    pub async fn find_sku_at_cursor(
+        &self,
+        sku: &Sku,
+    ) -> Result<Option<(SkuRecord, String)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(record) = Self::fetch_sku(&mut *tx, sku).await? else {
+            return Ok(None);
+        };
+        let cursor: String =
+            sqlx::query_scalar("SELECT last_event_id FROM settlement_cursor WHERE sku = $1")
+                .bind(sku.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Some((record, cursor)))
+    }
+
     pub async fn find_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
         Self::fetch_sku(&self.pool, sku).await
     }
