@@ -7,6 +7,9 @@
 //! stream still ends exactly at that cursor (`lua/load_sale.lua`, guard `drained`). An event
 //! appended since — a release or an expiry racing the resync — is not in `available` yet, so
 //! the load is refused and the loop drains again.
+//!
+//! A resync never leaves the sale paused: on failure or after [`DEADLINE`] the sale goes back to
+//! the state Postgres records. Over HTTP it runs as a background job (see [`start_job`]).
 
 use crate::domain::{
     BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus,
@@ -20,8 +23,10 @@ use crate::store::{Store, StoreError, StoredReservation};
 pub enum ResyncError {
     #[error("no SKU {0}")]
     UnknownSku(Sku),
-    #[error("events kept arriving; the sale is still paused, try again")]
+    #[error("events kept arriving while draining; try again")]
     Busy,
+    #[error("the resync did not finish within {0:?}")]
+    TimedOut(std::time::Duration),
     #[error(transparent)]
     Gate(#[from] GateError),
     #[error(transparent)]
@@ -33,7 +38,7 @@ pub enum ResyncError {
 }
 
 /// What a resync did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ResyncReport {
     pub sku: Sku,
     /// Events the settler applied while draining.
@@ -56,11 +61,37 @@ pub async fn resync(
     settler: &Settler,
     sku: &Sku,
 ) -> Result<ResyncReport, ResyncError> {
-    store
+    let before = store
         .find_sku(sku)
         .await?
         .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
     gate.set_state(sku, SaleState::Paused).await?;
+    let repaired = match tokio::time::timeout(DEADLINE, repair(gate, store, settler, sku)).await {
+        Ok(repaired) => repaired,
+        Err(_) => Err(ResyncError::TimedOut(DEADLINE)),
+    };
+    if let Err(err) = &repaired {
+        // A failed repair must not leave the sale paused: back to the state Postgres records
+        // (a success loads it with the rest of the sale).
+        tracing::warn!(sku = %sku, error = %err, "resync failed; restoring the sale's state");
+        if let Err(restore) = gate.set_state(sku, before.state).await {
+            tracing::error!(sku = %sku, error = %restore,
+                "cannot restore the sale's state after a failed resync; resume it by hand");
+        }
+    }
+    repaired
+}
+
+/// Longest a resync may take before it gives up (and restores the sale's state).
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Drain, restore, fenced load; the sale is paused meanwhile.
+async fn repair(
+    gate: &Gate,
+    store: &Store,
+    settler: &Settler,
+    sku: &Sku,
+) -> Result<ResyncReport, ResyncError> {
     let mut settled_events = 0;
     let mut restored_holds = 0;
     let mut cursor_reset = false;
@@ -127,4 +158,84 @@ fn hold_from_row(sku: &Sku, row: StoredReservation) -> Result<Hold, ValidationEr
         // Postgres does not record the client address: a restored hold counts against none.
         client: None,
     })
+}
+
+/// A resync running in the background, as `POST /v1/admin/skus/{sku}/resync` starts it. Its
+/// state is kept in Redis under the SKU's hash tag for the idempotency TTL, so any gate answers
+/// its status URL.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ResyncJob {
+    pub job: uuid::Uuid,
+    pub sku: Sku,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ResyncReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ResyncJob {
+    fn record(&self) -> Result<String, GateError> {
+        serde_json::to_string(self).map_err(|e| GateError::Protocol(e.to_string()))
+    }
+}
+
+/// Records a new job for `sku` and runs the resync in the background; returns at once.
+pub async fn start_job(
+    gate: Gate,
+    store: Store,
+    settler: Settler,
+    sku: Sku,
+) -> Result<ResyncJob, ResyncError> {
+    store
+        .find_sku(&sku)
+        .await?
+        .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+    let mut job = ResyncJob {
+        job: uuid::Uuid::new_v4(),
+        sku: sku.clone(),
+        status: "running".into(),
+        started_at: chrono::Utc::now(),
+        finished_at: None,
+        report: None,
+        error: None,
+    };
+    gate.put_job(&sku, job.job, &job.record()?).await?;
+    let started = job.clone();
+    tokio::spawn(async move {
+        let outcome = resync(&gate, &store, &settler, &sku).await;
+        job.finished_at = Some(chrono::Utc::now());
+        match outcome {
+            Ok(report) => {
+                job.status = "succeeded".into();
+                job.report = Some(report);
+            }
+            Err(err) => {
+                job.status = "failed".into();
+                job.error = Some(err.to_string());
+            }
+        }
+        let recorded = match job.record() {
+            Ok(record) => gate.put_job(&sku, job.job, &record).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = recorded {
+            tracing::error!(sku = %sku, job = %job.job, error = %err, "cannot record the resync job's end");
+        }
+    });
+    Ok(started)
+}
+
+/// A job's last recorded state, or `None` when unknown (or older than the idempotency TTL).
+pub async fn job(gate: &Gate, sku: &Sku, job: uuid::Uuid) -> Result<Option<ResyncJob>, GateError> {
+    let Some(raw) = gate.job_record(sku, job).await? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&raw)
+        .map(Some)
+        .map_err(|e| GateError::Protocol(format!("resync job {job}: {e}")))
 }

@@ -8,9 +8,25 @@ use super::ValidationError;
 ///
 /// The alphabet is narrow on purpose: the code is embedded in Redis keys inside a `{hash tag}`
 /// and in URLs, so braces, colons, slashes and spaces must never appear in it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Sku(String);
+
+impl From<Sku> for String {
+    fn from(sku: Sku) -> Self {
+        sku.0
+    }
+}
+
+impl TryFrom<String> for Sku {
+    type Error = ValidationError;
+
+    fn try_from(raw: String) -> Result<Self, ValidationError> {
+        Self::parse(&raw)
+    }
+}
 
 impl Sku {
     pub const MAX_LEN: usize = 64;

@@ -103,6 +103,10 @@ impl SkuKeys {
     pub fn buyers(&self) -> String {
         self.key("buyers")
     }
+    /// The state of one background resync job, as JSON.
+    pub fn resync_job(&self, job: uuid::Uuid) -> String {
+        self.key(&format!("resync:{job}"))
+    }
     /// The record of one admin operation on the sale (a restock under an `Idempotency-Key`).
     pub fn admin_operation(&self, key: &IdempotencyKey) -> String {
         self.key(&format!("admin:{key}"))

@@ -312,6 +312,26 @@ impl Gate {
         Ok(changed == 1)
     }
 
+    /// Records a background job's state (JSON), kept for the idempotency TTL.
+    pub async fn put_job(&self, sku: &Sku, job: uuid::Uuid, record: &str) -> Result<(), GateError> {
+        let mut conn = self.connection().await?;
+        let ttl = self.inner.settings.idempotency_ttl.as_secs().max(1);
+        let _: () = conn
+            .set_ex(self.namespace().sku(sku).resync_job(job), record, ttl)
+            .await?;
+        Ok(())
+    }
+
+    /// A background job's last recorded state.
+    pub async fn job_record(
+        &self,
+        sku: &Sku,
+        job: uuid::Uuid,
+    ) -> Result<Option<String>, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(conn.get(self.namespace().sku(sku).resync_job(job)).await?)
+    }
+
     /// Redis `stock` of the SKU, or `None` when the sale is not loaded.
     pub async fn stock(&self, sku: &Sku) -> Result<Option<i64>, GateError> {
         let mut conn = self.connection().await?;

@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/skus/{sku}/pause", post(pause))
         .route("/v1/admin/skus/{sku}/resume", post(resume))
         .route("/v1/admin/skus/{sku}/resync", post(resync))
+        .route("/v1/admin/skus/{sku}/resync/{job}", get(resync_job))
 }
 
 /// `PUT /v1/admin/skus/{sku}` body (DESIGN.md §5).
@@ -166,14 +167,45 @@ async fn set_state(
     Ok(Json(view))
 }
 
-/// Pause, drain the settler, rebuild Redis from Postgres, resume (see `resync`).
+/// Starts a resync job (pause, drain, restore, fenced load, resume; see `resync`) and answers
+/// `202 Accepted` at once with its status URL in `Location`: the repair can take longer than a
+/// request may, and a failed job puts the sale back in its previous state.
 async fn resync(
     State(state): State<AppState>,
     _: Admin,
     AppPath(raw): AppPath<String>,
-) -> Result<Json<crate::resync::ResyncReport>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let sku = sku_param(&raw)?;
-    Ok(Json(
-        crate::resync::resync(&state.gate, &state.store, &state.settler, &sku).await?,
-    ))
+    let job = crate::resync::start_job(
+        state.gate.clone(),
+        state.store.clone(),
+        state.settler.clone(),
+        sku.clone(),
+    )
+    .await?;
+    let location = format!("/v1/admin/skus/{sku}/resync/{}", job.job);
+    let mut body = serde_json::to_value(&job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["status_url"] = location.clone().into();
+    let mut response = (axum::http::StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = axum::http::HeaderValue::from_str(&location) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// A resync job's state: `running`, then `succeeded` with its report or `failed` with its error.
+async fn resync_job(
+    State(state): State<AppState>,
+    _: Admin,
+    AppPath((raw, job)): AppPath<(String, String)>,
+) -> Result<Json<crate::resync::ResyncJob>, ApiError> {
+    let sku = sku_param(&raw)?;
+    let job = uuid::Uuid::parse_str(&job).map_err(|_| ApiError::JobNotFound)?;
+    crate::resync::job(&state.gate, &sku, job)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::JobNotFound)
 }

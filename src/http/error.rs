@@ -40,6 +40,8 @@ pub enum ApiError {
     UnknownSku(String),
     #[error("no such reservation")]
     ReservationNotFound,
+    #[error("no such resync job (jobs are kept for the idempotency TTL)")]
+    JobNotFound,
     /// The hold is not in a state this call can move it from.
     #[error("the reservation is {0}")]
     HoldIs(ReservationStatus),
@@ -88,6 +90,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::UnknownSku(_) => "unknown_sku",
             Self::ReservationNotFound => "reservation_not_found",
+            Self::JobNotFound => "job_not_found",
             Self::HoldIs(status) => status.as_str(),
             Self::Refused(r) => match r {
                 Refusal::IdempotencyKeyReused => "idempotency_key_reused",
@@ -127,7 +130,9 @@ impl ApiError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::UnknownSku(_) | Self::ReservationNotFound => StatusCode::NOT_FOUND,
+            Self::UnknownSku(_) | Self::ReservationNotFound | Self::JobNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::Refused(r) => match r {
                 Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
                 Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -230,6 +235,7 @@ impl From<crate::resync::ResyncError> for ApiError {
         match err {
             ResyncError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
             ResyncError::Busy => Self::Unavailable("the settler"),
+            ResyncError::TimedOut(_) => Self::Unavailable("resync"),
             ResyncError::Gate(e) => e.into(),
             ResyncError::Store(e) => e.into(),
             ResyncError::Settle(e) => e.into(),

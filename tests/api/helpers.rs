@@ -255,6 +255,32 @@ impl TestApp {
             .expect("reserve")
     }
 
+    /// Starts a resync job (`202` + `Location`) and polls its status URL until it ends; the job.
+    pub async fn resync(&self, sku: &str) -> Value {
+        let started = self
+            .client
+            .post(self.url(&format!("/v1/admin/skus/{sku}/resync")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("resync");
+        assert_eq!(started.status(), 202);
+        let location = started.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        let job: Value = started.json().await.expect("json");
+        assert_eq!(job["status_url"], location.as_str());
+        for _ in 0..600 {
+            let job = self.get_json(&location, Some(ADMIN_TOKEN)).await;
+            if job["status"] != "running" {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the resync job never ended");
+    }
+
     /// A settler on this app's Redis namespace and database, settling in small batches.
     pub fn settler(&self) -> Settler {
         Settler::new(self.gate.clone(), self.store.clone(), settler_settings())

@@ -395,16 +395,9 @@ async fn after_redis_loses_everything_resync_restores_the_sale_without_selling_t
 
     app.flush_redis();
 
-    let report: Value = app
-        .client
-        .post(app.url("/v1/admin/skus/sneaker/resync"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("resync")
-        .json()
-        .await
-        .expect("json");
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let report = &job["report"];
     assert_eq!(report["restored_holds"], 3, "{report}");
     assert_eq!(report["stock"], 6);
     assert_eq!(report["cursor_reset"], true);

@@ -416,3 +416,48 @@ async fn resync_racing_releases_leaves_both_stores_agreeing(pool: PgPool) {
     assert_eq!(app.inventory("sneaker").await, (60, 60, 0, 0));
     assert!(app.audit("sneaker").await.ok());
 }
+
+#[sqlx::test]
+async fn a_failed_resync_job_does_not_leave_the_sale_paused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    // A corrupt event: the drain cannot get past it, so the resync fails.
+    let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
+    let mut redis = redis::Client::open(redis_url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: String = redis::cmd("XADD")
+        .arg(keys.events())
+        .arg("*")
+        .arg(&["type", "reserved", "id", "corrupt"])
+        .query_async(&mut redis)
+        .await
+        .expect("XADD");
+
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].is_string() && job["finished_at"].is_string(),
+        "{job}"
+    );
+    assert_eq!(
+        app.get_json("/v1/skus/sneaker", None).await["state"],
+        "open"
+    );
+    assert_eq!(
+        app.reserve("sneaker", "alice", "k", 1).await.status(),
+        201,
+        "not paused"
+    );
+
+    let unknown = app
+        .get(
+            &format!("/v1/admin/skus/sneaker/resync/{}", uuid::Uuid::new_v4()),
+            Some(crate::helpers::ADMIN_TOKEN),
+        )
+        .await;
+    let (status, code, _) = crate::helpers::error_code(unknown).await;
+    assert_eq!((status, code.as_str()), (404, "job_not_found"));
+}
