@@ -158,8 +158,15 @@ impl SoldOutShortcut {
     }
 }
 
+/// How often the subscription is pinged, and how long its answer may take: a connection that
+/// stops answering (a dead network path, no FIN) is dropped and made anew, the shortcut off
+/// meanwhile.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Subscribes to the namespace's `sale-changed` channel and turns shortcuts off as messages
-/// arrive; reconnects with backoff. Ends when the gate is dropped.
+/// arrive; pings the subscription every [`PING_EVERY`]; reconnects with backoff. Ends when the
+/// gate is dropped.
 pub(super) async fn listen(gate: Weak<GateInner>, client: redis::Client, channel: String) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -170,17 +177,32 @@ pub(super) async fn listen(gate: Weak<GateInner>, client: redis::Client, channel
                     inner.shortcut.set_listening(true);
                     drop(inner);
                     backoff = Duration::from_millis(100);
-                    let mut messages = pubsub.into_on_message();
-                    while let Some(message) = messages.next().await {
-                        let Some(inner) = gate.upgrade() else { return };
-                        match message
-                            .get_payload::<String>()
-                            .ok()
-                            .and_then(|raw| Sku::parse(&raw).ok())
-                        {
-                            Some(sku) => inner.shortcut.turn_off(&sku),
-                            // Unreadable: be safe and forget every SKU.
-                            None => inner.shortcut.set_listening(true),
+                    let (mut sink, mut messages) = pubsub.split();
+                    let mut ping = tokio::time::interval(PING_EVERY);
+                    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => {
+                                let Some(message) = message else { break };
+                                let Some(inner) = gate.upgrade() else { return };
+                                match message
+                                    .get_payload::<String>()
+                                    .ok()
+                                    .and_then(|raw| Sku::parse(&raw).ok())
+                                {
+                                    Some(sku) => inner.shortcut.turn_off(&sku),
+                                    // Unreadable: be safe and forget every SKU.
+                                    None => inner.shortcut.set_listening(true),
+                                }
+                            }
+                            _ = ping.tick() => {
+                                let answered =
+                                    tokio::time::timeout(PING_DEADLINE, sink.ping::<redis::Value>()).await;
+                                if !matches!(answered, Ok(Ok(_))) {
+                                    tracing::warn!("sale-changed subscription does not answer its ping");
+                                    break;
+                                }
+                            }
                         }
                     }
                 }

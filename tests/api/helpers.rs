@@ -1,6 +1,7 @@
 //! `spawn_app()` and friends: a real server on 127.0.0.1:0 per test.
 
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use flashgate::auth::{AdminToken, BuyerTokens};
 use flashgate::domain::{BuyerId, Sku};
@@ -24,6 +25,57 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A private `redis-server` with the given extra arguments, stopped on drop; `None` where the
+/// binary is not installed (scripts/services.sh installs it with the other services).
+pub struct PrivateRedis {
+    child: Child,
+    pub url: String,
+}
+
+impl PrivateRedis {
+    pub fn start(args: &[&str]) -> Option<Self> {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let started = Instant::now();
+        while client.get_connection().is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { child, url })
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The test Redis as a socket address, for a proxy in front of it.

@@ -5,17 +5,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, redis_url};
+use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, PrivateRedis, free_port, redis_url};
 
 fn flashgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// `serve` with the given secrets against stores that need not exist: it must refuse before
@@ -166,49 +159,6 @@ async fn a_second_sigterm_exits_at_once(pool: PgPool) {
     let (code, took) = served.exit(Duration::from_secs(5)).await;
     assert_eq!(code, Some(130));
     assert!(took < Duration::from_secs(5));
-}
-
-/// A private `redis-server` with the given extra arguments, stopped on drop; `None` where the
-/// binary is not installed (scripts/services.sh installs it with the other services).
-struct PrivateRedis {
-    child: Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start(args: &[&str]) -> Option<Self> {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .ok()?;
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).ok()?;
-        let started = Instant::now();
-        while client.get_connection().is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Self { child, url })
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -227,3 +227,59 @@ async fn a_release_through_this_gate_switches_its_own_shortcut_off_at_once(pool:
     // No wait for the pub/sub message: the very next buyer reaches Redis and gets the unit.
     assert_eq!(app.reserve("hot", "next", "k", 1).await.status(), 201);
 }
+
+#[sqlx::test]
+async fn a_killed_subscription_turns_the_shortcut_off_until_it_is_back(pool: PgPool) {
+    // A Redis of this test's own: CLIENT KILL TYPE pubsub must not touch other tests' listeners.
+    let redis = crate::helpers::PrivateRedis::start(&[])
+        .expect("redis-server is not installed: run the suite through scripts/test.sh");
+    let options = AppOptions {
+        redis_url: redis.url.clone(),
+        ..counting_attempts()
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("hot", &sale_body(1, 1)).await;
+    assert_eq!(app.reserve("hot", "alice", "k", 1).await.status(), 201);
+    let mut direct = redis::Client::open(redis.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys = app.namespace.sku(&Sku::parse("hot").expect("sku"));
+    // New buyers until one is refused without reaching Redis (no rate-limit key): the shortcut
+    // is on before the subscription is killed.
+    let mut shortcut_on = false;
+    for n in 0..100 {
+        let buyer = format!("early-{n}");
+        let (_, code, _) = error_code(app.reserve("hot", &buyer, "k", 1).await).await;
+        assert_eq!(code, "sold_out");
+        let reached: bool = redis::cmd("EXISTS")
+            .arg(keys.rate_limit(&BuyerId::parse(&buyer).expect("buyer")))
+            .query_async(&mut direct)
+            .await
+            .expect("EXISTS");
+        if !reached {
+            shortcut_on = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shortcut_on, "the shortcut never turned on");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut direct)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "the gate's subscription was killed");
+    // A unit comes back while the listener is down: its message cannot reach the gate.
+    let _: () = redis::cmd("SET")
+        .arg(keys.stock())
+        .arg(1)
+        .query_async(&mut direct)
+        .await
+        .expect("SET");
+
+    // Well inside the entry's 1 s age: only the lost subscription can have turned it off.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.reserve("hot", "after-kill", "k", 1).await.status(), 201);
+}
