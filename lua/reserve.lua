@@ -27,6 +27,7 @@
 --   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
 --   7 rate-limit burst   8 idempotency key   9 sku
 --  10 client address ('' = unknown)          11 live holds per client (0 = no limit)
+--  12 '1' when the caller WAITs for a replica (FLASHGATE_DURABILITY=replica)
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
@@ -46,6 +47,11 @@ local stored = redis.call('HMGET', KEYS[4], 'fp', 'id', 'q', 'price', 'cur', 'cr
 if stored[1] then
   if stored[1] ~= ARGV[4] then
     return {'refused', 'idempotency_key_reused', '0'}
+  end
+  if ARGV[12] == '1' then
+    -- A write, so that the caller's WAIT also covers the original decision, which another
+    -- connection may have sent: replication is in order, and this lands after it.
+    redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
   end
   return {'replayed', stored[2], stored[3], stored[4], stored[5], stored[6], stored[7], stored[8]}
 end

@@ -8,7 +8,14 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::domain::ValidationError;
-use crate::gate::{BreakerSettings, BuyerRate, GateSettings, Namespace, RedisSettings};
+use crate::gate::{BreakerSettings, BuyerRate, Durability, GateSettings, Namespace, RedisSettings};
+
+/// `FLASHGATE_DURABILITY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityMode {
+    Master,
+    Replica,
+}
 use crate::http::{
     AdmissionSettings, ClientAddrPolicy, ForwardedHeader, ServerSettings, TrustedProxies,
 };
@@ -91,6 +98,13 @@ pub struct RedisConfig {
     /// the reserve script; 0 turns the limit off. Against one client scalping with many buyer ids.
     #[arg(long, env = "FLASHGATE_HOLDS_PER_CLIENT", default_value_t = 0)]
     pub holds_per_client: u32,
+    /// `master`: answer a hold as soon as Redis decided it. `replica`: only once `WAIT`
+    /// confirms a replica has it (else 503 `not_replicated`; the retry replays it).
+    #[arg(long, env = "FLASHGATE_DURABILITY", value_enum, default_value_t = DurabilityMode::Master)]
+    pub durability: DurabilityMode,
+    /// How long `WAIT` may take in `replica` mode, in ms.
+    #[arg(long, env = "FLASHGATE_DURABILITY_TIMEOUT_MS", default_value_t = 200)]
+    pub durability_timeout_ms: u64,
     /// Consecutive failed Redis calls that open the circuit breaker; 0 turns it off.
     #[arg(long, env = "FLASHGATE_REDIS_BREAKER_FAILURES", default_value_t = 5)]
     pub redis_breaker_failures: u32,
@@ -136,6 +150,12 @@ impl RedisConfig {
             buyer_rate,
             sold_out_shortcut: self.sold_out_shortcut,
             holds_per_client: self.holds_per_client,
+            durability: match self.durability {
+                DurabilityMode::Master => Durability::Master,
+                DurabilityMode::Replica => Durability::Replica {
+                    timeout: Duration::from_millis(self.durability_timeout_ms.max(1)),
+                },
+            },
         })
     }
 }

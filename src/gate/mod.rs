@@ -55,6 +55,10 @@ pub enum GateError {
     /// `prewarm` would overwrite a sale that is already live in Redis.
     #[error("sale {0} is already live in redis; force it to overwrite the live stock")]
     SaleLive(Sku),
+    /// `FLASHGATE_DURABILITY=replica`: no replica confirmed the decision in time. The hold
+    /// exists on the master; a retry with the same key replays it once a replica has it.
+    #[error("no replica confirmed the decision in time")]
+    NotReplicated,
 }
 
 impl From<redis::RedisError> for GateError {
@@ -95,6 +99,19 @@ pub struct GateSettings {
     pub sold_out_shortcut: bool,
     /// Most live holds one client address may have on one SKU; 0 for no limit.
     pub holds_per_client: u32,
+    /// Whether a hold is answered only once a replica has it.
+    pub durability: Durability,
+}
+
+/// When a reservation is answered `201` (`FLASHGATE_DURABILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// As soon as the master decided it (a failover may lose the last decisions).
+    #[default]
+    Master,
+    /// Only after `WAIT` confirms at least one replica has it, within `timeout`; else 503 and
+    /// the retry replays the stored answer.
+    Replica { timeout: Duration },
 }
 
 /// A GCRA quota: `per_second` requests a second on average, bursts of up to `burst`.

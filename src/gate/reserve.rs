@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
-use super::{BuyerRate, Gate, GateError, Hold, millis, optional_millis};
+use super::{BuyerRate, Durability, Gate, GateError, Hold, millis, optional_millis};
 use crate::domain::{
     BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus, Sku,
 };
@@ -166,9 +166,30 @@ impl Gate {
             .arg(req.sku.as_str())
             .arg(client)
             .arg(self.inner.settings.holds_per_client)
+            .arg(u8::from(
+                self.inner.settings.durability != Durability::Master,
+            ))
             .invoke_async(&mut conn)
             .await?;
         let outcome = parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)?;
+        if let Durability::Replica { timeout } = self.inner.settings.durability
+            && matches!(
+                outcome,
+                ReserveOutcome::Created(_) | ReserveOutcome::Replayed(_)
+            )
+        {
+            // WAIT covers every write this connection sent before it, the decision included
+            // (a replay wrote too, see reserve.lua), so 1 means a replica has the hold.
+            let replicas: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(timeout.as_millis().max(1) as u64)
+                .query_async(&mut conn)
+                .await?;
+            if replicas < 1 {
+                metrics::counter!("flashgate_not_replicated_total").increment(1);
+                return Err(GateError::NotReplicated);
+            }
+        }
         if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
             && self.inner.shortcut.enabled()
             && !self.inner.shortcut.is_on(req.sku)

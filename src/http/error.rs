@@ -59,6 +59,8 @@ pub enum ApiError {
     StockBelowCommitted { requested: u32, committed: i64 },
     #[error("{0} is unavailable, retry shortly")]
     Unavailable(&'static str),
+    #[error("no replica confirmed the hold in time; retry with the same Idempotency-Key")]
+    NotReplicated,
     #[error("the gate is at capacity for new buyers, retry shortly")]
     Overloaded,
     #[error("the request took too long and was abandoned, retry shortly")]
@@ -106,6 +108,7 @@ impl ApiError {
             Self::SaleLive(_) => "sale_live",
             Self::StockBelowCommitted { .. } => "stock_below_committed",
             Self::Unavailable(_) => "service_unavailable",
+            Self::NotReplicated => "not_replicated",
             Self::Overloaded => "overloaded",
             Self::RequestTimeout => "request_timeout",
             Self::RouteNotFound => "not_found",
@@ -147,9 +150,10 @@ impl ApiError {
             Self::SaleLive(_) | Self::StockBelowCommitted { .. } | Self::HoldIs(_) => {
                 StatusCode::CONFLICT
             }
-            Self::Unavailable(_) | Self::Overloaded | Self::RequestTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::Overloaded
+            | Self::RequestTimeout
+            | Self::NotReplicated => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +167,7 @@ impl From<GateError> for ApiError {
                 Self::Unavailable("redis")
             }
             GateError::SaleLive(sku) => Self::SaleLive(sku),
+            GateError::NotReplicated => Self::NotReplicated,
             GateError::Protocol(_) => Self::Internal(err.to_string()),
         }
     }
@@ -288,7 +293,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(%detail, "internal error");
             }
             match &self {
-                Self::Unavailable(_) | Self::Overloaded | Self::RequestTimeout => self.to_string(),
+                Self::Unavailable(_)
+                | Self::Overloaded
+                | Self::RequestTimeout
+                | Self::NotReplicated => self.to_string(),
                 _ => "internal error".to_owned(),
             }
         } else {
@@ -335,7 +343,10 @@ impl IntoResponse for ApiError {
                 );
                 rate_limit_headers(&mut headers, "client", *retry_after, *burst, *window);
             }
-            Self::Unavailable(_) | Self::Overloaded | Self::RequestTimeout => {
+            Self::Unavailable(_)
+            | Self::Overloaded
+            | Self::RequestTimeout
+            | Self::NotReplicated => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 body.insert("retry_after_seconds".into(), json!(1));
             }

@@ -104,6 +104,7 @@ pub struct AppOptions {
     pub server: ServerSettings,
     pub holds_per_client: u32,
     pub request_timeout: Duration,
+    pub durability: flashgate::gate::Durability,
 }
 
 impl Default for AppOptions {
@@ -124,6 +125,7 @@ impl Default for AppOptions {
             },
             server: ServerSettings::default(),
             holds_per_client: 0,
+            durability: Default::default(),
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -162,6 +164,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             buyer_rate: options.buyer_rate,
             sold_out_shortcut: true,
             holds_per_client: options.holds_per_client,
+            durability: options.durability,
         },
     )
     .expect("gate");

@@ -461,3 +461,72 @@ async fn a_failed_resync_job_does_not_leave_the_sale_paused(pool: PgPool) {
     let (status, code, _) = crate::helpers::error_code(unknown).await;
     assert_eq!((status, code.as_str()), (404, "job_not_found"));
 }
+
+/// Waits until `master` reports `replicas` replicas online.
+async fn replicas_online(master: &str, replicas: usize) {
+    let client = redis::Client::open(master).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for _ in 0..200 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        if info.matches("state=online").count() == replicas {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("replicas never came online");
+}
+
+#[sqlx::test]
+async fn with_replica_durability_a_hold_is_answered_only_once_a_replica_has_it(pool: PgPool) {
+    use crate::helpers::{AppOptions, PrivateRedis, error_code, spawn_app_with};
+    let master = PrivateRedis::start(&[]).expect("redis-server");
+    let port = master.url.rsplit(':').next().expect("port").to_owned();
+    let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &port]).expect("replica");
+    replicas_online(&master.url, 1).await;
+    let options = AppOptions {
+        redis_url: master.url.clone(),
+        durability: flashgate::gate::Durability::Replica {
+            timeout: Duration::from_millis(300),
+        },
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    assert_eq!(app.reserve("sneaker", "alice", "k1", 1).await.status(), 201);
+
+    drop(replica);
+    replicas_online(&master.url, 0).await;
+    let unconfirmed = app.reserve("sneaker", "alice", "k2", 1).await;
+    assert_eq!(unconfirmed.headers()["retry-after"], "1");
+    let (status, code, _) = error_code(unconfirmed).await;
+    assert_eq!((status, code.as_str()), (503, "not_replicated"));
+
+    // A replica again: the retry replays the hold the master kept, now confirmed.
+    let _replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &port]).expect("replica");
+    replicas_online(&master.url, 1).await;
+    let replayed = app.reserve("sneaker", "alice", "k2", 1).await;
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    let mut conn = redis::Client::open(master.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let stock: i64 = redis::cmd("GET")
+        .arg(
+            app.namespace
+                .sku(&Sku::parse("sneaker").expect("sku"))
+                .stock(),
+        )
+        .query_async(&mut conn)
+        .await
+        .expect("stock");
+    assert_eq!(stock, 8, "two holds, each taken once");
+}
