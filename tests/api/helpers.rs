@@ -396,6 +396,26 @@ impl TestApp {
             .expect(action)
     }
 
+    /// A connection to the test Redis, for reading or breaking what the gate wrote.
+    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
+        self.redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+
+    /// Appends an event the settler cannot parse to the SKU's stream: a SKU that cannot settle.
+    pub async fn corrupt_stream(&self, sku: &str) {
+        let events = self.namespace.sku(&Sku::parse(sku).expect("sku")).events();
+        let _: String = redis::cmd("XADD")
+            .arg(events)
+            .arg("*")
+            .arg(&["type", "reserved", "id", "not-a-reservation-id"])
+            .query_async(&mut self.redis_connection().await)
+            .await
+            .expect("XADD a corrupt event");
+    }
+
     /// Deletes every key of this test's namespace, as a Redis that lost its data would.
     pub fn flush_redis(&self) {
         let mut conn = self.redis.get_connection().expect("redis");

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{redis_url, sale_body, spawn_app};
+use crate::helpers::{sale_body, spawn_app};
 
 #[sqlx::test]
 async fn a_poison_sku_does_not_stop_the_settler_for_the_others(pool: PgPool) {
@@ -17,19 +17,7 @@ async fn a_poison_sku_does_not_stop_the_settler_for_the_others(pool: PgPool) {
     // "a-poison" sorts before "b-fine": the settler meets it first on every pass.
     app.open_sale("a-poison", &sale_body(10, 1)).await;
     app.open_sale("b-fine", &sale_body(10, 1)).await;
-    let poison = app.namespace.sku(&Sku::parse("a-poison").expect("sku"));
-    let mut redis = redis::Client::open(redis_url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: String = redis::cmd("XADD")
-        .arg(poison.events())
-        .arg("*")
-        .arg(&["type", "reserved", "id", "not-a-reservation-id"])
-        .query_async(&mut redis)
-        .await
-        .expect("XADD a corrupt event");
+    app.corrupt_stream("a-poison").await;
     let held: Value = app
         .reserve("b-fine", "alice", "k", 1)
         .await
@@ -114,11 +102,7 @@ async fn terminal_holds_and_the_buyers_set_expire_with_the_idempotency_ttl(pool:
     let app = spawn_app(pool).await; // idempotency ttl: one hour
     app.open_sale("sneaker", &sale_body(10, 2)).await;
     let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
-    let mut redis = redis::Client::open(redis_url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut redis = app.redis_connection().await;
     let mut ttl = async |key: String| -> i64 {
         redis::cmd("TTL")
             .arg(key)
@@ -422,19 +406,7 @@ async fn a_failed_resync_job_does_not_leave_the_sale_paused(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.open_sale("sneaker", &sale_body(10, 1)).await;
     // A corrupt event: the drain cannot get past it, so the resync fails.
-    let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
-    let mut redis = redis::Client::open(redis_url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: String = redis::cmd("XADD")
-        .arg(keys.events())
-        .arg("*")
-        .arg(&["type", "reserved", "id", "corrupt"])
-        .query_async(&mut redis)
-        .await
-        .expect("XADD");
+    app.corrupt_stream("sneaker").await;
 
     let job = app.resync("sneaker").await;
     assert_eq!(job["status"], "failed", "{job}");
