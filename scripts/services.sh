@@ -3,8 +3,12 @@
 # `flashgate_services`: it exports REDIS_URL and FLASHGATE_PG_SERVER (a Postgres URL without a
 # database name) and sets DATABASE_URL when the caller had none.
 #
+# A REDIS_URL or DATABASE_URL the caller set is never changed: its server is checked (for
+# Postgres only the server, since the database may not exist yet: `flashgate migrate` creates
+# it), and if it does not answer the function fails and says so.
+#
 # Where it looks, in order:
-#   1. REDIS_URL / DATABASE_URL, if set and reachable;
+#   1. REDIS_URL / DATABASE_URL, when set (and nothing else for that service);
 #   2. the default local ports (127.0.0.1:6379, 127.0.0.1:5432 as user postgres);
 #   3. `docker compose` (redis and postgres services of docker-compose.yml) if a Docker engine
 #      answers;
@@ -48,6 +52,12 @@ _fg_pg_ok() {
     local hp; read -r -a hp <<<"$(_fg_host_port "$url" 5432)"
     timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1' "${hp[0]}" "${hp[1]}" 2>/dev/null
   fi
+}
+
+# Whether the server of a Postgres URL accepts connections (its database may not exist yet).
+_fg_pg_server_ok() {
+  local hp; read -r -a hp <<<"$(_fg_host_port "$1" 5432)"
+  timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1' "${hp[0]}" "${hp[1]}" 2>/dev/null
 }
 
 _fg_wait() { # _fg_wait <what> <check-fn> <url>
@@ -122,8 +132,14 @@ _fg_docker_up() {
 flashgate_services() {
   local redis="" pg=""
   if [ "${FLASHGATE_PRIVATE_SERVICES:-0}" != 1 ]; then
-    if [ -n "${REDIS_URL:-}" ] && _fg_redis_ok "$REDIS_URL"; then redis=$REDIS_URL; fi
-    if [ -n "${DATABASE_URL:-}" ] && _fg_pg_ok "$DATABASE_URL"; then pg=keep; fi
+    if [ -n "${REDIS_URL:-}" ]; then
+      _fg_redis_ok "$REDIS_URL" || { _fg_log "REDIS_URL is set but Redis does not answer there; unset it to let this script find or start one"; return 1; }
+      redis=$REDIS_URL
+    fi
+    if [ -n "${DATABASE_URL:-}" ]; then
+      _fg_pg_server_ok "$DATABASE_URL" || { _fg_log "DATABASE_URL is set but its Postgres server does not answer; unset it to let this script find or start one"; return 1; }
+      pg=keep
+    fi
     [ -z "$redis" ] && _fg_redis_ok "redis://127.0.0.1:6379" && redis="redis://127.0.0.1:6379"
     [ -z "$pg" ] && _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres" && pg="postgres://postgres@127.0.0.1:5432"
     if { [ -z "$redis" ] || [ -z "$pg" ]; } && _fg_docker_up; then

@@ -201,3 +201,47 @@ fn serve_refuses_a_redis_that_may_evict_keys() {
     );
     assert!(serve("true").is_none(), "allowed: it keeps running");
 }
+
+#[test]
+fn services_sh_keeps_a_database_url_whose_database_does_not_exist_yet() {
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    let url = format!(
+        "{server}/flashgate_not_yet_{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/services.sh && flashgate_services && printf '%s' \"$DATABASE_URL\"")
+        .env("DATABASE_URL", &url)
+        .env("REDIS_URL", redis_url())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        url,
+        "the caller's URL, unchanged"
+    );
+
+    let dead = Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/services.sh && flashgate_services")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("REDIS_URL", redis_url())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash");
+    assert!(
+        !dead.status.success(),
+        "a dead server is reported, not replaced"
+    );
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("DATABASE_URL is set"));
+}
