@@ -22,26 +22,11 @@ pub enum SaleError {
     StockBelowCommitted { requested: u32, committed: i64 },
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// Includes the store's own `StockBelowCommitted` for a sale not live in Redis.
     #[error(transparent)]
-    Store(StoreError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Settle(#[from] SettleError),
-}
-
-impl From<StoreError> for SaleError {
-    /// The store's "below committed" refusal means the same as the gate's.
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::StockBelowCommitted {
-                requested,
-                committed,
-            } => Self::StockBelowCommitted {
-                requested,
-                committed,
-            },
-            other => Self::Store(other),
-        }
-    }
 }
 
 /// A sale as the caller sees it after a change: its Postgres record, and whether it is live in
@@ -130,11 +115,10 @@ impl Sales<'_> {
             }
             Adjusted::Done { event, .. } => self.settled_view(sku, true, event).await,
             Adjusted::Replayed { .. } => self.settled_view(sku, true, None).await,
-            // Adding units cannot take stock below zero.
-            Adjusted::BelowHeld { total, stock } => Err(SaleError::StockBelowCommitted {
-                requested: u32::try_from(total).unwrap_or(0),
-                committed: total - stock,
-            }),
+            // Adding units cannot take stock below zero: the script broke its contract.
+            Adjusted::BelowHeld { .. } => Err(SaleError::Gate(GateError::Protocol(
+                "adjust_sale.lua refused an addition".into(),
+            ))),
         }
     }
 

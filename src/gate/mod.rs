@@ -24,7 +24,8 @@ mod sale;
 mod scripts;
 mod shortcut;
 
-pub use breaker::{BreakerSettings, GuardedConnection};
+pub use breaker::BreakerSettings;
+use breaker::GuardedConnection;
 pub use events::{Event, EventId, EventKind, NewHold, event_time};
 pub use holds::{Hold, HoldSummary, RejectedHold, Transition, TransitionOutcome};
 pub use keys::{Namespace, SkuKeys};

@@ -92,10 +92,6 @@ impl Readiness {
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Relaxed);
     }
-
-    pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Relaxed)
-    }
 }
 
 /// The API's OpenAPI 3.1 document (`openapi.json` at the repository root).

@@ -202,6 +202,20 @@ fn serve_refuses_a_redis_that_may_evict_keys() {
     assert!(serve("true").is_none(), "allowed: it keeps running");
 }
 
+/// Sources scripts/services.sh and calls `flashgate_services` with this `DATABASE_URL`; the
+/// process's output, stdout being the `DATABASE_URL` it left.
+fn services_sh(database_url: &str) -> std::process::Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/services.sh && flashgate_services && printf '%s' \"$DATABASE_URL\"")
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", redis_url())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash")
+}
+
 #[test]
 fn services_sh_keeps_a_database_url_whose_database_does_not_exist_yet() {
     let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
@@ -210,15 +224,7 @@ fn services_sh_keeps_a_database_url_whose_database_does_not_exist_yet() {
         "{server}/flashgate_not_yet_{}",
         uuid::Uuid::new_v4().simple()
     );
-    let output = Command::new("bash")
-        .arg("-c")
-        .arg("source scripts/services.sh && flashgate_services && printf '%s' \"$DATABASE_URL\"")
-        .env("DATABASE_URL", &url)
-        .env("REDIS_URL", redis_url())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("bash");
+    let output = services_sh(&url);
     assert!(
         output.status.success(),
         "{}",
@@ -230,15 +236,7 @@ fn services_sh_keeps_a_database_url_whose_database_does_not_exist_yet() {
         "the caller's URL, unchanged"
     );
 
-    let dead = Command::new("bash")
-        .arg("-c")
-        .arg("source scripts/services.sh && flashgate_services")
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
-        .env("REDIS_URL", redis_url())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("bash");
+    let dead = services_sh("postgres://postgres@127.0.0.1:1/none");
     assert!(
         !dead.status.success(),
         "a dead server is reported, not replaced"
