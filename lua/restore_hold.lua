@@ -1,17 +1,37 @@
--- restore_hold.lua — put back a hold Redis lost, from its Postgres record (resync).
+-- restore_hold.lua — make Redis follow a hold's Postgres record (resync).
 --
--- Only a hold Redis no longer has is restored, so a hold Redis still knows is never changed and
--- the script may run any number of times. A restored held or committed hold counts against its
--- buyer's limit again, and its idempotency record comes back so that a retry replays it instead
--- of taking a second hold. The check runs before the first write.
+-- A hold Redis lost is put back. A hold Redis still has is left alone, unless Redis says 'held'
+-- while Postgres already has it terminal (Redis lost the transition, e.g. a failover to a replica
+-- that lagged): then Redis follows Postgres, as transition.lua would have moved it, except for
+-- stock, which resync loads from Postgres afterwards. The script may run any number of times.
+-- A restored held or committed hold counts against its buyer's limit again, and its idempotency
+-- record comes back so that a retry replays it instead of taking a second hold. The checks run
+-- before the first write.
 --
--- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 buyers (set)
+-- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 buyers (set),
+--       6 the live-hold counter of the client recorded in the hold (any key of the SKU if none)
 -- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
 --       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s
--- Returns: 1 when restored, 0 when Redis already had the hold
+-- Returns: 'restored', 'followed' (a held hold moved to the Postgres status) or 'kept'
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+local status, client = unpack(redis.call('HMGET', KEYS[1], 'status', 'client'))
+if status then
+  if status ~= 'held' or ARGV[9] == 'held' then
+    return 'kept'
+  end
+  redis.call('HSET', KEYS[1], 'status', ARGV[9])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[12]))
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  if client then
+    if redis.call('DECR', KEYS[6]) <= 0 then redis.call('DEL', KEYS[6]) end
+  end
+  if ARGV[9] ~= 'committed' then
+    if redis.call('DECRBY', KEYS[2], ARGV[4]) <= 0 then redis.call('DEL', KEYS[2]) end
+  end
+  if redis.call('HGET', KEYS[3], 'id') == ARGV[1] then
+    redis.call('HSET', KEYS[3], 'status', ARGV[9])
+  end
+  return 'followed'
 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q', ARGV[4],
   'price', ARGV[5], 'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9],
@@ -32,4 +52,4 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9])
   redis.call('EXPIRE', KEYS[3], ARGV[12])
 end
-return 1
+return 'restored'

@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::{ReservationStatus, Sku};
-use crate::gate::{Gate, GateError, event_time};
+use crate::gate::{Gate, GateError, StreamRead, event_time};
 use crate::store::{Store, StoreError};
 
 /// How late a hold may be for the expiry sweeper before invariant 6 calls it overdue.
@@ -163,7 +163,13 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
     let overdue_redis = gate
         .overdue_holds(sku, Utc::now().timestamp_millis() - EXPIRY_GRACE_MS)
         .await?;
-    let drained = backlog == 0 && ledger.outbox == 0;
+    // A stream that no longer holds the cursor's entry was lost or replaced: events may be
+    // missing, so nothing can be called drained until a resync fences it.
+    let stream_intact = !matches!(
+        gate.events_after(sku, &ledger.cursor, 1).await?,
+        StreamRead::Broken
+    );
+    let drained = stream_intact && backlog == 0 && ledger.outbox == 0;
 
     // 1. Stock never negative, always balanced, and equal to the reservations it stands for.
     let mut problems = Vec::new();
@@ -291,6 +297,18 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
     const STOCK_MATCHES: &str = "once drained, redis stock equals postgres available";
     checks.push(match redis_stock {
         _ if !drained => pending(5, STOCK_MATCHES, backlog),
+        // Postgres has settled this SKU's decisions, so Redis had it loaded: it lost the sale,
+        // or this is not the namespace the gate uses.
+        None if ledger.cursor != "0-0" => check(
+            5,
+            STOCK_MATCHES,
+            vec![format!(
+                "postgres has settled events up to {} but redis has no sale under namespace {:?} \
+                 (wrong FLASHGATE_REDIS_NAMESPACE, or redis lost the sale: `flashgate prewarm --resync`)",
+                ledger.cursor,
+                gate.namespace().as_str()
+            )],
+        ),
         None => Check {
             invariant: 5,
             name: STOCK_MATCHES,
@@ -327,7 +345,18 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
     // 7. Every hold a buyer was told about is in Postgres once settled, or was reported lost.
     const ALL_RECORDED: &str =
         "every hold told to a buyer is in postgres once settled, or reported lost";
-    checks.push(if drained {
+    checks.push(if !stream_intact {
+        check(
+            7,
+            ALL_RECORDED,
+            vec![format!(
+                "the event stream no longer holds the settlement cursor {}: redis lost or \
+                 replaced it, so decisions may be missing from postgres (`flashgate prewarm --resync` \
+                 records them again from the holds)",
+                ledger.cursor
+            )],
+        )
+    } else if drained {
         let ids: Vec<Uuid> = holds.iter().map(|h| h.id.as_uuid()).collect();
         let recorded: HashSet<Uuid> =
             sqlx::query_scalar("SELECT id FROM reservations WHERE id = ANY($1)")

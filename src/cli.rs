@@ -293,15 +293,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 for sku in &skus {
                     let report = crate::resync::resync(&gate, &store, &settler, sku).await?;
                     println!(
-                        "{}: resynced, {} events settled, {} holds restored, stock {}{}, {}",
+                        "{}: resynced, {} events settled, {} holds restored, {} followed postgres, \
+                         {} recorded again from redis, stock {}{}, {}",
                         report.sku,
                         report.settled_events,
                         report.restored_holds,
+                        report.followed_holds,
+                        report.rerecorded_holds,
                         report.stock,
-                        if report.cursor_reset {
-                            ", cursor restarted"
+                        if report.stream_fenced {
+                            format!(
+                                ", stream recreated from the cursor ({} entries below it dropped)",
+                                report.dropped_events
+                            )
                         } else {
-                            ""
+                            String::new()
                         },
                         report.state.as_str()
                     );

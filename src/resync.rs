@@ -1,21 +1,35 @@
-//! Resync: the repair after Redis lost data or drifted (DESIGN.md §1, §3).
+//! Resync: the repair after Redis lost data, drifted or failed over (DESIGN.md §1, §3).
 //!
-//! Pause the sale in Redis, drain the settler so Postgres has every decision Redis still holds,
-//! put back the holds Redis lost (with their buyers' counts and idempotency records), then set
-//! Redis stock from Postgres `available` and resume. The last step is fenced: `available` is
-//! read together with the settlement cursor in one snapshot, and Redis is loaded only if its
-//! stream still ends exactly at that cursor (`lua/load_sale.lua`, guard `drained`). An event
-//! appended since — a release or an expiry racing the resync — is not in `available` yet, so
-//! the load is refused and the loop drains again.
+//! The sale is paused in Redis, then both stores are brought to agree, in this order:
+//!
+//! 1. **Drain** the settler, so Postgres has every decision the stream still holds. A stream
+//!    that no longer continues from the settlement cursor (lost, or replaced by a replica that
+//!    lagged, whose new entries may sort below the cursor) is first **fenced**
+//!    (`lua/fence_stream.lua`): recreated from the cursor, so no entry is ever skipped again.
+//! 2. **Redis → Postgres.** A hold Redis decided but Postgres lacks (its events were lost with
+//!    the stream), or that Redis moved out of `held` while Postgres still has it held, is
+//!    recorded again from the hold itself (`lua/rerecord_hold.lua`) and drained: the settler
+//!    applies it like any event, so a hold that no longer fits Postgres stock is rejected and
+//!    written back through the outbox.
+//! 3. **Postgres → Redis.** A hold Redis lost is put back (with its buyer's count and its
+//!    idempotency record); a hold Redis still has `held` but Postgres has terminal follows
+//!    Postgres (`lua/restore_hold.lua`).
+//! 4. **Fenced load**: Redis stock from Postgres `available`, read together with the settlement
+//!    cursor in one snapshot, loaded only if the stream still ends exactly at that cursor
+//!    (`lua/load_sale.lua`, guard `drained`). An event appended since — a release or an expiry
+//!    racing the resync — is not in `available` yet, so the load is refused and the loop runs
+//!    again.
 //!
 //! A resync never leaves the sale paused: on failure or after [`DEADLINE`] the sale goes back to
 //! the state Postgres records. Over HTTP it runs as a background job (see [`start_job`]).
+
+use std::collections::HashMap;
 
 use crate::domain::{
     BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus,
     SaleState, Sku, ValidationError,
 };
-use crate::gate::{Gate, GateError, Hold};
+use crate::gate::{Fence, Gate, GateError, Hold, Restored};
 use crate::settler::{SettleError, Settler};
 use crate::store::{Store, StoreError, StoredReservation};
 
@@ -45,10 +59,16 @@ pub struct ResyncReport {
     pub settled_events: usize,
     /// Holds Redis had lost and got back from Postgres.
     pub restored_holds: usize,
+    /// Holds Redis had `held` that followed Postgres to a terminal status.
+    pub followed_holds: usize,
+    /// Holds only Redis knew about (or knew further along), recorded again for the settler.
+    pub rerecorded_holds: usize,
+    /// Whether the stream had to be recreated from the settlement cursor (it was lost or
+    /// replaced), and how many of its entries sorted below the cursor and were dropped.
+    pub stream_fenced: bool,
+    pub dropped_events: usize,
     /// Redis stock after the resync (Postgres `available`).
     pub stock: i64,
-    /// Whether the settlement cursor was started over because the stream was gone.
-    pub cursor_reset: bool,
     /// The sale's state after the resync (from Postgres).
     pub state: SaleState,
 }
@@ -85,43 +105,99 @@ pub async fn resync(
 /// Longest a resync may take before it gives up (and restores the sale's state).
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Drain, restore, fenced load; the sale is paused meanwhile.
+/// Steps 1 to 4 of the module doc; the sale is paused meanwhile.
 async fn repair(
     gate: &Gate,
     store: &Store,
     settler: &Settler,
     sku: &Sku,
 ) -> Result<ResyncReport, ResyncError> {
-    let mut settled_events = 0;
-    let mut restored_holds = 0;
-    let mut cursor_reset = false;
+    let mut report = ResyncReport {
+        sku: sku.clone(),
+        settled_events: 0,
+        restored_holds: 0,
+        followed_holds: 0,
+        rerecorded_holds: 0,
+        stream_fenced: false,
+        dropped_events: 0,
+        stock: 0,
+        // Until the load below: the sale is paused for the resync.
+        state: SaleState::Paused,
+    };
     for _ in 0..ATTEMPTS {
-        settled_events += settler.drain(sku).await?;
-        let last_event = gate.last_event_id(sku).await?;
-        if last_event.is_none() {
-            // Redis lost the stream; anything it writes from now on must be read from the start.
-            store.reset_cursor(sku).await?;
-            settler.forget_progress(sku);
-            cursor_reset = true;
+        drain_fenced(gate, settler, sku, &mut report).await?;
+        let rerecorded = rerecord_redis_only(gate, store, sku).await?;
+        if rerecorded > 0 {
+            report.rerecorded_holds += rerecorded;
+            drain_fenced(gate, settler, sku, &mut report).await?;
         }
         for row in store.reservations_of(sku).await? {
-            if gate.restore_hold(&hold_from_row(sku, row)?).await? {
-                restored_holds += 1;
+            match gate.restore_hold(&hold_from_row(sku, row)?).await? {
+                Restored::Restored => report.restored_holds += 1,
+                Restored::Followed => report.followed_holds += 1,
+                Restored::Kept => {}
             }
         }
         if let Some(record) = load_if_settled(gate, store, sku).await? {
-            tracing::info!(sku = %sku, restored_holds, stock = record.available, "resynced redis from postgres");
-            return Ok(ResyncReport {
-                sku: sku.clone(),
-                settled_events,
-                restored_holds,
-                stock: record.available,
-                cursor_reset,
-                state: record.state,
-            });
+            report.stock = record.available;
+            report.state = record.state;
+            tracing::info!(sku = %sku, ?report, "resynced redis and postgres");
+            return Ok(report);
         }
     }
     Err(ResyncError::Busy)
+}
+
+/// Drains the settler; a broken stream is fenced first.
+async fn drain_fenced(
+    gate: &Gate,
+    settler: &Settler,
+    sku: &Sku,
+    report: &mut ResyncReport,
+) -> Result<(), ResyncError> {
+    let cursor = match settler.drain(sku).await {
+        Ok(events) => {
+            report.settled_events += events;
+            return Ok(());
+        }
+        Err(SettleError::StreamBroken { cursor, .. }) => cursor,
+        Err(err) => return Err(err.into()),
+    };
+    if let Fence::Fenced { dropped } = gate.fence_stream(sku, &cursor).await? {
+        tracing::warn!(sku = %sku, cursor, dropped,
+            "the event stream no longer continued from the settlement cursor; recreated it from there");
+        report.stream_fenced = true;
+        report.dropped_events += dropped;
+    }
+    report.settled_events += settler.drain(sku).await?;
+    Ok(())
+}
+
+/// Step 2: records again the holds Redis decided that Postgres lacks or has behind. Returns how
+/// many were recorded.
+async fn rerecord_redis_only(gate: &Gate, store: &Store, sku: &Sku) -> Result<usize, ResyncError> {
+    let in_postgres: HashMap<uuid::Uuid, ReservationStatus> =
+        store.reservation_statuses(sku).await?.into_iter().collect();
+    let mut recorded = 0;
+    for hold in gate.hold_summaries(sku).await? {
+        let (behind, with_reservation) = match in_postgres.get(&hold.id.as_uuid()) {
+            None => (true, true),
+            Some(ReservationStatus::Held) => (hold.status != ReservationStatus::Held, false),
+            Some(_) => (false, false),
+        };
+        if behind
+            && gate
+                .rerecord_hold(sku, hold.id, with_reservation)
+                .await?
+                .is_some()
+        {
+            recorded += 1;
+        }
+    }
+    if recorded > 0 {
+        tracing::warn!(sku = %sku, recorded, "holds only redis knew about were recorded again for postgres");
+    }
+    Ok(recorded)
 }
 
 /// The fenced last step: reads Postgres `available` together with the settlement cursor, and

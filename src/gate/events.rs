@@ -33,6 +33,8 @@ pub enum EventKind {
     /// An admin changed the sale's total by `delta` units (`lua/adjust_sale.lua`); Redis already
     /// checked that its stock covers a decrease.
     StockChanged { delta: i64 },
+    /// Where a stream recreated by resync starts (`lua/fence_stream.lua`); changes nothing.
+    Fence,
 }
 
 /// Everything Postgres needs to record a new hold.
@@ -86,10 +88,39 @@ impl Event {
             "stock" => EventKind::StockChanged {
                 delta: text("q")?.parse().map_err(|_| bad("q"))?,
             },
+            "fence" => EventKind::Fence,
             other => return Err(bad(&format!("unknown type {other:?}"))),
         };
         Ok(Self { id, kind })
     }
+}
+
+/// What the settler found after its cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamRead {
+    /// The stream continues from the cursor: these events follow it (none: nothing to do).
+    Events(Vec<Event>),
+    /// The stream no longer holds the cursor's entry: it was lost or replaced. Nothing may be
+    /// applied or trimmed until a resync fences it.
+    Broken,
+}
+
+/// What [`Gate::fence_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The stream held the cursor's entry; nothing was changed.
+    Intact,
+    /// The stream was recreated from the cursor; `dropped` entries sorted below it.
+    Fenced { dropped: usize },
+}
+
+fn parse_entries(
+    entries: impl IntoIterator<Item = redis::streams::StreamId>,
+) -> Result<Vec<Event>, GateError> {
+    entries
+        .into_iter()
+        .map(|entry| Event::parse(entry.id, &entry.map))
+        .collect()
 }
 
 /// The millisecond part of a stream id: when Redis decided the event.
@@ -114,19 +145,84 @@ impl Gate {
         Ok(reply.ids.into_iter().next().map(|e| e.id))
     }
 
-    /// Up to `count` events after `after` (exclusive), oldest first.
+    /// Up to `count` events after the settlement cursor `after`, oldest first — provided the
+    /// stream still continues from it.
+    ///
+    /// The settler trims only below its cursor, so an intact stream holds the cursor's own entry
+    /// (except `0-0`, before anything was settled). A stream without it was lost or replaced
+    /// (failover to a lagging replica, a restore, eviction), and entries sorting below the cursor
+    /// would be skipped without a trace: that is [`StreamRead::Broken`], repaired by a resync.
     pub async fn events_after(
         &self,
         sku: &Sku,
         after: &str,
         count: usize,
-    ) -> Result<Vec<Event>, GateError> {
-        let reply = self.range_after(sku, after, count).await?;
-        reply
-            .ids
-            .into_iter()
-            .map(|entry| Event::parse(entry.id, &entry.map))
-            .collect()
+    ) -> Result<StreamRead, GateError> {
+        if after == "0-0" {
+            let reply = self.range_after(sku, after, count).await?;
+            return parse_entries(reply.ids).map(StreamRead::Events);
+        }
+        let mut conn = self.connection().await?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.namespace().sku(sku).events())
+            .arg(after)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count + 1)
+            .query_async(&mut conn)
+            .await?;
+        let mut entries = reply.ids.into_iter();
+        match entries.next() {
+            Some(first) if first.id == after => parse_entries(entries).map(StreamRead::Events),
+            _ => Ok(StreamRead::Broken),
+        }
+    }
+
+    /// Makes a broken stream continue from the settlement cursor `cursor` again
+    /// (`lua/fence_stream.lua`): a `fence` entry at the cursor, then the entries that sorted
+    /// above it. Entries below the cursor are dropped; the caller records their decisions again
+    /// from the holds ([`Gate::rerecord_hold`]).
+    pub async fn fence_stream(&self, sku: &Sku, cursor: &str) -> Result<Fence, GateError> {
+        let mut conn = self.connection().await?;
+        let reply: (String, usize) = self
+            .inner
+            .scripts
+            .fence_stream
+            .key(self.namespace().sku(sku).events())
+            .arg(cursor)
+            .invoke_async(&mut conn)
+            .await?;
+        match reply {
+            (outcome, 0) if outcome == "intact" => Ok(Fence::Intact),
+            (outcome, dropped) if outcome == "fenced" => Ok(Fence::Fenced { dropped }),
+            other => Err(GateError::Protocol(format!(
+                "fence_stream.lua answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Appends, from the hold itself, the events that bring Postgres to its state
+    /// (`lua/rerecord_hold.lua`): its reservation when `with_reservation` (Postgres lacks the
+    /// hold), and its transition when it left `held`. Returns the last event appended.
+    pub async fn rerecord_hold(
+        &self,
+        sku: &Sku,
+        hold: ReservationId,
+        with_reservation: bool,
+    ) -> Result<Option<EventId>, GateError> {
+        let keys = self.namespace().sku(sku);
+        let mut conn = self.connection().await?;
+        let last: String = self
+            .inner
+            .scripts
+            .rerecord_hold
+            .key(keys.hold(hold))
+            .key(keys.events())
+            .arg(hold.to_string())
+            .arg(if with_reservation { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((!last.is_empty()).then_some(last))
     }
 
     /// The number of events after `after`, counted up to `cap`, and the oldest one's id.

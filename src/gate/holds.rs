@@ -48,6 +48,17 @@ pub enum TransitionOutcome {
     },
 }
 
+/// What [`Gate::restore_hold`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Redis had lost the hold; it is back.
+    Restored,
+    /// Redis had the hold `held`; it now has Postgres's terminal status.
+    Followed,
+    /// Redis already agreed (or is further along: the settler brings Postgres there).
+    Kept,
+}
+
 /// A hold as Redis knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hold {
@@ -232,11 +243,14 @@ impl Gate {
         Ok(expired)
     }
 
-    /// Puts back a hold Redis lost, from its Postgres record. Returns false when Redis had it.
-    pub async fn restore_hold(&self, hold: &Hold) -> Result<bool, GateError> {
+    /// Makes Redis follow a hold's Postgres record (`lua/restore_hold.lua`): puts it back when
+    /// Redis lost it, moves it out of `held` when Postgres already has it terminal.
+    pub async fn restore_hold(&self, hold: &Hold) -> Result<Restored, GateError> {
         let keys = self.namespace().sku(&hold.sku);
         let mut conn = self.connection().await?;
-        let restored: i64 = self
+        // The client counter's key must be named in KEYS; resync is rare, so one more read.
+        let client: Option<String> = conn.hget(keys.hold(hold.id), "client").await?;
+        let outcome: String = self
             .inner
             .scripts
             .restore_hold
@@ -245,6 +259,7 @@ impl Gate {
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.buyers())
+            .key(keys.client(client.as_deref().unwrap_or("")))
             .arg(hold.id.to_string())
             .arg(hold.sku.as_str())
             .arg(hold.buyer.as_str())
@@ -259,7 +274,14 @@ impl Gate {
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
-        Ok(restored == 1)
+        match outcome.as_str() {
+            "restored" => Ok(Restored::Restored),
+            "followed" => Ok(Restored::Followed),
+            "kept" => Ok(Restored::Kept),
+            other => Err(GateError::Protocol(format!(
+                "restore_hold.lua answered {other:?}"
+            ))),
+        }
     }
 
     /// Writes a Postgres refusal back to Redis with `lua/reject.lua`; idempotent. Returns the

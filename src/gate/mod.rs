@@ -26,8 +26,8 @@ mod shortcut;
 
 pub use breaker::BreakerSettings;
 use breaker::GuardedConnection;
-pub use events::{Event, EventId, EventKind, NewHold, event_time};
-pub use holds::{Hold, HoldSummary, RejectedHold, Transition, TransitionOutcome};
+pub use events::{Event, EventId, EventKind, Fence, NewHold, StreamRead, event_time};
+pub use holds::{Hold, HoldSummary, RejectedHold, Restored, Transition, TransitionOutcome};
 pub use keys::{Namespace, SkuKeys};
 pub use reserve::{Refusal, ReserveOutcome, ReserveRequest, fingerprint};
 pub use sale::{Adjusted, LiveSale, StockChange, definition_meta};

@@ -15,6 +15,8 @@ pub struct Scripts {
     pub sale_admin: Script,
     pub adjust_sale: Script,
     pub restore_hold: Script,
+    pub fence_stream: Script,
+    pub rerecord_hold: Script,
 }
 
 impl Scripts {
@@ -27,6 +29,8 @@ impl Scripts {
             sale_admin: Script::new(include_str!("../../lua/sale_admin.lua")),
             adjust_sale: Script::new(include_str!("../../lua/adjust_sale.lua")),
             restore_hold: Script::new(include_str!("../../lua/restore_hold.lua")),
+            fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
+            rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
         }
     }
 }

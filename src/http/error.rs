@@ -229,6 +229,7 @@ impl From<crate::settler::SettleError> for ApiError {
             SettleError::Gate(e) => e.into(),
             SettleError::Store(e) => e.into(),
             SettleError::TimedOut(_) => Self::Unavailable("settlement"),
+            SettleError::StreamBroken { .. } => Self::Unavailable("settlement"),
             other => Self::Internal(other.to_string()),
         }
     }

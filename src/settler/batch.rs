@@ -72,6 +72,7 @@ pub(super) async fn apply(
             EventKind::StockChanged { .. } => {
                 apply_stock_changes(tx, sku, run, &mut available).await?
             }
+            EventKind::Fence => {}
         }
     }
     record_rejections(tx, sku, &applied.rejected).await?;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{BuyerId, IdempotencyKey, Quantity, ReservationId, Sku};
-use crate::gate::{Gate, GateError, RejectedHold};
+use crate::gate::{Gate, GateError, RejectedHold, StreamRead};
 use crate::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,12 @@ pub enum SettleError {
     /// Another settler kept the SKU's cursor longer than the caller could wait.
     #[error("settling {0} took longer than the caller could wait")]
     TimedOut(Sku),
+    /// The SKU's stream no longer continues from the settlement cursor (Redis lost or replaced
+    /// it). Nothing is applied or trimmed until a resync fences the stream.
+    #[error(
+        "the event stream of {sku} no longer holds the settlement cursor {cursor}; resync the SKU"
+    )]
+    StreamBroken { sku: Sku, cursor: String },
 }
 
 impl From<sqlx::Error> for SettleError {
@@ -108,9 +114,10 @@ pub struct Settler {
 /// `settled_through` is the highest cursor this process has seen committed in Postgres for the
 /// SKU. A batch settles up to `batch_size` events, so the commit that applies it also settles
 /// every commit queued behind it; those return as soon as the batch commits, without a
-/// Postgres round trip each. Stream ids only grow (Redis `XADD *` never goes below the stream's
-/// last id, and a stream recreated after a loss starts at the current time), so a watermark
-/// cannot claim an event that was not settled; a resync that restarts the cursor forgets it.
+/// Postgres round trip each. Stream ids only grow: `XADD *` never goes below the stream's last id,
+/// the settler refuses a stream that no longer holds its cursor, and resync recreates such a
+/// stream above the cursor (`lua/fence_stream.lua`), so a watermark cannot claim an event that
+/// was not settled.
 #[derive(Debug, Default)]
 struct SkuTurn {
     queue: tokio::sync::Mutex<()>,
@@ -324,13 +331,6 @@ impl Settler {
         turns.entry(sku.clone()).or_default().clone()
     }
 
-    /// Forgets how far the SKU is known to be settled: its cursor was restarted (resync after
-    /// the stream was lost), so stream ids start over.
-    pub fn forget_progress(&self, sku: &Sku) {
-        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        turns.remove(sku);
-    }
-
     #[tracing::instrument(skip(self), fields(sku = %sku))]
     async fn settle_batch_locking(
         &self,
@@ -340,10 +340,21 @@ impl Settler {
         let Some(cursor) = self.store.settlement_cursor(sku).await? else {
             return Err(SettleError::NoCursor(sku.clone()));
         };
-        let events = self
+        let events = match self
             .gate
             .events_after(sku, &cursor, self.settings.batch_size)
-            .await?;
+            .await?
+        {
+            StreamRead::Events(events) => events,
+            StreamRead::Broken => {
+                metrics::counter!("flashgate_broken_streams_total", "sku" => sku.to_string())
+                    .increment(1);
+                return Err(SettleError::StreamBroken {
+                    sku: sku.clone(),
+                    cursor,
+                });
+            }
+        };
         let Some(last) = events.last().map(|e| e.id.clone()) else {
             return Ok(BatchOutcome::Idle);
         };

@@ -53,4 +53,23 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// Every reservation id of the SKU with its status, the rejected included.
+    pub async fn reservation_statuses(
+        &self,
+        sku: &crate::domain::Sku,
+    ) -> Result<Vec<(uuid::Uuid, ReservationStatus)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM reservations WHERE sku = $1")
+                .bind(sku.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(id, status)| {
+                ReservationStatus::parse(&status)
+                    .map(|status| (id, status))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
 }

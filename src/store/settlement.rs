@@ -35,18 +35,6 @@ impl Store {
         )
     }
 
-    /// Starts the SKU's cursor over, for a stream Redis lost: the new stream's first entry must
-    /// not be skipped because an old id happened to be larger.
-    pub async fn reset_cursor(&self, sku: &Sku) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE settlement_cursor SET last_event_id = '0-0', updated_at = now() WHERE sku = $1",
-        )
-        .bind(sku.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     pub async fn pending_rejections(
         &self,
         sku: Option<&Sku>,

@@ -400,7 +400,7 @@ async fn after_redis_loses_everything_resync_restores_the_sale_without_selling_t
     let report = &job["report"];
     assert_eq!(report["restored_holds"], 3, "{report}");
     assert_eq!(report["stock"], 6);
-    assert_eq!(report["cursor_reset"], true);
+    assert_eq!(report["stream_fenced"], true);
     assert_eq!(report["state"], "open");
 
     // Retries replay the restored holds instead of taking units again.

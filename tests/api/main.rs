@@ -6,6 +6,7 @@
 mod helpers;
 mod lifecycle;
 mod proxy;
+mod repair;
 
 mod edge;
 mod process;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use flashgate::audit::{SkuAudit, Verdict};
 use flashgate::domain::{BuyerId, IdempotencyKey, Quantity, Sku};
+use flashgate::gate::StreamRead;
 use flashgate::gate::{ReserveOutcome, ReserveRequest};
 use flashgate::settler::{BatchOutcome, FaultPoint, Faults, SettleError};
 use flashgate::store::Store;
@@ -175,15 +176,27 @@ async fn ten_thousand_holds_on_three_skus_settled_by_four_settlers(pool: PgPool)
             .await
             .expect("cursor")
             .expect("row");
-        let last = app
+        let first = app
             .gate
             .events_after(&sku(code), "0-0", 1)
             .await
             .expect("stream");
-        // Trimmed below the cursor: at most the cursor's own entry remains, and nothing after it.
-        assert!(
-            last.iter().all(|e| e.id == cursor),
+        // Trimmed below the cursor: the cursor's own entry remains, and nothing after it.
+        let StreamRead::Events(first) = first else {
+            panic!("{code}: a read from the start cannot be broken");
+        };
+        assert_eq!(
+            first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec![cursor.as_str()],
             "{code}: stream ends at the cursor"
+        );
+        assert_eq!(
+            app.gate
+                .events_after(&sku(code), &cursor, 10)
+                .await
+                .expect("stream"),
+            StreamRead::Events(Vec::new()),
+            "{code}: nothing after the cursor"
         );
     }
 }
