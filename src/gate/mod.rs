@@ -232,12 +232,10 @@ impl Gate {
             shortcut,
             breaker: Arc::new(breaker::CircuitBreaker::new(redis.breaker)),
         });
-        // The shortcut needs its listener; without a runtime (or when disabled) it stays off.
-        if inner.shortcut.enabled()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+        // The shortcut needs its listener; outside a server (no runtime) or disabled it stays off.
+        if inner.shortcut.enabled() && tokio::runtime::Handle::try_current().is_ok() {
             let client = redis::Client::open(redis.url.as_str())?;
-            runtime.spawn(shortcut::listen(Arc::downgrade(&inner), client, channel));
+            shortcut::spawn_listener(Arc::downgrade(&inner), client, channel)?;
         }
         Ok(Self { inner })
     }
