@@ -4,14 +4,15 @@
 //! invariant that can only be judged once the settler has drained the stream (5 and 7) is
 //! reported `pending` while events are still waiting, never `violated`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::domain::EventId;
 use crate::domain::{ReservationStatus, Sku};
-use crate::gate::{Gate, GateError, StreamRead, event_time};
+use crate::gate::{Gate, GateError, StreamRead};
 use crate::store::{Store, StoreError};
 
 /// How late a hold may be for the expiry sweeper before invariant 6 calls it overdue.
@@ -105,59 +106,20 @@ fn pending(invariant: u8, name: &'static str, backlog: usize) -> Check {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct Ledger {
-    total: i64,
-    available: i64,
-    reserved: i64,
-    sold: i64,
-    per_buyer_limit: i32,
-    cursor: String,
-    held_units: i64,
-    committed_units: i64,
-    rejected: i64,
-    duplicate_keys: i64,
-    overdue: i64,
-    outbox: i64,
-}
-
 /// Audits one SKU.
 pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit, AuditError> {
-    let pool = store.pool();
-    let ledger: Ledger = sqlx::query_as(
-        "SELECT i.total, i.available, i.reserved, i.sold, s.per_buyer_limit, c.last_event_id AS cursor, \
-           COALESCE((SELECT sum(quantity) FROM reservations WHERE sku = $1 AND status = 'held'), 0)::int8 AS held_units, \
-           COALESCE((SELECT sum(quantity) FROM reservations WHERE sku = $1 AND status = 'committed'), 0)::int8 AS committed_units, \
-           (SELECT count(*) FROM reservations WHERE sku = $1 AND status = 'rejected') AS rejected, \
-           (SELECT count(*) FROM (SELECT 1 FROM reservations WHERE sku = $1 \
-              GROUP BY buyer_id, idempotency_key HAVING count(*) > 1) d) AS duplicate_keys, \
-           (SELECT count(*) FROM reservations WHERE sku = $1 AND status = 'held' \
-              AND expires_at < now() - make_interval(secs => $2)) AS overdue, \
-           (SELECT count(*) FROM rejection_outbox WHERE sku = $1) AS outbox \
-         FROM skus s JOIN inventory i ON i.sku = s.sku JOIN settlement_cursor c ON c.sku = s.sku \
-         WHERE s.sku = $1",
-    )
-    .bind(sku.as_str())
-    .bind(EXPIRY_GRACE_MS as f64 / 1000.0)
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| AuditError::UnknownSku(sku.clone()))?;
+    let ledger = store
+        .audit_ledger(sku, EXPIRY_GRACE_MS)
+        .await?
+        .ok_or_else(|| AuditError::UnknownSku(sku.clone()))?;
     let limit = i64::from(ledger.per_buyer_limit);
-    let over_limit_pg: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT buyer_id, sum(quantity)::int8 FROM reservations \
-         WHERE sku = $1 AND status IN ('held', 'committed') \
-         GROUP BY buyer_id HAVING sum(quantity) > $2 ORDER BY buyer_id LIMIT 10",
-    )
-    .bind(sku.as_str())
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let over_limit_pg = store.buyers_over_limit(sku, limit).await?;
 
     let redis_stock = gate.stock(sku).await?;
-    let (backlog, oldest) = gate.backlog(sku, &ledger.cursor, 100_000).await?;
+    let cursor = ledger.cursor;
+    let (backlog, oldest) = gate.backlog(sku, cursor, 100_000).await?;
     let oldest_unsettled_ms = oldest
-        .as_deref()
-        .and_then(event_time)
+        .and_then(EventId::time)
         .map(|t| (Utc::now() - t).num_milliseconds().max(0));
     let holds = gate.hold_summaries(sku).await?;
     let overdue_redis = gate
@@ -165,10 +127,7 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         .await?;
     // A stream that no longer holds the cursor's entry was lost or replaced: events may be
     // missing, so nothing can be called drained until a resync fences it.
-    let stream_intact = !matches!(
-        gate.events_after(sku, &ledger.cursor, 1).await?,
-        StreamRead::Broken
-    );
+    let stream_intact = !matches!(gate.events_after(sku, cursor, 1).await?, StreamRead::Broken);
     let drained = stream_intact && backlog == 0 && ledger.outbox == 0;
 
     // 1. Stock never negative, always balanced, and equal to the reservations it stands for.
@@ -299,7 +258,7 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         _ if !drained => pending(5, STOCK_MATCHES, backlog),
         // Postgres has settled this SKU's decisions, so Redis had it loaded: it lost the sale,
         // or this is not the namespace the gate uses.
-        None if ledger.cursor != "0-0" => check(
+        None if !ledger.cursor.is_start() => check(
             5,
             STOCK_MATCHES,
             vec![format!(
@@ -358,13 +317,7 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         )
     } else if drained {
         let ids: Vec<Uuid> = holds.iter().map(|h| h.id.as_uuid()).collect();
-        let recorded: HashSet<Uuid> =
-            sqlx::query_scalar("SELECT id FROM reservations WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .collect();
+        let recorded = store.recorded_reservations(&ids).await?;
         // A hold rejected in Redis without a Postgres row was refused as a duplicate key and
         // reported (a warning and a metric) when it was refused.
         let missing: Vec<String> = holds

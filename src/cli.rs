@@ -291,7 +291,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None => store.settlement_skus().await?,
                 };
                 for sku in &skus {
-                    let report = crate::resync::resync(&gate, &store, &settler, sku).await?;
+                    let report = crate::app::resync::resync(&gate, &store, &settler, sku).await?;
                     println!(
                         "{}: resynced, {} events settled, {} holds restored, {} followed postgres, \
                          {} recorded again from redis, stock {}{}, {}",

@@ -5,13 +5,13 @@
 //!
 //! Module map:
 //!
-//! - [`app`] — the application layer: operations that span Redis and Postgres.
+//! - [`app`] — the application layer: every operation that spans Redis and Postgres (reserve,
+//!   commit, release, sale changes, pause/resume, prewarm, resync).
 //! - [`domain`] — validated values (`Sku`, `BuyerId`, `Quantity`, `IdempotencyKey`, `Money`, ...).
 //! - [`gate`] — the Redis side: one atomic Lua script per decision, the key schema.
 //! - [`store`] — the Postgres side: the authoritative inventory and reservations.
 //! - [`settler`] — carries every decision from the Redis streams into Postgres, exactly once.
 //! - [`sweeper`] — expires holds past their deadline.
-//! - [`resync`] — rebuilds a sale's Redis state from Postgres after Redis lost data.
 //! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
 //! - [`audit`] — checks the seven invariants of DESIGN.md §7 against both stores.
 //! - [`auth`] — buyer tokens (JWT) and the admin token.
@@ -27,7 +27,6 @@ pub mod config;
 pub mod domain;
 pub mod gate;
 pub mod http;
-pub mod resync;
 pub mod settler;
 pub mod startup;
 pub mod store;

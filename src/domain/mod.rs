@@ -5,6 +5,7 @@
 //! unit tests beside it.
 
 mod buyer;
+mod event_id;
 mod idempotency_key;
 mod money;
 mod quantity;
@@ -13,6 +14,7 @@ mod sale;
 mod sku;
 
 pub use buyer::BuyerId;
+pub use event_id::EventId;
 pub use idempotency_key::IdempotencyKey;
 pub use money::{Currency, Money};
 pub use quantity::Quantity;

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use redis::Value;
 
+use super::contract::{Fence, optional_id, parse_fence, parse_id};
 use super::{Gate, GateError, millis};
-use crate::domain::{BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku};
-
-/// A stream entry id, `<ms>-<seq>`.
-pub type EventId = String;
+use crate::domain::{
+    BuyerId, Currency, EventId, Money, Quantity, ReservationId, ReservationStatus, Sku,
+};
 
 /// One decision, as the settler applies it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,8 +51,9 @@ pub struct NewHold {
 }
 
 impl Event {
-    pub(crate) fn parse(id: String, fields: &HashMap<String, Value>) -> Result<Self, GateError> {
-        let bad = |what: &str| GateError::Protocol(format!("event {id}: {what}"));
+    pub(crate) fn parse(raw_id: &str, fields: &HashMap<String, Value>) -> Result<Self, GateError> {
+        let bad = |what: &str| GateError::Protocol(format!("event {raw_id}: {what}"));
+        let id = EventId::parse(raw_id).map_err(|e| bad(&e.to_string()))?;
         let text = |name: &str| -> Result<String, GateError> {
             match fields.get(name) {
                 Some(value) => redis::from_redis_value_ref::<String>(value).map_err(|_| bad(name)),
@@ -105,29 +106,13 @@ pub enum StreamRead {
     Broken,
 }
 
-/// What [`Gate::fence_stream`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fence {
-    /// The stream held the cursor's entry; nothing was changed.
-    Intact,
-    /// The stream was recreated from the cursor; `dropped` entries sorted below it.
-    Fenced { dropped: usize },
-}
-
 fn parse_entries(
     entries: impl IntoIterator<Item = redis::streams::StreamId>,
 ) -> Result<Vec<Event>, GateError> {
     entries
         .into_iter()
-        .map(|entry| Event::parse(entry.id, &entry.map))
+        .map(|entry| Event::parse(&entry.id, &entry.map))
         .collect()
-}
-
-/// The millisecond part of a stream id: when Redis decided the event.
-pub fn event_time(id: &str) -> Option<DateTime<Utc>> {
-    id.split_once('-')
-        .and_then(|(ms, _)| ms.parse::<i64>().ok())
-        .and_then(DateTime::from_timestamp_millis)
 }
 
 impl Gate {
@@ -142,23 +127,28 @@ impl Gate {
             .arg(1)
             .query_async(&mut conn)
             .await?;
-        Ok(reply.ids.into_iter().next().map(|e| e.id))
+        reply
+            .ids
+            .first()
+            .map(|entry| parse_id(&entry.id))
+            .transpose()
     }
 
     /// Up to `count` events after the settlement cursor `after`, oldest first — provided the
     /// stream still continues from it.
     ///
     /// The settler trims only below its cursor, so an intact stream holds the cursor's own entry
-    /// (except `0-0`, before anything was settled). A stream without it was lost or replaced
-    /// (failover to a lagging replica, a restore, eviction), and entries sorting below the cursor
-    /// would be skipped without a trace: that is [`StreamRead::Broken`], repaired by a resync.
+    /// (except [`EventId::START`], before anything was settled). A stream without it was lost
+    /// or replaced (failover to a lagging replica, a restore, eviction), and entries sorting
+    /// below the cursor would be skipped without a trace: that is [`StreamRead::Broken`],
+    /// repaired by a resync.
     pub async fn events_after(
         &self,
         sku: &Sku,
-        after: &str,
+        after: EventId,
         count: usize,
     ) -> Result<StreamRead, GateError> {
-        if after == "0-0" {
+        if after.is_start() {
             let reply = self.range_after(sku, after, count).await?;
             return parse_entries(reply.ids).map(StreamRead::Events);
         }
@@ -173,7 +163,9 @@ impl Gate {
             .await?;
         let mut entries = reply.ids.into_iter();
         match entries.next() {
-            Some(first) if first.id == after => parse_entries(entries).map(StreamRead::Events),
+            Some(first) if parse_id(&first.id)? == after => {
+                parse_entries(entries).map(StreamRead::Events)
+            }
             _ => Ok(StreamRead::Broken),
         }
     }
@@ -182,7 +174,7 @@ impl Gate {
     /// (`lua/fence_stream.lua`): a `fence` entry at the cursor, then the entries that sorted
     /// above it. Entries below the cursor are dropped; the caller records their decisions again
     /// from the holds ([`Gate::rerecord_hold`]).
-    pub async fn fence_stream(&self, sku: &Sku, cursor: &str) -> Result<Fence, GateError> {
+    pub async fn fence_stream(&self, sku: &Sku, cursor: EventId) -> Result<Fence, GateError> {
         let mut conn = self.connection().await?;
         let reply: (String, usize) = self
             .inner
@@ -192,13 +184,7 @@ impl Gate {
             .arg(cursor)
             .invoke_async(&mut conn)
             .await?;
-        match reply {
-            (outcome, 0) if outcome == "intact" => Ok(Fence::Intact),
-            (outcome, dropped) if outcome == "fenced" => Ok(Fence::Fenced { dropped }),
-            other => Err(GateError::Protocol(format!(
-                "fence_stream.lua answered {other:?}"
-            ))),
-        }
+        parse_fence(reply)
     }
 
     /// Appends, from the hold itself, the events that bring Postgres to its state
@@ -222,25 +208,25 @@ impl Gate {
             .arg(if with_reservation { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
-        Ok((!last.is_empty()).then_some(last))
+        optional_id(&last)
     }
 
     /// The number of events after `after`, counted up to `cap`, and the oldest one's id.
     pub async fn backlog(
         &self,
         sku: &Sku,
-        after: &str,
+        after: EventId,
         cap: usize,
     ) -> Result<(usize, Option<EventId>), GateError> {
         let reply = self.range_after(sku, after, cap).await?;
-        let oldest = reply.ids.first().map(|e| e.id.clone());
+        let oldest = reply.ids.first().map(|e| parse_id(&e.id)).transpose()?;
         Ok((reply.ids.len(), oldest))
     }
 
     async fn range_after(
         &self,
         sku: &Sku,
-        after: &str,
+        after: EventId,
         count: usize,
     ) -> Result<redis::streams::StreamRangeReply, GateError> {
         let mut conn = self.connection().await?;
@@ -256,7 +242,7 @@ impl Gate {
 
     /// Drops stream entries older than `settled`, which Postgres has committed. Never call it
     /// with an id the settlement cursor has not reached: those events would be lost.
-    pub async fn trim_events_below(&self, sku: &Sku, settled: &str) -> Result<(), GateError> {
+    pub async fn trim_events_below(&self, sku: &Sku, settled: EventId) -> Result<(), GateError> {
         let mut conn = self.connection().await?;
         let _: i64 = redis::cmd("XTRIM")
             .arg(self.namespace().sku(sku).events())

@@ -8,56 +8,13 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use rust_decimal::Decimal;
 
-use super::{EventId, Gate, GateError, fingerprint, millis};
+use super::contract::{
+    Restored, Transition, TransitionOutcome, parse_reject, parse_restore, parse_transition,
+};
+use super::{Gate, GateError, fingerprint, millis};
 use crate::domain::{
     BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus, Sku,
 };
-
-/// A move out of `held` (`lua/transition.lua`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    /// Payment captured. Past the deadline this expires the hold instead.
-    Commit,
-    /// The buyer cancelled or payment failed.
-    Release,
-    /// The deadline passed (the sweeper). Before the deadline this changes nothing.
-    Expire,
-}
-
-impl Transition {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Commit => "commit",
-            Self::Release => "release",
-            Self::Expire => "expire",
-        }
-    }
-}
-
-/// What a transition did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransitionOutcome {
-    /// Redis has no such hold.
-    Missing,
-    /// The hold was not moved; this is its status.
-    Unchanged(ReservationStatus),
-    /// The hold moved to `to`; `event` is the stream entry that records it.
-    Changed {
-        to: ReservationStatus,
-        event: EventId,
-    },
-}
-
-/// What [`Gate::restore_hold`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restored {
-    /// Redis had lost the hold; it is back.
-    Restored,
-    /// Redis had the hold `held`; it now has Postgres's terminal status.
-    Followed,
-    /// Redis already agreed (or is further along: the settler brings Postgres there).
-    Kept,
-}
 
 /// A hold as Redis knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,37 +62,59 @@ pub struct HoldSummary {
     pub idempotency_key: String,
 }
 
-fn hold_from_fields(
-    id: ReservationId,
-    sku: Sku,
-    fields: &HashMap<String, String>,
-) -> Result<Hold, GateError> {
-    let field = |name: &str| {
-        fields
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| GateError::Protocol(format!("hold {id} has no {name}")))
-    };
-    let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
-    Ok(Hold {
-        id,
-        sku,
-        buyer: BuyerId::parse(field("buyer")?).map_err(protocol)?,
-        idempotency_key: IdempotencyKey::from_decoded(field("idem")?.to_owned())
+impl Hold {
+    /// A hold from its Redis fields — the hold hash (`HGETALL`) or the answer `reserve.lua`
+    /// gives, which uses the same field names. The one way a hold is read from Redis.
+    pub(super) fn from_redis<'a>(
+        id: ReservationId,
+        sku: Sku,
+        field: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Self, GateError> {
+        let required = |name: &str| {
+            field(name).ok_or_else(|| GateError::Protocol(format!("hold {id} has no {name}")))
+        };
+        let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
+        Ok(Self {
+            id,
+            sku,
+            buyer: BuyerId::parse(required("buyer")?).map_err(protocol)?,
+            idempotency_key: IdempotencyKey::from_decoded(required("idem")?.to_owned())
+                .map_err(protocol)?,
+            quantity: Quantity::parse(
+                required("q")?
+                    .parse()
+                    .map_err(|_| GateError::Protocol(format!("hold {id}: q")))?,
+            )
             .map_err(protocol)?,
-        quantity: Quantity::parse(
-            field("q")?
-                .parse()
-                .map_err(|_| GateError::Protocol(format!("hold {id}: q")))?,
-        )
-        .map_err(protocol)?,
-        unit_price: Money::parse(field("price")?).map_err(protocol)?,
-        currency: Currency::parse(field("cur")?).map_err(protocol)?,
-        status: ReservationStatus::parse(field("status")?).map_err(protocol)?,
-        created_at: millis(field("created")?)?,
-        expires_at: millis(field("expires")?)?,
-        client: fields.get("client").cloned(),
-    })
+            unit_price: Money::parse(required("price")?).map_err(protocol)?,
+            currency: Currency::parse(required("cur")?).map_err(protocol)?,
+            status: ReservationStatus::parse(required("status")?).map_err(protocol)?,
+            created_at: millis(required("created")?)?,
+            expires_at: millis(required("expires")?)?,
+            client: field("client").filter(|c| !c.is_empty()).map(str::to_owned),
+        })
+    }
+
+    /// A hold from its Postgres record (resync puts a lost hold back from it). Postgres does
+    /// not record the client address: such a hold counts against no client.
+    pub fn from_record(
+        sku: Sku,
+        row: crate::store::StoredReservation,
+    ) -> Result<Self, crate::domain::ValidationError> {
+        Ok(Self {
+            id: ReservationId::from_uuid(row.id),
+            sku,
+            buyer: BuyerId::parse(&row.buyer_id)?,
+            idempotency_key: IdempotencyKey::from_decoded(row.idempotency_key)?,
+            quantity: Quantity::parse(i64::from(row.quantity))?,
+            unit_price: Money::new(row.unit_price)?,
+            currency: Currency::parse(&row.currency)?,
+            status: ReservationStatus::parse(&row.status)?,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            client: None,
+        })
+    }
 }
 
 impl Gate {
@@ -155,7 +134,7 @@ impl Gate {
         if fields.is_empty() {
             return Ok(None);
         }
-        hold_from_fields(id, sku, &fields).map(Some)
+        Hold::from_redis(id, sku, |name| fields.get(name).map(String::as_str)).map(Some)
     }
 
     /// Moves `hold` out of `held` with `lua/transition.lua`.
@@ -185,25 +164,14 @@ impl Gate {
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
-        let status = |raw: &str| {
-            ReservationStatus::parse(raw).map_err(|e| GateError::Protocol(e.to_string()))
-        };
-        if matches!(reply.as_slice(), [tag, to, _] if tag == "changed" && to != "committed") {
+        let outcome = parse_transition(&reply)?;
+        if matches!(outcome, TransitionOutcome::Changed { to, .. } if to != ReservationStatus::Committed)
+        {
             // Units came back: this gate's own shortcut is off before the caller is answered,
             // without waiting for the pub/sub message.
             self.inner.shortcut.turn_off(&hold.sku);
         }
-        match reply.as_slice() {
-            [tag] if tag == "missing" => Ok(TransitionOutcome::Missing),
-            [tag, s] if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(status(s)?)),
-            [tag, s, event] if tag == "changed" => Ok(TransitionOutcome::Changed {
-                to: status(s)?,
-                event: event.clone(),
-            }),
-            _ => Err(GateError::Protocol(format!(
-                "transition.lua answered {reply:?}"
-            ))),
-        }
+        Ok(outcome)
     }
 
     /// Expires up to `limit` of the SKU's holds whose deadline has passed (by Redis `TIME`).
@@ -274,14 +242,7 @@ impl Gate {
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
-        match outcome.as_str() {
-            "restored" => Ok(Restored::Restored),
-            "followed" => Ok(Restored::Followed),
-            "kept" => Ok(Restored::Kept),
-            other => Err(GateError::Protocol(format!(
-                "restore_hold.lua answered {other:?}"
-            ))),
-        }
+        parse_restore(&outcome)
     }
 
     /// Writes a Postgres refusal back to Redis with `lua/reject.lua`; idempotent. Returns the
@@ -309,12 +270,7 @@ impl Gate {
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
-        match before.as_str() {
-            "missing" => Ok(None),
-            status => ReservationStatus::parse(status)
-                .map(Some)
-                .map_err(|e| GateError::Protocol(e.to_string())),
-        }
+        parse_reject(&before)
     }
 
     /// Every hold Redis has for the SKU, with its state (an audit scan, not for the hot path).

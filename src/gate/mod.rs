@@ -10,12 +10,14 @@
 //! - `holds.rs`: a hold's life — lookup, transitions, the expiry sweep, refusals written back,
 //!   restoration after data loss;
 //! - `sale.rs`: loading a sale (prewarm, resync) and changing it while live;
-//! - `events.rs`: the SKU's event stream, as the settler reads and trims it;
+//! - `events.rs`: the SKU's event stream, as the settler reads, trims and resync fences it;
+//! - `contract.rs`: the Lua contract — guards, operations and replies as types, parsed there;
 //! - `keys.rs`, `scripts.rs`: key names and the Lua scripts;
 //! - `shortcut.rs`: the in-process sold-out shortcut;
 //! - `breaker.rs`: the circuit breaker every Redis call goes through.
 
 mod breaker;
+mod contract;
 mod events;
 mod holds;
 mod keys;
@@ -26,11 +28,14 @@ mod shortcut;
 
 pub use breaker::BreakerSettings;
 use breaker::GuardedConnection;
-pub use events::{Event, EventId, EventKind, Fence, NewHold, StreamRead, event_time};
-pub use holds::{Hold, HoldSummary, RejectedHold, Restored, Transition, TransitionOutcome};
+pub use contract::{
+    Adjusted, Fence, Refusal, ReserveOutcome, Restored, StockChange, Transition, TransitionOutcome,
+};
+pub use events::{Event, EventKind, NewHold, StreamRead};
+pub use holds::{Hold, HoldSummary, RejectedHold};
 pub use keys::{Namespace, SkuKeys};
-pub use reserve::{Refusal, ReserveOutcome, ReserveRequest, fingerprint};
-pub use sale::{Adjusted, LiveSale, StockChange, definition_meta};
+pub use reserve::{ReserveRequest, fingerprint};
+pub use sale::{LiveSale, definition_meta};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,14 +1,10 @@
-//! The reserve decision (`lua/reserve.lua`) and what it answers.
+//! The reserve decision (`lua/reserve.lua`); its answer is typed in `contract.rs`.
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
-use super::{BuyerRate, Durability, Gate, GateError, Hold, millis, optional_millis};
-use crate::domain::{
-    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus, Sku,
-};
+use super::contract::{Refusal, ReserveOutcome, parse_reserve};
+use super::{Durability, Gate, GateError};
+use crate::domain::{BuyerId, IdempotencyKey, Quantity, ReservationId, Sku};
 
 /// One buyer's request for a hold.
 #[derive(Debug, Clone, Copy)]
@@ -30,95 +26,6 @@ impl ReserveRequest<'_> {
 /// What makes two requests under one idempotency key "the same request".
 pub fn fingerprint(sku: &Sku, quantity: Quantity) -> String {
     format!("{sku}|{}", quantity.get())
-}
-
-/// What the reserve script decided.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReserveOutcome {
-    Created(Hold),
-    /// The same request was seen before under this idempotency key; this is its stored answer.
-    Replayed(Hold),
-    Refused(Refusal),
-}
-
-/// Why a hold was not given. A refusal has no effect, so a retry is decided afresh.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refusal {
-    #[error("this idempotency key was used with a different request")]
-    IdempotencyKeyReused,
-    #[error("too many requests from this buyer")]
-    RateLimited {
-        retry_after: Duration,
-        /// The quota: `burst` requests per `window`.
-        burst: u32,
-        window: Duration,
-    },
-    #[error("no sale is loaded for this SKU")]
-    UnknownSku,
-    #[error("the sale is not open")]
-    SaleNotOpen { opens_at: Option<DateTime<Utc>> },
-    #[error("the sale is paused")]
-    SalePaused,
-    #[error("this buyer has reached the per-buyer limit of {limit}")]
-    BuyerLimitReached { limit: u32 },
-    #[error("sold out")]
-    SoldOut { available: u32 },
-    #[error("this client address already has {limit} live holds on this sale")]
-    ClientLimitReached { limit: u32 },
-}
-
-fn parse_reserve_reply(
-    reply: &[String],
-    req: ReserveRequest<'_>,
-    rate: Option<BuyerRate>,
-) -> Result<ReserveOutcome, GateError> {
-    let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
-    let hold = |f: &[String]| -> Result<Hold, GateError> {
-        let protocol = |e: crate::domain::ValidationError| GateError::Protocol(e.to_string());
-        Ok(Hold {
-            id: ReservationId::parse(&f[0]).map_err(protocol)?,
-            sku: req.sku.clone(),
-            buyer: req.buyer.clone(),
-            idempotency_key: req.idempotency_key.clone(),
-            quantity: Quantity::parse(f[1].parse().map_err(|_| bad())?).map_err(protocol)?,
-            unit_price: Money::parse(&f[2]).map_err(protocol)?,
-            currency: Currency::parse(&f[3]).map_err(protocol)?,
-            created_at: millis(&f[4])?,
-            expires_at: millis(&f[5])?,
-            status: ReservationStatus::parse(&f[6]).map_err(protocol)?,
-            client: req.client.map(str::to_owned),
-        })
-    };
-    match reply.split_first() {
-        Some((tag, rest)) if tag == "created" && rest.len() >= 7 => {
-            Ok(ReserveOutcome::Created(hold(rest)?))
-        }
-        Some((tag, rest)) if tag == "replayed" && rest.len() >= 7 => {
-            Ok(ReserveOutcome::Replayed(hold(rest)?))
-        }
-        Some((tag, [code, detail, ..])) if tag == "refused" => {
-            let detail: u64 = detail.parse().map_err(|_| bad())?;
-            let small = u32::try_from(detail).unwrap_or(u32::MAX);
-            Ok(ReserveOutcome::Refused(match code.as_str() {
-                "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
-                "rate_limited" => Refusal::RateLimited {
-                    retry_after: Duration::from_micros(detail),
-                    burst: rate.map_or(0, |r| r.burst),
-                    window: rate.map_or(Duration::ZERO, BuyerRate::window),
-                },
-                "unknown_sku" => Refusal::UnknownSku,
-                "sale_not_open" => Refusal::SaleNotOpen {
-                    opens_at: optional_millis(i64::try_from(detail).unwrap_or(0)),
-                },
-                "sale_paused" => Refusal::SalePaused,
-                "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
-                "sold_out" => Refusal::SoldOut { available: small },
-                "client_limit_reached" => Refusal::ClientLimitReached { limit: small },
-                _ => return Err(bad()),
-            }))
-        }
-        _ => Err(bad()),
-    }
 }
 
 impl Gate {
@@ -171,7 +78,7 @@ impl Gate {
             ))
             .invoke_async(&mut conn)
             .await?;
-        let outcome = parse_reserve_reply(&reply, req, self.inner.settings.buyer_rate)?;
+        let outcome = parse_reserve(&reply, req, self.inner.settings.buyer_rate)?;
         if let Durability::Replica { timeout } = self.inner.settings.durability
             && matches!(
                 outcome,

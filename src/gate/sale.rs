@@ -6,36 +6,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
-use super::{EventId, Gate, GateError, optional_millis};
+use super::contract::{Adjusted, LoadGuard, Loaded, SaleAdmin, StockChange, parse_adjusted};
+use super::{Gate, GateError, optional_millis};
+use crate::domain::EventId;
 use crate::domain::{Currency, IdempotencyKey, Money, SaleDefinition, SaleState, Sku};
 use crate::store::SkuRecord;
-
-/// How a live sale's stock changes (`lua/adjust_sale.lua`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StockChange {
-    /// A new total: absolute, so a retry finds nothing to move.
-    Total(u32),
-    /// Units added: relative, made retry-safe by an operation key.
-    Add(u32),
-}
-
-/// What `adjust_sale` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Adjusted {
-    /// The sale is not live in Redis: Postgres alone holds it.
-    NotLive,
-    /// The new total is below the units already held or sold; nothing was changed.
-    BelowHeld { total: i64, stock: i64 },
-    /// Changed (or already as asked): the sale's total and stock now, and the stream entry that
-    /// carries the change to Postgres, if stock moved.
-    Done {
-        total: i64,
-        stock: i64,
-        event: Option<EventId>,
-    },
-    /// This operation key was applied before; its result then.
-    Replayed { total: i64, stock: i64 },
-}
 
 /// The sale's descriptive fields as `meta` stores them.
 fn meta_fields(
@@ -147,9 +122,9 @@ impl Gate {
         record: &SkuRecord,
         force: bool,
     ) -> Result<Option<EventId>, GateError> {
-        match self.load_sale(record, "new", "").await?.as_str() {
-            "ok" => Ok(None),
-            "live" if force => {
+        match self.load_sale(record, LoadGuard::New).await? {
+            Loaded::Done => Ok(None),
+            Loaded::Live if force => {
                 let total = u32::try_from(record.total).unwrap_or(u32::MAX);
                 let mut meta = record_meta(record);
                 meta.push(("state", record.state.as_str().to_owned()));
@@ -168,8 +143,10 @@ impl Gate {
                     ))),
                 }
             }
-            "live" => Err(GateError::SaleLive(record.sku.clone())),
-            other => Err(GateError::Protocol(format!("load_sale answered {other:?}"))),
+            Loaded::Live => Err(GateError::SaleLive(record.sku.clone())),
+            Loaded::Moved => Err(GateError::Protocol(
+                "load_sale.lua answered 'moved' to guard 'new'".into(),
+            )),
         }
     }
 
@@ -183,10 +160,7 @@ impl Gate {
         meta: &[(&'static str, String)],
     ) -> Result<Adjusted, GateError> {
         let keys = self.namespace().sku(sku);
-        let (mode, units) = match change {
-            StockChange::Total(units) => ("total", units),
-            StockChange::Add(units) => ("add", units),
-        };
+        let (mode, units) = change.args();
         let record = operation.map_or_else(|| keys.meta(), |op| keys.admin_operation(op));
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
@@ -206,25 +180,7 @@ impl Gate {
             .arg(meta)
             .invoke_async(&mut conn)
             .await?;
-        let bad = || GateError::Protocol(format!("adjust_sale.lua answered {reply:?}"));
-        let number = |raw: &String| raw.parse::<i64>().map_err(|_| bad());
-        match reply.as_slice() {
-            [tag] if tag == "not_live" => Ok(Adjusted::NotLive),
-            [tag, total, stock] if tag == "below_held" => Ok(Adjusted::BelowHeld {
-                total: number(total)?,
-                stock: number(stock)?,
-            }),
-            [tag, total, stock] if tag == "replayed" => Ok(Adjusted::Replayed {
-                total: number(total)?,
-                stock: number(stock)?,
-            }),
-            [tag, total, stock, event] if tag == "done" => Ok(Adjusted::Done {
-                total: number(total)?,
-                stock: number(stock)?,
-                event: (!event.is_empty()).then(|| event.clone()),
-            }),
-            _ => Err(bad()),
-        }
+        parse_adjusted(&reply)
     }
 
     /// Overwrites the sale's metadata and stock from `record`, but only if the SKU's stream
@@ -235,20 +191,15 @@ impl Gate {
     pub async fn load_sale_if_drained(
         &self,
         record: &SkuRecord,
-        settled_through: Option<&str>,
+        settled_through: Option<EventId>,
     ) -> Result<bool, GateError> {
         Ok(self
-            .load_sale(record, "drained", settled_through.unwrap_or(""))
+            .load_sale(record, LoadGuard::Drained { settled_through })
             .await?
-            == "ok")
+            == Loaded::Done)
     }
 
-    async fn load_sale(
-        &self,
-        record: &SkuRecord,
-        guard: &str,
-        last_event: &str,
-    ) -> Result<String, GateError> {
+    async fn load_sale(&self, record: &SkuRecord, guard: LoadGuard) -> Result<Loaded, GateError> {
         let keys = self.namespace().sku(&record.sku);
         let mut conn = self.connection().await?;
         // The number → SKU directory first: a reservation id must be routable as soon as the
@@ -266,7 +217,8 @@ impl Gate {
             ("total", record.total.to_string()),
             ("state", record.state.as_str().to_owned()),
         ]);
-        Ok(self
+        let (guard, settled_through) = guard.args();
+        let reply: String = self
             .inner
             .scripts
             .load_sale
@@ -274,27 +226,23 @@ impl Gate {
             .key(keys.stock())
             .key(keys.events())
             .arg(guard)
-            .arg(last_event)
+            .arg(settled_through)
             .arg(record.available)
             .arg(self.namespace().sale_changed_channel())
             .arg(record.sku.as_str())
             .arg(meta)
             .invoke_async(&mut conn)
-            .await?)
+            .await?;
+        Loaded::parse(&reply)
     }
 
     /// Sets a live sale's state. Returns false when the sale is not live in Redis.
     pub async fn set_state(&self, sku: &Sku, state: SaleState) -> Result<bool, GateError> {
-        self.sale_admin(sku, "state", state.as_str().to_owned())
-            .await
+        self.sale_admin(sku, SaleAdmin::State(state)).await
     }
 
-    async fn sale_admin(
-        &self,
-        sku: &Sku,
-        operation: &str,
-        value: String,
-    ) -> Result<bool, GateError> {
+    async fn sale_admin(&self, sku: &Sku, change: SaleAdmin) -> Result<bool, GateError> {
+        let (operation, value) = change.args();
         let keys = self.namespace().sku(sku);
         let mut conn = self.connection().await?;
         let changed: i64 = self

@@ -156,15 +156,8 @@ async fn set_state(
     sale_state: SaleState,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
-    let record = state
-        .store
-        .set_sale_state(&sku, sale_state)
-        .await?
-        .ok_or(ApiError::UnknownSku(raw))?;
-    let live = state.gate.set_state(&sku, sale_state).await?;
-    let mut view = SkuView::from_record(record);
-    view.live = live;
-    Ok(Json(view))
+    let changed = state.sales().set_state(&sku, sale_state).await?;
+    Ok(Json(SkuView::from_change(changed)))
 }
 
 /// Starts a resync job (pause, drain, restore, fenced load, resume; see `resync`) and answers
@@ -177,7 +170,7 @@ async fn resync(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let sku = sku_param(&raw)?;
-    let job = crate::resync::start_job(
+    let job = crate::app::resync::start_job(
         state.gate.clone(),
         state.store.clone(),
         state.settler.clone(),
@@ -201,10 +194,10 @@ async fn resync_job(
     State(state): State<AppState>,
     _: Admin,
     AppPath((raw, job)): AppPath<(String, String)>,
-) -> Result<Json<crate::resync::ResyncJob>, ApiError> {
+) -> Result<Json<crate::app::resync::ResyncJob>, ApiError> {
     let sku = sku_param(&raw)?;
     let job = uuid::Uuid::parse_str(&job).map_err(|_| ApiError::JobNotFound)?;
-    crate::resync::job(&state.gate, &sku, job)
+    crate::app::resync::job(&state.gate, &sku, job)
         .await?
         .map(Json)
         .ok_or(ApiError::JobNotFound)

@@ -187,7 +187,26 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %err, "postgres unavailable");
                 Self::Unavailable("postgres")
             }
-            StoreError::Corrupt(_) | StoreError::Database(_) => Self::Internal(err.to_string()),
+            StoreError::Corrupt(_)
+            | StoreError::Database(_)
+            | StoreError::Invariant(_)
+            | StoreError::Interrupted => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<crate::app::HoldError> for ApiError {
+    fn from(err: crate::app::HoldError) -> Self {
+        use crate::app::HoldError;
+        match err {
+            HoldError::Refused(refusal) => refusal.into(),
+            HoldError::UnknownSku(sku) => Self::UnknownSku(sku),
+            HoldError::NotFound => Self::ReservationNotFound,
+            HoldError::HoldIs(status) => Self::HoldIs(status),
+            HoldError::NotRecorded => Self::Unavailable("settlement"),
+            HoldError::Gate(e) => e.into(),
+            HoldError::Store(e) => e.into(),
+            HoldError::Settle(e) => e.into(),
         }
     }
 }
@@ -235,9 +254,9 @@ impl From<crate::settler::SettleError> for ApiError {
     }
 }
 
-impl From<crate::resync::ResyncError> for ApiError {
-    fn from(err: crate::resync::ResyncError) -> Self {
-        use crate::resync::ResyncError;
+impl From<crate::app::resync::ResyncError> for ApiError {
+    fn from(err: crate::app::resync::ResyncError) -> Self {
+        use crate::app::resync::ResyncError;
         match err {
             ResyncError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
             ResyncError::Busy => Self::Unavailable("the settler"),

@@ -78,6 +78,14 @@ impl AppState {
             settler: &self.settler,
         }
     }
+
+    pub fn holds(&self) -> crate::app::Holds<'_> {
+        crate::app::Holds {
+            gate: &self.gate,
+            store: &self.store,
+            settler: &self.settler,
+        }
+    }
 }
 
 /// The whole API as one router.

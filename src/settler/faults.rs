@@ -39,10 +39,17 @@ impl Faults {
         Self(Some(Arc::new(should_fail)))
     }
 
+    pub(super) fn fails(&self, point: FaultPoint) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|should_fail| should_fail(point))
+    }
+
     pub(super) fn check(&self, point: FaultPoint) -> Result<(), super::SettleError> {
-        match &self.0 {
-            Some(should_fail) if should_fail(point) => Err(super::SettleError::Injected(point)),
-            _ => Ok(()),
+        if self.fails(point) {
+            Err(super::SettleError::Injected(point))
+        } else {
+            Ok(())
         }
     }
 }

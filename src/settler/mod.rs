@@ -4,26 +4,24 @@
 //! Each SKU has a row `settlement_cursor(sku, last_event_id)`. A batch reads the events after
 //! the cursor from the SKU's stream, then in one transaction locks the cursor row, checks it
 //! still names the event it read from (else another settler got there first: roll back and
-//! re-read), applies the batch (`batch.rs`), advances the cursor and commits. Only then is the
+//! re-read), applies the batch (`store/batch.rs`), advances the cursor and commits. Only then is the
 //! stream trimmed below the cursor and are refusals written back to Redis. Any number of
 //! settlers may run; they serialise on the cursor row, and a crash at any point loses nothing:
 //! the stream still holds every event the cursor has not passed.
 
-mod batch;
 mod faults;
 mod isolation;
 
-pub use batch::RejectionReason;
+pub use crate::store::RejectionReason;
 pub use faults::{FaultPoint, Faults};
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{BuyerId, IdempotencyKey, Quantity, ReservationId, Sku};
+use crate::domain::{BuyerId, EventId, IdempotencyKey, Quantity, ReservationId, Sku};
 use crate::gate::{Gate, GateError, RejectedHold, StreamRead};
-use crate::store::{Store, StoreError};
+use crate::store::{CursorLock, CursorTurn, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// Why a settler step failed.
@@ -49,7 +47,7 @@ pub enum SettleError {
     #[error(
         "the event stream of {sku} no longer holds the settlement cursor {cursor}; resync the SKU"
     )]
-    StreamBroken { sku: Sku, cursor: String },
+    StreamBroken { sku: Sku, cursor: EventId },
 }
 
 impl From<sqlx::Error> for SettleError {
@@ -121,34 +119,26 @@ pub struct Settler {
 #[derive(Debug, Default)]
 struct SkuTurn {
     queue: tokio::sync::Mutex<()>,
-    settled_through: std::sync::Mutex<String>,
+    settled_through: std::sync::Mutex<Option<EventId>>,
 }
 
 impl SkuTurn {
-    fn covers(&self, event: &str) -> bool {
-        let settled = self
-            .settled_through
+    fn covers(&self, event: EventId) -> bool {
+        self.settled_through
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        !settled.is_empty() && compare_event_ids(&settled, event) != Ordering::Less
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|settled| settled >= event)
     }
 
-    fn observe(&self, cursor: &str) {
+    fn observe(&self, cursor: EventId) {
         let mut settled = self
             .settled_through
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if settled.is_empty() || compare_event_ids(&settled, cursor) == Ordering::Less {
-            cursor.clone_into(&mut settled);
+        if settled.is_none_or(|settled| settled < cursor) {
+            *settled = Some(cursor);
         }
     }
-}
-
-/// Whether a batch waits for another settler that holds the cursor, or moves on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CursorLock {
-    Wait,
-    SkipLocked,
 }
 
 impl Settler {
@@ -273,7 +263,7 @@ impl Settler {
     /// then need only one cursor read. Against settlers in other processes the cursor row is
     /// taken with `SKIP LOCKED`; while another settler holds it (it is most likely applying
     /// `through` right now) this waits with a growing pause and looks again.
-    pub async fn settle_through(&self, sku: &Sku, through: &str) -> Result<(), SettleError> {
+    pub async fn settle_through(&self, sku: &Sku, through: EventId) -> Result<(), SettleError> {
         let turn = self.local_turn(sku);
         if turn.covers(through) {
             return Ok(());
@@ -291,8 +281,8 @@ impl Settler {
                     .settlement_cursor(sku)
                     .await?
                     .ok_or_else(|| SettleError::NoCursor(sku.clone()))?;
-                turn.observe(&cursor);
-                if compare_event_ids(&cursor, through) != Ordering::Less {
+                turn.observe(cursor);
+                if cursor >= through {
                     return Ok(());
                 }
                 match self
@@ -304,7 +294,7 @@ impl Settler {
                         // Nothing after the cursor the batch read. Another settler may have moved
                         // the cursor past `through` since `cursor` was read: look again.
                         let now = self.store.settlement_cursor(sku).await?.unwrap_or_default();
-                        if compare_event_ids(&now, through) != Ordering::Less {
+                        if now >= through {
                             return Ok(());
                         }
                         // Still behind, and the stream has nothing after it: the event is gone
@@ -342,7 +332,7 @@ impl Settler {
         };
         let events = match self
             .gate
-            .events_after(sku, &cursor, self.settings.batch_size)
+            .events_after(sku, cursor, self.settings.batch_size)
             .await?
         {
             StreamRead::Events(events) => events,
@@ -355,49 +345,24 @@ impl Settler {
                 });
             }
         };
-        let Some(last) = events.last().map(|e| e.id.clone()) else {
+        let Some(last) = events.last().map(|e| e.id) else {
             return Ok(BatchOutcome::Idle);
         };
-
-        let mut tx = self.store.pool().begin().await?;
-        let statement = match lock {
-            CursorLock::Wait => {
-                "SELECT last_event_id FROM settlement_cursor WHERE sku = $1 FOR UPDATE"
-            }
-            CursorLock::SkipLocked => {
-                "SELECT last_event_id FROM settlement_cursor WHERE sku = $1 FOR UPDATE SKIP LOCKED"
-            }
+        let mut batch = match self.store.lock_cursor(sku, cursor, lock).await? {
+            CursorTurn::Locked(batch) => batch,
+            CursorTurn::Busy => return Ok(BatchOutcome::Busy),
+            CursorTurn::Moved => return Ok(BatchOutcome::Moved),
         };
-        let locked: Option<String> = sqlx::query_scalar(statement)
-            .bind(sku.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        match locked {
-            None if lock == CursorLock::SkipLocked => return Ok(BatchOutcome::Busy),
-            None => return Err(SettleError::NoCursor(sku.clone())),
-            Some(now) if now != cursor => return Ok(BatchOutcome::Moved),
-            Some(_) => {}
-        }
-
-        let applied = batch::apply(&mut tx, sku, &events, &self.faults).await?;
+        let applied = batch
+            .apply(&events, &|| self.faults.fails(FaultPoint::AfterInserts))
+            .await
+            .map_err(|err| match err {
+                StoreError::Interrupted => SettleError::Injected(FaultPoint::AfterInserts),
+                other => other.into(),
+            })?;
         self.faults.check(FaultPoint::MidBatch)?;
-        let advanced = sqlx::query(
-            "UPDATE settlement_cursor SET last_event_id = $2, updated_at = now() \
-             WHERE sku = $1 AND last_event_id = $3",
-        )
-        .bind(sku.as_str())
-        .bind(&last)
-        .bind(&cursor)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if advanced != 1 {
-            return Err(SettleError::Invariant(format!(
-                "cursor of {sku} did not advance"
-            )));
-        }
-        tx.commit().await?;
-        self.local_turn(sku).observe(&last);
+        batch.commit(last).await?;
+        self.local_turn(sku).observe(last);
         self.faults.check(FaultPoint::AfterCommit)?;
 
         metrics::counter!("flashgate_settled_events_total").increment(events.len() as u64);
@@ -411,7 +376,7 @@ impl Settler {
             self.write_back_rejections(Some(sku)).await?;
         }
         // Safe: everything below `last` is committed. A failure only leaves a longer stream.
-        if let Err(err) = self.gate.trim_events_below(sku, &last).await {
+        if let Err(err) = self.gate.trim_events_below(sku, last).await {
             tracing::warn!(error = %err, "could not trim the event stream");
         }
         Ok(BatchOutcome::Applied {
@@ -437,30 +402,5 @@ impl Settler {
             self.store.clear_rejection(row.reservation_id).await?;
         }
         Ok(pending.len())
-    }
-}
-
-/// Orders stream ids (`<ms>-<seq>`) numerically; `0-0` is the start.
-pub fn compare_event_ids(a: &str, b: &str) -> Ordering {
-    let parse = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    parse(a).cmp(&parse(b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_ids_compare_numerically() {
-        assert_eq!(compare_event_ids("0-0", "1-0"), Ordering::Less);
-        assert_eq!(compare_event_ids("9-0", "10-0"), Ordering::Less);
-        assert_eq!(compare_event_ids("10-2", "10-10"), Ordering::Less);
-        assert_eq!(compare_event_ids("10-10", "10-10"), Ordering::Equal);
     }
 }

@@ -4,12 +4,16 @@
 //! affected-rows count is checked, and the schema's constraints hold the invariants even if the
 //! code is wrong. SQL lives next to the function that runs it.
 
+mod audit;
+mod batch;
 mod reservations;
 mod settlement;
 mod skus;
 
+pub use audit::Ledger;
+pub use batch::{Applied, RejectionReason};
 pub use reservations::StoredReservation;
-pub use settlement::PendingRejection;
+pub use settlement::{CursorLock, CursorTurn, PendingRejection, SettlementTx};
 pub use skus::SkuRecord;
 
 use sqlx::PgPool;
@@ -26,6 +30,13 @@ pub enum StoreError {
     /// migration is missing.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A conditional write that must succeed did not: the transaction is rolled back rather
+    /// than applied in part.
+    #[error("settlement invariant broken: {0}")]
+    Invariant(String),
+    /// A test's crash point stopped the transaction (see `SettlementTx::apply`).
+    #[error("stopped by a test's crash point")]
+    Interrupted,
     #[error("postgres is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     #[error(transparent)]

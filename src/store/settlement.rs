@@ -1,9 +1,77 @@
-//! The settler's bookkeeping: cursors and the rejection outbox.
+//! The settler's bookkeeping: cursors, settlement transactions and the rejection outbox.
 
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use super::batch::{self, Applied};
 use super::{Store, StoreError};
-use crate::domain::Sku;
+use crate::domain::{EventId, Sku};
+use crate::gate::Event;
+
+/// Whether a batch waits for another settler that holds the SKU's cursor, or moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorLock {
+    Wait,
+    SkipLocked,
+}
+
+/// What [`Store::lock_cursor`] found.
+#[derive(Debug)]
+pub enum CursorTurn {
+    /// This caller holds the cursor: apply the batch, then commit.
+    Locked(SettlementTx),
+    /// Another settler holds the cursor (only with [`CursorLock::SkipLocked`]).
+    Busy,
+    /// The cursor moved since the caller read the stream: read again.
+    Moved,
+}
+
+/// One settlement batch: a Postgres transaction that holds the SKU's cursor row. Dropped
+/// without [`SettlementTx::commit`], it rolls back, as when the process dies.
+#[derive(Debug)]
+pub struct SettlementTx {
+    tx: Transaction<'static, Postgres>,
+    sku: Sku,
+    from: EventId,
+}
+
+impl SettlementTx {
+    /// Applies `events` (see `batch.rs`). `stop_after_inserts` is a test's crash point: when it
+    /// answers true the batch stops with [`StoreError::Interrupted`] after inserting the holds.
+    pub async fn apply(
+        &mut self,
+        events: &[Event],
+        stop_after_inserts: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Applied, StoreError> {
+        batch::apply(&mut self.tx, &self.sku, events, stop_after_inserts).await
+    }
+
+    /// Advances the cursor to `through`, the batch's last event, and commits.
+    pub async fn commit(mut self, through: EventId) -> Result<(), StoreError> {
+        let advanced = sqlx::query(
+            "UPDATE settlement_cursor SET last_event_id = $2, updated_at = now() \
+             WHERE sku = $1 AND last_event_id = $3",
+        )
+        .bind(self.sku.as_str())
+        .bind(through.to_string())
+        .bind(self.from.to_string())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if advanced != 1 {
+            return Err(StoreError::Invariant(format!(
+                "cursor of {} did not advance",
+                self.sku
+            )));
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn parse_event_id(raw: &str) -> Result<EventId, StoreError> {
+    EventId::parse(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
 
 /// A refusal waiting to be written back to Redis (`rejection_outbox`).
 #[derive(Debug, Clone)]
@@ -25,14 +93,49 @@ impl Store {
         rows.iter().map(|s| parse_sku(s)).collect()
     }
 
-    /// The id of the last event applied for the SKU (`0-0` before the first).
-    pub async fn settlement_cursor(&self, sku: &Sku) -> Result<Option<String>, StoreError> {
-        Ok(
+    /// The id of the last event applied for the SKU ([`EventId::START`] before the first).
+    pub async fn settlement_cursor(&self, sku: &Sku) -> Result<Option<EventId>, StoreError> {
+        let raw: Option<String> =
             sqlx::query_scalar("SELECT last_event_id FROM settlement_cursor WHERE sku = $1")
                 .bind(sku.as_str())
                 .fetch_optional(&self.pool)
-                .await?,
-        )
+                .await?;
+        raw.as_deref().map(parse_event_id).transpose()
+    }
+
+    /// Opens a settlement batch: a transaction holding the SKU's cursor row, provided the cursor
+    /// still names `read_from`, the event the caller read the stream after.
+    pub async fn lock_cursor(
+        &self,
+        sku: &Sku,
+        read_from: EventId,
+        lock: CursorLock,
+    ) -> Result<CursorTurn, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let statement = match lock {
+            CursorLock::Wait => {
+                "SELECT last_event_id FROM settlement_cursor WHERE sku = $1 FOR UPDATE"
+            }
+            CursorLock::SkipLocked => {
+                "SELECT last_event_id FROM settlement_cursor WHERE sku = $1 FOR UPDATE SKIP LOCKED"
+            }
+        };
+        let locked: Option<String> = sqlx::query_scalar(statement)
+            .bind(sku.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match locked {
+            None if lock == CursorLock::SkipLocked => Ok(CursorTurn::Busy),
+            None => Err(StoreError::Corrupt(format!(
+                "no settlement cursor for SKU {sku}"
+            ))),
+            Some(now) if parse_event_id(&now)? != read_from => Ok(CursorTurn::Moved),
+            Some(_) => Ok(CursorTurn::Locked(SettlementTx {
+                tx,
+                sku: sku.clone(),
+                from: read_from,
+            })),
+        }
     }
 
     pub async fn pending_rejections(

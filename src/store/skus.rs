@@ -197,7 +197,7 @@ impl Store {
     pub async fn find_sku_at_cursor(
         &self,
         sku: &Sku,
-    ) -> Result<Option<(SkuRecord, String)>, StoreError> {
+    ) -> Result<Option<(SkuRecord, crate::domain::EventId)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
@@ -211,6 +211,8 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         tx.commit().await?;
+        let cursor = crate::domain::EventId::parse(&cursor)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Some((record, cursor)))
     }
 

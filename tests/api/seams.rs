@@ -339,7 +339,7 @@ async fn resync_never_loads_stock_that_misses_an_event_appended_after_the_drain(
     );
     assert_eq!(app.redis_stock("sneaker").await, 10);
 
-    let loaded = flashgate::resync::load_if_settled(&app.gate, &app.store, &sku)
+    let loaded = flashgate::app::resync::load_if_settled(&app.gate, &app.store, &sku)
         .await
         .expect("load");
     assert!(
@@ -349,7 +349,7 @@ async fn resync_never_loads_stock_that_misses_an_event_appended_after_the_drain(
     assert_eq!(app.redis_stock("sneaker").await, 10);
 
     app.settler().drain(&sku).await.expect("drain");
-    let loaded = flashgate::resync::load_if_settled(&app.gate, &app.store, &sku)
+    let loaded = flashgate::app::resync::load_if_settled(&app.gate, &app.store, &sku)
         .await
         .expect("load");
     assert_eq!(loaded.map(|r| r.available), Some(10), "settled: now it may");
@@ -385,7 +385,8 @@ async fn resync_racing_releases_leaves_both_stores_agreeing(pool: PgPool) {
     let settler = app.settler();
     let resync = async {
         for _ in 0..5 {
-            let resynced = flashgate::resync::resync(&app.gate, &app.store, &settler, &sku).await;
+            let resynced =
+                flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku).await;
             assert!(resynced.is_ok(), "{resynced:?}");
         }
     };

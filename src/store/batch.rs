@@ -1,4 +1,5 @@
-//! One settler batch inside one Postgres transaction (DESIGN.md §2, step 3).
+//! One settlement batch inside one Postgres transaction (DESIGN.md §2, step 3): every SQL
+//! statement the settler runs on the inventory and the reservations.
 //!
 //! Events are applied in stream order, in runs of the same kind: a run of new holds with one
 //! multi-row insert and one summed conditional decrement; a run of transitions with one
@@ -18,9 +19,9 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{FaultPoint, Faults, SettleError};
-use crate::domain::{IdempotencyKey, ReservationStatus, Sku};
-use crate::gate::{Event, EventId, EventKind, NewHold, RejectedHold};
+use super::StoreError;
+use crate::domain::{EventId, IdempotencyKey, ReservationStatus, Sku};
+use crate::gate::{Event, EventKind, NewHold, RejectedHold};
 
 /// Why Postgres refused a hold that Redis admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ impl RejectionReason {
 
 /// What a batch changed.
 #[derive(Debug, Default)]
-pub(super) struct Applied {
+pub struct Applied {
     pub holds_inserted: u64,
     pub transitions: u64,
     pub rejected: Vec<(RejectedHold, RejectionReason)>,
@@ -53,8 +54,8 @@ pub(super) async fn apply(
     tx: &mut PgConnection,
     sku: &Sku,
     events: &[Event],
-    faults: &Faults,
-) -> Result<Applied, SettleError> {
+    stop_after_inserts: &(dyn Fn() -> bool + Sync),
+) -> Result<Applied, StoreError> {
     let mut available: i64 =
         sqlx::query_scalar("SELECT available FROM inventory WHERE sku = $1 FOR UPDATE")
             .bind(sku.as_str())
@@ -64,7 +65,15 @@ pub(super) async fn apply(
     for run in events.chunk_by(|a, b| same_kind(&a.kind, &b.kind)) {
         match run[0].kind {
             EventKind::Reserved(_) => {
-                apply_new_holds(tx, sku, run, &mut available, &mut applied, faults).await?
+                apply_new_holds(
+                    tx,
+                    sku,
+                    run,
+                    &mut available,
+                    &mut applied,
+                    stop_after_inserts,
+                )
+                .await?
             }
             EventKind::Transition { .. } => {
                 apply_transitions(tx, sku, run, &mut available, &mut applied).await?
@@ -92,7 +101,7 @@ async fn apply_stock_changes(
     sku: &Sku,
     run: &[Event],
     available: &mut i64,
-) -> Result<(), SettleError> {
+) -> Result<(), StoreError> {
     let delta: i64 = run
         .iter()
         .map(|e| match e.kind {
@@ -110,7 +119,7 @@ async fn apply_stock_changes(
     .await?
     .rows_affected();
     if moved != 1 {
-        return Err(SettleError::Invariant(format!(
+        return Err(StoreError::Invariant(format!(
             "a stock change of {delta} for {sku} does not fit postgres available {available}"
         )));
     }
@@ -124,8 +133,8 @@ async fn apply_new_holds(
     run: &[Event],
     available: &mut i64,
     applied: &mut Applied,
-    faults: &Faults,
-) -> Result<(), SettleError> {
+    stop_after_inserts: &(dyn Fn() -> bool + Sync),
+) -> Result<(), StoreError> {
     let holds: Vec<(&EventId, &NewHold)> = run
         .iter()
         .filter_map(|e| match &e.kind {
@@ -154,12 +163,14 @@ async fn apply_new_holds(
     .bind(holds.iter().map(|(_, h)| h.currency.as_str()).collect::<Vec<_>>())
     .bind(holds.iter().map(|(_, h)| h.created_at).collect::<Vec<DateTime<Utc>>>())
     .bind(holds.iter().map(|(_, h)| h.expires_at).collect::<Vec<DateTime<Utc>>>())
-    .bind(holds.iter().map(|(ev, _)| ev.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(ev, _)| ev.to_string()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .collect();
-    faults.check(FaultPoint::AfterInserts)?;
+    if stop_after_inserts() {
+        return Err(StoreError::Interrupted);
+    }
 
     // A hold not inserted is either already here (this event was applied before) or collides
     // with another hold's idempotency key; only the latter is refused.
@@ -233,14 +244,14 @@ async fn apply_transitions(
     run: &[Event],
     available: &mut i64,
     applied: &mut Applied,
-) -> Result<(), SettleError> {
+) -> Result<(), StoreError> {
     use ReservationStatus::{Committed, Expired, Released};
     for to in [Committed, Released, Expired] {
-        let (ids, event_ids): (Vec<Uuid>, Vec<&str>) = run
+        let (ids, event_ids): (Vec<Uuid>, Vec<String>) = run
             .iter()
             .filter_map(|e| match &e.kind {
                 EventKind::Transition { hold, to: t } if *t == to => {
-                    Some((hold.as_uuid(), e.id.as_str()))
+                    Some((hold.as_uuid(), e.id.to_string()))
                 }
                 _ => None,
             })
@@ -292,7 +303,7 @@ async fn record_rejections(
     tx: &mut PgConnection,
     sku: &Sku,
     rejected: &[(RejectedHold, RejectionReason)],
-) -> Result<(), SettleError> {
+) -> Result<(), StoreError> {
     if rejected.is_empty() {
         return Ok(());
     }
@@ -318,23 +329,23 @@ fn quantity(hold: &NewHold) -> i32 {
     i32::try_from(hold.quantity.get()).unwrap_or(i32::MAX)
 }
 
-fn rejected(hold: &NewHold) -> Result<RejectedHold, SettleError> {
+fn rejected(hold: &NewHold) -> Result<RejectedHold, StoreError> {
     Ok(RejectedHold {
         id: hold.id,
         buyer: hold.buyer.clone(),
         idempotency_key: IdempotencyKey::from_decoded(hold.idempotency_key.clone())
-            .map_err(|e| SettleError::Invariant(format!("hold {}: {e}", hold.id)))?,
+            .map_err(|e| StoreError::Corrupt(format!("hold {}: {e}", hold.id)))?,
         quantity: hold.quantity,
     })
 }
 
 /// A conditional write that must have hit `expected` rows; anything else means a bug, and the
 /// batch is rolled back rather than applied half.
-fn expect_rows(what: &str, actual: u64, expected: u64) -> Result<(), SettleError> {
+fn expect_rows(what: &str, actual: u64, expected: u64) -> Result<(), StoreError> {
     if actual == expected {
         Ok(())
     } else {
-        Err(SettleError::Invariant(format!(
+        Err(StoreError::Invariant(format!(
             "{what}: {actual} rows changed, {expected} expected"
         )))
     }

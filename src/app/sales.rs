@@ -1,15 +1,7 @@
-//! The application layer: operations that span Redis and Postgres (DESIGN.md §10).
-//!
-//! An HTTP handler or a CLI command parses its input, calls one function here and presents the
-//! result. Each function's doc comment states the order of its writes across the two stores,
-//! what makes a retry safe, and what a timeout means to the caller.
-//!
-//! Here so far: changing a sale (create or update, restock, prewarm). The other operations that
-//! span both stores (reserve, commit, release, pause/resume, resync) are still composed by their
-//! handlers and move here next.
+//! Changing a sale: create or update, restock, prewarm, pause and resume.
 
-use crate::domain::{IdempotencyKey, SaleDefinition, Sku};
-use crate::gate::{Adjusted, EventId, Gate, GateError, StockChange, definition_meta};
+use crate::domain::{EventId, IdempotencyKey, SaleDefinition, SaleState, Sku};
+use crate::gate::{Adjusted, Gate, GateError, StockChange, definition_meta};
 use crate::settler::{SettleError, Settler};
 use crate::store::{SkuRecord, Store, StoreError};
 
@@ -140,6 +132,23 @@ impl Sales<'_> {
         self.settled_view(sku, true, event).await
     }
 
+    /// Pauses (new holds refused `sale_paused`; existing holds may still be paid or released)
+    /// or resumes the sale.
+    ///
+    /// Order: 1. Postgres records the state (what a resync or a prewarm loads later), 2. Redis,
+    /// if the sale is live there, switches at once (`sale_admin.lua`, which also drops every
+    /// gate's sold-out shortcut). Retry: the state is an absolute target. A timeout: Postgres
+    /// may have the state and Redis not yet; send it again.
+    pub async fn set_state(&self, sku: &Sku, state: SaleState) -> Result<SaleChanged, SaleError> {
+        let record = self
+            .store
+            .set_sale_state(sku, state)
+            .await?
+            .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+        let live = self.gate.set_state(sku, state).await?;
+        Ok(SaleChanged { record, live })
+    }
+
     /// The sale's Postgres record once the settler has applied `event` (when given).
     async fn settled_view(
         &self,
@@ -148,7 +157,7 @@ impl Sales<'_> {
         event: Option<EventId>,
     ) -> Result<SaleChanged, SaleError> {
         if let Some(event) = event {
-            self.settler.settle_through(sku, &event).await?;
+            self.settler.settle_through(sku, event).await?;
         }
         let record = self
             .store

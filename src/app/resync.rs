@@ -25,13 +25,10 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{
-    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus,
-    SaleState, Sku, ValidationError,
-};
+use crate::domain::{ReservationStatus, SaleState, Sku, ValidationError};
 use crate::gate::{Fence, Gate, GateError, Hold, Restored};
 use crate::settler::{SettleError, Settler};
-use crate::store::{Store, StoreError, StoredReservation};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResyncError {
@@ -132,7 +129,10 @@ async fn repair(
             drain_fenced(gate, settler, sku, &mut report).await?;
         }
         for row in store.reservations_of(sku).await? {
-            match gate.restore_hold(&hold_from_row(sku, row)?).await? {
+            match gate
+                .restore_hold(&Hold::from_record(sku.clone(), row)?)
+                .await?
+            {
                 Restored::Restored => report.restored_holds += 1,
                 Restored::Followed => report.followed_holds += 1,
                 Restored::Kept => {}
@@ -163,8 +163,8 @@ async fn drain_fenced(
         Err(SettleError::StreamBroken { cursor, .. }) => cursor,
         Err(err) => return Err(err.into()),
     };
-    if let Fence::Fenced { dropped } = gate.fence_stream(sku, &cursor).await? {
-        tracing::warn!(sku = %sku, cursor, dropped,
+    if let Fence::Fenced { dropped } = gate.fence_stream(sku, cursor).await? {
+        tracing::warn!(sku = %sku, cursor = %cursor, dropped,
             "the event stream no longer continued from the settlement cursor; recreated it from there");
         report.stream_fenced = true;
         report.dropped_events += dropped;
@@ -212,28 +212,11 @@ pub async fn load_if_settled(
         .find_sku_at_cursor(sku)
         .await?
         .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
-    let settled_through = (cursor != "0-0").then_some(cursor.as_str());
+    let settled_through = (!cursor.is_start()).then_some(cursor);
     Ok(gate
         .load_sale_if_drained(&record, settled_through)
         .await?
         .then_some(record))
-}
-
-fn hold_from_row(sku: &Sku, row: StoredReservation) -> Result<Hold, ValidationError> {
-    Ok(Hold {
-        id: ReservationId::from_uuid(row.id),
-        sku: sku.clone(),
-        buyer: BuyerId::parse(&row.buyer_id)?,
-        idempotency_key: IdempotencyKey::from_decoded(row.idempotency_key)?,
-        quantity: Quantity::parse(i64::from(row.quantity))?,
-        unit_price: Money::new(row.unit_price)?,
-        currency: Currency::parse(&row.currency)?,
-        status: ReservationStatus::parse(&row.status)?,
-        created_at: row.created_at,
-        expires_at: row.expires_at,
-        // Postgres does not record the client address: a restored hold counts against none.
-        client: None,
-    })
 }
 
 /// A resync running in the background, as `POST /v1/admin/skus/{sku}/resync` starts it. Its

@@ -1,0 +1,209 @@
+//! A buyer's calls: reserve, read, commit, release.
+
+use crate::domain::{BuyerId, ReservationId, ReservationStatus};
+use crate::gate::{
+    Gate, GateError, Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
+};
+use crate::settler::{SettleError, Settler};
+use crate::store::{Store, StoreError};
+
+/// Why a buyer's call was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// The gate refused the reservation; nothing was written, so a retry is decided afresh.
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error("no SKU {0}")]
+    UnknownSku(String),
+    /// No such hold — or another buyer's, which answers the same so ids cannot be probed.
+    #[error("no such reservation")]
+    NotFound,
+    /// The hold is in a state the call cannot move it from.
+    #[error("the reservation is {0}")]
+    HoldIs(ReservationStatus),
+    /// Redis has the commit; Postgres does not have its record yet.
+    #[error("the commit is not recorded in postgres yet")]
+    NotRecorded,
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+}
+
+/// A hold given (or given before, and replayed).
+#[derive(Debug, Clone)]
+pub struct Reserved {
+    pub hold: Hold,
+    /// The same request was answered before under this idempotency key: its hold, as it is now.
+    pub replayed: bool,
+    /// Whether Postgres has the hold's current state.
+    pub settled: bool,
+}
+
+/// The stores a buyer's call works on.
+#[derive(Debug, Clone, Copy)]
+pub struct Holds<'a> {
+    pub gate: &'a Gate,
+    pub store: &'a Store,
+    pub settler: &'a Settler,
+}
+
+impl Holds<'_> {
+    /// Decides one reservation.
+    ///
+    /// Order: Redis alone decides (`reserve.lua`: idempotency, rate and buyer limits, stock, the
+    /// hold and its event in one atomic script); Postgres follows through the settler. With
+    /// `FLASHGATE_DURABILITY=replica` the answer also waits for a replica to have the decision.
+    /// Retry: the idempotency key — the same key and body replay the stored hold (with its
+    /// current status), a refusal stored nothing. A timeout: send the same request with the same
+    /// key; it is answered, never decided twice.
+    pub async fn reserve(&self, request: ReserveRequest<'_>) -> Result<Reserved, HoldError> {
+        let (hold, replayed) = match self.gate.reserve(request).await? {
+            ReserveOutcome::Created(hold) => (hold, false),
+            ReserveOutcome::Replayed(hold) => (hold, true),
+            ReserveOutcome::Refused(Refusal::UnknownSku) => {
+                return Err(self.not_loaded(request).await);
+            }
+            ReserveOutcome::Refused(refusal) => return Err(HoldError::Refused(refusal)),
+        };
+        // A fresh hold cannot be settled yet; a replay may be, and replays are rare enough to ask.
+        let settled = replayed && self.is_settled(&hold).await;
+        Ok(Reserved {
+            hold,
+            replayed,
+            settled,
+        })
+    }
+
+    /// The gate has no sale for the SKU: one that exists but was never pre-warmed (refused as
+    /// not open) or one that does not exist. Only refused requests pay for this Postgres read.
+    async fn not_loaded(&self, request: ReserveRequest<'_>) -> HoldError {
+        match self.store.find_sku(request.sku).await {
+            Ok(Some(_)) => HoldError::Refused(Refusal::SaleNotOpen { opens_at: None }),
+            Ok(None) => HoldError::UnknownSku(request.sku.to_string()),
+            Err(err) => err.into(),
+        }
+    }
+
+    /// The hold `id` with whether Postgres has its state, if `may_see` allows its buyer.
+    /// Redis only reads; nothing is written.
+    pub async fn find(
+        &self,
+        id: ReservationId,
+        may_see: impl FnOnce(&BuyerId) -> bool,
+    ) -> Result<(Hold, bool), HoldError> {
+        let hold = self.owned(id, may_see).await?;
+        let settled = self.is_settled(&hold).await;
+        Ok((hold, settled))
+    }
+
+    /// Payment captured: `held` → `committed`, answered only once Postgres has it.
+    ///
+    /// Order: 1. Redis decides (`transition.lua`: the race with the expiry sweeper has exactly
+    /// one winner, on Redis time), 2. the settler applies the SKU's stream up to this decision
+    /// (fenced by the cursor, safe beside any number of background settlers), 3. the answer is
+    /// read from Postgres. Retry: committing a committed hold answers it again; a hold Postgres
+    /// refused at settlement answers `rejected`, so the caller refunds. A timeout (or 503): Redis
+    /// may have decided; send the commit again.
+    pub async fn commit(
+        &self,
+        id: ReservationId,
+        may_act: impl FnOnce(&BuyerId) -> bool,
+    ) -> Result<Hold, HoldError> {
+        let mut hold = self.owned(id, may_act).await?;
+        let through = match self.gate.transition(&hold, Transition::Commit).await? {
+            TransitionOutcome::Changed {
+                to: ReservationStatus::Committed,
+                event,
+            } => Some(event),
+            TransitionOutcome::Unchanged(ReservationStatus::Committed) => None,
+            TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
+                return Err(HoldError::HoldIs(to));
+            }
+            TransitionOutcome::Missing => return Err(HoldError::NotFound),
+        };
+        // A fresh commit settles through its own event. A repeated one first asks whether
+        // Postgres has it already, else settles through whatever the stream holds now (which
+        // includes it).
+        let already = match through {
+            Some(_) => None,
+            None => self.store.reservation_status(hold.id).await?,
+        };
+        let recorded = if already == Some(ReservationStatus::Committed) {
+            ReservationStatus::Committed
+        } else {
+            let through = match through {
+                Some(event) => Some(event),
+                None => self.gate.last_event_id(&hold.sku).await?,
+            };
+            if let Some(event) = through {
+                self.settler.settle_through(&hold.sku, event).await?;
+            }
+            self.store
+                .reservation_status(hold.id)
+                .await?
+                .ok_or(HoldError::NotRecorded)?
+        };
+        match recorded {
+            ReservationStatus::Committed => {
+                hold.status = ReservationStatus::Committed;
+                Ok(hold)
+            }
+            other => Err(HoldError::HoldIs(other)),
+        }
+    }
+
+    /// The buyer cancelled or payment failed: `held` → `released`; returns the hold and whether
+    /// Postgres has it released yet.
+    ///
+    /// Order: Redis alone (`transition.lua`): the units are on sale again at once and this gate's
+    /// own sold-out shortcut is off before the answer; Postgres follows through the settler.
+    /// Retry: releasing a released hold answers it again. A timeout: send it again.
+    pub async fn release(
+        &self,
+        id: ReservationId,
+        may_act: impl FnOnce(&BuyerId) -> bool,
+    ) -> Result<(Hold, bool), HoldError> {
+        let mut hold = self.owned(id, may_act).await?;
+        match self.gate.transition(&hold, Transition::Release).await? {
+            TransitionOutcome::Changed {
+                to: ReservationStatus::Released,
+                ..
+            }
+            | TransitionOutcome::Unchanged(ReservationStatus::Released) => {
+                hold.status = ReservationStatus::Released;
+                let settled = self.is_settled(&hold).await;
+                Ok((hold, settled))
+            }
+            TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
+                Err(HoldError::HoldIs(to))
+            }
+            TransitionOutcome::Missing => Err(HoldError::NotFound),
+        }
+    }
+
+    async fn owned(
+        &self,
+        id: ReservationId,
+        may_see: impl FnOnce(&BuyerId) -> bool,
+    ) -> Result<Hold, HoldError> {
+        match self.gate.hold(id).await? {
+            Some(hold) if may_see(&hold.buyer) => Ok(hold),
+            _ => Err(HoldError::NotFound),
+        }
+    }
+
+    /// Whether Postgres has the hold's current state. The gate answers from Redis alone, so an
+    /// unreachable Postgres only hides `settled`.
+    async fn is_settled(&self, hold: &Hold) -> bool {
+        match self.store.reservation_status(hold.id).await {
+            Ok(recorded) => recorded == Some(hold.status),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not tell whether the hold is settled");
+                false
+            }
+        }
+    }
+}

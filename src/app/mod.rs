@@ -1,0 +1,17 @@
+//! The application layer: every operation that spans Redis and Postgres (DESIGN.md §10).
+//!
+//! An HTTP handler or a CLI command parses its input, calls one function here and presents the
+//! result; `gate` is only the Redis adapter and `store` only the Postgres one. Each function's
+//! doc comment states the order of its writes across the two stores, what makes a retry safe,
+//! and what a timeout means to the caller.
+//!
+//! - [`Holds`] (`holds.rs`): reserve, read, commit, release — a buyer's calls;
+//! - [`Sales`] (`sales.rs`): create or change a sale, restock, prewarm, pause and resume;
+//! - [`resync`]: the two-way repair after Redis lost data, drifted or failed over.
+
+mod holds;
+pub mod resync;
+mod sales;
+
+pub use holds::{HoldError, Holds, Reserved};
+pub use sales::{SaleChanged, SaleError, Sales};

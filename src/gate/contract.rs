@@ -1,0 +1,348 @@
+//! The Lua contract: what each script in `lua/` is told (guards, operations) and what it
+//! answers, as types, parsed here and nowhere else. Each script's header comment lists its KEYS,
+//! ARGV and reply; the functions here follow those comments.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{BuyerRate, GateError, Hold, ReserveRequest, optional_millis};
+use crate::domain::{EventId, ReservationId, ReservationStatus, SaleState};
+
+/// A stream id a script or Redis answered with.
+pub(super) fn parse_id(raw: &str) -> Result<EventId, GateError> {
+    EventId::parse(raw).map_err(|e| GateError::Protocol(e.to_string()))
+}
+
+/// A stream id a script answered with, `''` meaning none.
+pub(super) fn optional_id(raw: &str) -> Result<Option<EventId>, GateError> {
+    (!raw.is_empty()).then(|| parse_id(raw)).transpose()
+}
+
+fn status(raw: &str) -> Result<ReservationStatus, GateError> {
+    ReservationStatus::parse(raw).map_err(|e| GateError::Protocol(e.to_string()))
+}
+
+// --- reserve.lua -------------------------------------------------------------------------
+
+/// What the reserve script decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReserveOutcome {
+    Created(Hold),
+    /// The same request was seen before under this idempotency key; this is its stored answer.
+    Replayed(Hold),
+    Refused(Refusal),
+}
+
+/// Why a hold was not given. A refusal has no effect, so a retry is decided afresh.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("too many requests from this buyer")]
+    RateLimited {
+        retry_after: Duration,
+        /// The quota: `burst` requests per `window`.
+        burst: u32,
+        window: Duration,
+    },
+    #[error("no sale is loaded for this SKU")]
+    UnknownSku,
+    #[error("the sale is not open")]
+    SaleNotOpen { opens_at: Option<DateTime<Utc>> },
+    #[error("the sale is paused")]
+    SalePaused,
+    #[error("this buyer has reached the per-buyer limit of {limit}")]
+    BuyerLimitReached { limit: u32 },
+    #[error("sold out")]
+    SoldOut { available: u32 },
+    #[error("this client address already has {limit} live holds on this sale")]
+    ClientLimitReached { limit: u32 },
+}
+
+pub(super) fn parse_reserve(
+    reply: &[String],
+    req: ReserveRequest<'_>,
+    rate: Option<BuyerRate>,
+) -> Result<ReserveOutcome, GateError> {
+    let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
+    // `{tag, id, q, price, cur, created, expires, status, ...}`: the hold's own field names,
+    // in this order; the request supplies the rest.
+    let hold = |f: &[String]| -> Result<Hold, GateError> {
+        let id = ReservationId::parse(&f[0]).map_err(|e| GateError::Protocol(e.to_string()))?;
+        Hold::from_redis(id, req.sku.clone(), |name| match name {
+            "q" => Some(f[1].as_str()),
+            "price" => Some(f[2].as_str()),
+            "cur" => Some(f[3].as_str()),
+            "created" => Some(f[4].as_str()),
+            "expires" => Some(f[5].as_str()),
+            "status" => Some(f[6].as_str()),
+            "buyer" => Some(req.buyer.as_str()),
+            "idem" => Some(req.idempotency_key.as_str()),
+            "client" => req.client,
+            _ => None,
+        })
+    };
+    match reply.split_first() {
+        Some((tag, rest)) if tag == "created" && rest.len() >= 7 => {
+            Ok(ReserveOutcome::Created(hold(rest)?))
+        }
+        Some((tag, rest)) if tag == "replayed" && rest.len() >= 7 => {
+            Ok(ReserveOutcome::Replayed(hold(rest)?))
+        }
+        Some((tag, [code, detail, ..])) if tag == "refused" => {
+            let detail: u64 = detail.parse().map_err(|_| bad())?;
+            let small = u32::try_from(detail).unwrap_or(u32::MAX);
+            Ok(ReserveOutcome::Refused(match code.as_str() {
+                "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
+                "rate_limited" => Refusal::RateLimited {
+                    retry_after: Duration::from_micros(detail),
+                    burst: rate.map_or(0, |r| r.burst),
+                    window: rate.map_or(Duration::ZERO, BuyerRate::window),
+                },
+                "unknown_sku" => Refusal::UnknownSku,
+                "sale_not_open" => Refusal::SaleNotOpen {
+                    opens_at: optional_millis(i64::try_from(detail).unwrap_or(0)),
+                },
+                "sale_paused" => Refusal::SalePaused,
+                "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
+                "sold_out" => Refusal::SoldOut { available: small },
+                "client_limit_reached" => Refusal::ClientLimitReached { limit: small },
+                _ => return Err(bad()),
+            }))
+        }
+        _ => Err(bad()),
+    }
+}
+
+// --- transition.lua ----------------------------------------------------------------------
+
+/// A move out of `held` (`lua/transition.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Payment captured. Past the deadline this expires the hold instead.
+    Commit,
+    /// The buyer cancelled or payment failed.
+    Release,
+    /// The deadline passed (the sweeper). Before the deadline this changes nothing.
+    Expire,
+}
+
+impl Transition {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Release => "release",
+            Self::Expire => "expire",
+        }
+    }
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionOutcome {
+    /// Redis has no such hold.
+    Missing,
+    /// The hold was not moved; this is its status.
+    Unchanged(ReservationStatus),
+    /// The hold moved to `to`; `event` is the stream entry that records it.
+    Changed {
+        to: ReservationStatus,
+        event: EventId,
+    },
+}
+
+pub(super) fn parse_transition(reply: &[String]) -> Result<TransitionOutcome, GateError> {
+    match reply {
+        [tag] if tag == "missing" => Ok(TransitionOutcome::Missing),
+        [tag, s] if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(status(s)?)),
+        [tag, s, event] if tag == "changed" => Ok(TransitionOutcome::Changed {
+            to: status(s)?,
+            event: parse_id(event)?,
+        }),
+        _ => Err(GateError::Protocol(format!(
+            "transition.lua answered {reply:?}"
+        ))),
+    }
+}
+
+// --- reject.lua --------------------------------------------------------------------------
+
+/// The hold's status before the refusal was written back; `None` when Redis no longer has it.
+pub(super) fn parse_reject(reply: &str) -> Result<Option<ReservationStatus>, GateError> {
+    match reply {
+        "missing" => Ok(None),
+        other => status(other).map(Some),
+    }
+}
+
+// --- restore_hold.lua --------------------------------------------------------------------
+
+/// What [`Gate::restore_hold`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Redis had lost the hold; it is back.
+    Restored,
+    /// Redis had the hold `held`; it now has Postgres's terminal status.
+    Followed,
+    /// Redis already agreed (or is further along: the settler brings Postgres there).
+    Kept,
+}
+
+pub(super) fn parse_restore(reply: &str) -> Result<Restored, GateError> {
+    match reply {
+        "restored" => Ok(Restored::Restored),
+        "followed" => Ok(Restored::Followed),
+        "kept" => Ok(Restored::Kept),
+        other => Err(GateError::Protocol(format!(
+            "restore_hold.lua answered {other:?}"
+        ))),
+    }
+}
+
+// --- load_sale.lua -----------------------------------------------------------------------
+
+/// What `load_sale.lua` checks before it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LoadGuard {
+    /// Refuse a sale already live (prewarm).
+    New,
+    /// Load only if the stream ends exactly at `settled_through` — the settlement cursor
+    /// Postgres `available` was read at (`None`: an empty stream) (resync).
+    Drained { settled_through: Option<EventId> },
+}
+
+impl LoadGuard {
+    /// ARGV 1 and 2.
+    pub(super) fn args(self) -> (&'static str, String) {
+        match self {
+            Self::New => ("new", String::new()),
+            Self::Drained { settled_through } => (
+                "drained",
+                settled_through.map(|id| id.to_string()).unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// What `load_sale.lua` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Loaded {
+    Done,
+    /// Guard `new`: the sale is already live; nothing written.
+    Live,
+    /// Guard `drained`: the stream moved on; nothing written.
+    Moved,
+}
+
+impl Loaded {
+    pub(super) fn parse(reply: &str) -> Result<Self, GateError> {
+        match reply {
+            "ok" => Ok(Self::Done),
+            "live" => Ok(Self::Live),
+            "moved" => Ok(Self::Moved),
+            other => Err(GateError::Protocol(format!(
+                "load_sale.lua answered {other:?}"
+            ))),
+        }
+    }
+}
+
+// --- sale_admin.lua ----------------------------------------------------------------------
+
+/// A change `sale_admin.lua` makes to a live sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SaleAdmin {
+    State(SaleState),
+}
+
+impl SaleAdmin {
+    /// ARGV 1 and 2.
+    pub(super) fn args(self) -> (&'static str, &'static str) {
+        match self {
+            Self::State(state) => ("state", state.as_str()),
+        }
+    }
+}
+
+// --- adjust_sale.lua ---------------------------------------------------------------------
+
+/// How a live sale's stock changes (`lua/adjust_sale.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    /// A new total: absolute, so a retry finds nothing to move.
+    Total(u32),
+    /// Units added: relative, made retry-safe by an operation key.
+    Add(u32),
+}
+
+/// What `adjust_sale.lua` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adjusted {
+    /// The sale is not live in Redis: Postgres alone holds it.
+    NotLive,
+    /// The new total is below the units already held or sold; nothing was changed.
+    BelowHeld { total: i64, stock: i64 },
+    /// Changed (or already as asked): the sale's total and stock now, and the stream entry that
+    /// carries the change to Postgres, if stock moved.
+    Done {
+        total: i64,
+        stock: i64,
+        event: Option<EventId>,
+    },
+    /// This operation key was applied before; its result then.
+    Replayed { total: i64, stock: i64 },
+}
+
+impl StockChange {
+    /// ARGV 1 and 2.
+    pub(super) fn args(self) -> (&'static str, u32) {
+        match self {
+            Self::Total(units) => ("total", units),
+            Self::Add(units) => ("add", units),
+        }
+    }
+}
+
+pub(super) fn parse_adjusted(reply: &[String]) -> Result<Adjusted, GateError> {
+    let bad = || GateError::Protocol(format!("adjust_sale.lua answered {reply:?}"));
+    let number = |raw: &String| raw.parse::<i64>().map_err(|_| bad());
+    match reply {
+        [tag] if tag == "not_live" => Ok(Adjusted::NotLive),
+        [tag, total, stock] if tag == "below_held" => Ok(Adjusted::BelowHeld {
+            total: number(total)?,
+            stock: number(stock)?,
+        }),
+        [tag, total, stock] if tag == "replayed" => Ok(Adjusted::Replayed {
+            total: number(total)?,
+            stock: number(stock)?,
+        }),
+        [tag, total, stock, event] if tag == "done" => Ok(Adjusted::Done {
+            total: number(total)?,
+            stock: number(stock)?,
+            event: optional_id(event)?,
+        }),
+        _ => Err(bad()),
+    }
+}
+
+// --- fence_stream.lua --------------------------------------------------------------------
+
+/// What [`Gate::fence_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The stream held the cursor's entry; nothing was changed.
+    Intact,
+    /// The stream was recreated from the cursor; `dropped` entries sorted below it.
+    Fenced { dropped: usize },
+}
+
+pub(super) fn parse_fence(reply: (String, usize)) -> Result<Fence, GateError> {
+    match reply {
+        (outcome, 0) if outcome == "intact" => Ok(Fence::Intact),
+        (outcome, dropped) if outcome == "fenced" => Ok(Fence::Fenced { dropped }),
+        other => Err(GateError::Protocol(format!(
+            "fence_stream.lua answered {other:?}"
+        ))),
+    }
+}
