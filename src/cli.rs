@@ -129,14 +129,14 @@ pub enum SkuCommand {
         /// Unit price as a decimal, e.g. 199.99.
         #[arg(long)]
         price: String,
-        #[arg(long, default_value = "USD")]
+        #[arg(long, default_value = SaleDefinition::DEFAULT_CURRENCY)]
         currency: String,
         /// Units on sale in total.
         #[arg(long)]
         stock: u32,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = SaleDefinition::DEFAULT_PER_BUYER_LIMIT)]
         per_buyer_limit: u32,
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = SaleDefinition::DEFAULT_HOLD_TTL_SECONDS)]
         hold_ttl_seconds: u32,
         /// RFC 3339, e.g. 2026-11-27T00:00:00Z.
         #[arg(long)]

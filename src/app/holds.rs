@@ -15,6 +15,9 @@ pub enum HoldError {
     Refused(Refusal),
     #[error("no SKU {0}")]
     UnknownSku(String),
+    /// The sale exists in Postgres but was never loaded into Redis.
+    #[error("sale {0} was never pre-warmed")]
+    NotPrewarmed(String),
     /// No such hold — or another buyer's, which answers the same so ids cannot be probed.
     #[error("no such reservation")]
     NotFound,
@@ -77,11 +80,11 @@ impl Holds<'_> {
         })
     }
 
-    /// The gate has no sale for the SKU: one that exists but was never pre-warmed (refused as
-    /// not open) or one that does not exist. Only refused requests pay for this Postgres read.
+    /// The gate has no sale for the SKU: one that exists but was never pre-warmed, or one that
+    /// does not exist. Only refused requests pay for this Postgres read.
     async fn not_loaded(&self, request: ReserveRequest<'_>) -> HoldError {
         match self.store.find_sku(request.sku).await {
-            Ok(Some(_)) => HoldError::Refused(Refusal::SaleNotOpen { opens_at: None }),
+            Ok(Some(_)) => HoldError::NotPrewarmed(request.sku.to_string()),
             Ok(None) => HoldError::UnknownSku(request.sku.to_string()),
             Err(err) => err.into(),
         }

@@ -228,8 +228,12 @@ pub struct ResyncJob {
     pub sku: Sku,
     /// `running`, `succeeded` or `failed`.
     pub status: String,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub started_at: chrono::DateTime<chrono::Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::domain::timestamp::serialize_option"
+    )]
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<ResyncReport>,

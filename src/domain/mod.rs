@@ -12,6 +12,7 @@ mod quantity;
 mod reservation;
 mod sale;
 mod sku;
+pub mod timestamp;
 
 pub use buyer::BuyerId;
 pub use event_id::EventId;

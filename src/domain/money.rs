@@ -6,21 +6,28 @@ use rust_decimal::Decimal;
 
 use super::{Quantity, ValidationError};
 
-/// An ISO 4217 currency code: three upper-case ASCII letters.
+/// An ISO 4217 currency code, known to the standard (`iso_currency`'s table).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(transparent)]
 pub struct Currency(String);
 
 impl Currency {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(ValidationError::new(
+        match iso_currency::Currency::from_code(raw) {
+            Some(_) => Ok(Self(raw.to_owned())),
+            None => Err(ValidationError::new(
                 "currency",
-                "must be a three-letter ISO 4217 code such as USD",
-            ))
+                "must be an ISO 4217 currency code such as USD",
+            )),
         }
+    }
+
+    /// Decimal places the currency allows (ISO 4217: USD 2, JPY 0, BHD 3); a code without a
+    /// minor unit (such as XAU) allows [`Money::MAX_SCALE`].
+    pub fn minor_units(&self) -> u32 {
+        iso_currency::Currency::from_code(&self.0)
+            .and_then(iso_currency::Currency::exponent)
+            .map_or(Money::MAX_SCALE, u32::from)
     }
 
     pub fn as_str(&self) -> &str {

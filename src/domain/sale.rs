@@ -52,11 +52,30 @@ pub struct SaleDefinition {
 impl SaleDefinition {
     pub const MAX_STOCK: u32 = 100_000_000;
     pub const MAX_HOLD_TTL_SECONDS: u32 = 7 * 24 * 3600;
+    /// What `PUT` and `flashgate sku upsert` use when a field is left out.
+    pub const DEFAULT_CURRENCY: &'static str = "USD";
+    pub const DEFAULT_PER_BUYER_LIMIT: u32 = 1;
+    pub const DEFAULT_HOLD_TTL_SECONDS: u32 = 300;
 
     /// Checks the parts that only make sense together; the parts themselves are already typed.
     pub fn validate(self) -> Result<Self, ValidationError> {
         if self.name.trim().is_empty() || self.name.len() > 200 {
             return Err(ValidationError::new("name", "must be 1 to 200 characters"));
+        }
+        if self.price.amount().is_zero() {
+            return Err(ValidationError::new("price", "must be more than 0"));
+        }
+        let places = self.price.amount().normalize().scale();
+        if places > self.currency.minor_units() {
+            return Err(ValidationError::new(
+                "price",
+                format!(
+                    "{} allows {} decimal places; {} has {places}",
+                    self.currency,
+                    self.currency.minor_units(),
+                    self.price
+                ),
+            ));
         }
         if self.stock > Self::MAX_STOCK {
             return Err(ValidationError::new(
@@ -151,5 +170,29 @@ mod tests {
         for s in [SaleState::Open, SaleState::Paused, SaleState::Closed] {
             assert_eq!(SaleState::parse(s.as_str()), Ok(s));
         }
+    }
+
+    #[test]
+    fn prices_fit_the_currency_and_are_positive() {
+        let priced = |price: &str, currency: &str| {
+            SaleDefinition {
+                price: Money::parse(price).expect("price"),
+                currency: Currency::parse(currency).expect("currency"),
+                ..sale()
+            }
+            .validate()
+        };
+        assert!(priced("199.99", "USD").is_ok());
+        assert!(
+            priced("199.90", "USD").is_ok(),
+            "trailing zeros are not places"
+        );
+        assert!(priced("0.333", "USD").is_err());
+        assert!(priced("1500", "JPY").is_ok());
+        assert!(priced("1500.5", "JPY").is_err());
+        assert!(priced("1.234", "BHD").is_ok());
+        assert!(priced("0", "USD").is_err());
+        assert!(priced("0.00", "USD").is_err());
+        assert!(Currency::parse("ABC").is_err(), "not an ISO 4217 code");
     }
 }

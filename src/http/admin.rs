@@ -29,14 +29,28 @@ pub struct SaleBody {
     pub name: String,
     /// A decimal string such as `"199.99"`; JSON numbers are refused so no float touches money.
     pub price: String,
+    #[serde(default = "default_currency")]
     pub currency: String,
     pub stock: u32,
+    #[serde(default = "default_per_buyer_limit")]
     pub per_buyer_limit: u32,
+    #[serde(default = "default_hold_ttl_seconds")]
     pub hold_ttl_seconds: u32,
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
+}
+
+// Left out, these fields default as in `flashgate sku upsert`.
+fn default_currency() -> String {
+    SaleDefinition::DEFAULT_CURRENCY.to_owned()
+}
+fn default_per_buyer_limit() -> u32 {
+    SaleDefinition::DEFAULT_PER_BUYER_LIMIT
+}
+fn default_hold_ttl_seconds() -> u32 {
+    SaleDefinition::DEFAULT_HOLD_TTL_SECONDS
 }
 
 impl SaleBody {

@@ -53,6 +53,10 @@ pub enum ApiError {
         burst: u32,
         window: Duration,
     },
+    #[error(
+        "sale {0} exists but is not open for buyers yet: it was never pre-warmed (POST /v1/admin/skus/{0}/prewarm)"
+    )]
+    SaleNotPrewarmed(String),
     #[error("sale {0} is already live in redis; pass force=true to overwrite its stock")]
     SaleLive(Sku),
     #[error("stock {requested} is below the {committed} units already reserved or sold")]
@@ -106,6 +110,7 @@ impl ApiError {
             },
             Self::ClientShed { .. } => "rate_limited",
             Self::SaleLive(_) => "sale_live",
+            Self::SaleNotPrewarmed(_) => "sale_not_prewarmed",
             Self::StockBelowCommitted { .. } => "stock_below_committed",
             Self::Unavailable(_) => "service_unavailable",
             Self::NotReplicated => "not_replicated",
@@ -147,9 +152,10 @@ impl ApiError {
                 | Refusal::SoldOut { .. } => StatusCode::CONFLICT,
             },
             Self::ClientShed { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::SaleLive(_) | Self::StockBelowCommitted { .. } | Self::HoldIs(_) => {
-                StatusCode::CONFLICT
-            }
+            Self::SaleLive(_)
+            | Self::SaleNotPrewarmed(_)
+            | Self::StockBelowCommitted { .. }
+            | Self::HoldIs(_) => StatusCode::CONFLICT,
             Self::Unavailable(_)
             | Self::Overloaded
             | Self::RequestTimeout
@@ -201,6 +207,7 @@ impl From<crate::app::HoldError> for ApiError {
         match err {
             HoldError::Refused(refusal) => refusal.into(),
             HoldError::UnknownSku(sku) => Self::UnknownSku(sku),
+            HoldError::NotPrewarmed(sku) => Self::SaleNotPrewarmed(sku),
             HoldError::NotFound => Self::ReservationNotFound,
             HoldError::HoldIs(status) => Self::HoldIs(status),
             HoldError::NotRecorded => Self::Unavailable("settlement"),
@@ -350,7 +357,10 @@ impl IntoResponse for ApiError {
                 body.insert("limit".into(), json!(limit));
             }
             Self::Refused(Refusal::SaleNotOpen { opens_at: Some(at) }) => {
-                body.insert("opens_at".into(), json!(at.to_rfc3339()));
+                body.insert(
+                    "opens_at".into(),
+                    json!(crate::domain::timestamp::format(*at)),
+                );
             }
             Self::ClientShed {
                 retry_after,

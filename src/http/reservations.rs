@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use super::client_addr::ClientAddr;
 use super::extract::{AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader};
 use super::{ApiError, AppState};
-use crate::domain::{BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku};
+use crate::domain::{
+    BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku, timestamp,
+};
 use crate::gate::{Hold, ReserveRequest};
 
 /// New holds: the new-buyer lane (shed per client, admission-limited).
@@ -44,7 +46,9 @@ pub struct ReservationView {
     #[serde(with = "rust_decimal::serde::str")]
     total: rust_decimal::Decimal,
     currency: Currency,
+    #[serde(serialize_with = "timestamp::serialize")]
     created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp::serialize")]
     expires_at: DateTime<Utc>,
     /// Whether Postgres has applied this hold's latest state.
     settled: bool,

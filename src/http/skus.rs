@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::extract::AppPath;
 use super::{ApiError, AppState};
-use crate::domain::{Currency, Money, SaleState, Sku};
+use crate::domain::{Currency, Money, SaleState, Sku, timestamp};
 use crate::store::SkuRecord;
 
 pub fn router() -> Router<AppState> {
@@ -28,7 +28,9 @@ pub struct SkuView {
     pub total: Option<i64>,
     pub per_buyer_limit: u32,
     pub hold_ttl_seconds: u32,
+    #[serde(serialize_with = "timestamp::serialize_option")]
     pub starts_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "timestamp::serialize_option")]
     pub ends_at: Option<DateTime<Utc>>,
     pub state: SaleState,
     /// Whether the sale is loaded into Redis (pre-warmed).
@@ -40,10 +42,16 @@ pub struct SkuView {
 impl SkuView {
     /// The sale after a change, as the application layer reports it.
     pub fn from_change(changed: crate::app::SaleChanged) -> Self {
-        Self {
-            live: changed.live,
-            ..Self::from_record(changed.record)
-        }
+        Self::from_record(changed.record).live(changed.live)
+    }
+
+    /// The same view, for a sale that is (or is not) loaded in Redis: `open` follows.
+    pub fn live(mut self, live: bool) -> Self {
+        self.live = live;
+        self.open = live
+            && self.state == SaleState::Open
+            && window_contains(self.starts_at, self.ends_at, Utc::now());
+        self
     }
 
     pub fn from_record(record: SkuRecord) -> Self {

@@ -9,6 +9,7 @@ mod proxy;
 mod repair;
 
 mod edge;
+mod first_hour;
 mod process;
 mod seams;
 

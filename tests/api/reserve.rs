@@ -208,14 +208,22 @@ async fn a_sale_that_has_ended_is_not_open(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn an_unknown_sku_is_404_and_a_sku_not_prewarmed_is_not_open(pool: PgPool) {
+async fn an_unknown_sku_is_404_and_a_sku_not_prewarmed_says_so(pool: PgPool) {
     let app = spawn_app(pool).await;
     assert_eq!(app.put_sale("cold", &sale_body(10, 2)).await.status(), 200);
 
     let (status, code, _) = error_code(app.reserve("nope", "alice", "k", 1).await).await;
     assert_eq!((status, code.as_str()), (404, "unknown_sku"));
-    let (status, code, _) = error_code(app.reserve("cold", "alice", "k", 1).await).await;
-    assert_eq!((status, code.as_str()), (409, "sale_not_open"));
+    // Not "sale_not_open": that is a window not yet started, which buyers wait for; this is an
+    // operator's missing step.
+    let (status, code, body) = error_code(app.reserve("cold", "alice", "k", 1).await).await;
+    assert_eq!((status, code.as_str()), (409, "sale_not_prewarmed"));
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("prewarm")),
+        "{body}"
+    );
     let (status, code, _) = error_code(app.reserve("bad{sku}", "alice", "k", 1).await).await;
     assert_eq!((status, code.as_str()), (404, "unknown_sku"));
 }
