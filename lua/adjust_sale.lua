@@ -1,4 +1,4 @@
--- adjust_sale.lua — change a live sale: its metadata and its total (DESIGN.md §10).
+-- adjust_sale.lua — change a live sale: its metadata and its total (docs/DESIGN.md §10).
 --
 -- A change of stock is decided here, against what Redis has handed out, and appended to the
 -- SKU's stream like any decision: the settler applies it to Postgres in stream order, where

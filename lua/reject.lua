@@ -1,4 +1,4 @@
--- reject.lua — write back a hold that Postgres refused (DESIGN.md §1).
+-- reject.lua — write back a hold that Postgres refused (docs/DESIGN.md §1).
 --
 -- Postgres refuses a hold Redis admitted only after Redis lost data or drifted. The hold becomes
 -- 'rejected' and the buyer's count drops, but the units are NOT given back to Redis stock:

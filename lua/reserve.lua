@@ -1,4 +1,4 @@
--- reserve.lua — decide one reservation atomically (DESIGN.md §1, §4).
+-- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4).
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in

@@ -1,4 +1,4 @@
--- transition.lua — move a hold out of 'held' (DESIGN.md §3): commit, release or expire.
+-- transition.lua — move a hold out of 'held' (docs/DESIGN.md §3): commit, release or expire.
 --
 -- All checks run before the first write. The deadline is judged on Redis TIME, so a commit
 -- racing the expiry sweeper has exactly one winner: whichever script runs first after the

@@ -1,4 +1,4 @@
--- flashgate's authoritative record (DESIGN.md §1). The constraints hold the invariants even if
+-- flashgate's authoritative record (docs/DESIGN.md §1). The constraints hold the invariants even if
 -- the code is wrong: stock can never go negative, the three buckets always sum to the total,
 -- and one (sku, buyer, idempotency key) yields at most one reservation.
 
@@ -29,7 +29,7 @@ CREATE TABLE inventory (
     available BIGINT NOT NULL,
     reserved  BIGINT NOT NULL DEFAULT 0,
     sold      BIGINT NOT NULL DEFAULT 0,
-    -- Invariant 1 (DESIGN.md §7).
+    -- Invariant 1 (docs/DESIGN.md §7).
     CONSTRAINT inventory_available_nonnegative CHECK (available >= 0),
     CONSTRAINT inventory_reserved_nonnegative CHECK (reserved >= 0),
     CONSTRAINT inventory_sold_nonnegative CHECK (sold >= 0),
@@ -57,14 +57,14 @@ CREATE TABLE reservations (
     settled_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT reservations_total_exact CHECK (total = unit_price * quantity),
-    -- Invariant 3 (DESIGN.md §7).
+    -- Invariant 3 (docs/DESIGN.md §7).
     CONSTRAINT reservations_idempotency_unique UNIQUE (sku, buyer_id, idempotency_key)
 );
 
 CREATE INDEX reservations_sku_status ON reservations (sku, status);
 CREATE INDEX reservations_sku_buyer ON reservations (sku, buyer_id);
 
--- Exactly-once, in-order settlement (DESIGN.md §2): a settler batch locks this row, checks it
+-- Exactly-once, in-order settlement (docs/DESIGN.md §2): a settler batch locks this row, checks it
 -- still names the event it read from, applies the batch and advances it in one transaction.
 CREATE TABLE settlement_cursor (
     sku           TEXT PRIMARY KEY REFERENCES skus (sku) ON DELETE CASCADE,

@@ -1,4 +1,4 @@
--- Holds Postgres refused (DESIGN.md §1), waiting to be written back to Redis. The row is inserted
+-- Holds Postgres refused (docs/DESIGN.md §1), waiting to be written back to Redis. The row is inserted
 -- in the settler's batch transaction and deleted once Redis has the rejection, so a crash
 -- between the commit and the write-back loses nothing: the next settler pass retries it.
 CREATE TABLE rejection_outbox (

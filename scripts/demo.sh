@@ -1,37 +1,72 @@
 #!/usr/bin/env bash
-# Runs the gate with a demo sale: finds or starts Redis and Postgres, migrates, creates the sale
-# `demo-sneaker` (100 units at 199.99 USD, 2 per buyer), pre-warms it, prints a buyer token and
-# a curl line, and serves on FLASHGATE_LISTEN (default 127.0.0.1:8080) until Ctrl-C.
+# Runs the gate with a demo sale, afresh every run: finds or starts Redis and Postgres, drops and
+# recreates the demo's own database (flashgate_demo) and Redis namespace (demo), creates the sale
+# `demo-sneaker` (100 units at 199.99 USD, 2 per buyer), pre-warms it, prints a copy-paste block
+# (the settings every CLI command and the load test need, two buyer tokens, the load-test
+# command), and serves on FLASHGATE_LISTEN (default 127.0.0.1:8080) until Ctrl-C.
+#
+# The demo gate trusts this machine as a proxy (FLASHGATE_TRUSTED_PROXIES=127.0.0.1) so that
+# the load test can spread its buyers over many client addresses; do not copy that to a gate
+# that faces the internet directly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
-had_database_url=${DATABASE_URL:+yes}
 flashgate_services
-[ -n "$had_database_url" ] || export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate"
 
+export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_demo"
+export FLASHGATE_REDIS_NAMESPACE=demo
 export FLASHGATE_JWT_SECRET=${FLASHGATE_JWT_SECRET:-demo-secret-change-me-0123456789}
 export FLASHGATE_ADMIN_TOKEN=${FLASHGATE_ADMIN_TOKEN:-demo-admin-token-change-me-0123456789}
 export FLASHGATE_LISTEN=${FLASHGATE_LISTEN:-127.0.0.1:8080}
+export FLASHGATE_TRUSTED_PROXIES=127.0.0.1/32,::1/128
+host=${FLASHGATE_LISTEN%:*} port=${FLASHGATE_LISTEN##*:}
+if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+  echo "demo: something already listens on $FLASHGATE_LISTEN (an earlier demo?); stop it or set FLASHGATE_LISTEN" >&2
+  exit 1
+fi
 
-cargo build --release --locked --bin flashgate
-flashgate=target/release/flashgate
+cargo build --release --locked -p flashgate -p flashgate-loadtest
+bin=$PWD/target/release
+flashgate=$bin/flashgate
+
+# Afresh: the demo's database and namespace only, never anything else on these servers.
+if command -v psql >/dev/null 2>&1; then
+  psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_demo WITH (FORCE)" >/dev/null
+else
+  echo "demo: no psql here, so the database flashgate_demo is reused (its sale is reset below)" >&2
+fi
+if command -v redis-cli >/dev/null 2>&1; then
+  redis-cli -u "$REDIS_URL" --scan --pattern 'demo:*' | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+else
+  echo "demo: no redis-cli here, so keys of the namespace demo may remain from an earlier run" >&2
+fi
+
 "$flashgate" migrate
 "$flashgate" sku upsert demo-sneaker --name "Demo sneaker" --price 199.99 --currency USD \
   --stock 100 --per-buyer-limit 2 --hold-ttl-seconds 300
-# --force: the demo starts its sale afresh every run (never do this to a live sale).
 "$flashgate" prewarm --sku demo-sneaker --force
 
-token=$("$flashgate" token --buyer demo-buyer)
+alice=$("$flashgate" token --buyer alice)
+bob=$("$flashgate" token --buyer bob)
 cat <<MSG
 
-flashgate is starting on http://$FLASHGATE_LISTEN with the sale "demo-sneaker". Try:
+flashgate is starting on http://$FLASHGATE_LISTEN with the sale "demo-sneaker" (Ctrl-C stops it).
+Paste this into another shell, then follow "Five minutes with flashgate" in the README:
 
-  curl -s http://$FLASHGATE_LISTEN/v1/skus/demo-sneaker
-  curl -s -X POST http://$FLASHGATE_LISTEN/v1/skus/demo-sneaker/reservations \\
-    -H 'Authorization: Bearer $token' \\
-    -H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' -d '{"quantity": 1}'
+export PATH="$bin:\$PATH"
+export DATABASE_URL="$DATABASE_URL"
+export REDIS_URL="$REDIS_URL"
+export FLASHGATE_REDIS_NAMESPACE=$FLASHGATE_REDIS_NAMESPACE
+export FLASHGATE_JWT_SECRET="$FLASHGATE_JWT_SECRET"
+export FLASHGATE_ADMIN_TOKEN="$FLASHGATE_ADMIN_TOKEN"
+export FLASHGATE_URL="http://$FLASHGATE_LISTEN"
+export ALICE="$alice"
+export BOB="$bob"
 
-Admin token: $FLASHGATE_ADMIN_TOKEN   (Ctrl-C stops the gate)
+The load test against this demo (its own sale, 2,000 buyers over 1,000 client addresses):
+
+flashgate-loadtest --create --sku demo-load --stock 100 --buyers 2000 --clients 1000 \\
+  --report-html target/demo-loadtest.html
 
 MSG
 exec "$flashgate" serve

@@ -9,8 +9,9 @@
 #
 #   scripts/loadtest.sh [flashgate-loadtest options...]      e.g. --buyers 5000 --stock 100
 #
-# FLASHGATE_PROFILE=release (default) or debug; FLASHGATE_LOADTEST_PORT (default 18080).
-# The exit code is flashgate-loadtest's: 0 when the verdict passed.
+# FLASHGATE_PROFILE=release (default) or debug; FLASHGATE_LOADTEST_PORT (default: a free port).
+# Reports: target/loadtest/report.{json,html} unless --report-json/--report-html say otherwise.
+# The exit code is flashgate-loadtest's: 0 when the verdict passed; 2 when the gate did not start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -29,7 +30,12 @@ export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_$run_id"
 export FLASHGATE_REDIS_NAMESPACE="loadtest-$run_id"
 export FLASHGATE_JWT_SECRET="loadtest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export FLASHGATE_ADMIN_TOKEN="admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_LOADTEST_PORT:-18080}"
+port=${FLASHGATE_LOADTEST_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "loadtest.sh: port $port is taken; set FLASHGATE_LOADTEST_PORT to a free one" >&2
+  exit 2
+fi
+export FLASHGATE_LISTEN="127.0.0.1:$port"
 export FLASHGATE_TRUSTED_PROXIES=127.0.0.1/32,::1/128 FLASHGATE_BUYER_RATE=0
 export RUST_LOG=${RUST_LOG:-warn}
 
@@ -48,11 +54,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/${FLASHGATE_LISTEN%:*}/${FLASHGATE_LISTEN##*:}") 2>/dev/null; then break; fi
-  kill -0 "$server" 2>/dev/null || { cat "target/loadtest-server-$run_id.log" >&2; exit 2; }
+# Wait for this gate (not anything else on the port): its own /healthz, while it still runs.
+started=
+for _ in $(seq 1 200); do
+  kill -0 "$server" 2>/dev/null || break
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && kill -0 "$server" 2>/dev/null; then
+    started=yes
+    break
+  fi
   sleep 0.1
 done
+if [ -z "$started" ]; then
+  echo "loadtest.sh: the gate did not start:" >&2
+  cat "target/loadtest-server-$run_id.log" >&2
+  exit 2
+fi
 
 clients=()
 [[ " $* " == *" --clients"* ]] || clients=(--clients "${FLASHGATE_LOADTEST_CLIENTS:-1000}")

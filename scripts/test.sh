@@ -23,7 +23,30 @@ echo "== load-test smoke run: 2,000 buyers at a SKU with stock 100, then the inv
 FLASHGATE_PROFILE=debug ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
 echo "== shortcut race smoke run: two gates, release on one, reserve on the other at once"
 FLASHGATE_PROFILE=debug ./scripts/shortcut-race.sh --rounds 20 --busy 4
+checks=2
 
-# One closing line for the whole suite: every cargo test, plus the load-test verdict and the
-# shortcut race as one each.
-echo "tests: $((passed + 2)) passed, $failed failed"
+echo "== loadtest.sh refuses a port something else listens on (it used to drive that instead)"
+coproc HOLDER { python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(120)'; }
+read -r taken <&"${HOLDER[0]}"
+set +e
+FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_PORT=$taken ./scripts/loadtest.sh --buyers 10 --quiet 2>target/loadtest-taken.txt
+status=$?
+set -e
+kill "$HOLDER_PID" 2>/dev/null || true
+if [ "$status" -ne 2 ] || ! grep -q "is taken" target/loadtest-taken.txt; then
+  echo "loadtest.sh on a taken port: exit $status" >&2; cat target/loadtest-taken.txt >&2; failed=$((failed + 1))
+else
+  checks=$((checks + 1))
+fi
+
+echo "== nothing in the repository points outside it"
+if git grep -nE '\.\./(shared|\.library)' -- . ':!scripts/test.sh'; then
+  failed=$((failed + 1))
+else
+  checks=$((checks + 1))
+fi
+
+# One closing line for the whole suite: every cargo test, plus each script check above as one.
+echo "tests: $((passed + checks)) passed, $failed failed"
+[ "$failed" -eq 0 ]

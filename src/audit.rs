@@ -1,4 +1,4 @@
-//! The audit: checks the seven invariants of DESIGN.md §7 against Redis and Postgres.
+//! The audit: checks the seven invariants of docs/DESIGN.md §7 against Redis and Postgres.
 //!
 //! Used by `flashgate audit`, `GET /v1/admin/skus/{sku}/audit` and the load-test verdict. An
 //! invariant that can only be judged once the settler has drained the stream (5 and 7) is

@@ -1,4 +1,4 @@
-//! The `flashgate` command line (DESIGN.md §6). `main.rs` parses and dispatches to [`run`].
+//! The `flashgate` command line (docs/DESIGN.md §6). `main.rs` parses and dispatches to [`run`].
 
 use std::time::Duration;
 

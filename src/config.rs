@@ -1,5 +1,5 @@
 //! Configuration: one typed struct per concern, read from flags or environment variables
-//! (DESIGN.md §5). Secrets are `SecretString`s, so they never reach a log.
+//! (docs/DESIGN.md §5). Secrets are `SecretString`s, so they never reach a log.
 
 use std::net::SocketAddr;
 use std::time::Duration;

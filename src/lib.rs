@@ -1,7 +1,7 @@
 //! flashgate — a flash-sale inventory gate.
 //!
 //! Thousands of buyers hit one SKU in the same second; flashgate hands out exactly the units on
-//! sale. Redis decides fast, Postgres decides last (see `DESIGN.md` in the shared folder).
+//! sale. Redis decides fast, Postgres decides last (see `docs/DESIGN.md`).
 //!
 //! Module map:
 //!
@@ -13,7 +13,7 @@
 //! - [`settler`] — carries every decision from the Redis streams into Postgres, exactly once.
 //! - [`sweeper`] — expires holds past their deadline.
 //! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
-//! - [`audit`] — checks the seven invariants of DESIGN.md §7 against both stores.
+//! - [`audit`] — checks the seven invariants of docs/DESIGN.md §7 against both stores.
 //! - [`auth`] — buyer tokens (JWT) and the admin token.
 //! - [`cli`] — the `flashgate` command line.
 //! - [`config`] — configuration from flags and environment variables.

@@ -1,4 +1,4 @@
-//! The expiry sweeper: releases holds past their deadline (DESIGN.md §3).
+//! The expiry sweeper: releases holds past their deadline (docs/DESIGN.md §3).
 //!
 //! Each tick it asks Redis (by Redis `TIME`) for the holds whose deadline has passed and expires
 //! them one by one with `lua/transition.lua`, in bounded batches. Several sweepers may run at

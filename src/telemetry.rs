@@ -1,6 +1,7 @@
 //! Logging and metrics.
 //!
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`). Metrics: the `metrics`
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), coloured only when stderr
+//! is a terminal (a log file or a pipe gets plain text). Metrics: the `metrics`
 //! facade with a Prometheus recorder, rendered at `GET /metrics`.
 
 use std::sync::OnceLock;
@@ -14,6 +15,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

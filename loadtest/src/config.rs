@@ -93,12 +93,12 @@ pub struct Config {
     /// The gate's process id, to report its peak memory (VmHWM).
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    pub report_json: Option<String>,
-    /// Write the report as a self-contained HTML page here.
-    #[arg(long)]
-    pub report_html: Option<String>,
+    /// Write the report as JSON here ("" for none).
+    #[arg(long, default_value = "target/loadtest/report.json")]
+    pub report_json: String,
+    /// Write the report as a self-contained HTML page here ("" for none).
+    #[arg(long, default_value = "target/loadtest/report.html")]
+    pub report_html: String,
     /// No progress bar (for CI logs).
     #[arg(long)]
     pub quiet: bool,

@@ -1,5 +1,5 @@
 //! `flashgate-loadtest` — drives thousands of concurrent buyers at one SKU of a running gate,
-//! then proves that the invariants of DESIGN.md §7 held.
+//! then proves that the invariants of docs/DESIGN.md §7 held.
 //!
 //! Modules: [`config`] (the command line), [`drive`] (virtual buyers and what they record),
 //! [`report`] (percentiles, JSON and the HTML page), [`verdict`] (the invariant checks).
@@ -53,14 +53,24 @@ async fn run(config: config::Config) -> anyhow::Result<bool> {
         server_peak_memory_kib,
     );
     print!("{}", report.text());
-    if let Some(path) = &config.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)
-            .with_context(|| format!("cannot write {path}"))?;
-        eprintln!("report: {path}");
-    }
-    if let Some(path) = &config.report_html {
-        std::fs::write(path, report.html()).with_context(|| format!("cannot write {path}"))?;
-        eprintln!("report: {path}");
-    }
+    write_report(
+        &config.report_json,
+        &serde_json::to_vec_pretty(&report.json())?,
+    )?;
+    write_report(&config.report_html, report.html().as_bytes())?;
     Ok(report.passed())
+}
+
+/// Writes one report file, creating its folder; an empty path writes nothing.
+fn write_report(path: &str, contents: &[u8]) -> anyhow::Result<()> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    if let Some(folder) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("cannot write {path}"))?;
+    eprintln!("report: {path}");
+    Ok(())
 }

@@ -91,7 +91,7 @@ pub fn judge(config: &Config, drive: &Drive, audit: &Value) -> Vec<Finding> {
         ));
     }
 
-    // A buyer who holds a unit can always pay (DESIGN.md §9): shedding and admission guard new
+    // A buyer who holds a unit can always pay (docs/DESIGN.md §9): shedding and admission guard new
     // buyers only.
     let refused_payments = drive
         .samples

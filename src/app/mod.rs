@@ -1,4 +1,4 @@
-//! The application layer: every operation that spans Redis and Postgres (DESIGN.md §10).
+//! The application layer: every operation that spans Redis and Postgres (docs/DESIGN.md §10).
 //!
 //! An HTTP handler or a CLI command parses its input, calls one function here and presents the
 //! result; `gate` is only the Redis adapter and `store` only the Postgres one. Each function's

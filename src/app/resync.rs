@@ -1,4 +1,4 @@
-//! Resync: the repair after Redis lost data, drifted or failed over (DESIGN.md §1, §3).
+//! Resync: the repair after Redis lost data, drifted or failed over (docs/DESIGN.md §1, §3).
 //!
 //! The sale is paused in Redis, then both stores are brought to agree, in this order:
 //!

@@ -1,4 +1,4 @@
-//! Redis key names (DESIGN.md §4).
+//! Redis key names (docs/DESIGN.md §4).
 //!
 //! Every key of one SKU is `<namespace>:{<sku>}:<name>`: the `{sku}` hash tag puts them all in
 //! one cluster slot, so each Lua script touches a single slot and runs unchanged on Redis

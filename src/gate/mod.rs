@@ -1,4 +1,4 @@
-//! The gate: Redis decides, fast (DESIGN.md §1).
+//! The gate: Redis decides, fast (docs/DESIGN.md §1).
 //!
 //! Every state change of a hold is decided by one Lua script that reads the current state and
 //! writes the new one atomically, and appends the decision to the SKU's event stream in the same

@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/skus/{sku}/resync/{job}", get(resync_job))
 }
 
-/// `PUT /v1/admin/skus/{sku}` body (DESIGN.md §5).
+/// `PUT /v1/admin/skus/{sku}` body (docs/DESIGN.md §5).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaleBody {

@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md §5), built on axum.
+//! The HTTP API (docs/DESIGN.md §5), built on axum.
 //!
 //! Each resource module exposes its routers; [`app`] merges them into lanes and adds the layers.
 //! Errors become responses in one place: [`ApiError`], in `error.rs` — unknown routes, wrong

@@ -34,7 +34,7 @@ struct ReserveBody {
     quantity: i64,
 }
 
-/// A reservation as the API shows it (DESIGN.md §5).
+/// A reservation as the API shows it (docs/DESIGN.md §5).
 #[derive(Debug, serde::Serialize)]
 pub struct ReservationView {
     id: ReservationId,

@@ -1,5 +1,5 @@
 //! The settler: makes Postgres follow every decision the gate made, exactly once and in order
-//! (DESIGN.md §2).
+//! (docs/DESIGN.md §2).
 //!
 //! Each SKU has a row `settlement_cursor(sku, last_event_id)`. A batch reads the events after
 //! the cursor from the SKU's stream, then in one transaction locks the cursor row, checks it

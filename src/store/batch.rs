@@ -1,4 +1,4 @@
-//! One settlement batch inside one Postgres transaction (DESIGN.md §2, step 3): every SQL
+//! One settlement batch inside one Postgres transaction (docs/DESIGN.md §2, step 3): every SQL
 //! statement the settler runs on the inventory and the reservations.
 //!
 //! Events are applied in stream order, in runs of the same kind: a run of new holds with one

@@ -1,6 +1,6 @@
 //! The Postgres store: the authoritative record of sales, inventory and reservations.
 //!
-//! Postgres decides last (DESIGN.md §1): every write the settler makes is conditional and its
+//! Postgres decides last (docs/DESIGN.md §1): every write the settler makes is conditional and its
 //! affected-rows count is checked, and the schema's constraints hold the invariants even if the
 //! code is wrong. SQL lives next to the function that runs it.
 

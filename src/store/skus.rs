@@ -86,7 +86,7 @@ impl Store {
     /// With `with_total`, the inventory's total is set too (checked against what is reserved
     /// and sold). Without, an existing inventory is left alone: a sale live in Redis changes its
     /// total through its event stream, which the settler applies in order.
-    #[tracing::instrument(skip_all, fields(sku = %sku), err)]
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
     pub async fn upsert_sku(
         &self,
         sku: &Sku,

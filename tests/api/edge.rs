@@ -1,4 +1,4 @@
-//! The edge (DESIGN.md §9): proxies, overload, hostile clients and a hanging Redis never cost a
+//! The edge (docs/DESIGN.md §9): proxies, overload, hostile clients and a hanging Redis never cost a
 //! paying buyer, and every refusal speaks the API's error format.
 
 use std::time::{Duration, Instant};

@@ -45,6 +45,9 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub fn start(args: &[&str]) -> Option<Self> {
         let port = free_port();
+        // Its own folder: a replica writes the RDB of its full sync there, not into the checkout.
+        let dir = std::env::temp_dir().join(format!("flashgate-redis-{port}"));
+        std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -53,6 +56,8 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                dir.to_str()?,
             ])
             .args(args)
             .stdout(Stdio::null())

@@ -1,4 +1,4 @@
-//! A hold's whole life: commit, release, expiry, pause, restock, resync (DESIGN.md §3).
+//! A hold's whole life: commit, release, expiry, pause, restock, resync (docs/DESIGN.md §3).
 
 use std::time::Duration;
 

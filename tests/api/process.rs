@@ -243,3 +243,34 @@ fn services_sh_keeps_a_database_url_whose_database_does_not_exist_yet() {
     );
     assert!(String::from_utf8_lossy(&dead.stderr).contains("DATABASE_URL is set"));
 }
+
+/// A failing command says its error once, on one line, and a log that is not a terminal carries
+/// no colour escapes (it used to print the database error twice, once as a coloured log line).
+#[sqlx::test(migrations = false)]
+async fn a_cli_error_is_printed_once_in_plain_text(pool: PgPool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .expect("database name");
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    // No migrations ran: the table is missing.
+    let output = flashgate()
+        .args([
+            "sku", "upsert", "sneaker", "--name", "Sneaker", "--price", "1", "--stock", "1",
+        ])
+        .env("DATABASE_URL", format!("{server}/{database}"))
+        .env("REDIS_URL", redis_url())
+        .env(
+            "FLASHGATE_REDIS_NAMESPACE",
+            format!("fgproc-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour escapes: {stderr:?}");
+}

@@ -1,4 +1,4 @@
-//! Resync as a two-way repair (DESIGN.md §10): holds only Redis knows are recorded in Postgres
+//! Resync as a two-way repair (docs/DESIGN.md §10): holds only Redis knows are recorded in Postgres
 //! (or rejected through the outbox), holds Redis lost or has behind follow Postgres, and a
 //! stream that no longer continues from the settlement cursor is fenced, never skipped.
 

@@ -1,4 +1,4 @@
-//! The seams between Redis and Postgres (DESIGN.md §10): one SKU's failure stays its own, and
+//! The seams between Redis and Postgres (docs/DESIGN.md §10): one SKU's failure stays its own, and
 //! neither store is trusted to be configured safely by default.
 
 use std::time::{Duration, Instant};
