@@ -121,12 +121,14 @@ _fg_start_private_postgres() {
   _fg_wait postgres _fg_pg_ok "$server/postgres" && echo "$server"
 }
 
-_fg_docker_up() {
+_fg_docker_up() { # services to start: redis, postgres or both
   command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1 || return 1
   local top; top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  _fg_log "starting redis and postgres with docker compose"
-  (cd "$top" && docker compose up -d --wait redis postgres >&2) || return 1
-  _fg_wait redis _fg_redis_ok "redis://127.0.0.1:6379" && _fg_wait postgres _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres"
+  _fg_log "starting $* with docker compose"
+  # docker-compose.stores.yml publishes them on this machine's loopback, where the tests look.
+  (cd "$top" && docker compose -f docker-compose.yml -f docker-compose.stores.yml up -d --wait "$@" >&2) || return 1
+  case " $* " in *" redis "*) _fg_wait redis _fg_redis_ok "redis://127.0.0.1:6379" || return 1 ;; esac
+  case " $* " in *" postgres "*) _fg_wait postgres _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres" || return 1 ;; esac
 }
 
 flashgate_services() {
@@ -142,7 +144,10 @@ flashgate_services() {
     fi
     [ -z "$redis" ] && _fg_redis_ok "redis://127.0.0.1:6379" && redis="redis://127.0.0.1:6379"
     [ -z "$pg" ] && _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres" && pg="postgres://postgres@127.0.0.1:5432"
-    if { [ -z "$redis" ] || [ -z "$pg" ]; } && _fg_docker_up; then
+    local missing=()
+    [ -z "$redis" ] && missing+=(redis)
+    [ -z "$pg" ] && missing+=(postgres)
+    if [ ${#missing[@]} -gt 0 ] && _fg_docker_up "${missing[@]}"; then
       redis=${redis:-redis://127.0.0.1:6379}
       pg=${pg:-postgres://postgres@127.0.0.1:5432}
     fi

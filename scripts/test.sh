@@ -40,6 +40,19 @@ else
   checks=$((checks + 1))
 fi
 
+echo "== docker compose files parse (when a compose client is installed)"
+compose=()
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); elif command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); fi
+if [ ${#compose[@]} -gt 0 ]; then
+  if "${compose[@]}" -f docker-compose.yml config -q && "${compose[@]}" -f docker-compose.yml -f docker-compose.stores.yml config -q; then
+    checks=$((checks + 1))
+  else
+    failed=$((failed + 1))
+  fi
+else
+  echo "(no docker compose client here: skipped)"
+fi
+
 echo "== nothing in the repository points outside it"
 if git grep -nE '\.\./(shared|\.library)' -- . ':!scripts/test.sh'; then
   failed=$((failed + 1))

@@ -56,6 +56,19 @@ pub enum Command {
     Migrate {
         #[command(flatten)]
         database: DatabaseConfig,
+        /// Keep trying this long while Postgres is unreachable or still starting (a container
+        /// that starts beside it), with a growing, jittered pause; 0 tries once.
+        #[arg(long, env = "FLASHGATE_MIGRATE_WAIT_SECONDS", default_value_t = 0)]
+        wait_seconds: u64,
+    },
+    /// Ask a running gate whether it is ready (`GET /readyz`); exits 0 when it answers 200.
+    /// For container healthchecks: the image has no curl.
+    Healthcheck {
+        /// The gate's address; an unspecified address (0.0.0.0, [::]) means this machine.
+        #[arg(long, env = "FLASHGATE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Create, update or list sales.
     #[command(subcommand)]
@@ -193,23 +206,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("settler and sweeper running");
             startup::run(None, settler, sweeper, shutdown, stopping.settings()).await
         }
-        Command::Migrate { database } => {
+        Command::Migrate {
+            database,
+            wait_seconds,
+        } => {
             use secrecy::ExposeSecret;
-            if Store::create_database_if_missing(database.database_url.expose_secret())
-                .await
-                .context("cannot reach Postgres to create the database")?
-            {
-                println!("database created");
+            let url = database.database_url.expose_secret();
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait_seconds);
+            let mut pauses = backon::BackoffBuilder::build(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_jitter()
+                    .without_max_times(),
+            );
+            loop {
+                match migrate(url).await {
+                    Err(err) if err.is_transient() && std::time::Instant::now() < deadline => {
+                        let pause = pauses.next().unwrap_or(Duration::from_secs(5));
+                        eprintln!("postgres is not ready ({err}); trying again in {pause:.1?}");
+                        tokio::time::sleep(pause).await;
+                    }
+                    outcome => return outcome.context("migration failed"),
+                }
             }
-            // No lock timeout here: a migration may rightly wait for another gate's.
-            Store::connect_lazy(database.database_url.expose_secret(), 2, None)
-                .context("invalid DATABASE_URL")?
-                .migrate()
-                .await
-                .context("migration failed")?;
-            println!("migrations applied");
-            Ok(())
         }
+        Command::Healthcheck { listen, path } => healthcheck(&listen, &path).await,
         Command::Sku(SkuCommand::Upsert {
             sku,
             name,
@@ -406,4 +428,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Creates the database if missing and applies the migrations, once.
+async fn migrate(url: &str) -> Result<(), crate::store::StoreError> {
+    if Store::create_database_if_missing(url).await? {
+        println!("database created");
+    }
+    // No lock timeout here: a migration may rightly wait for another gate's.
+    Store::connect_lazy(url, 2, None)?.migrate().await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// `GET path` on the gate at `listen`; Ok when it answers 200 within two seconds.
+async fn healthcheck(listen: &str, path: &str) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    let mut address: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("{listen:?} is not an address such as 127.0.0.1:8080"))?;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, address.to_string())
+            .body(Empty::<hyper::body::Bytes>::new())?;
+        anyhow::Ok(sender.send_request(request).await?.status())
+    };
+    let status = tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("{address}{path} did not answer within 2 s"))??;
+    anyhow::ensure!(
+        status == hyper::StatusCode::OK,
+        "{address}{path} answered {status}"
+    );
+    println!("{address}{path}: {status}");
+    Ok(())
 }

@@ -196,6 +196,7 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupt(_)
             | StoreError::Database(_)
             | StoreError::Invariant(_)
+            | StoreError::Migration(_)
             | StoreError::Interrupted => Self::Internal(err.to_string()),
         }
     }

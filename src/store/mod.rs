@@ -34,6 +34,9 @@ pub enum StoreError {
     /// than applied in part.
     #[error("settlement invariant broken: {0}")]
     Invariant(String),
+    /// The migrations do not apply (a changed or missing migration).
+    #[error("migrations: {0}")]
+    Migration(String),
     /// A test's crash point stopped the transaction (see `SettlementTx::apply`).
     #[error("stopped by a test's crash point")]
     Interrupted,
@@ -41,6 +44,20 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error(transparent)]
     Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether waiting may cure it: Postgres unreachable, or up but still starting or shutting
+    /// down (SQLSTATE class 57: `cannot_connect_now`, `admin_shutdown`).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|code| code.starts_with("57"))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -119,8 +136,14 @@ impl Store {
     }
 
     /// Applies the migrations embedded from `migrations/`.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!().run(&self.pool).await
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!()
+            .run(&self.pool)
+            .await
+            .map_err(|err| match err {
+                sqlx::migrate::MigrateError::Execute(err) => err.into(),
+                other => StoreError::Migration(other.to_string()),
+            })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

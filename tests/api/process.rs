@@ -274,3 +274,55 @@ async fn a_cli_error_is_printed_once_in_plain_text(pool: PgPool) {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "colour escapes: {stderr:?}");
 }
+
+/// The container healthcheck: 0 against a ready gate, not 0 where nothing answers.
+#[sqlx::test]
+async fn healthcheck_asks_the_gate_it_names(pool: PgPool) {
+    let served = Served::start(&pool, 0).await;
+    let listen = served.base.trim_start_matches("http://").to_owned();
+    let port = listen.rsplit(':').next().expect("port").to_owned();
+    let ready = flashgate()
+        .args(["healthcheck", "--listen", &format!("0.0.0.0:{port}")])
+        .output()
+        .expect("run");
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    let nobody = flashgate()
+        .args([
+            "healthcheck",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .expect("run");
+    assert!(!nobody.status.success());
+}
+
+/// `migrate` beside a Postgres that is still starting keeps trying for its wait, then says why
+/// it gave up; without a wait it gives up at once.
+#[test]
+fn migrate_waits_for_postgres_only_as_long_as_it_is_told() {
+    let run = |wait: &str| {
+        let started = Instant::now();
+        let output = flashgate()
+            .args(["migrate", "--wait-seconds", wait])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{}/none", free_port()),
+            )
+            .output()
+            .expect("run");
+        (output, started.elapsed())
+    };
+    let (once, quick) = run("0");
+    assert!(!once.status.success());
+    assert!(quick < Duration::from_secs(2), "{quick:?}");
+    let (waited, slow) = run("2");
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(!waited.status.success());
+    assert!(slow >= Duration::from_secs(2), "{slow:?}");
+    assert!(stderr.contains("trying again"), "{stderr}");
+}
