@@ -20,7 +20,10 @@ count() { awk -v word="$1;" '/^test result:/ {for (i = 2; i <= NF; i++) if ($i =
 passed=$(count passed)
 failed=$(count failed)
 echo "== load-test smoke run: 2,000 buyers at a SKU with stock 100, then the invariants verdict"
+rm -rf target/loadtest
 FLASHGATE_PROFILE=debug ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
+# Its reports land under target/ by default, never in the checkout's root.
+[ -s target/loadtest/report.html ] && [ -s target/loadtest/report.json ] || { echo "no load-test reports under target/loadtest" >&2; failed=$((failed + 1)); }
 echo "== shortcut race smoke run: two gates, release on one, reserve on the other at once"
 FLASHGATE_PROFILE=debug ./scripts/shortcut-race.sh --rounds 20 --busy 4
 checks=2
