@@ -13,6 +13,7 @@
 //! - [`settler`] — carries every decision from the Redis streams into Postgres, exactly once.
 //! - [`sweeper`] — expires holds past their deadline.
 //! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
+//! - [`pulse`] — per-SKU outcomes and latencies, for Prometheus and the operator's console.
 //! - [`audit`] — checks the seven invariants of docs/DESIGN.md §7 against both stores.
 //! - [`auth`] — buyer tokens (JWT) and the admin token.
 //! - [`cli`] — the `flashgate` command line.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod domain;
 pub mod gate;
 pub mod http;
+pub mod pulse;
 pub mod settler;
 pub mod startup;
 pub mod store;

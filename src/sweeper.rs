@@ -78,6 +78,7 @@ impl Sweeper {
             let expired = self.gate.expire_due(sku, self.batch).await?;
             total += expired;
             metrics::counter!("flashgate_expired_holds_total").increment(expired as u64);
+            crate::pulse::record(sku, crate::pulse::Outcome::Expired, expired as u64);
             if expired < self.batch {
                 return Ok(total);
             }

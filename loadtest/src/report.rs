@@ -33,6 +33,63 @@ pub struct Report {
     verdict: Vec<Finding>,
     points: Vec<(f64, f64, &'static str)>,
     buckets: Vec<(f64, u64)>,
+    /// Answers per outcome over time: the slot width in seconds, then per outcome the count
+    /// in each slot.
+    timeline: (f64, Vec<(String, Vec<u64>)>),
+}
+
+/// Slots of the "answers over time" chart.
+const SLOTS: usize = 60;
+
+/// Where each figure of this report is on the gate's own `/metrics`, so a run can be read
+/// beside a Grafana dashboard (ops/grafana) or the console.
+const METRICS_KEY: &[(&str, &str)] = &[
+    (
+        "reserve answers by outcome",
+        "flashgate_sale_outcomes_total{sku, outcome} (held, replayed, sold_out, rate_limited, shed, refused)",
+    ),
+    (
+        "commits, releases, expiries, rejections",
+        "flashgate_sale_outcomes_total{outcome=committed|released|expired|rejected}",
+    ),
+    (
+        "reserve and commit latency",
+        "flashgate_sale_call_duration_seconds{call=reserve|commit} (gate side, without the network)",
+    ),
+    (
+        "latency per route and outcome",
+        "flashgate_http_request_duration_seconds{route, method, outcome}",
+    ),
+    (
+        "shed / overloaded",
+        "flashgate_shed_total, flashgate_admission_refused_total{lane}",
+    ),
+    (
+        "settlement lag",
+        "flashgate_settlement_lag_seconds{sku}, flashgate_settlement_backlog{sku}",
+    ),
+];
+
+fn timeline(samples: &[Sample]) -> (f64, Vec<(String, Vec<u64>)>) {
+    let end = samples
+        .iter()
+        .map(|s| s.at.as_secs_f64())
+        .fold(0.001, f64::max);
+    let width = end / SLOTS as f64;
+    let mut series: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for s in samples {
+        let label = format!("{} {}", op_name(s.op), s.outcome);
+        let slot = ((s.at.as_secs_f64() / width) as usize).min(SLOTS - 1);
+        series.entry(label).or_insert_with(|| vec![0; SLOTS])[slot] += 1;
+    }
+    (width, series.into_iter().collect())
+}
+
+fn op_name(op: Op) -> String {
+    serde_json::to_value(op)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn histogram(samples: &[&Sample]) -> Histogram<u64> {
@@ -179,6 +236,7 @@ impl Report {
             verdict,
             points,
             buckets,
+            timeline: timeline(&drive.samples),
         }
     }
 
@@ -192,6 +250,11 @@ impl Report {
             "outcomes": self.outcomes,
             "audit": self.audit,
             "verdict": {"passed": self.passed(), "findings": self.verdict},
+            "timeline": {
+                "slot_seconds": self.timeline.0,
+                "answers": self.timeline.1.iter().map(|(label, counts)| json!({"outcome": label, "counts": counts})).collect::<Vec<_>>(),
+            },
+            "gate_metrics": METRICS_KEY.iter().map(|(figure, metric)| json!({"figure": figure, "metric": metric})).collect::<Vec<_>>(),
         })
     }
 
@@ -280,6 +343,13 @@ impl Report {
                 "VERDICT: FAIL"
             }
         );
+        let sku = s["sku"].as_str().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "on the gate: flashgate_sale_outcomes_total{{sku=\"{sku}\"}} (answers by outcome), \
+             flashgate_sale_call_duration_seconds{{call=\"reserve\"|\"commit\"}} (latency), \
+             flashgate_settlement_lag_seconds{{sku=\"{sku}\"}}"
+        );
         out
     }
 
@@ -321,9 +391,12 @@ impl Report {
              <h1>flashgate load test — {}</h1><h2>Verdict: {}</h2><ul>{findings}</ul>\
              <h2>Latency over time</h2><p>Each dot is a request (sampled to at most 4,000): green 201, orange 409, red 5xx or \
              transport error, blue commit, purple release. Log scale.</p>{}\
+             <h2>Answers over time, by outcome</h2><p>Requests started in each of {} slots of {:.2} s.</p>{}\
              <h2>Reserve latency histogram</h2>{}\
              <h2>Per outcome</h2><table><tr><th>op</th><th>outcome</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>\
              <th>p99.9 ms</th><th>max ms</th></tr>{rows}</table>\
+             <h2>The same figures on the gate</h2><p>The gate's <code>/metrics</code> (and the Grafana dashboard in \
+             <code>ops/grafana</code>) carry these as:</p><table>{}</table>\
              <h2>Summary</h2><pre>{}</pre><h2>Audit</h2><pre>{}</pre></body></html>",
             escape(self.summary["sku"].as_str().unwrap_or("")),
             if self.passed() {
@@ -332,10 +405,65 @@ impl Report {
                 "<span class=\"fail\">FAIL</span>"
             },
             self.scatter_svg(),
+            SLOTS,
+            self.timeline.0,
+            self.timeline_svg(),
             self.histogram_svg(),
+            METRICS_KEY
+                .iter()
+                .map(|(figure, metric)| format!(
+                    "<tr><td>{}</td><td><code>{}</code></td></tr>",
+                    escape(figure),
+                    escape(metric)
+                ))
+                .collect::<String>(),
             escape(&serde_json::to_string_pretty(&self.summary).unwrap_or_default()),
             escape(&serde_json::to_string_pretty(&self.audit).unwrap_or_default()),
         )
+    }
+
+    /// One line per outcome: answers started per slot.
+    fn timeline_svg(&self) -> String {
+        const PALETTE: [&str; 8] = [
+            "#2ca02c", "#ff7f0e", "#1f77b4", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#7f7f7f",
+        ];
+        let (w, h, pad) = (900.0, 260.0, 40.0);
+        let (_, series) = &self.timeline;
+        let max = series
+            .iter()
+            .flat_map(|(_, c)| c.iter().copied())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let x = |i: usize| pad + i as f64 / (SLOTS - 1) as f64 * (w - pad - 160.0);
+        let y = |n: u64| h - pad - n as f64 / max as f64 * (h - 2.0 * pad);
+        let mut svg =
+            format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">");
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"{:.1}\" font-size=\"11\">{max}</text><text x=\"4\" y=\"{:.1}\" font-size=\"11\">0</text>",
+            y(max) + 4.0,
+            y(0) + 4.0
+        );
+        for (n, (label, counts)) in series.iter().enumerate() {
+            let colour = PALETTE[n % PALETTE.len()];
+            let points: Vec<String> = counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{:.1},{:.1}", x(i), y(*c)))
+                .collect();
+            let _ = write!(
+                svg,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>\
+                 <text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{colour}\">{}</text>",
+                points.join(" "),
+                w - 150.0,
+                pad + 14.0 * n as f64,
+                escape(label)
+            );
+        }
+        svg.push_str("</svg>");
+        svg
     }
 
     fn scatter_svg(&self) -> String {

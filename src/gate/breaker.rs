@@ -193,7 +193,10 @@ impl GuardedConnection {
 impl ConnectionLike for GuardedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let result = self.inner.req_packed_command(cmd).await;
+            metrics::histogram!("flashgate_redis_call_duration_seconds", "kind" => "command")
+                .record(started.elapsed().as_secs_f64());
             let code = match &result {
                 Ok(Value::ServerError(err)) => Some(err.code().to_owned()),
                 _ => None,
@@ -210,10 +213,13 @@ impl ConnectionLike for GuardedConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let result = self
                 .inner
                 .req_packed_commands(pipeline, offset, count)
                 .await;
+            metrics::histogram!("flashgate_redis_call_duration_seconds", "kind" => "pipeline")
+                .record(started.elapsed().as_secs_f64());
             self.report(&result, None);
             result
         })

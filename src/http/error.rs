@@ -383,9 +383,17 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        (status, headers, Json(Value::Object(body))).into_response()
+        let code = ErrorCode(self.code());
+        let mut response = (status, headers, Json(Value::Object(body))).into_response();
+        // For the observing middleware: the answer's code without parsing the body.
+        response.extensions_mut().insert(code);
+        response
     }
 }
+
+/// The error code an error response carries (a response extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
 
 #[cfg(test)]
 mod tests {

@@ -11,9 +11,11 @@
 mod admin;
 mod admission;
 mod client_addr;
+mod console;
 mod error;
 mod extract;
 mod health;
+mod observe;
 mod reservations;
 mod server;
 mod shedding;
@@ -35,6 +37,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{AdminToken, BuyerTokens};
@@ -105,6 +108,8 @@ pub fn app(state: AppState) -> Router {
         .merge(new_buyers)
         .merge(payers)
         .merge(admin::router())
+        .merge(console::router())
+        .route_layer(axum::middleware::from_fn(observe::observe))
         .merge(health::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -114,7 +119,17 @@ pub fn app(state: AppState) -> Router {
             state.client_addr.clone(),
             client_addr::resolve,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Every log line of a request carries its id; the id is kept from a proxy that set one.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::client_addr::ClientAddr;
 use super::extract::{AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader};
+use super::observe::SaleOf;
 use super::{ApiError, AppState};
 use crate::domain::{
     BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku, timestamp,
@@ -135,12 +136,15 @@ async fn commit(
     State(state): State<AppState>,
     caller: Caller,
     AppPath(id): AppPath<String>,
-) -> Result<Json<ReservationView>, ApiError> {
+) -> Result<(axum::Extension<SaleOf>, Json<ReservationView>), ApiError> {
     let hold = state
         .holds()
         .commit(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
         .await?;
-    Ok(Json(ReservationView::new(hold, true)))
+    Ok((
+        axum::Extension(SaleOf(hold.sku.clone())),
+        Json(ReservationView::new(hold, true)),
+    ))
 }
 
 /// The buyer cancelled or payment failed: `held` → `released`; idempotent (see
@@ -150,10 +154,13 @@ async fn release(
     State(state): State<AppState>,
     caller: Caller,
     AppPath(id): AppPath<String>,
-) -> Result<Json<ReservationView>, ApiError> {
+) -> Result<(axum::Extension<SaleOf>, Json<ReservationView>), ApiError> {
     let (hold, settled) = state
         .holds()
         .release(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
         .await?;
-    Ok(Json(ReservationView::new(hold, settled)))
+    Ok((
+        axum::Extension(SaleOf(hold.sku.clone())),
+        Json(ReservationView::new(hold, settled)),
+    ))
 }

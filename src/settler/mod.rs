@@ -363,12 +363,19 @@ impl Settler {
         self.faults.check(FaultPoint::MidBatch)?;
         batch.commit(last).await?;
         self.local_turn(sku).observe(last);
+        // How late Postgres learns of a decision: the batch's oldest event's age at commit.
+        if let Some(decided) = events.first().and_then(|e| e.id.time()) {
+            let lag = (chrono::Utc::now() - decided).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("flashgate_settlement_lag_seconds", "sku" => sku.to_string()).set(lag);
+            metrics::histogram!("flashgate_settlement_delay_seconds").record(lag);
+        }
         self.faults.check(FaultPoint::AfterCommit)?;
 
         metrics::counter!("flashgate_settled_events_total").increment(events.len() as u64);
         let rejected = applied.rejected.len();
         if rejected > 0 {
             metrics::counter!("flashgate_rejected_holds_total").increment(rejected as u64);
+            crate::pulse::record(sku, crate::pulse::Outcome::Rejected, rejected as u64);
             for (hold, reason) in &applied.rejected {
                 tracing::warn!(sku = %sku, hold = %hold.id, buyer = %hold.buyer, reason = reason.as_str(),
                     "postgres refused a hold redis admitted; redis has drifted");

@@ -16,6 +16,7 @@ mod seams;
 mod admin;
 mod auth;
 mod concurrency;
+mod console;
 mod reserve;
 mod settlement;
 mod skus;

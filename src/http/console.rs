@@ -1,0 +1,163 @@
+//! The operator's console: `GET /console`, a page that watches and steers live sales, and the
+//! admin data it polls, `GET /v1/admin/console/sales`.
+//!
+//! The page itself is public and holds no data: it asks for the admin token once, keeps it in
+//! the tab's `sessionStorage` (never in a URL), and sends it with every data and action call,
+//! each of which checks it like any admin call. Actions are the admin API's own routes (pause,
+//! resume, restock, resync), so the page shows exactly what the API answers.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+
+use super::extract::Admin;
+use super::{ApiError, AppState};
+use crate::audit::Verdict;
+use crate::domain::{SaleState, Sku, timestamp};
+use crate::pulse::SalePulse;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(page))
+        .route("/v1/admin/console/sales", get(sales))
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:",
+            ),
+        ],
+        Html(include_str!("console.html")),
+    )
+}
+
+/// One sale as the console shows it, read afresh on every poll.
+#[derive(Debug, serde::Serialize)]
+struct SaleNow {
+    sku: Sku,
+    name: String,
+    /// The state Postgres records, and the one the gate serves (`None`: not pre-warmed).
+    state: SaleState,
+    live_state: Option<SaleState>,
+    /// Units a new hold may take now, in Redis.
+    redis_stock: Option<i64>,
+    total: i64,
+    available: i64,
+    reserved: i64,
+    sold: i64,
+    /// Events not yet applied to Postgres (counted up to 10,000), and the oldest one's age.
+    backlog: usize,
+    lag_ms: Option<i64>,
+    /// This gate's counters and recent latencies for the sale.
+    pulse: SalePulse,
+    /// The last audit, rerun when older than [`AUDIT_EVERY`].
+    audit: Option<AuditNow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct AuditNow {
+    ok: bool,
+    #[serde(serialize_with = "timestamp::serialize")]
+    checked_at: DateTime<Utc>,
+    /// `"<invariant>. <detail>"` for each invariant violated, or pending.
+    notes: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ConsoleNow {
+    #[serde(serialize_with = "timestamp::serialize")]
+    at: DateTime<Utc>,
+    sales: Vec<SaleNow>,
+}
+
+const AUDIT_EVERY: Duration = Duration::from_secs(15);
+const BACKLOG_CAP: usize = 10_000;
+
+async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNow>, ApiError> {
+    let mut sales = Vec::new();
+    for record in state.store.list_skus().await? {
+        let sku = record.sku.clone();
+        let live = state.gate.live_sale(&sku).await?;
+        let cursor = state
+            .store
+            .settlement_cursor(&sku)
+            .await?
+            .unwrap_or_default();
+        let (backlog, oldest) = state.gate.backlog(&sku, cursor, BACKLOG_CAP).await?;
+        let lag_ms = oldest
+            .and_then(|id| id.time())
+            .map(|t| (Utc::now() - t).num_milliseconds().max(0));
+        metrics::gauge!("flashgate_settlement_backlog", "sku" => sku.to_string())
+            .set(backlog as f64);
+        sales.push(SaleNow {
+            name: record.name,
+            state: record.state,
+            live_state: live.as_ref().map(|l| l.state),
+            redis_stock: live.as_ref().map(|l| l.available),
+            total: record.total,
+            available: record.available,
+            reserved: record.reserved,
+            sold: record.sold,
+            backlog,
+            lag_ms,
+            pulse: crate::pulse::snapshot(&sku),
+            audit: last_audit(&state, &sku).await,
+            sku,
+        });
+    }
+    Ok(Json(ConsoleNow {
+        at: Utc::now(),
+        sales,
+    }))
+}
+
+/// The SKU's last audit, run again when older than [`AUDIT_EVERY`]. Kept per process: each
+/// gate audits the sales its console shows.
+async fn last_audit(state: &AppState, sku: &Sku) -> Option<AuditNow> {
+    static AUDITS: OnceLock<Mutex<HashMap<Sku, (Instant, AuditNow)>>> = OnceLock::new();
+    let audits = AUDITS.get_or_init(Mutex::default);
+    let cached = audits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(sku)
+        .cloned();
+    if let Some((checked, audit)) = &cached
+        && checked.elapsed() < AUDIT_EVERY
+    {
+        return Some(audit.clone());
+    }
+    match crate::audit::audit_sku(&state.gate, &state.store, sku).await {
+        Ok(report) => {
+            let audit = AuditNow {
+                ok: report.ok(),
+                checked_at: Utc::now(),
+                notes: report
+                    .checks
+                    .iter()
+                    .filter(|c| c.verdict != Verdict::Held)
+                    .map(|c| format!("{}. {}", c.invariant, c.detail))
+                    .collect(),
+            };
+            audits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(sku.clone(), (Instant::now(), audit.clone()));
+            Some(audit)
+        }
+        Err(err) => {
+            tracing::warn!(sku = %sku, error = %err, "console: audit failed");
+            cached.map(|(_, audit)| audit)
+        }
+    }
+}

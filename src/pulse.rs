@@ -1,0 +1,266 @@
+//! The sale's pulse: what buyers got, second by second, per SKU — for the operator's console and
+//! for Prometheus, from one call per event.
+//!
+//! Every answer to a buyer's reserve, commit or release, every expiry and every rejection is
+//! recorded once with [`record`]: it increments the Prometheus counter
+//! `flashgate_sale_outcomes_total{sku, outcome}` and the in-process counter the console reads;
+//! [`record_latency`] feeds `flashgate_sale_call_duration_seconds{call}` and the console's recent
+//! p50/p99. The counters are this process's: behind several gates, each console shows its own
+//! gate, and Prometheus sums them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::domain::Sku;
+
+/// What happened to a buyer's call, or to a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new hold (201).
+    Held,
+    /// A retry answered with the stored hold.
+    Replayed,
+    SoldOut,
+    /// The buyer's own rate limit (429 `rate_limited`).
+    RateLimited,
+    /// Shed per client address (429) or refused by admission (503 `overloaded`).
+    Shed,
+    /// Any other refusal of a reserve: limits, window, pause.
+    Refused,
+    Committed,
+    Released,
+    Expired,
+    /// Postgres refused a hold Redis admitted.
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 10] = [
+        Self::Held,
+        Self::Replayed,
+        Self::SoldOut,
+        Self::RateLimited,
+        Self::Shed,
+        Self::Refused,
+        Self::Committed,
+        Self::Released,
+        Self::Expired,
+        Self::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Replayed => "replayed",
+            Self::SoldOut => "sold_out",
+            Self::RateLimited => "rate_limited",
+            Self::Shed => "shed",
+            Self::Refused => "refused",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|o| *o == self).unwrap_or(0)
+    }
+}
+
+/// A buyer's call whose latency the console shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    Reserve,
+    Commit,
+}
+
+impl Call {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::Commit => "commit",
+        }
+    }
+}
+
+/// Counts `outcome` for `sku`.
+pub fn record(sku: &Sku, outcome: Outcome, count: u64) {
+    metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
+        .increment(count);
+    pulse().sale(sku).counts[outcome.index()].fetch_add(count, Ordering::Relaxed);
+}
+
+/// Records how long a buyer's `call` on `sku` took, answered as it was.
+pub fn record_latency(sku: &Sku, call: Call, took: Duration) {
+    metrics::histogram!("flashgate_sale_call_duration_seconds", "call" => call.as_str())
+        .record(took.as_secs_f64());
+    let sale = pulse().sale(sku);
+    let window = match call {
+        Call::Reserve => &sale.reserve,
+        Call::Commit => &sale.commit,
+    };
+    window
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(took);
+}
+
+/// One SKU's counters and recent latencies, as the console shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SalePulse {
+    /// Totals since this process started, by outcome; the console turns them into rates.
+    pub counts: HashMap<Outcome, u64>,
+    /// p50 and p99 over the last 10 to 20 seconds, in ms; `None` without calls.
+    pub reserve_ms: Option<Percentiles>,
+    pub commit_ms: Option<Percentiles>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub count: u64,
+}
+
+/// What this process has seen of `sku`.
+pub fn snapshot(sku: &Sku) -> SalePulse {
+    let sale = pulse().sale(sku);
+    let percentiles = |window: &Mutex<Window>| {
+        window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .percentiles()
+    };
+    SalePulse {
+        counts: Outcome::ALL
+            .iter()
+            .map(|o| (*o, sale.counts[o.index()].load(Ordering::Relaxed)))
+            .collect(),
+        reserve_ms: percentiles(&sale.reserve),
+        commit_ms: percentiles(&sale.commit),
+    }
+}
+
+#[derive(Default)]
+struct Pulse {
+    sales: RwLock<HashMap<Sku, Arc<Sale>>>,
+}
+
+struct Sale {
+    counts: [AtomicU64; Outcome::ALL.len()],
+    reserve: Mutex<Window>,
+    commit: Mutex<Window>,
+}
+
+fn pulse() -> &'static Pulse {
+    static PULSE: OnceLock<Pulse> = OnceLock::new();
+    PULSE.get_or_init(Pulse::default)
+}
+
+impl Pulse {
+    fn sale(&self, sku: &Sku) -> Arc<Sale> {
+        if let Some(sale) = self
+            .sales
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sku)
+        {
+            return sale.clone();
+        }
+        self.sales
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(sku.clone())
+            .or_insert_with(|| {
+                Arc::new(Sale {
+                    counts: Default::default(),
+                    reserve: Mutex::new(Window::new()),
+                    commit: Mutex::new(Window::new()),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Recent latencies: the current and the previous 10-second histogram.
+struct Window {
+    current: Histogram<u64>,
+    previous: Histogram<u64>,
+    started: Instant,
+}
+
+const WINDOW: Duration = Duration::from_secs(10);
+
+impl Window {
+    fn new() -> Self {
+        // Microseconds, 1 µs to 60 s, 2 significant digits: about 4 KiB per histogram.
+        let histogram =
+            || Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant, valid bounds");
+        Self {
+            current: histogram(),
+            previous: histogram(),
+            started: Instant::now(),
+        }
+    }
+
+    fn rotate(&mut self) {
+        let age = self.started.elapsed();
+        if age >= WINDOW {
+            if age >= WINDOW * 2 {
+                self.previous.reset();
+            } else {
+                std::mem::swap(&mut self.current, &mut self.previous);
+            }
+            self.current.reset();
+            self.started = Instant::now();
+        }
+    }
+
+    fn record(&mut self, took: Duration) {
+        self.rotate();
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.current.saturating_record(micros);
+    }
+
+    fn percentiles(&mut self) -> Option<Percentiles> {
+        self.rotate();
+        let mut both = self.previous.clone();
+        both.add(&self.current).ok()?;
+        (!both.is_empty()).then(|| Percentiles {
+            p50: both.value_at_quantile(0.5) as f64 / 1000.0,
+            p99: both.value_at_quantile(0.99) as f64 / 1000.0,
+            count: both.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_percentiles_per_sku() {
+        let sku = Sku::parse("pulse-test").expect("sku");
+        let other = Sku::parse("pulse-other").expect("sku");
+        record(&sku, Outcome::Held, 3);
+        record(&sku, Outcome::SoldOut, 1);
+        for ms in 1..=100 {
+            record_latency(&sku, Call::Reserve, Duration::from_millis(ms));
+        }
+        let seen = snapshot(&sku);
+        assert_eq!(seen.counts[&Outcome::Held], 3);
+        assert_eq!(seen.counts[&Outcome::SoldOut], 1);
+        let reserve = seen.reserve_ms.expect("latencies");
+        assert!((49.0..=51.5).contains(&reserve.p50), "{reserve:?}");
+        assert!((98.0..=100.5).contains(&reserve.p99), "{reserve:?}");
+        assert!(seen.commit_ms.is_none());
+        assert_eq!(snapshot(&other).counts[&Outcome::Held], 0);
+    }
+}
