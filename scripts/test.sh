@@ -46,6 +46,9 @@ fi
 echo "== the operator's console in headless Chromium: sign in, numbers move, pause, resume"
 if FLASHGATE_PROFILE=debug ./scripts/browser-test.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
 
+echo "== schemathesis: requests generated from /openapi.json; no 5xx, nothing undocumented"
+if FLASHGATE_PROFILE=debug ./scripts/schemathesis.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
+
 echo "== docker compose files parse (when a compose client is installed)"
 compose=()
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); elif command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); fi

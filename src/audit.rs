@@ -34,7 +34,7 @@ impl From<sqlx::Error> for AuditError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Held,
@@ -44,17 +44,19 @@ pub enum Verdict {
 }
 
 /// One invariant's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {
     pub invariant: u8,
+    #[schema(value_type = String)]
     pub name: &'static str,
     pub verdict: Verdict,
     pub detail: String,
 }
 
 /// The audit of one SKU.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SkuAudit {
+    #[schema(value_type = String)]
     pub sku: Sku,
     pub total: i64,
     pub available: i64,

@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use crate::domain::Sku;
 
 /// What happened to a buyer's call, or to a hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A new hold (201).
@@ -113,7 +113,7 @@ pub fn record_latency(sku: &Sku, call: Call, took: Duration) {
 }
 
 /// One SKU's counters and recent latencies, as the console shows them.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SalePulse {
     /// Totals since this process started, by outcome; the console turns them into rates.
     pub counts: HashMap<Outcome, u64>,
@@ -122,7 +122,7 @@ pub struct SalePulse {
     pub commit_ms: Option<Percentiles>,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,

@@ -49,8 +49,9 @@ pub enum ResyncError {
 }
 
 /// What a resync did.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ResyncReport {
+    #[schema(value_type = String)]
     pub sku: Sku,
     /// Events the settler applied while draining.
     pub settled_events: usize,
@@ -222,9 +223,10 @@ pub async fn load_if_settled(
 /// A resync running in the background, as `POST /v1/admin/skus/{sku}/resync` starts it. Its
 /// state is kept in Redis under the SKU's hash tag for the idempotency TTL, so any gate answers
 /// its status URL.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ResyncJob {
     pub job: uuid::Uuid,
+    #[schema(value_type = String)]
     pub sku: Sku,
     /// `running`, `succeeded` or `failed`.
     pub status: String,

@@ -53,7 +53,9 @@ impl fmt::Display for ReservationId {
 }
 
 /// Where a hold is in its life (docs/DESIGN.md §3). `held` is the only state that is not terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ReservationStatus {
     Held,

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use super::{Currency, Money, ValidationError};
 
 /// Whether new holds may be taken. Existing holds are unaffected by `paused` and `closed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleState {
     Open,

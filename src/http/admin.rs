@@ -1,40 +1,49 @@
 //! Admin operations under `/v1/admin`, behind the admin token.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::extract::{Admin, AppJson, AppPath, AppQuery, OptionalIdempotencyKey};
 use super::skus::SkuView;
 use super::{ApiError, AppState};
+use crate::app::resync::ResyncJob;
+use crate::audit::SkuAudit;
 use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/skus/{sku}", put(upsert))
-        .route("/v1/admin/skus/{sku}/prewarm", post(prewarm))
-        .route("/v1/admin/skus/{sku}/audit", get(audit))
-        .route("/v1/admin/skus/{sku}/restock", post(restock))
-        .route("/v1/admin/skus/{sku}/pause", post(pause))
-        .route("/v1/admin/skus/{sku}/resume", post(resume))
-        .route("/v1/admin/skus/{sku}/resync", post(resync))
-        .route("/v1/admin/skus/{sku}/resync/{job}", get(resync_job))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upsert))
+        .routes(routes!(prewarm))
+        .routes(routes!(audit))
+        .routes(routes!(restock))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(resync))
+        .routes(routes!(resync_job))
 }
 
 /// `PUT /v1/admin/skus/{sku}` body (docs/DESIGN.md §5).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaleBody {
     pub name: String,
     /// A decimal string such as `"199.99"`; JSON numbers are refused so no float touches money.
     pub price: String,
+    /// ISO 4217; the price may have no more decimal places than it allows.
     #[serde(default = "default_currency")]
+    #[schema(default = "USD")]
     pub currency: String,
+    /// Units on sale in total.
     pub stock: u32,
     #[serde(default = "default_per_buyer_limit")]
+    #[schema(default = 1, minimum = 1)]
     pub per_buyer_limit: u32,
     #[serde(default = "default_hold_ttl_seconds")]
+    #[schema(default = 300, minimum = 1)]
     pub hold_ttl_seconds: u32,
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
@@ -75,6 +84,18 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
 
 /// Creates or changes a sale, live or not (see `app::Sales::upsert`): an absolute target, so a
 /// retry after a timeout is safe.
+#[utoipa::path(put, path = "/v1/admin/skus/{sku}", tag = "admin", params(("sku" = String, Path)), request_body = SaleBody,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 400, description = "malformed_json, invalid_path", body = ErrorBody),
+        (status = 409, description = "stock_below_committed", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "invalid_request, invalid_body", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn upsert(
     State(state): State<AppState>,
     _: Admin,
@@ -86,12 +107,26 @@ async fn upsert(
     Ok(Json(SkuView::from_change(changed)))
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PrewarmQuery {
     #[serde(default)]
     force: bool,
 }
 
+/// Load the sale into Redis; `force` refreshes a live one (never its stock).
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/prewarm", tag = "admin", params(("sku" = String, Path), PrewarmQuery),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale, live", body = SkuView),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 409, description = "sale_live (without force)", body = ErrorBody),
+        (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn prewarm(
     State(state): State<AppState>,
     _: Admin,
@@ -104,26 +139,61 @@ async fn prewarm(
 }
 
 /// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated.
+/// Check invariants 1-7 against Redis and Postgres.
+#[utoipa::path(get, path = "/v1/admin/skus/{sku}/audit", tag = "admin", params(("sku" = String, Path)),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the audit; `ok` is false when an invariant is violated", body = AuditView),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn audit(
     State(state): State<AppState>,
     _: Admin,
     AppPath(raw): AppPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditView>, ApiError> {
     let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw))?;
-    let report = crate::audit::audit_sku(&state.gate, &state.store, &sku).await?;
-    let mut body = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["ok"] = report.ok().into();
-    Ok(Json(body))
+    let audit = crate::audit::audit_sku(&state.gate, &state.store, &sku).await?;
+    Ok(Json(AuditView {
+        ok: audit.ok(),
+        audit,
+    }))
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// An audit with its verdict.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct AuditView {
+    /// False when an invariant is violated.
+    ok: bool,
+    #[serde(flatten)]
+    audit: SkuAudit,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestockBody {
+    #[schema(minimum = 1)]
     quantity: u32,
 }
 
 /// Adds units to the sale (see `app::Sales::restock`). With an `Idempotency-Key` a retry after
 /// a timeout answers the first result instead of adding the units twice.
+/// Add units; under an Idempotency-Key a retry adds nothing twice.
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/restock", tag = "admin", params(("sku" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = RestockBody,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 400, description = "malformed_json, idempotency_key_invalid", body = ErrorBody),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "invalid_request, invalid_body", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn restock(
     State(state): State<AppState>,
     _: Admin,
@@ -146,6 +216,17 @@ async fn restock(
     Ok(Json(SkuView::from_change(changed)))
 }
 
+/// Pause: new holds are refused `sale_paused`; existing holds may still be paid.
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/pause", tag = "admin", params(("sku" = String, Path)),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn pause(
     state: State<AppState>,
     admin: Admin,
@@ -154,6 +235,17 @@ async fn pause(
     set_state(state, admin, raw, SaleState::Paused).await
 }
 
+/// Resume a paused sale.
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resume", tag = "admin", params(("sku" = String, Path)),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn resume(
     state: State<AppState>,
     admin: Admin,
@@ -177,6 +269,17 @@ async fn set_state(
 /// Starts a resync job (pause, drain, restore, fenced load, resume; see `resync`) and answers
 /// `202 Accepted` at once with its status URL in `Location`: the repair can take longer than a
 /// request may, and a failed job puts the sale back in its previous state.
+/// Start a resync job (the two-way repair); its state is at the Location.
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resync", tag = "admin", params(("sku" = String, Path)),
+    security(("adminToken" = [])),
+    responses(
+        (status = 202, description = "the job, running; `status_url` and Location name it", body = ResyncJob),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn resync(
     State(state): State<AppState>,
     _: Admin,
@@ -204,11 +307,22 @@ async fn resync(
 }
 
 /// A resync job's state: `running`, then `succeeded` with its report or `failed` with its error.
+/// A resync job's state.
+#[utoipa::path(get, path = "/v1/admin/skus/{sku}/resync/{job}", tag = "admin", params(("sku" = String, Path), ("job" = String, Path, format = Uuid)),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "running, succeeded (with its report) or failed (with its error)", body = ResyncJob),
+        (status = 404, description = "job_not_found", body = ErrorBody),
+        (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn resync_job(
     State(state): State<AppState>,
     _: Admin,
     AppPath((raw, job)): AppPath<(String, String)>,
-) -> Result<Json<crate::app::resync::ResyncJob>, ApiError> {
+) -> Result<Json<ResyncJob>, ApiError> {
     let sku = sku_param(&raw)?;
     let job = uuid::Uuid::parse_str(&job).map_err(|_| ApiError::JobNotFound)?;
     crate::app::resync::job(&state.gate, &sku, job)

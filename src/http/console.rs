@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::Admin;
 use super::{ApiError, AppState};
@@ -23,12 +24,15 @@ use crate::audit::Verdict;
 use crate::domain::{SaleState, Sku, timestamp};
 use crate::pulse::SalePulse;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/console", get(page))
-        .route("/v1/admin/console/sales", get(sales))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(sales))
 }
 
+/// The console page (public; its data and actions need the admin token).
+#[utoipa::path(get, path = "/console", tag = "console",
+    responses((status = 200, description = "the page", content_type = "text/html", body = String)))]
 async fn page() -> impl IntoResponse {
     (
         [
@@ -43,8 +47,9 @@ async fn page() -> impl IntoResponse {
 }
 
 /// One sale as the console shows it, read afresh on every poll.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct SaleNow {
+    #[schema(value_type = String)]
     sku: Sku,
     name: String,
     /// The state Postgres records, and the one the gate serves (`None`: not pre-warmed).
@@ -65,7 +70,7 @@ struct SaleNow {
     audit: Option<AuditNow>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 struct AuditNow {
     ok: bool,
     #[serde(serialize_with = "timestamp::serialize")]
@@ -74,7 +79,7 @@ struct AuditNow {
     notes: Vec<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct ConsoleNow {
     #[serde(serialize_with = "timestamp::serialize")]
     at: DateTime<Utc>,
@@ -84,6 +89,15 @@ struct ConsoleNow {
 const AUDIT_EVERY: Duration = Duration::from_secs(15);
 const BACKLOG_CAP: usize = 10_000;
 
+/// Every sale as the console shows it, read afresh.
+#[utoipa::path(get, path = "/v1/admin/console/sales", tag = "console",
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "every sale", body = ConsoleNow),
+        (status = 401, description = "unauthorized", body = super::error::ErrorBody),
+        (status = 403, description = "forbidden", body = super::error::ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = super::error::ErrorBody),
+    ))]
 async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNow>, ApiError> {
     let mut sales = Vec::new();
     for record in state.store.list_skus().await? {

@@ -81,6 +81,94 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Every error code the API can answer with. The OpenAPI document lists exactly these, and a
+/// test checks that every variant's code is here.
+pub const CODES: &[&str] = &[
+    "invalid_request",
+    "malformed_json",
+    "invalid_body",
+    "unsupported_media_type",
+    "body_too_large",
+    "idempotency_key_missing",
+    "idempotency_key_invalid",
+    "unauthorized",
+    "forbidden",
+    "unknown_sku",
+    "reservation_not_found",
+    "job_not_found",
+    "held",
+    "committed",
+    "released",
+    "expired",
+    "rejected",
+    "idempotency_key_reused",
+    "rate_limited",
+    "sale_not_open",
+    "sale_paused",
+    "buyer_limit_reached",
+    "sold_out",
+    "client_limit_reached",
+    "sale_not_prewarmed",
+    "sale_live",
+    "stock_below_committed",
+    "service_unavailable",
+    "not_replicated",
+    "overloaded",
+    "request_timeout",
+    "not_found",
+    "method_not_allowed",
+    "invalid_path",
+    "invalid_query",
+    "internal_error",
+];
+
+/// The error body every refusal has, as the OpenAPI document describes it.
+pub struct ErrorBody;
+
+impl utoipa::PartialSchema for ErrorBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let text = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        let integer = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .property(
+                "error",
+                text("A stable machine code").enum_values(Some(CODES.iter().copied())),
+            )
+            .required("error")
+            .property("message", text("For a human"))
+            .required("message")
+            .property(
+                "field",
+                text("The field or header refused (invalid_request)"),
+            )
+            .property(
+                "limit",
+                integer("buyer_limit_reached, client_limit_reached"),
+            )
+            .property("available", integer("sold_out: units left"))
+            .property(
+                "opens_at",
+                text("sale_not_open: when the window opens (RFC 3339)"),
+            )
+            .property(
+                "retry_after_seconds",
+                integer("429 and 503: as the Retry-After header"),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorBody {}
+
 impl ApiError {
     /// The stable machine code of this error.
     pub fn code(&self) -> &'static str {
@@ -431,5 +519,113 @@ mod tests {
         assert_eq!(h[header::RETRY_AFTER], "2");
         assert_eq!(h["ratelimit"], "\"buyer\";r=0;t=2");
         assert_eq!(h["ratelimit-policy"], "\"buyer\";q=10;w=2");
+    }
+
+    /// One value of every variant: the match below stops compiling when a variant is added,
+    /// so its code cannot be left out of [`CODES`].
+    fn one_of_each() -> Vec<ApiError> {
+        let invalid = ValidationError::new("field", "reason");
+        let all = vec![
+            ApiError::Invalid(invalid.clone()),
+            ApiError::MalformedJson(String::new()),
+            ApiError::InvalidBody(String::new()),
+            ApiError::UnsupportedMediaType,
+            ApiError::BodyTooLarge,
+            ApiError::IdempotencyKeyMissing,
+            ApiError::IdempotencyKeyInvalid(invalid),
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::UnknownSku(String::new()),
+            ApiError::ReservationNotFound,
+            ApiError::JobNotFound,
+            ApiError::HoldIs(ReservationStatus::Held),
+            ApiError::HoldIs(ReservationStatus::Committed),
+            ApiError::HoldIs(ReservationStatus::Released),
+            ApiError::HoldIs(ReservationStatus::Expired),
+            ApiError::HoldIs(ReservationStatus::Rejected),
+            ApiError::Refused(Refusal::IdempotencyKeyReused),
+            ApiError::Refused(Refusal::RateLimited {
+                retry_after: Duration::ZERO,
+                burst: 0,
+                window: Duration::ZERO,
+            }),
+            ApiError::Refused(Refusal::UnknownSku),
+            ApiError::Refused(Refusal::SaleNotOpen { opens_at: None }),
+            ApiError::Refused(Refusal::SalePaused),
+            ApiError::Refused(Refusal::BuyerLimitReached { limit: 1 }),
+            ApiError::Refused(Refusal::SoldOut { available: 0 }),
+            ApiError::Refused(Refusal::ClientLimitReached { limit: 1 }),
+            ApiError::ClientShed {
+                retry_after: Duration::ZERO,
+                burst: 0,
+                window: Duration::ZERO,
+            },
+            ApiError::SaleNotPrewarmed(String::new()),
+            ApiError::SaleLive(Sku::parse("s").expect("sku")),
+            ApiError::StockBelowCommitted {
+                requested: 0,
+                committed: 0,
+            },
+            ApiError::Unavailable("redis"),
+            ApiError::NotReplicated,
+            ApiError::Overloaded,
+            ApiError::RequestTimeout,
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::InvalidPath(String::new()),
+            ApiError::InvalidQuery(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        for error in &all {
+            match error {
+                ApiError::Invalid(_)
+                | ApiError::MalformedJson(_)
+                | ApiError::InvalidBody(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::BodyTooLarge
+                | ApiError::IdempotencyKeyMissing
+                | ApiError::IdempotencyKeyInvalid(_)
+                | ApiError::Unauthorized
+                | ApiError::Forbidden
+                | ApiError::UnknownSku(_)
+                | ApiError::ReservationNotFound
+                | ApiError::JobNotFound
+                | ApiError::HoldIs(_)
+                | ApiError::Refused(_)
+                | ApiError::ClientShed { .. }
+                | ApiError::SaleNotPrewarmed(_)
+                | ApiError::SaleLive(_)
+                | ApiError::StockBelowCommitted { .. }
+                | ApiError::Unavailable(_)
+                | ApiError::NotReplicated
+                | ApiError::Overloaded
+                | ApiError::RequestTimeout
+                | ApiError::RouteNotFound
+                | ApiError::MethodNotAllowed
+                | ApiError::InvalidPath(_)
+                | ApiError::InvalidQuery(_)
+                | ApiError::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_code_the_api_can_answer_is_listed() {
+        for error in one_of_each() {
+            assert!(
+                CODES.contains(&error.code()),
+                "{} is not in CODES",
+                error.code()
+            );
+        }
+        let answered: std::collections::HashSet<_> =
+            one_of_each().iter().map(ApiError::code).collect();
+        for code in CODES {
+            assert!(
+                answered.contains(code),
+                "{code} is listed but never answered"
+            );
+        }
     }
 }

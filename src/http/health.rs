@@ -9,22 +9,22 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::gate::Gate;
 use crate::store::Store;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
 }
 
 /// How often the stores are checked for `/readyz`.
@@ -94,20 +94,23 @@ impl Readiness {
     }
 }
 
-/// The API's OpenAPI 3.1 document (`openapi.json` at the repository root).
-async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        include_str!("../../openapi.json"),
-    )
+/// The API's OpenAPI document, generated from the handlers and their types.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
+async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(super::openapi())
 }
 
-/// Prometheus text exposition of the process's counters.
+/// Prometheus text exposition of the process's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "up", body = Object)))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -115,6 +118,11 @@ async fn healthz() -> Json<Value> {
 /// Ready when Redis answered the last check and the process is not shutting down: the gate
 /// decides from Redis alone and keeps admitting while Postgres is down (the settler catches
 /// up). Postgres's state is reported beside it.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Object),
+        (status = 503, description = "redis unavailable or the process draining", body = Object),
+    ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let readiness = &state.readiness.inner;
     let word = |s: &AtomicU8| match s.load(Ordering::Relaxed) {

@@ -39,6 +39,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::{AdminToken, BuyerTokens};
 use crate::gate::Gate;
@@ -91,26 +93,103 @@ impl AppState {
     }
 }
 
+/// The routes of the new-buyer lane (reserve, the sale view), the payer lane (a holder's calls),
+/// and the rest. Each is built only with `routes!`, which registers a handler and its OpenAPI
+/// description together: [`app`] and [`openapi`] use these same functions, so the document and
+/// the router cannot disagree.
+fn new_buyer_routes() -> OpenApiRouter<AppState> {
+    reservations::new_holds().merge(skus::router())
+}
+
+fn payer_routes() -> OpenApiRouter<AppState> {
+    reservations::payments()
+}
+
+fn observed_routes() -> OpenApiRouter<AppState> {
+    admin::router().merge(console::router())
+}
+
+/// The API's OpenAPI document, generated once from the routes above and their types.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let (_, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+            .merge(new_buyer_routes())
+            .merge(payer_routes())
+            .merge(observed_routes())
+            .merge(health::router())
+            .split_for_parts();
+        document
+    })
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "flashgate",
+        description = "A flash-sale inventory gate: Redis decides fast, Postgres decides last. \
+            Errors are JSON {\"error\": code, \"message\"} with the codes of the ErrorBody schema.",
+    ),
+    modifiers(&Tokens),
+    components(schemas(error::ErrorBody)),
+    tags(
+        (name = "buyers", description = "reserve, read, commit, release; the sale view"),
+        (name = "admin", description = "sales, stock, pause/resume, prewarm, resync, audit (admin token)"),
+        (name = "console", description = "the operator's console"),
+        (name = "operations", description = "health, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The two bearer tokens: a buyer's JWT and the admin token.
+struct Tokens;
+
+impl utoipa::Modify for Tokens {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "buyerToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "HS256 JWT signed with FLASHGATE_JWT_SECRET; `sub` is the buyer id",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "adminToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("FLASHGATE_ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
+
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
-    let new_buyers = Router::new()
-        .merge(reservations::new_holds())
-        .merge(skus::router())
-        .route_layer(from_fn_with_state(
-            state.admission.clone(),
-            admission::new_buyers,
-        ));
-    let payers = reservations::payments().route_layer(from_fn_with_state(
+    let new_buyers = new_buyer_routes().route_layer(from_fn_with_state(
+        state.admission.clone(),
+        admission::new_buyers,
+    ));
+    let payers = payer_routes().route_layer(from_fn_with_state(
         state.admission.clone(),
         admission::payers,
     ));
-    Router::new()
+    let (routes, _) = OpenApiRouter::new()
         .merge(new_buyers)
         .merge(payers)
-        .merge(admin::router())
-        .merge(console::router())
+        .merge(observed_routes())
         .route_layer(axum::middleware::from_fn(observe::observe))
         .merge(health::router())
+        .split_for_parts();
+    routes
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -174,4 +253,41 @@ pub async fn serve(
     let served = server::serve(listener, app(state), settings, shutdown).await;
     background.abort_all();
     served
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routes are registered only with `routes!`, which documents them: a plain route call
+    /// would serve an operation the OpenAPI document does not describe.
+    #[test]
+    fn every_route_is_registered_with_its_documentation() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+        for entry in std::fs::read_dir(&folder).expect("src/http") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let source = std::fs::read_to_string(&path).expect("source");
+                // The code, not its tests (this test names the calls it looks for).
+                let source = source.split("#[cfg(test)]").next().unwrap_or_default();
+                let plain = [".route(", ".route_service(", ".nest("];
+                assert!(
+                    plain.iter().all(|call| !source.contains(call)),
+                    "{} registers a route without documenting it",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_lists_every_error_code() {
+        let document = serde_json::to_value(super::openapi()).expect("json");
+        let listed: Vec<&str> =
+            document["components"]["schemas"]["ErrorBody"]["properties"]["error"]["enum"]
+                .as_array()
+                .expect("enum")
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+        assert_eq!(listed, super::error::CODES);
+    }
 }

@@ -1,13 +1,15 @@
 //! Buyers' reservations: `POST /v1/skus/{sku}/reservations`, `GET /v1/reservations/{id}`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::client_addr::ClientAddr;
+use super::error::ErrorBody;
 use super::extract::{AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader};
 use super::observe::SaleOf;
 use super::{ApiError, AppState};
@@ -17,35 +19,43 @@ use crate::domain::{
 use crate::gate::{Hold, ReserveRequest};
 
 /// New holds: the new-buyer lane (shed per client, admission-limited).
-pub fn new_holds() -> Router<AppState> {
-    Router::new().route("/v1/skus/{sku}/reservations", post(reserve))
+pub fn new_holds() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(reserve))
 }
 
 /// A holder's calls — read, commit, release: the payer lane, never behind new buyers.
-pub fn payments() -> Router<AppState> {
-    Router::new()
-        .route("/v1/reservations/{id}", get(show))
-        .route("/v1/reservations/{id}/commit", post(commit))
-        .route("/v1/reservations/{id}/release", post(release))
+pub fn payments() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(show))
+        .routes(routes!(commit))
+        .routes(routes!(release))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 struct ReserveBody {
     /// Signed so that `0` and `-1` are refused by `Quantity::parse` with a clear message.
     quantity: i64,
 }
 
 /// A reservation as the API shows it (docs/DESIGN.md §5).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ReservationView {
+    #[schema(value_type = String, format = Uuid)]
     id: ReservationId,
+    #[schema(value_type = String)]
     sku: Sku,
+    #[schema(value_type = String)]
     buyer_id: BuyerId,
+    #[schema(value_type = u32, minimum = 1)]
     quantity: Quantity,
     status: ReservationStatus,
+    /// A decimal string, e.g. `"199.99"`.
+    #[schema(value_type = String)]
     unit_price: Money,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     total: rust_decimal::Decimal,
+    #[schema(value_type = String)]
     currency: Currency,
     #[serde(serialize_with = "timestamp::serialize")]
     created_at: DateTime<Utc>,
@@ -73,6 +83,23 @@ impl ReservationView {
     }
 }
 
+/// Reserve units of a sale (one atomic decision in Redis).
+#[utoipa::path(post, path = "/v1/skus/{sku}/reservations", tag = "buyers",
+    params(("sku" = String, Path), ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters; the same key and body replay the stored answer")),
+    request_body = ReserveBody,
+    security(("buyerToken" = [])),
+    responses(
+        (status = 201, description = "a hold (replayed with Idempotent-Replayed: true)", body = ReservationView),
+        (status = 400, description = "idempotency_key_missing, idempotency_key_invalid, malformed_json, invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 409, description = "sold_out, buyer_limit_reached, client_limit_reached, sale_not_open, sale_not_prewarmed, sale_paused", body = ErrorBody),
+        (status = 413, description = "body_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "invalid_request, invalid_body, idempotency_key_reused", body = ErrorBody),
+        (status = 429, description = "rate_limited (the buyer's rate, or per-client shedding); Retry-After", body = ErrorBody),
+        (status = 503, description = "service_unavailable, overloaded, request_timeout, not_replicated; Retry-After", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(sku = %sku_raw, buyer = %buyer))]
 async fn reserve(
     State(state): State<AppState>,
@@ -116,6 +143,16 @@ fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
     ReservationId::parse(raw).map_err(|_| ApiError::ReservationNotFound)
 }
 
+/// A buyer's own reservation (an admin token may read any).
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "buyers",
+    params(("id" = String, Path, format = Uuid)),
+    security(("buyerToken" = []), ("adminToken" = [])),
+    responses(
+        (status = 200, description = "the reservation", body = ReservationView),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "reservation_not_found", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,6 +168,16 @@ async fn show(
 /// Payment captured: `held` → `committed`, answered only once Postgres has it (see
 /// `app::Holds::commit`). Committing again answers 200 again; a hold Postgres refused at
 /// settlement answers 409 `rejected`, so the caller refunds.
+#[utoipa::path(post, path = "/v1/reservations/{id}/commit", tag = "buyers",
+    params(("id" = String, Path, format = Uuid)),
+    security(("buyerToken" = []), ("adminToken" = [])),
+    responses(
+        (status = 200, description = "committed, and recorded in Postgres (idempotent)", body = ReservationView),
+        (status = 409, description = "expired, released, rejected", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "reservation_not_found", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(reservation = %id))]
 async fn commit(
     State(state): State<AppState>,
@@ -149,6 +196,16 @@ async fn commit(
 
 /// The buyer cancelled or payment failed: `held` → `released`; idempotent (see
 /// `app::Holds::release`). The units go back on sale at once; Postgres follows.
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "buyers",
+    params(("id" = String, Path, format = Uuid)),
+    security(("buyerToken" = []), ("adminToken" = [])),
+    responses(
+        (status = 200, description = "released (idempotent)", body = ReservationView),
+        (status = 409, description = "committed, expired, rejected", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "reservation_not_found", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(reservation = %id))]
 async fn release(
     State(state): State<AppState>,

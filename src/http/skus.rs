@@ -1,25 +1,30 @@
 //! Public sale information: `GET /v1/skus/{sku}`.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::AppPath;
 use super::{ApiError, AppState};
 use crate::domain::{Currency, Money, SaleState, Sku, timestamp};
 use crate::store::SkuRecord;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/skus/{sku}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(show))
 }
 
 /// A sale as buyers see it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SkuView {
+    #[schema(value_type = String)]
     pub sku: Sku,
     pub name: String,
+    /// A decimal string, e.g. `"199.99"`.
+    #[schema(value_type = String)]
     pub price: Money,
+    #[schema(value_type = String)]
     pub currency: Currency,
     /// Units a new hold may take now (Redis when live, else Postgres).
     pub available: i64,
@@ -81,6 +86,14 @@ fn window_contains(
     starts_at.is_none_or(|s| s <= now) && ends_at.is_none_or(|e| now < e)
 }
 
+/// A sale as buyers see it: live availability and window.
+#[utoipa::path(get, path = "/v1/skus/{sku}", tag = "buyers", params(("sku" = String, Path)),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 404, description = "unknown_sku", body = super::error::ErrorBody),
+        (status = 429, description = "rate_limited (per-client shedding); Retry-After", body = super::error::ErrorBody),
+        (status = 503, description = "service_unavailable, overloaded, request_timeout; Retry-After", body = super::error::ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     AppPath(raw): AppPath<String>,
