@@ -46,6 +46,16 @@ pub enum StoreError {
     Database(sqlx::Error),
 }
 
+/// Runs one Postgres call and records how long it took as
+/// `flashgate_postgres_call_duration_seconds{call}`.
+pub(crate) async fn timed<T>(call: &'static str, work: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let outcome = work.await;
+    metrics::histogram!("flashgate_postgres_call_duration_seconds", "call" => call)
+        .record(started.elapsed().as_secs_f64());
+    outcome
+}
+
 impl StoreError {
     /// Whether waiting may cure it: Postgres unreachable, or up but still starting or shutting
     /// down (SQLSTATE class 57: `cannot_connect_now`, `admin_shutdown`).

@@ -14,11 +14,13 @@ impl Store {
         &self,
         id: ReservationId,
     ) -> Result<Option<ReservationStatus>, StoreError> {
-        let status: Option<String> =
+        let status: Option<String> = super::timed(
+            "reservation_status",
             sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(&self.pool),
+        )
+        .await?;
         status
             .map(|s| ReservationStatus::parse(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()

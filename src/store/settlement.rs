@@ -43,7 +43,11 @@ impl SettlementTx {
         events: &[Event],
         stop_after_inserts: &(dyn Fn() -> bool + Sync),
     ) -> Result<Applied, StoreError> {
-        batch::apply(&mut self.tx, &self.sku, events, stop_after_inserts).await
+        super::timed(
+            "settlement_batch",
+            batch::apply(&mut self.tx, &self.sku, events, stop_after_inserts),
+        )
+        .await
     }
 
     /// Advances the cursor to `through`, the batch's last event, and commits.
@@ -64,7 +68,7 @@ impl SettlementTx {
                 self.sku
             )));
         }
-        self.tx.commit().await?;
+        super::timed("settlement_commit", self.tx.commit()).await?;
         Ok(())
     }
 }
@@ -95,11 +99,13 @@ impl Store {
 
     /// The id of the last event applied for the SKU ([`EventId::START`] before the first).
     pub async fn settlement_cursor(&self, sku: &Sku) -> Result<Option<EventId>, StoreError> {
-        let raw: Option<String> =
+        let raw: Option<String> = super::timed(
+            "settlement_cursor",
             sqlx::query_scalar("SELECT last_event_id FROM settlement_cursor WHERE sku = $1")
                 .bind(sku.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(&self.pool),
+        )
+        .await?;
         raw.as_deref().map(parse_event_id).transpose()
     }
 

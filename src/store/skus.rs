@@ -217,7 +217,7 @@ impl Store {
     }
 
     pub async fn find_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
-        Self::fetch_sku(&self.pool, sku).await
+        super::timed("find_sku", Self::fetch_sku(&self.pool, sku)).await
     }
 
     pub async fn list_skus(&self) -> Result<Vec<SkuRecord>, StoreError> {

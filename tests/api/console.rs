@@ -115,6 +115,11 @@ async fn the_console_data_shows_both_stores_and_this_gates_outcomes(pool: PgPool
     assert!(metrics.contains("flashgate_http_request_duration_seconds_bucket{"));
     assert!(metrics.contains("flashgate_sale_call_duration_seconds_bucket{call=\"reserve\""));
     assert!(metrics.contains("flashgate_redis_call_duration_seconds_bucket{"));
+    assert!(
+        metrics.contains(
+            "flashgate_postgres_call_duration_seconds_bucket{call=\"reservation_status\""
+        )
+    );
 }
 
 #[sqlx::test]
