@@ -9,7 +9,9 @@
 #
 #   scripts/loadtest.sh [flashgate-loadtest options...]      e.g. --buyers 5000 --stock 100
 #
-# FLASHGATE_PROFILE=release (default) or debug; FLASHGATE_LOADTEST_PORT (default: a free port).
+# FLASHGATE_PROFILE=release (default) or debug; FLASHGATE_LOADTEST_PORT (default: a free port);
+# FLASHGATE_LOADTEST_GATES=N starts N gates on the same stores (default 1): buyers are spread
+# over them, a double submit and a payment cross gates.
 # Reports: target/loadtest/report.{json,html} unless --report-json/--report-html say otherwise.
 # The exit code is flashgate-loadtest's: 0 when the verdict passed; 2 when the gate did not start.
 set -euo pipefail
@@ -22,8 +24,15 @@ flashgate_private_run loadtest
 port=${FLASHGATE_LOADTEST_PORT:-$(flashgate_free_port)}
 export FLASHGATE_TRUSTED_PROXIES=127.0.0.1/32,::1/128 FLASHGATE_BUYER_RATE=0
 flashgate_start_gate "$port"
+first_gate=$FLASHGATE_GATE_PID
+urls=(--url "http://127.0.0.1:$port")
+for _ in $(seq 2 "${FLASHGATE_LOADTEST_GATES:-1}"); do
+  another=$(flashgate_free_port)
+  flashgate_start_gate "$another"
+  urls+=(--url "http://127.0.0.1:$another")
+done
 
 clients=()
 [[ " $* " == *" --clients"* ]] || clients=(--clients "${FLASHGATE_LOADTEST_CLIENTS:-1000}")
-"$FLASHGATE_BIN_DIR/flashgate-loadtest" --url "http://127.0.0.1:$port" --create \
-  --server-pid "$FLASHGATE_GATE_PID" "${clients[@]}" "$@"
+"$FLASHGATE_BIN_DIR/flashgate-loadtest" "${urls[@]}" --create \
+  --server-pid "$first_gate" "${clients[@]}" "$@"

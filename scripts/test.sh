@@ -19,9 +19,9 @@ cargo test --workspace --locked 2>&1 | tee target/test-output.txt
 count() { awk -v word="$1;" '/^test result:/ {for (i = 2; i <= NF; i++) if ($i == word) n += $(i - 1)} END {print n + 0}' target/test-output.txt; }
 passed=$(count passed)
 failed=$(count failed)
-echo "== load-test smoke run: 2,000 buyers at a SKU with stock 100, then the invariants verdict"
+echo "== load-test smoke run: 2,000 buyers over two gates at a SKU with stock 100, then the invariants verdict"
 rm -rf target/loadtest
-FLASHGATE_PROFILE=debug ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
+FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_GATES=2 ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
 # Its reports land under target/ by default, never in the checkout's root.
 [ -s target/loadtest/report.html ] && [ -s target/loadtest/report.json ] || { echo "no load-test reports under target/loadtest" >&2; failed=$((failed + 1)); }
 echo "== shortcut race smoke run: two gates, release on one, reserve on the other at once"

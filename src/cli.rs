@@ -182,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let gate = startup::gate(&redis)?;
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
+            startup::report_postgres_budget(&store, database.database_pool_size).await;
             let sweeper = settler.sweeper(gate.clone(), store.clone());
             let settler = Settler::new(gate.clone(), store.clone(), settler.settings());
             let app = Application::build(&http, gate, store, settler.clone()).await?;
@@ -199,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let gate = startup::gate(&redis)?;
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
+            startup::report_postgres_budget(&store, database.database_pool_size).await;
             let sweeper = settler.sweeper(gate.clone(), store.clone());
             let settler = Settler::new(gate, store, settler.settings());
             let shutdown = CancellationToken::new();
@@ -259,7 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .validate()?;
             let (gate, store) = (startup::gate(&redis)?, startup::store(&database)?);
             let settler = Settler::new(gate.clone(), store.clone(), Default::default());
-            let sales = crate::app::Sales {
+            let sales = crate::app::App {
                 gate: &gate,
                 store: &store,
                 settler: &settler,
@@ -346,7 +348,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
             };
             let settler = Settler::new(gate.clone(), store.clone(), Default::default());
-            let sales = crate::app::Sales {
+            let sales = crate::app::App {
                 gate: &gate,
                 store: &store,
                 settler: &settler,

@@ -30,6 +30,33 @@ pub fn store(config: &DatabaseConfig) -> anyhow::Result<Store> {
     .context("invalid DATABASE_URL")
 }
 
+/// Logs this process's share of Postgres `max_connections` (its pool is a budget: N gates and
+/// settlers use up to N × FLASHGATE_DATABASE_POOL_SIZE), and warns when few processes like it
+/// would fit. Best effort: an unreachable Postgres is reported by the settler.
+pub async fn report_postgres_budget(store: &Store, pool_size: u32) {
+    match store.max_connections().await {
+        Ok(max) => {
+            let fits = max / i64::from(pool_size.max(1));
+            if fits < 4 {
+                tracing::warn!(
+                    pool_size,
+                    max_connections = max,
+                    processes_that_fit = fits,
+                    "each gate or settler may open FLASHGATE_DATABASE_POOL_SIZE connections: few fit; lower it or put PgBouncer in front"
+                );
+            } else {
+                tracing::info!(
+                    pool_size,
+                    max_connections = max,
+                    processes_that_fit = fits,
+                    "postgres connection budget"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read postgres max_connections"),
+    }
+}
+
 /// Builds the Redis gate (connections are made on first use).
 pub fn gate(config: &RedisConfig) -> anyhow::Result<Gate> {
     let settings = config.gate_settings().context("invalid Redis settings")?;

@@ -7,9 +7,11 @@ use secrecy::SecretString;
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct Config {
-    /// Base URL of the gate.
-    #[arg(long, env = "FLASHGATE_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the gate; repeat it (or separate with commas) for a fleet of gates on the
+    /// same stores: buyers are spread over them, a double submit goes to two different gates,
+    /// and a commit or release to another gate than the reserve. Admin calls go to the first.
+    #[arg(long, env = "FLASHGATE_URL", default_value = "http://127.0.0.1:8080", num_args = 1.., value_delimiter = ',')]
+    pub url: Vec<String>,
     /// The gate's admin token (creates the sale, reads the audit).
     #[arg(long, env = "FLASHGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: SecretString,

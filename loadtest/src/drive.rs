@@ -86,7 +86,11 @@ impl Admin {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
-            url: config.url.trim_end_matches('/').to_owned(),
+            url: config
+                .url
+                .first()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .context("no --url")?,
             token: config.admin_token.expose_secret().to_owned(),
             sku: config.sku.clone(),
         })
@@ -169,8 +173,8 @@ impl Admin {
 /// Shared by every buyer task.
 struct Shared {
     client: reqwest::Client,
-    reserve_url: String,
-    url: String,
+    /// Base URLs of the gates.
+    gates: Vec<String>,
     config: Config,
     run: u64,
     start: Instant,
@@ -201,11 +205,15 @@ pub async fn drive(config: &Config) -> anyhow::Result<Drive> {
         .pool_max_idle_per_host(config.connections)
         .timeout(Duration::from_millis(config.timeout_ms))
         .build()?;
-    let url = config.url.trim_end_matches('/').to_owned();
+    let gates: Vec<String> = config
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    anyhow::ensure!(!gates.is_empty(), "no --url");
     let context = Arc::new(Shared {
         client,
-        reserve_url: format!("{url}/v1/skus/{}/reservations", config.sku),
-        url,
+        gates,
         config: config.clone(),
         run,
         start: Instant::now(),
@@ -279,22 +287,26 @@ async fn buyer(
     let mut samples = Vec::new();
     let mut seen = BuyerSeen::default();
 
+    // With several gates: this buyer's own gate, and "the next one" for the copy of a double
+    // submit, the retry and the payment, so that every cross-gate path is exercised.
+    let own = n % context.gates.len();
+    let next = (n + 1) % context.gates.len();
     let double = rng.random_bool(config.double_submit.clamp(0.0, 1.0));
     let first = if double {
         let (a, b) = futures::join!(
-            reserve(context, token, &key, from, scheduled),
-            reserve(context, token, &key, from, scheduled)
+            reserve(context, own, token, &key, from, scheduled),
+            reserve(context, next, token, &key, from, scheduled)
         );
         vec![a, b]
     } else {
-        vec![reserve(context, token, &key, from, scheduled).await]
+        vec![reserve(context, own, token, &key, from, scheduled).await]
     };
     for (answers, id) in first {
         samples.extend(answers);
         seen.ids.extend(id);
     }
     if rng.random_bool(config.retry.clamp(0.0, 1.0)) {
-        let (answers, id) = reserve(context, token, &key, from, None).await;
+        let (answers, id) = reserve(context, next, token, &key, from, None).await;
         samples.extend(answers);
         seen.ids.extend(id);
     }
@@ -314,7 +326,7 @@ async fn buyer(
             } else {
                 "release"
             };
-            let url = format!("{}/v1/reservations/{id}/{action}", context.url);
+            let url = format!("{}/v1/reservations/{id}/{action}", context.gates[next]);
             let (answers, _) = with_retries(context, op, None, || {
                 with_client(context.client.post(&url).bearer_auth(token), from)
             })
@@ -336,15 +348,20 @@ fn with_client(request: reqwest::RequestBuilder, from: Option<&str>) -> reqwest:
 /// id of a 201.
 async fn reserve(
     context: &Shared,
+    gate: usize,
     token: &str,
     key: &str,
     from: Option<&str>,
     scheduled: Option<Instant>,
 ) -> (Vec<Sample>, Option<String>) {
+    let url = format!(
+        "{}/v1/skus/{}/reservations",
+        context.gates[gate], context.config.sku
+    );
     let (samples, last) = with_retries(context, Op::Reserve, scheduled, || {
         let request = context
             .client
-            .post(&context.reserve_url)
+            .post(&url)
             .bearer_auth(token)
             .header("Idempotency-Key", key)
             .json(&json!({"quantity": 1}));

@@ -1,11 +1,12 @@
 //! A buyer's calls: reserve, read, commit, release.
 
+use super::App;
 use crate::domain::{BuyerId, ReservationId, ReservationStatus};
 use crate::gate::{
-    Gate, GateError, Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
+    GateError, Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
 };
-use crate::settler::{SettleError, Settler};
-use crate::store::{Store, StoreError};
+use crate::settler::SettleError;
+use crate::store::StoreError;
 
 /// Why a buyer's call was not done.
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +46,8 @@ pub struct Reserved {
     pub settled: bool,
 }
 
-/// The stores a buyer's call works on.
-#[derive(Debug, Clone, Copy)]
-pub struct Holds<'a> {
-    pub gate: &'a Gate,
-    pub store: &'a Store,
-    pub settler: &'a Settler,
-}
-
-impl Holds<'_> {
+/// A buyer's calls.
+impl App<'_> {
     /// Decides one reservation.
     ///
     /// Order: Redis alone decides (`reserve.lua`: idempotency, rate and buyer limits, stock, the

@@ -1,9 +1,10 @@
 //! Changing a sale: create or update, restock, prewarm, pause and resume.
 
+use super::App;
 use crate::domain::{EventId, IdempotencyKey, SaleDefinition, SaleState, Sku};
-use crate::gate::{Adjusted, Gate, GateError, StockChange, definition_meta};
-use crate::settler::{SettleError, Settler};
-use crate::store::{SkuRecord, Store, StoreError};
+use crate::gate::{Adjusted, GateError, StockChange, definition_meta};
+use crate::settler::SettleError;
+use crate::store::{SkuRecord, StoreError};
 
 /// Why a sale could not be changed.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +30,8 @@ pub struct SaleChanged {
     pub live: bool,
 }
 
-/// The stores a sale operation works on.
-#[derive(Debug, Clone, Copy)]
-pub struct Sales<'a> {
-    pub gate: &'a Gate,
-    pub store: &'a Store,
-    pub settler: &'a Settler,
-}
-
-impl Sales<'_> {
+/// Changing a sale.
+impl App<'_> {
     /// Creates a sale, or changes it — live or not — to `sale` (its `stock` is the new total).
     ///
     /// Order: 1. Redis, if the sale is live there: `adjust_sale.lua` sets the metadata and moves
@@ -80,7 +74,7 @@ impl Sales<'_> {
     /// the stream (1), the settler applies it to Postgres (2). Under an `operation` key the first
     /// result is remembered for the idempotency TTL, so a retry after a timeout answers it again
     /// instead of adding the units twice. Not live: Postgres alone, one conditional update —
-    /// not idempotent; to be retry-safe there, send the new total with [`Sales::upsert`].
+    /// not idempotent; to be retry-safe there, send the new total with [`App::upsert`].
     ///
     /// A timeout: with a key, retry with the same key; without one, read the sale before retrying.
     pub async fn restock(

@@ -82,7 +82,7 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
     Ok(Sku::parse(raw)?)
 }
 
-/// Creates or changes a sale, live or not (see `app::Sales::upsert`): an absolute target, so a
+/// Creates or changes a sale, live or not (see `app::App::upsert`): an absolute target, so a
 /// retry after a timeout is safe.
 #[utoipa::path(put, path = "/v1/admin/skus/{sku}", tag = "admin", params(("sku" = String, Path)), request_body = SaleBody,
     security(("adminToken" = [])),
@@ -103,7 +103,7 @@ async fn upsert(
     AppJson(body): AppJson<SaleBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
-    let changed = state.sales().upsert(&sku, &body.into_definition()?).await?;
+    let changed = state.app().upsert(&sku, &body.into_definition()?).await?;
     Ok(Json(SkuView::from_change(changed)))
 }
 
@@ -134,12 +134,11 @@ async fn prewarm(
     AppQuery(query): AppQuery<PrewarmQuery>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
-    let changed = state.sales().prewarm(&sku, query.force).await?;
+    let changed = state.app().prewarm(&sku, query.force).await?;
     Ok(Json(SkuView::from_change(changed)))
 }
 
 /// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated.
-/// Check invariants 1-7 against Redis and Postgres.
 #[utoipa::path(get, path = "/v1/admin/skus/{sku}/audit", tag = "admin", params(("sku" = String, Path)),
     security(("adminToken" = [])),
     responses(
@@ -179,9 +178,8 @@ struct RestockBody {
     quantity: u32,
 }
 
-/// Adds units to the sale (see `app::Sales::restock`). With an `Idempotency-Key` a retry after
+/// Adds units to the sale (see `app::App::restock`). With an `Idempotency-Key` a retry after
 /// a timeout answers the first result instead of adding the units twice.
-/// Add units; under an Idempotency-Key a retry adds nothing twice.
 #[utoipa::path(post, path = "/v1/admin/skus/{sku}/restock", tag = "admin", params(("sku" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = RestockBody,
     security(("adminToken" = [])),
     responses(
@@ -210,7 +208,7 @@ async fn restock(
         .into());
     }
     let changed = state
-        .sales()
+        .app()
         .restock(&sku, body.quantity, key.as_ref())
         .await?;
     Ok(Json(SkuView::from_change(changed)))
@@ -262,14 +260,13 @@ async fn set_state(
     sale_state: SaleState,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = sku_param(&raw)?;
-    let changed = state.sales().set_state(&sku, sale_state).await?;
+    let changed = state.app().set_state(&sku, sale_state).await?;
     Ok(Json(SkuView::from_change(changed)))
 }
 
 /// Starts a resync job (pause, drain, restore, fenced load, resume; see `resync`) and answers
 /// `202 Accepted` at once with its status URL in `Location`: the repair can take longer than a
 /// request may, and a failed job puts the sale back in its previous state.
-/// Start a resync job (the two-way repair); its state is at the Location.
 #[utoipa::path(post, path = "/v1/admin/skus/{sku}/resync", tag = "admin", params(("sku" = String, Path)),
     security(("adminToken" = [])),
     responses(
@@ -307,7 +304,6 @@ async fn resync(
 }
 
 /// A resync job's state: `running`, then `succeeded` with its report or `failed` with its error.
-/// A resync job's state.
 #[utoipa::path(get, path = "/v1/admin/skus/{sku}/resync/{job}", tag = "admin", params(("sku" = String, Path), ("job" = String, Path, format = Uuid)),
     security(("adminToken" = [])),
     responses(

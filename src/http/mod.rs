@@ -76,16 +76,9 @@ pub struct AppState {
 
 impl AppState {
     /// The sale operations that span both stores (`app`).
-    pub fn sales(&self) -> crate::app::Sales<'_> {
-        crate::app::Sales {
-            gate: &self.gate,
-            store: &self.store,
-            settler: &self.settler,
-        }
-    }
-
-    pub fn holds(&self) -> crate::app::Holds<'_> {
-        crate::app::Holds {
+    /// The application layer over this process's stores.
+    pub fn app(&self) -> crate::app::App<'_> {
+        crate::app::App {
             gate: &self.gate,
             store: &self.store,
             settler: &self.settler,

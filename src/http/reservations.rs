@@ -113,7 +113,7 @@ async fn reserve(
     let quantity = Quantity::parse(body.quantity)?;
     let client = client.map(|axum::Extension(client)| client.to_string());
     let reserved = state
-        .holds()
+        .app()
         .reserve(ReserveRequest {
             sku: &sku,
             buyer: &buyer,
@@ -159,14 +159,14 @@ async fn show(
     AppPath(id): AppPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let (hold, settled) = state
-        .holds()
+        .app()
         .find(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
         .await?;
     Ok(Json(ReservationView::new(hold, settled)))
 }
 
 /// Payment captured: `held` → `committed`, answered only once Postgres has it (see
-/// `app::Holds::commit`). Committing again answers 200 again; a hold Postgres refused at
+/// `app::App::commit`). Committing again answers 200 again; a hold Postgres refused at
 /// settlement answers 409 `rejected`, so the caller refunds.
 #[utoipa::path(post, path = "/v1/reservations/{id}/commit", tag = "buyers",
     params(("id" = String, Path, format = Uuid)),
@@ -185,7 +185,7 @@ async fn commit(
     AppPath(id): AppPath<String>,
 ) -> Result<(axum::Extension<SaleOf>, Json<ReservationView>), ApiError> {
     let hold = state
-        .holds()
+        .app()
         .commit(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
         .await?;
     Ok((
@@ -195,7 +195,7 @@ async fn commit(
 }
 
 /// The buyer cancelled or payment failed: `held` → `released`; idempotent (see
-/// `app::Holds::release`). The units go back on sale at once; Postgres follows.
+/// `app::App::release`). The units go back on sale at once; Postgres follows.
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "buyers",
     params(("id" = String, Path, format = Uuid)),
     security(("buyerToken" = []), ("adminToken" = [])),
@@ -213,7 +213,7 @@ async fn release(
     AppPath(id): AppPath<String>,
 ) -> Result<(axum::Extension<SaleOf>, Json<ReservationView>), ApiError> {
     let (hold, settled) = state
-        .holds()
+        .app()
         .release(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
         .await?;
     Ok((

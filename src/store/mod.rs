@@ -96,6 +96,9 @@ pub struct StatementLimits {
     pub statement_timeout: Duration,
     /// `lock_timeout`: longest one statement may wait for a lock (a row, the cursor).
     pub lock_timeout: Duration,
+    /// Prepared statements cached per connection; 0 behind PgBouncer in transaction pooling
+    /// mode, where a connection's prepared statements may belong to another client.
+    pub statement_cache: usize,
 }
 
 impl Store {
@@ -109,6 +112,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let mut options: PgConnectOptions = url.parse()?;
         if let Some(limits) = limits {
+            options = options.statement_cache_capacity(limits.statement_cache);
             options = options.options([
                 (
                     "statement_timeout",
@@ -154,6 +158,15 @@ impl Store {
                 sqlx::migrate::MigrateError::Execute(err) => err.into(),
                 other => StoreError::Migration(other.to_string()),
             })
+    }
+
+    /// The server's `max_connections`.
+    pub async fn max_connections(&self) -> Result<i64, StoreError> {
+        let raw: String = sqlx::query_scalar("SHOW max_connections")
+            .fetch_one(&self.pool)
+            .await?;
+        raw.parse()
+            .map_err(|_| StoreError::Corrupt(format!("max_connections is {raw:?}")))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
