@@ -45,14 +45,6 @@ pub struct DatabaseConfig {
         default_value_t = 3_000
     )]
     pub database_lock_timeout_ms: u64,
-    /// Prepared statements cached per Postgres connection; set 0 behind PgBouncer in
-    /// transaction pooling mode.
-    #[arg(
-        long,
-        env = "FLASHGATE_DATABASE_STATEMENT_CACHE",
-        default_value_t = 100
-    )]
-    pub database_statement_cache: usize,
 }
 
 impl DatabaseConfig {
@@ -60,7 +52,6 @@ impl DatabaseConfig {
         crate::store::StatementLimits {
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms.max(1)),
             lock_timeout: Duration::from_millis(self.database_lock_timeout_ms.max(1)),
-            statement_cache: self.database_statement_cache,
         }
     }
 }

@@ -96,9 +96,6 @@ pub struct StatementLimits {
     pub statement_timeout: Duration,
     /// `lock_timeout`: longest one statement may wait for a lock (a row, the cursor).
     pub lock_timeout: Duration,
-    /// Prepared statements cached per connection; 0 behind PgBouncer in transaction pooling
-    /// mode, where a connection's prepared statements may belong to another client.
-    pub statement_cache: usize,
 }
 
 impl Store {
@@ -112,7 +109,6 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let mut options: PgConnectOptions = url.parse()?;
         if let Some(limits) = limits {
-            options = options.statement_cache_capacity(limits.statement_cache);
             options = options.options([
                 (
                     "statement_timeout",

@@ -65,7 +65,6 @@ async fn serve_and_settle_pools_carry_statement_and_lock_timeouts(pool: PgPool) 
     let limits = StatementLimits {
         statement_timeout: Duration::from_millis(7_000),
         lock_timeout: Duration::from_millis(1_500),
-        statement_cache: 0,
     };
     let store =
         Store::connect_lazy(&format!("{server}/{database}"), 1, Some(limits)).expect("store");
