@@ -1,7 +1,8 @@
 //! The expiry sweeper: releases holds past their deadline (docs/DESIGN.md §3).
 //!
-//! Each tick it asks Redis (by Redis `TIME`) for the holds whose deadline has passed and expires
-//! them one by one with `lua/transition.lua`, in bounded batches. Several sweepers may run at
+//! Each tick it reads every SKU's earliest deadline in one pipelined round trip (against Redis
+//! `TIME`), and for the SKUs with a hold due asks for those holds and expires them one by one
+//! with `lua/transition.lua`, in bounded batches. Several sweepers may run at
 //! once (every `serve` and `settle` process has one): the script expires a hold only while it is
 //! `held`, so a hold is never released twice.
 
@@ -46,7 +47,16 @@ impl Sweeper {
                     tracing::warn!(error = %err, "sweeper cannot list SKUs; using the last list")
                 }
             }
-            for sku in &skus {
+            // One pipelined look at every SKU's earliest deadline; only SKUs with a hold due
+            // are swept, so an idle catalogue costs one round trip a tick.
+            let due = match self.gate.skus_with_due_holds(&skus).await {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::warn!(error = %err, "sweeper cannot read deadlines; every SKU is swept");
+                    skus.clone()
+                }
+            };
+            for sku in &due {
                 if shutdown.is_cancelled() {
                     break;
                 }

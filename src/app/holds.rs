@@ -58,7 +58,11 @@ impl App<'_> {
     /// key; it is answered, never decided twice.
     pub async fn reserve(&self, request: ReserveRequest<'_>) -> Result<Reserved, HoldError> {
         let (hold, replayed) = match self.gate.reserve(request).await? {
-            ReserveOutcome::Created(hold) => (hold, false),
+            ReserveOutcome::Created(hold) => {
+                // Its event is in the stream: this process's settler takes it on its next pass.
+                self.settler.hint(&hold.sku);
+                (hold, false)
+            }
             ReserveOutcome::Replayed(hold) => (hold, true),
             ReserveOutcome::Refused(Refusal::UnknownSku) => {
                 return Err(self.not_loaded(request).await);
@@ -168,8 +172,13 @@ impl App<'_> {
             TransitionOutcome::Changed {
                 to: ReservationStatus::Released,
                 ..
+            } => {
+                self.settler.hint(&hold.sku);
+                hold.status = ReservationStatus::Released;
+                let settled = self.is_settled(&hold).await;
+                Ok((hold, settled))
             }
-            | TransitionOutcome::Unchanged(ReservationStatus::Released) => {
+            TransitionOutcome::Unchanged(ReservationStatus::Released) => {
                 hold.status = ReservationStatus::Released;
                 let settled = self.is_settled(&hold).await;
                 Ok((hold, settled))

@@ -105,7 +105,15 @@ pub struct Settler {
     turns: Arc<std::sync::Mutex<HashMap<Sku, Arc<SkuTurn>>>>,
     /// SKUs whose background batch failed, left alone for a while (see `isolation`).
     quarantine: Arc<isolation::Quarantine>,
+    /// SKUs this process knows to have work for the background pass.
+    hints: Arc<std::sync::Mutex<std::collections::HashSet<Sku>>>,
+    /// When the background pass last scanned every SKU.
+    last_scan: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often the background settler scans every SKU for events it was not told about (another
+/// process appended them). Events this process's gate appends are settled on its next pass.
+pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// One SKU's commit queue in this process (group commit).
 ///
@@ -154,6 +162,8 @@ impl Settler {
             faults: Faults::default(),
             turns: Arc::default(),
             quarantine: Arc::new(quarantine),
+            hints: Arc::default(),
+            last_scan: Arc::default(),
         }
     }
 
@@ -194,16 +204,30 @@ impl Settler {
         tracing::info!("settler stopped");
     }
 
-    /// One pass over every SKU: retries pending write-backs, then one batch per SKU not
-    /// benched. Returns whether any work was done; fails only when every SKU tried failed.
+    /// One pass: retries pending write-backs, then one batch for each SKU known to have work
+    /// and not benched. A SKU has work when this process decided something for it (a hint, see
+    /// [`Settler::hint`]), when its last batch was full, or — found by a scan every
+    /// [`FULL_SCAN_EVERY`], one Postgres query and one pipelined Redis round trip for all SKUs —
+    /// when its stream has events another process appended. An idle catalogue therefore costs
+    /// one cheap scan a second, not a batch attempt per SKU per pass. Returns whether any work
+    /// was done; fails only when every SKU tried failed.
     async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, SettleError> {
         let mut worked = self.write_back_rejections(None).await? > 0;
+        let mut candidates: Vec<Sku> = self.take_hints();
+        if self.scan_due() {
+            let cursors = self.store.settlement_cursors().await?;
+            candidates.extend(self.gate.skus_with_events(&cursors).await?);
+        }
+        candidates.sort();
+        candidates.dedup();
         let (mut tried, mut failed, mut last_failure) = (0, 0, None);
-        for sku in self.store.settlement_skus().await? {
+        for sku in candidates {
             if shutdown.is_cancelled() {
                 break;
             }
             if !self.quarantine.may_try(&sku) {
+                // Benched: look again once its backoff has passed.
+                self.hint(&sku);
                 continue;
             }
             tried += 1;
@@ -213,12 +237,24 @@ impl Settler {
             {
                 Ok(outcome) => {
                     self.quarantine.succeeded(&sku);
-                    if matches!(outcome, BatchOutcome::Applied { .. } | BatchOutcome::Moved) {
-                        worked = true;
+                    match outcome {
+                        BatchOutcome::Applied { events, .. } => {
+                            worked = true;
+                            if events >= self.settings.batch_size {
+                                self.hint(&sku);
+                            }
+                        }
+                        // Another settler has it or got there first: look again next pass.
+                        BatchOutcome::Moved | BatchOutcome::Busy => {
+                            worked = true;
+                            self.hint(&sku);
+                        }
+                        BatchOutcome::Idle => {}
                     }
                 }
                 Err(err) => {
                     failed += 1;
+                    self.hint(&sku);
                     let retry_in = self.quarantine.failed(&sku);
                     metrics::counter!("flashgate_settle_failures_total", "sku" => sku.to_string())
                         .increment(1);
@@ -231,6 +267,32 @@ impl Settler {
         match last_failure {
             Some(err) if failed == tried => Err(err),
             _ => Ok(worked),
+        }
+    }
+
+    /// Tells this process's settler that `sku` has new events (the gate just appended one).
+    pub fn hint(&self, sku: &Sku) {
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sku.clone());
+    }
+
+    fn take_hints(&self) -> Vec<Sku> {
+        std::mem::take(&mut *self.hints.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether the full scan is due (and, if so, marks it done now).
+    fn scan_due(&self) -> bool {
+        let mut last = self.last_scan.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(at) if at.elapsed() < FULL_SCAN_EVERY => false,
+            _ => {
+                *last = Some(std::time::Instant::now());
+                true
+            }
         }
     }
 

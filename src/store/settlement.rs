@@ -97,6 +97,19 @@ impl Store {
         rows.iter().map(|s| parse_sku(s)).collect()
     }
 
+    /// Every SKU's settlement cursor, in one query.
+    pub async fn settlement_cursors(&self) -> Result<Vec<(Sku, EventId)>, StoreError> {
+        let rows: Vec<(String, String)> = super::timed(
+            "settlement_cursors",
+            sqlx::query_as("SELECT sku, last_event_id FROM settlement_cursor ORDER BY sku")
+                .fetch_all(&self.pool),
+        )
+        .await?;
+        rows.iter()
+            .map(|(sku, cursor)| Ok((parse_sku(sku)?, parse_event_id(cursor)?)))
+            .collect()
+    }
+
     /// The id of the last event applied for the SKU ([`EventId::START`] before the first).
     pub async fn settlement_cursor(&self, sku: &Sku) -> Result<Option<EventId>, StoreError> {
         let raw: Option<String> = super::timed(
