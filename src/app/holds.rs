@@ -168,26 +168,27 @@ impl App<'_> {
         may_act: impl FnOnce(&BuyerId) -> bool,
     ) -> Result<(Hold, bool), HoldError> {
         let mut hold = self.owned(id, may_act).await?;
-        match self.gate.transition(&hold, Transition::Release).await? {
+        let fresh = match self.gate.transition(&hold, Transition::Release).await? {
             TransitionOutcome::Changed {
                 to: ReservationStatus::Released,
                 ..
-            } => {
-                self.settler.hint(&hold.sku);
-                hold.status = ReservationStatus::Released;
-                let settled = self.is_settled(&hold).await;
-                Ok((hold, settled))
-            }
-            TransitionOutcome::Unchanged(ReservationStatus::Released) => {
-                hold.status = ReservationStatus::Released;
-                let settled = self.is_settled(&hold).await;
-                Ok((hold, settled))
-            }
+            } => true,
+            TransitionOutcome::Unchanged(ReservationStatus::Released) => false,
             TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
-                Err(HoldError::HoldIs(to))
+                return Err(HoldError::HoldIs(to));
             }
-            TransitionOutcome::Missing => Err(HoldError::NotFound),
-        }
+            TransitionOutcome::Missing => return Err(HoldError::NotFound),
+        };
+        hold.status = ReservationStatus::Released;
+        // A release decided just now cannot be in Postgres yet: no need to ask. Its event is in
+        // the stream, for this process's settler to take on its next pass.
+        let settled = if fresh {
+            self.settler.hint(&hold.sku);
+            false
+        } else {
+            self.is_settled(&hold).await
+        };
+        Ok((hold, settled))
     }
 
     async fn owned(
