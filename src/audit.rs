@@ -129,7 +129,10 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         .await?;
     // A stream that no longer holds the cursor's entry was lost or replaced: events may be
     // missing, so nothing can be called drained until a resync fences it.
-    let stream_intact = !matches!(gate.events_after(sku, cursor, 1).await?, StreamRead::Broken);
+    // A settler committing past `cursor` meanwhile trims the cursor's entry: only a cursor that
+    // has not moved since proves the stream broken.
+    let stream_intact = !matches!(gate.events_after(sku, cursor, 1).await?, StreamRead::Broken)
+        || store.settlement_cursor(sku).await? != Some(cursor);
     let drained = stream_intact && backlog == 0 && ledger.outbox == 0;
 
     // 1. Stock never negative, always balanced, and equal to the reservations it stands for.

@@ -348,7 +348,7 @@ impl Settler {
                     return Ok(());
                 }
                 match self
-                    .settle_batch_locking(sku, CursorLock::SkipLocked)
+                    .settle_batch_from(sku, cursor, CursorLock::SkipLocked)
                     .await?
                 {
                     BatchOutcome::Applied { .. } => continue,
@@ -383,7 +383,6 @@ impl Settler {
         turns.entry(sku.clone()).or_default().clone()
     }
 
-    #[tracing::instrument(skip(self), fields(sku = %sku))]
     async fn settle_batch_locking(
         &self,
         sku: &Sku,
@@ -392,6 +391,26 @@ impl Settler {
         let Some(cursor) = self.store.settlement_cursor(sku).await? else {
             return Err(SettleError::NoCursor(sku.clone()));
         };
+        self.settle_batch_from(sku, cursor, lock).await
+    }
+
+    /// Applies one batch of the SKU's events after `cursor`, the settlement cursor as the
+    /// caller last read it, waiting for the cursor row if another settler has it.
+    pub async fn settle_batch_after(
+        &self,
+        sku: &Sku,
+        cursor: EventId,
+    ) -> Result<BatchOutcome, SettleError> {
+        self.settle_batch_from(sku, cursor, CursorLock::Wait).await
+    }
+
+    #[tracing::instrument(skip(self), fields(sku = %sku))]
+    async fn settle_batch_from(
+        &self,
+        sku: &Sku,
+        cursor: EventId,
+        lock: CursorLock,
+    ) -> Result<BatchOutcome, SettleError> {
         let events = match self
             .gate
             .events_after(sku, cursor, self.settings.batch_size)
@@ -399,6 +418,12 @@ impl Settler {
         {
             StreamRead::Events(events) => events,
             StreamRead::Broken => {
+                // Another settler may have committed past `cursor` since it was read and trimmed
+                // the entries below its new cursor: that is a moved cursor, not a lost stream.
+                let now = self.store.settlement_cursor(sku).await?;
+                if now.is_some_and(|now| now != cursor) {
+                    return Ok(BatchOutcome::Moved);
+                }
                 metrics::counter!("flashgate_broken_streams_total", "sku" => sku.to_string())
                     .increment(1);
                 return Err(SettleError::StreamBroken {

@@ -329,3 +329,34 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
         .expect("audit");
     assert!(!audit.ok(), "{audit:?}");
 }
+
+/// Settlers racing on one SKU: one reads the cursor, another commits past it and trims the
+/// entries below its new cursor — the first then finds its cursor's entry gone. That is a moved
+/// cursor, not a lost stream (it was reported as a broken stream and failed a commit with 503 in
+/// a two-gate load run).
+#[sqlx::test]
+async fn a_cursor_trimmed_by_a_faster_settler_is_moved_not_broken(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    hold_id(&app, "sneaker", "alice", 1).await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    let stale = app
+        .store
+        .settlement_cursor(&sku("sneaker"))
+        .await
+        .expect("cursor")
+        .expect("row");
+    // Another settler moves on and trims below its new cursor.
+    hold_id(&app, "sneaker", "bob", 1).await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+
+    let late = app
+        .settler()
+        .settle_batch_after(&sku("sneaker"), stale)
+        .await;
+    assert!(
+        matches!(late, Ok(flashgate::settler::BatchOutcome::Moved)),
+        "{late:?}"
+    );
+    assert_audit_clean(&app, "sneaker").await;
+}
