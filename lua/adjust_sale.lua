@@ -9,9 +9,9 @@
 -- added quantity carries an operation key whose record answers a second run.
 --
 -- KEYS: 1 meta (hash), 2 stock (string), 3 events (stream), 4 the operation's record (any key of
---       the SKU when there is no operation key)
+--       the SKU when there is no operation key), 5 the sale-changed channel
 -- ARGV: 1 'total' | 'add', 2 the new total | units to add, 3 operation key ('' = none),
---       4 the record's ttl s, 5 the namespace's sale-changed channel, 6 sku (every gate instance
+--       4 the record's ttl s, 5 'PUBLISH' | 'SPUBLISH' (how to announce on KEYS[5]), 6 sku (every gate instance
 --       drops its sold-out shortcut for the SKU), then meta field/value pairs to set
 -- Returns: {'not_live'} | {'below_held', total, stock} | {'replayed', total, stock}
 --          | {'done', total, stock, event id or ''}
@@ -56,5 +56,5 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[4], 'total', total + delta, 'stock', stock + delta)
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
 end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+redis.call(ARGV[5], KEYS[5], ARGV[6])
 return {'done', tostring(total + delta), tostring(stock + delta), event}

@@ -9,9 +9,9 @@
 --             (an event appended since — a release or expiry racing the resync — is not in
 --             `available` yet), nothing is written: drain again.
 --
--- KEYS: 1 meta (hash), 2 stock (string), 3 events (stream)
+-- KEYS: 1 meta (hash), 2 stock (string), 3 events (stream), 4 the sale-changed channel
 -- ARGV: 1 guard, 2 the settlement cursor `available` was read at ('' for an empty stream;
---       'drained' only), 3 available units, 4 the namespace's sale-changed channel, 5 sku (every gate
+--       'drained' only), 3 available units, 4 'PUBLISH' | 'SPUBLISH' (how to announce on KEYS[4]), 5 sku (every gate
 --       instance drops its sold-out shortcut for the SKU), then field/value pairs for meta
 -- Returns: 'ok', 'live' (guard 'new') or 'moved' (guard 'drained')
 
@@ -29,5 +29,5 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('SET', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call(ARGV[4], KEYS[4], ARGV[5])
 return 'ok'

@@ -4,9 +4,9 @@
 -- A sale that is not live in Redis (no meta hash) is left alone: prewarm loads it from Postgres,
 -- which the caller has already updated. The check runs before the first write.
 --
--- KEYS: 1 meta (hash), 2 stock (string)
--- ARGV: 1 'state', 2 the new state, 3 the namespace's sale-changed
---       channel, 4 sku (every gate instance drops its sold-out shortcut for the SKU)
+-- KEYS: 1 meta (hash), 2 stock (string), 3 the sale-changed channel
+-- ARGV: 1 'state', 2 the new state, 3 'PUBLISH' | 'SPUBLISH' (how to announce on KEYS[3]),
+--       4 sku (every gate instance drops its sold-out shortcut for the SKU)
 -- Returns: 1 when the live sale was changed, 0 when the sale is not live
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -17,5 +17,5 @@ if ARGV[1] == 'state' then
 else
   return redis.error_reply('unknown operation ' .. tostring(ARGV[1]))
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call(ARGV[3], KEYS[3], ARGV[4])
 return 1

@@ -7,10 +7,10 @@
 --
 -- KEYS: 1 hold (hash), 2 stock (string), 3 buyer (string), 4 idem (hash), 5 holds (zset),
 --       6 events (stream), 7 the live-hold counter of the client recorded in the hold (any key
---       of the SKU when the hold records none)
--- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 the namespace's sale-changed
---       channel, 4 sku (published there when units come back, so that every gate instance drops
---       its sold-out shortcut for the SKU at once), 5 idempotency ttl s (a terminal hold lives
+--       of the SKU when the hold records none), 8 the sale-changed channel
+-- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 'PUBLISH' | 'SPUBLISH' (how to
+--       announce on KEYS[8]), 4 sku (announced when units come back, so that every gate
+--       instance drops its sold-out shortcut for the SKU at once), 5 idempotency ttl s (a terminal hold lives
 --       as long as the idempotency record that answers for it, then expires: Redis memory is
 --       bounded by the holds of the last ttl, not by every hold ever sold)
 -- Returns: {'missing'} | {'unchanged', status} | {'changed', new status, event id}
@@ -54,7 +54,7 @@ if target ~= 'committed' then
   -- The units go back on sale and stop counting against the buyer's limit.
   redis.call('INCRBY', KEYS[2], hold[2])
   if redis.call('DECRBY', KEYS[3], hold[2]) <= 0 then redis.call('DEL', KEYS[3]) end
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call(ARGV[3], KEYS[8], ARGV[4])
 end
 if answers_for_this_hold then
   redis.call('HSET', KEYS[4], 'status', target)

@@ -35,11 +35,8 @@ if command -v psql >/dev/null 2>&1; then
 else
   echo "demo: no psql here, so the database flashgate_demo is reused (its sale is reset below)" >&2
 fi
-if command -v redis-cli >/dev/null 2>&1; then
-  redis-cli -u "$REDIS_URL" --scan --pattern 'demo:*' | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
-else
+flashgate_delete_namespace demo ||
   echo "demo: no redis-cli here, so keys of the namespace demo may remain from an earlier run" >&2
-fi
 
 "$flashgate" migrate
 "$flashgate" sku upsert demo-sneaker --name "Demo sneaker" --price 199.99 --currency USD \

@@ -66,9 +66,7 @@ flashgate_stop_gates() {
 
 _fg_private_cleanup() {
   flashgate_stop_gates
-  if command -v redis-cli >/dev/null 2>&1; then
-    redis-cli -u "$REDIS_URL" --scan --pattern "$FLASHGATE_REDIS_NAMESPACE:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
-  fi
+  flashgate_delete_namespace "$FLASHGATE_REDIS_NAMESPACE" || true
   if command -v psql >/dev/null 2>&1; then
     psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_$_fg_run_id WITH (FORCE)" >/dev/null 2>&1 || true
   fi

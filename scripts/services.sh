@@ -35,7 +35,7 @@ _fg_host_port() {
 }
 
 _fg_redis_ok() {
-  local url=$1
+  local url=${1%%,*} # the first node of a cluster seed list
   if command -v redis-cli >/dev/null 2>&1; then
     [ "$(timeout 3 redis-cli -u "$url" ping 2>/dev/null)" = "PONG" ]
   else
@@ -45,7 +45,7 @@ _fg_redis_ok() {
 }
 
 _fg_pg_ok() {
-  local url=$1
+  local url=${1%%,*} # the first node of a cluster seed list
   if command -v psql >/dev/null 2>&1; then
     timeout 5 psql "$url" -Atqc 'SELECT 1' >/dev/null 2>&1
   else
@@ -166,4 +166,55 @@ flashgate_services() {
   export FLASHGATE_PG_SERVER
   _fg_log "redis: $REDIS_URL"
   _fg_log "postgres: ${DATABASE_URL%%\?*}"
+}
+
+# Deletes every key of the namespace $1 from $REDIS_URL: on each server of the list (every master
+# of a cluster seed list), one DEL per key, since a DEL of keys from several slots is refused on a
+# cluster even within one node. Fails when redis-cli is missing.
+flashgate_delete_namespace() {
+  command -v redis-cli >/dev/null 2>&1 || return 1
+  local server
+  for server in ${REDIS_URL//,/ }; do
+    redis-cli -u "$server" --scan --pattern "$1:*" | sed 's/^/DEL /' | redis-cli -u "$server" >/dev/null
+  done
+}
+
+# A local Redis Cluster of three masters, for the cluster pass of the tests and for trying
+# cluster mode: the same redis-server binary with `--cluster-enabled yes`, formed with
+# `redis-cli --cluster create`. Reuses one that is already up. Exports FLASHGATE_CLUSTER_URL, the
+# comma-separated seed list REDIS_URL takes with FLASHGATE_REDIS_CLUSTER=true. The nodes keep
+# nothing on disk but their nodes.conf under $FLASHGATE_STATE_DIR/cluster.
+FLASHGATE_CLUSTER_BASE_PORT=${FLASHGATE_CLUSTER_BASE_PORT:-37001}
+
+_fg_cluster_ok() { # cluster_state:ok as seen by the first node
+  [ "$(timeout 3 redis-cli -p "$FLASHGATE_CLUSTER_BASE_PORT" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:')" = "cluster_state:ok" ]
+}
+
+flashgate_cluster() {
+  local ports=() urls=() port i
+  for i in 0 1 2; do ports+=($((FLASHGATE_CLUSTER_BASE_PORT + i))); done
+  for port in "${ports[@]}"; do urls+=("redis://127.0.0.1:$port"); done
+  if ! _fg_cluster_ok; then
+    command -v redis-server >/dev/null 2>&1 || _fg_apt_install redis-server redis-tools || return 1
+    for port in "${ports[@]}"; do
+      _fg_redis_ok "redis://127.0.0.1:$port" && continue
+      local dir="$FLASHGATE_STATE_DIR/cluster/$port"
+      # A node that was never part of a formed cluster starts afresh.
+      rm -rf "$dir" && mkdir -p "$dir"
+      _fg_log "starting cluster node on port $port"
+      redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --dir "$dir" \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+        --save "" --appendonly no --maxmemory-policy noeviction \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >&2 || return 1
+      _fg_wait "cluster node" _fg_redis_ok "redis://127.0.0.1:$port" || return 1
+    done
+    _fg_log "forming a cluster of three masters on ports ${ports[*]}"
+    local hosts=(); for port in "${ports[@]}"; do hosts+=("127.0.0.1:$port"); done
+    redis-cli --cluster create "${hosts[@]}" --cluster-replicas 0 --cluster-yes >/dev/null || return 1
+    for i in $(seq 1 60); do _fg_cluster_ok && break; sleep 0.5; done
+    _fg_cluster_ok || { _fg_log "the cluster did not reach cluster_state:ok"; return 1; }
+  fi
+  FLASHGATE_CLUSTER_URL=$(IFS=,; echo "${urls[*]}")
+  export FLASHGATE_CLUSTER_URL
+  _fg_log "redis cluster: $FLASHGATE_CLUSTER_URL"
 }

@@ -2,20 +2,25 @@
 # The whole test suite: formatting, lints, unit and integration tests against real Redis and
 # Postgres (found or started by scripts/services.sh). Every test gets a fresh database
 # (#[sqlx::test]) and its own Redis key namespace, so they run in parallel and leave nothing.
-# Last, a small load-test run against a private gate must pass its invariants verdict, and a
-# short shortcut race over two gates must see every released unit sold again.
+# The integration tests run twice: against one Redis, then against a local 3-master Redis
+# Cluster (FLASHGATE_REDIS_CLUSTER=true; the test helpers pick the client). Last, small load-test
+# runs over two gates (on one Redis and on the cluster) must pass their invariants verdict, and
+# a short shortcut race over two gates must see every released unit sold again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 flashgate_services
+flashgate_cluster
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
+echo "== cargo test (one Redis: $REDIS_URL)"
 mkdir -p target
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+echo "== cargo test --test api (Redis Cluster: $FLASHGATE_CLUSTER_URL)"
+REDIS_URL=$FLASHGATE_CLUSTER_URL FLASHGATE_REDIS_CLUSTER=true cargo test --locked --test api 2>&1 | tee -a target/test-output.txt
 count() { awk -v word="$1;" '/^test result:/ {for (i = 2; i <= NF; i++) if ($i == word) n += $(i - 1)} END {print n + 0}' target/test-output.txt; }
 passed=$(count passed)
 failed=$(count failed)
@@ -24,9 +29,14 @@ rm -rf target/loadtest
 FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_GATES=2 ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
 # Its reports land under target/ by default, never in the checkout's root.
 [ -s target/loadtest/report.html ] && [ -s target/loadtest/report.json ] || { echo "no load-test reports under target/loadtest" >&2; failed=$((failed + 1)); }
+echo "== load-test smoke run on the Redis Cluster: 2,000 buyers over two gates, stock 100"
+rm -rf target/loadtest-cluster
+REDIS_URL=$FLASHGATE_CLUSTER_URL FLASHGATE_REDIS_CLUSTER=true FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_GATES=2 \
+  ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet \
+  --report-json target/loadtest-cluster/report.json --report-html target/loadtest-cluster/report.html
 echo "== shortcut race smoke run: two gates, release on one, reserve on the other at once"
 FLASHGATE_PROFILE=debug ./scripts/shortcut-race.sh --rounds 20 --busy 4
-checks=2
+checks=3
 
 echo "== loadtest.sh refuses a port something else listens on (it used to drive that instead)"
 coproc HOLDER { python3 -c 'import socket, time

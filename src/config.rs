@@ -59,7 +59,8 @@ impl DatabaseConfig {
 /// Where Redis is, and how the gate uses it.
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
-    /// Redis connection URL.
+    /// Redis connection URL; with `FLASHGATE_REDIS_CLUSTER=true`, a comma-separated list of
+    /// cluster seed nodes (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -67,6 +68,9 @@ pub struct RedisConfig {
         hide_env_values = true
     )]
     pub redis_url: SecretString,
+    /// Whether `REDIS_URL` names nodes of a Redis Cluster (the cluster client is used).
+    #[arg(long, env = "FLASHGATE_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     #[arg(long, env = "FLASHGATE_REDIS_NAMESPACE", default_value = "flashgate")]
     pub redis_namespace: String,
@@ -122,6 +126,7 @@ impl RedisConfig {
         use secrecy::ExposeSecret;
         let timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
         RedisSettings {
+            cluster: self.redis_cluster,
             breaker: BreakerSettings {
                 failures: self.redis_breaker_failures,
                 open_for: Duration::from_millis(self.redis_breaker_open_ms),

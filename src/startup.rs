@@ -15,7 +15,7 @@ use crate::sweeper::Sweeper;
 
 use crate::auth::{AdminToken, BuyerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
-use crate::gate::Gate;
+use crate::gate::{Gate, GateError};
 use crate::http::{self, Admission, AppState, ClientShedder, Readiness, ServerSettings};
 use crate::store::Store;
 
@@ -63,17 +63,26 @@ pub fn gate(config: &RedisConfig) -> anyhow::Result<Gate> {
     Gate::connect(&config.redis_settings(), settings).context("invalid REDIS_URL")
 }
 
-/// Checks at start that Redis keeps what the gate writes: refuses an evicting
-/// `maxmemory-policy` (unless `allow_evicting`), warns when Redis does not persist. A Redis that
-/// cannot be reached now is not a reason not to start: the gate answers 503 until it is back.
+/// Checks at start that Redis is what the settings say and keeps what the gate writes: refuses
+/// a cluster node behind a single-node client (or a single server behind the cluster client)
+/// and an evicting `maxmemory-policy` (unless `allow_evicting`), warns when Redis does not
+/// persist. A Redis that cannot be reached now is not a reason not to start: the gate answers
+/// 503 until it is back.
 pub async fn check_redis(gate: &Gate, allow_evicting: bool) -> anyhow::Result<()> {
     let facts = match gate.server_facts().await {
         Ok(facts) => facts,
+        Err(err @ GateError::Misconfigured(_)) => anyhow::bail!("{err}"),
         Err(err) => {
             tracing::warn!(error = %err, "cannot check redis's eviction policy at start");
             return Ok(());
         }
     };
+    if facts.cluster_enabled == Some(true) && !gate.is_cluster() {
+        anyhow::bail!(
+            "REDIS_URL is a Redis Cluster node: set FLASHGATE_REDIS_CLUSTER=true and list the \
+             cluster's nodes in REDIS_URL (comma-separated)"
+        );
+    }
     if facts.evicts() {
         let policy = facts.maxmemory_policy.clone().unwrap_or_default();
         if !allow_evicting {

@@ -72,7 +72,7 @@ impl BenchEnv {
         }
         let namespace = Namespace::parse(&format!("fgbench-{name}-{}", std::process::id())).ok()?;
         let gate = Gate::connect(
-            &RedisSettings::new(redis_url.clone(), 64, Duration::from_secs(2)),
+            &RedisSettings::new(&redis_url, 64, Duration::from_secs(2)),
             GateSettings {
                 namespace: namespace.clone(),
                 idempotency_ttl: Duration::from_secs(3600),
@@ -149,7 +149,8 @@ impl BenchEnv {
         &self.database_url
     }
 
-    /// Deletes the namespace's keys and the database.
+    /// Deletes the namespace's keys and the database. One `DEL` per key, pipelined: a `DEL` of
+    /// many keys would be refused where they span cluster slots.
     pub async fn cleanup(self) {
         if let Ok(client) = redis::Client::open(self.redis_url.as_str())
             && let Ok(mut conn) = client.get_connection()
@@ -159,7 +160,11 @@ impl BenchEnv {
                     .map(|iter| iter.filter_map(Result::ok).collect())
                     .unwrap_or_default();
             for chunk in keys.chunks(1000) {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    pipe.del(key).ignore();
+                }
+                let _: redis::RedisResult<()> = pipe.exec(&mut conn);
             }
         }
         self.store.pool().close().await;

@@ -14,7 +14,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 /// When to open and how long to stay open.
@@ -161,11 +161,11 @@ fn is_outage_code(code: &str) -> bool {
     )
 }
 
-/// A multiplexed connection whose every reply is reported to the breaker. All gate traffic goes
+/// A connection whose every reply is reported to the breaker. All gate traffic goes
 /// through one of these, so no call path can bypass the breaker's bookkeeping.
 #[derive(Clone)]
 pub struct GuardedConnection {
-    inner: MultiplexedConnection,
+    pub(super) inner: super::RedisConnection,
     breaker: std::sync::Arc<CircuitBreaker>,
 }
 
@@ -176,11 +176,15 @@ impl std::fmt::Debug for GuardedConnection {
 }
 
 impl GuardedConnection {
-    pub fn new(inner: MultiplexedConnection, breaker: std::sync::Arc<CircuitBreaker>) -> Self {
+    pub fn new(inner: super::RedisConnection, breaker: std::sync::Arc<CircuitBreaker>) -> Self {
         Self { inner, breaker }
     }
 
-    fn report<T>(&self, result: &Result<T, RedisError>, server_error: Option<&str>) {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, super::RedisConnection::Cluster(_))
+    }
+
+    pub(super) fn report<T>(&self, result: &Result<T, RedisError>, server_error: Option<&str>) {
         match (result, server_error) {
             (Err(err), _) if is_outage(err) => self.breaker.record_failure(),
             (_, Some(code)) if is_outage_code(code) => self.breaker.record_failure(),

@@ -213,46 +213,37 @@ impl Gate {
 
     /// Of these SKUs and their settlement cursors, the ones whose stream has something for the
     /// settler: an event after the cursor, or a broken stream (which the settler must report).
-    /// One pipelined round trip per 1,000 SKUs: the settler's full scan costs O(round trips),
-    /// not a query per SKU.
+    /// One pipelined round trip per 1,000 SKUs on one Redis (concurrent calls on a cluster):
+    /// the settler's full scan costs O(round trips), not a query per SKU.
     pub async fn skus_with_events(
         &self,
         cursors: &[(Sku, EventId)],
     ) -> Result<Vec<Sku>, GateError> {
-        let mut conn = self.connection().await?;
-        let mut busy = Vec::new();
-        for chunk in cursors.chunks(1_000) {
-            let mut pipe = redis::pipe();
-            for (sku, cursor) in chunk {
-                let events = self.namespace().sku(sku).events();
+        let calls = cursors
+            .iter()
+            .map(|(sku, cursor)| {
+                let mut range = redis::cmd("XRANGE");
+                range.arg(self.namespace().sku(sku).events());
                 if cursor.is_start() {
-                    pipe.cmd("XRANGE")
-                        .arg(events)
-                        .arg("-")
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(1);
+                    range.arg("-").arg("+").arg("COUNT").arg(1);
                 } else {
-                    pipe.cmd("XRANGE")
-                        .arg(events)
-                        .arg(cursor)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(2);
+                    range.arg(cursor).arg("+").arg("COUNT").arg(2);
                 }
-            }
-            let replies: Vec<redis::streams::StreamRangeReply> =
-                pipe.query_async(&mut conn).await?;
-            for ((sku, cursor), reply) in chunk.iter().zip(replies) {
-                let has_work = if cursor.is_start() {
-                    !reply.ids.is_empty()
-                } else {
-                    // Intact and idle: exactly the cursor's own entry.
-                    !(reply.ids.len() == 1 && parse_id(&reply.ids[0].id)? == *cursor)
-                };
-                if has_work {
-                    busy.push(sku.clone());
-                }
+                range
+            })
+            .collect();
+        let mut conn = self.connection().await?;
+        let replies: Vec<redis::streams::StreamRangeReply> = conn.per_slot(calls).await?;
+        let mut busy = Vec::new();
+        for ((sku, cursor), reply) in cursors.iter().zip(replies) {
+            let has_work = if cursor.is_start() {
+                !reply.ids.is_empty()
+            } else {
+                // Intact and idle: exactly the cursor's own entry.
+                !(reply.ids.len() == 1 && parse_id(&reply.ids[0].id)? == *cursor)
+            };
+            if has_work {
+                busy.push(sku.clone());
             }
         }
         Ok(busy)

@@ -145,6 +145,7 @@ impl Gate {
         action: Transition,
     ) -> Result<TransitionOutcome, GateError> {
         let keys = self.namespace().sku(&hold.sku);
+        let (channel, announce) = self.announcement(&hold.sku);
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
@@ -158,8 +159,9 @@ impl Gate {
             .key(keys.events())
             .key(keys.client(hold.client.as_deref().unwrap_or("")))
             .arg(hold.id.to_string())
+            .key(channel)
             .arg(action.as_str())
-            .arg(self.namespace().sale_changed_channel())
+            .arg(announce)
             .arg(hold.sku.as_str())
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
             .invoke_async(&mut conn)
@@ -174,52 +176,46 @@ impl Gate {
         Ok(outcome)
     }
 
-    /// Of these SKUs, the ones with a hold past its deadline by Redis `TIME`: one `TIME` and
-    /// one pipelined round trip per 1,000 SKUs, so an idle sweep costs O(round trips).
+    /// Of these SKUs, the ones with a hold past its deadline, each judged by `lua/due_holds.lua`
+    /// on the clock of the Redis that owns the SKU: one pipelined round trip per 1,000 SKUs on
+    /// one Redis (concurrent calls on a cluster), so an idle sweep costs O(round trips).
     pub async fn skus_with_due_holds(&self, skus: &[Sku]) -> Result<Vec<Sku>, GateError> {
+        let calls = skus.iter().map(|sku| self.due_holds_call(sku, 1)).collect();
         let mut conn = self.connection().await?;
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        let now_ms = (seconds * 1000 + micros / 1000) as f64;
-        let mut due = Vec::new();
-        for chunk in skus.chunks(1_000) {
-            let mut pipe = redis::pipe();
-            for sku in chunk {
-                pipe.cmd("ZRANGE")
-                    .arg(self.namespace().sku(sku).holds())
-                    .arg(0)
-                    .arg(0)
-                    .arg("WITHSCORES");
-            }
-            let earliest: Vec<Vec<(String, f64)>> = pipe.query_async(&mut conn).await?;
-            for (sku, first) in chunk.iter().zip(earliest) {
-                if first
-                    .first()
-                    .is_some_and(|(_, deadline)| *deadline <= now_ms)
-                {
-                    due.push(sku.clone());
-                }
-            }
-        }
-        Ok(due)
+        // `EVALSHA` in a pipeline cannot load a script Redis lost (restart, `SCRIPT FLUSH`), so
+        // it is loaded first: one small round trip a sweep (to every master on a cluster).
+        self.inner.scripts.due_holds.load_async(&mut conn).await?;
+        let due: Vec<Vec<String>> = conn.per_slot(calls).await?;
+        Ok(skus
+            .iter()
+            .zip(due)
+            .filter(|(_, holds)| !holds.is_empty())
+            .map(|(sku, _)| sku.clone())
+            .collect())
     }
 
-    /// Expires up to `limit` of the SKU's holds whose deadline has passed (by Redis `TIME`).
-    /// Any number of sweepers may run: the script expires a hold only while it is `held`.
-    /// Returns how many this call expired.
+    /// `lua/due_holds.lua` for one SKU, as a command to pipeline (`EVALSHA`).
+    fn due_holds_call(&self, sku: &Sku, limit: usize) -> redis::Cmd {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.inner.scripts.due_holds.get_hash())
+            .arg(1)
+            .arg(self.namespace().sku(sku).holds())
+            .arg(limit);
+        call
+    }
+
+    /// Expires up to `limit` of the SKU's holds whose deadline has passed (by the owning Redis's
+    /// `TIME`). Any number of sweepers may run: the script expires a hold only while it is
+    /// `held`. Returns how many this call expired.
     pub async fn expire_due(&self, sku: &Sku, limit: usize) -> Result<usize, GateError> {
         let due: Vec<String> = {
             let mut conn = self.connection().await?;
-            let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-            let now_ms = seconds * 1000 + micros / 1000;
-            redis::cmd("ZRANGE")
-                .arg(self.namespace().sku(sku).holds())
-                .arg("-inf")
-                .arg(now_ms)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
+            self.inner
+                .scripts
+                .due_holds
+                .key(self.namespace().sku(sku).holds())
                 .arg(limit)
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await?
         };
         let mut expired = 0;
@@ -306,13 +302,7 @@ impl Gate {
     pub async fn hold_summaries(&self, sku: &Sku) -> Result<Vec<HoldSummary>, GateError> {
         let prefix = self.namespace().sku(sku).hold_prefix();
         let mut conn = self.connection().await?;
-        let mut keys = Vec::new();
-        {
-            let mut iter: redis::AsyncIter<String> = conn.scan_match(format!("{prefix}*")).await?;
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
-            }
-        }
+        let keys = conn.scan_prefix(&prefix).await?;
         let mut holds = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();

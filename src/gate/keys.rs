@@ -103,6 +103,10 @@ impl SkuKeys {
     pub fn buyers(&self) -> String {
         self.key("buyers")
     }
+    /// The SKU's sharded pub/sub channel on a cluster (see `gate::shortcut`).
+    pub fn sale_changed(&self) -> String {
+        self.key("sale-changed")
+    }
     /// The state of one background resync job, as JSON.
     pub fn resync_job(&self, job: uuid::Uuid) -> String {
         self.key(&format!("resync:{job}"))
@@ -140,6 +144,9 @@ mod tests {
             keys.buyers(),
             keys.client("2001:db8:1:2::/64"),
             keys.admin_operation(&idem),
+            keys.hold_prefix(),
+            keys.sale_changed(),
+            keys.resync_job(uuid::Uuid::new_v4()),
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }

@@ -17,6 +17,7 @@
 //! - `breaker.rs`: the circuit breaker every Redis call goes through.
 
 mod breaker;
+mod connection;
 mod contract;
 mod events;
 mod holds;
@@ -28,6 +29,7 @@ mod shortcut;
 
 pub use breaker::BreakerSettings;
 use breaker::GuardedConnection;
+pub use connection::RedisConnection;
 pub use contract::{
     Adjusted, Fence, Refusal, ReserveOutcome, Restored, StockChange, Transition, TransitionOutcome,
 };
@@ -42,9 +44,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use deadpool_redis::PoolError;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
 use crate::domain::Sku;
 use scripts::Scripts;
@@ -65,13 +66,26 @@ pub enum GateError {
     /// exists on the master; a retry with the same key replays it once a replica has it.
     #[error("no replica confirmed the decision in time")]
     NotReplicated,
+    /// Redis is not what the settings say: a cluster node reached by a single-node client
+    /// (`MOVED`, `CROSSSLOT`), or the reverse. Retrying cannot help; the settings must change.
+    #[error("redis is misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 impl From<redis::RedisError> for GateError {
     fn from(err: redis::RedisError) -> Self {
         // `OOM` and `BUSY` are outages too: the caller may retry once Redis has room or time.
-        if breaker::is_outage(&err) || err.is_cluster_error() {
+        if breaker::is_outage(&err) {
             Self::Unavailable(err.to_string())
+        } else if err.is_cluster_error()
+            || err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
+        {
+            // The cluster client follows `MOVED`/`ASK` itself, and every call of the gate names
+            // keys of one slot on a cluster: either reaching us means a cluster node behind the
+            // single-server client.
+            Self::Misconfigured(format!(
+                "{err} (a Redis Cluster needs FLASHGATE_REDIS_CLUSTER=true and its nodes in REDIS_URL)"
+            ))
         } else {
             Self::Protocol(err.to_string())
         }
@@ -143,6 +157,8 @@ impl BuyerRate {
 pub struct ServerFacts {
     pub maxmemory_policy: Option<String>,
     pub appendonly: Option<bool>,
+    /// Whether the server is a cluster node (`INFO cluster`), where `INFO` is allowed.
+    pub cluster_enabled: Option<bool>,
 }
 
 impl ServerFacts {
@@ -159,7 +175,11 @@ impl ServerFacts {
 /// How to reach Redis, and how long to wait for it before answering 503.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// One server's URL, or a cluster's seed nodes.
+    pub urls: Vec<String>,
+    /// Whether `urls` are nodes of a Redis Cluster (`FLASHGATE_REDIS_CLUSTER`).
+    pub cluster: bool,
+    /// Most pooled connections to one server (a cluster client keeps one per node).
     pub pool_size: usize,
     /// Bounds connecting, waiting for a pooled connection, and each command's answer.
     pub timeout: Duration,
@@ -169,9 +189,16 @@ pub struct RedisSettings {
 
 impl RedisSettings {
     /// Settings with the default breaker: open after 5 consecutive failures, probe after 500 ms.
-    pub fn new(url: impl Into<String>, pool_size: usize, timeout: Duration) -> Self {
+    /// `urls` is `REDIS_URL`: one URL, or a comma-separated list of cluster seed nodes.
+    pub fn new(urls: &str, pool_size: usize, timeout: Duration) -> Self {
         Self {
-            url: url.into(),
+            urls: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            cluster: false,
             pool_size,
             timeout,
             breaker: BreakerSettings {
@@ -191,13 +218,13 @@ pub struct Gate {
 
 #[derive(Debug)]
 struct GateInner {
-    pool: Pool,
+    source: connection::Source,
     settings: GateSettings,
     scripts: Scripts,
     /// SKU ↔ number, learnt from Redis once per process: the mapping never changes.
     sku_numbers: RwLock<SkuNumbers>,
     /// The connection requests currently share, and when it was taken from the pool.
-    shared: Mutex<Option<(MultiplexedConnection, Instant)>>,
+    shared: Mutex<Option<(RedisConnection, Instant)>>,
     shortcut: shortcut::SoldOutShortcut,
     breaker: Arc<breaker::CircuitBreaker>,
 }
@@ -214,22 +241,23 @@ struct SkuNumbers {
 impl Gate {
     /// Builds the pool; no connection is made until the first command.
     pub fn connect(redis: &RedisSettings, settings: GateSettings) -> Result<Self, GateError> {
-        let connection = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(redis.timeout))
-            .set_response_timeout(Some(redis.timeout));
-        let manager = Manager::new_with_config(redis.url.as_str(), connection)?;
-        let pool = Pool::builder(manager)
-            .max_size(redis.pool_size)
-            .wait_timeout(Some(redis.timeout))
-            .create_timeout(Some(redis.timeout))
-            .recycle_timeout(Some(redis.timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| GateError::Unavailable(e.to_string()))?;
-        let shortcut = shortcut::SoldOutShortcut::new(settings.sold_out_shortcut);
-        let channel = settings.namespace.sale_changed_channel();
+        let source = connection::Source::new(redis)?;
+        let shortcut = shortcut::SoldOutShortcut::new(
+            settings.sold_out_shortcut,
+            redis.cluster.then(|| settings.namespace.clone()),
+        );
+        let subscription = if redis.cluster {
+            shortcut::Subscription::Sharded(redis.clone())
+        } else {
+            shortcut::Subscription::Namespace {
+                client: redis::Client::open(
+                    redis.urls.first().map(String::as_str).unwrap_or_default(),
+                )?,
+                channel: settings.namespace.sale_changed_channel(),
+            }
+        };
         let inner = Arc::new(GateInner {
-            pool,
+            source,
             settings,
             scripts: Scripts::load(),
             sku_numbers: RwLock::default(),
@@ -239,14 +267,29 @@ impl Gate {
         });
         // The shortcut needs its listener; outside a server (no runtime) or disabled it stays off.
         if inner.shortcut.enabled() && tokio::runtime::Handle::try_current().is_ok() {
-            let client = redis::Client::open(redis.url.as_str())?;
-            shortcut::spawn_listener(Arc::downgrade(&inner), client, channel)?;
+            shortcut::spawn_listener(Arc::downgrade(&inner), subscription)?;
         }
         Ok(Self { inner })
     }
 
     pub fn namespace(&self) -> &Namespace {
         &self.inner.settings.namespace
+    }
+
+    /// Whether this gate talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.source.is_cluster()
+    }
+
+    /// Where a script announces that `sku`'s units came back or its sale changed, and with
+    /// which command: the namespace channel on one Redis, the SKU's sharded channel (in its
+    /// slot, passed in KEYS) on a cluster. See `gate::shortcut`.
+    fn announcement(&self, sku: &Sku) -> (String, &'static str) {
+        if self.is_cluster() {
+            (self.namespace().sku(sku).sale_changed(), "SPUBLISH")
+        } else {
+            (self.namespace().sale_changed_channel(), "PUBLISH")
+        }
     }
 
     /// A handle on a multiplexed Redis connection.
@@ -271,20 +314,24 @@ impl Gate {
                 return Ok(guard(conn.clone()));
             }
         }
-        let pooled = match self.inner.pool.get().await {
-            Ok(pooled) => pooled,
+        let conn = match self.inner.source.get().await {
+            Ok(conn) => conn,
             Err(err) => {
-                let err = GateError::from(err);
                 if matches!(err, GateError::Unavailable(_)) {
                     self.inner.breaker.record_failure();
                 }
                 return Err(err);
             }
         };
-        let conn = MultiplexedConnection::clone(&pooled);
         *self.inner.shared.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((conn.clone(), Instant::now()));
         Ok(guard(conn))
+    }
+
+    /// A connection to the same Redis outside the circuit breaker, for tools and tests that
+    /// read or repair keys by hand (never for the gate's own decisions).
+    pub async fn raw_connection(&self) -> Result<RedisConnection, GateError> {
+        self.inner.source.get().await
     }
 
     /// Whether the circuit breaker in front of Redis is refusing calls right now.
@@ -308,9 +355,26 @@ impl Gate {
                 Err(_) => Ok(None),
             }
         };
+        let maxmemory_policy = get("maxmemory-policy").await?;
+        let appendonly = get("appendonly").await?.map(|v| v == "yes");
+        // A cluster client reaches cluster nodes only (it could not connect otherwise).
+        let cluster_enabled = if self.is_cluster() {
+            Some(true)
+        } else {
+            let info: redis::RedisResult<String> = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut conn)
+                .await;
+            match info {
+                Ok(info) => Some(info.lines().any(|line| line.trim() == "cluster_enabled:1")),
+                Err(err) if breaker::is_outage(&err) => return Err(err.into()),
+                Err(_) => None,
+            }
+        };
         Ok(ServerFacts {
-            maxmemory_policy: get("maxmemory-policy").await?,
-            appendonly: get("appendonly").await?.map(|v| v == "yes"),
+            maxmemory_policy,
+            appendonly,
+            cluster_enabled,
         })
     }
 
@@ -389,6 +453,7 @@ mod tests {
         let facts = |policy: Option<&str>| ServerFacts {
             maxmemory_policy: policy.map(str::to_owned),
             appendonly: None,
+            cluster_enabled: None,
         };
         assert!(!facts(Some("noeviction")).evicts());
         assert!(

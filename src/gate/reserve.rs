@@ -114,6 +114,9 @@ impl Gate {
         let Some(_loading) = self.inner.shortcut.begin_load(sku) else {
             return;
         };
+        if !self.inner.shortcut.subscribed(sku).await {
+            return;
+        }
         let loaded: Result<std::collections::HashSet<String>, GateError> = async {
             let mut conn = self.connection().await?;
             Ok(conn.smembers(self.namespace().sku(sku).buyers()).await?)

@@ -162,6 +162,7 @@ impl Gate {
         let keys = self.namespace().sku(sku);
         let (mode, units) = change.args();
         let record = operation.map_or_else(|| keys.meta(), |op| keys.admin_operation(op));
+        let (channel, announce) = self.announcement(sku);
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
@@ -175,7 +176,8 @@ impl Gate {
             .arg(units)
             .arg(operation.map_or("", IdempotencyKey::as_str))
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
-            .arg(self.namespace().sale_changed_channel())
+            .key(channel)
+            .arg(announce)
             .arg(sku.as_str())
             .arg(meta)
             .invoke_async(&mut conn)
@@ -201,6 +203,7 @@ impl Gate {
 
     async fn load_sale(&self, record: &SkuRecord, guard: LoadGuard) -> Result<Loaded, GateError> {
         let keys = self.namespace().sku(&record.sku);
+        let (channel, announce) = self.announcement(&record.sku);
         let mut conn = self.connection().await?;
         // The number → SKU directory first: a reservation id must be routable as soon as the
         // first hold can be created. It is immutable, so writing it twice is harmless.
@@ -228,7 +231,8 @@ impl Gate {
             .arg(guard)
             .arg(settled_through)
             .arg(record.available)
-            .arg(self.namespace().sale_changed_channel())
+            .key(channel)
+            .arg(announce)
             .arg(record.sku.as_str())
             .arg(meta)
             .invoke_async(&mut conn)
@@ -244,6 +248,7 @@ impl Gate {
     async fn sale_admin(&self, sku: &Sku, change: SaleAdmin) -> Result<bool, GateError> {
         let (operation, value) = change.args();
         let keys = self.namespace().sku(sku);
+        let (channel, announce) = self.announcement(sku);
         let mut conn = self.connection().await?;
         let changed: i64 = self
             .inner
@@ -253,7 +258,8 @@ impl Gate {
             .key(keys.stock())
             .arg(operation)
             .arg(value)
-            .arg(self.namespace().sale_changed_channel())
+            .key(channel)
+            .arg(announce)
             .arg(sku.as_str())
             .invoke_async(&mut conn)
             .await?;

@@ -17,6 +17,7 @@ pub struct Scripts {
     pub restore_hold: Script,
     pub fence_stream: Script,
     pub rerecord_hold: Script,
+    pub due_holds: Script,
 }
 
 impl Scripts {
@@ -31,6 +32,7 @@ impl Scripts {
             restore_hold: Script::new(include_str!("../../lua/restore_hold.lua")),
             fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
             rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
+            due_holds: Script::new(include_str!("../../lua/due_holds.lua")),
         }
     }
 }

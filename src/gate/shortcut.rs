@@ -8,9 +8,14 @@
 //! turns the shortcut on for the SKU.
 //!
 //! Why it stays correct when units come back: every script that returns units or changes the
-//! sale (release, expiry, restock, pause/resume, prewarm, resync) publishes the SKU on the
-//! namespace's `sale-changed` channel, and the listener here drops the SKU's shortcut as soon as
-//! the message arrives. While the subscription is down the shortcut is off everywhere. An epoch,
+//! sale (release, expiry, restock, pause/resume, prewarm, resync) announces the SKU, and the
+//! listener here drops the SKU's shortcut as soon as the message arrives. On one Redis the
+//! announcement is a `PUBLISH` on the namespace's `sale-changed` channel, to which the listener
+//! is subscribed for good. On a cluster a `PUBLISH` would cross the whole cluster bus for every
+//! release, so it is a sharded `SPUBLISH` on the SKU's own channel (`<ns>:{sku}:sale-changed`,
+//! in the SKU's slot), and a gate `SSUBSCRIBE`s to a SKU the first time it sees it sold out; the
+//! shortcut is turned on only by a later `sold_out`, read after that subscription was
+//! confirmed, so no announcement can fall between the two. While the subscription is down the shortcut is off everywhere. An epoch,
 //! bumped by every message, keeps a shortcut from being turned on with a `buyers` set read
 //! before a message that arrived meanwhile. A release or expiry through this gate turns its own
 //! shortcut off before it answers, without waiting for the message.
@@ -28,8 +33,10 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
 
-use super::{GateError, GateInner};
+use super::{GateError, GateInner, Namespace, RedisSettings};
 use crate::domain::{BuyerId, Sku};
 
 /// Longest an entry is trusted before a buyer's request goes to Redis again to re-confirm it.
@@ -59,6 +66,22 @@ pub(super) struct SoldOutShortcut {
     sold_out: RwLock<HashMap<Sku, Entry>>,
     /// SKUs whose `buyers` set is being loaded right now (one load per SKU at a time).
     loading: Mutex<HashSet<Sku>>,
+    /// On a cluster: the subscription connection and the SKUs it is subscribed to.
+    sharded: Option<Sharded>,
+}
+
+/// Per-SKU sharded subscriptions on a cluster.
+#[derive(Default)]
+struct Sharded {
+    namespace: Option<Namespace>,
+    connection: Mutex<Option<ClusterConnection>>,
+    subscribed: Mutex<HashSet<Sku>>,
+}
+
+impl std::fmt::Debug for Sharded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sharded")
+    }
 }
 
 /// The right to load one SKU's `buyers` set; released on drop.
@@ -79,11 +102,44 @@ impl Drop for Loading<'_> {
 }
 
 impl SoldOutShortcut {
-    pub(super) fn new(enabled: bool) -> Self {
+    /// `sharded` is the namespace of a cluster deployment, `None` on one Redis.
+    pub(super) fn new(enabled: bool, sharded: Option<Namespace>) -> Self {
         Self {
             enabled,
+            sharded: sharded.map(|namespace| Sharded {
+                namespace: Some(namespace),
+                ..Sharded::default()
+            }),
             ..Self::default()
         }
+    }
+
+    /// Makes sure announcements of `sku` reach this gate. On one Redis the namespace channel
+    /// covers every SKU: always true. On a cluster, subscribes to the SKU's channel if it is
+    /// not yet and answers false: a shortcut may then be turned on only by a `sold_out` read
+    /// after this call, never by one read before the subscription existed.
+    pub(super) async fn subscribed(&self, sku: &Sku) -> bool {
+        let Some(sharded) = &self.sharded else {
+            return true;
+        };
+        if lock(&sharded.subscribed).contains(sku) {
+            return true;
+        }
+        let Some(mut conn) = lock(&sharded.connection).clone() else {
+            return false;
+        };
+        let Some(namespace) = &sharded.namespace else {
+            return false;
+        };
+        match conn.ssubscribe(namespace.sku(sku).sale_changed()).await {
+            Ok(()) => {
+                lock(&sharded.subscribed).insert(sku.clone());
+            }
+            Err(err) => {
+                tracing::debug!(sku = %sku, error = %err, "cannot subscribe to the SKU's sale-changed channel")
+            }
+        }
+        false
     }
 
     pub(super) fn enabled(&self) -> bool {
@@ -145,6 +201,10 @@ impl SoldOutShortcut {
     fn set_listening(&self, listening: bool) {
         let mut sold_out = self.write();
         sold_out.clear();
+        if let Some(sharded) = &self.sharded {
+            // Whatever was subscribed on a connection that went away is subscribed afresh.
+            lock(&sharded.subscribed).clear();
+        }
         self.listening.store(listening, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
@@ -156,6 +216,23 @@ impl SoldOutShortcut {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sku, Entry>> {
         self.sold_out.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update is one insert, remove or assignment: a poisoned lock still holds a whole value.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the listener subscribes with.
+#[derive(Debug)]
+pub(super) enum Subscription {
+    /// One server: the namespace's channel, subscribed for good.
+    Namespace {
+        client: redis::Client,
+        channel: String,
+    },
+    /// A cluster: per-SKU sharded channels, subscribed as SKUs sell out.
+    Sharded(RedisSettings),
 }
 
 /// How often the subscription is pinged, and how long its answer may take: a connection that
@@ -171,8 +248,7 @@ const PING_DEADLINE: Duration = Duration::from_secs(1);
 /// units that were on sale again). The thread ends when the gate is dropped.
 pub(super) fn spawn_listener(
     gate: Weak<GateInner>,
-    client: redis::Client,
-    channel: String,
+    subscription: Subscription,
 ) -> Result<(), GateError> {
     std::thread::Builder::new()
         .name("flashgate-sale-changed".into())
@@ -181,7 +257,12 @@ pub(super) fn spawn_listener(
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(listen(gate, client, channel)),
+                Ok(runtime) => match subscription {
+                    Subscription::Namespace { client, channel } => {
+                        runtime.block_on(listen(gate, client, channel))
+                    }
+                    Subscription::Sharded(redis) => runtime.block_on(listen_sharded(gate, redis)),
+                },
                 Err(err) => tracing::error!(error = %err,
                     "cannot start the sale-changed listener; the sold-out shortcut stays off"),
             }
@@ -248,5 +329,96 @@ async fn listen(gate: Weak<GateInner>, client: redis::Client, channel: String) {
         drop(inner);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The cluster's listener: a RESP3 cluster connection whose pushes (sharded messages, and the
+/// library's notice of a lost node connection) arrive here; SKUs are subscribed to by
+/// [`SoldOutShortcut::subscribed`] on the same connection. Pings every node every
+/// [`PING_EVERY`]; reconnects with backoff. Ends when the gate is dropped.
+async fn listen_sharded(gate: Weak<GateInner>, redis: RedisSettings) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let connected = match super::connection::cluster_builder(&redis)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .build()
+        {
+            Ok(client) => client.get_async_connection().await,
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(mut conn) => {
+                let Some(inner) = gate.upgrade() else { return };
+                if let Some(sharded) = &inner.shortcut.sharded {
+                    *lock(&sharded.connection) = Some(conn.clone());
+                }
+                inner.shortcut.set_listening(true);
+                drop(inner);
+                backoff = Duration::from_millis(100);
+                let mut ping = tokio::time::interval(PING_EVERY);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        push = pushes.recv() => {
+                            let Some(push) = push else { break };
+                            let Some(inner) = gate.upgrade() else { return };
+                            on_push(&inner.shortcut, push);
+                        }
+                        _ = ping.tick() => {
+                            let answered = tokio::time::timeout(
+                                PING_DEADLINE,
+                                redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+                            )
+                            .await;
+                            if !matches!(answered, Ok(Ok(_))) {
+                                tracing::warn!("sale-changed subscriptions do not answer their ping");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot open the cluster subscription connection")
+            }
+        }
+        let Some(inner) = gate.upgrade() else { return };
+        if inner.shortcut.listening() {
+            tracing::warn!(
+                "sale-changed subscriptions lost; sold-out shortcut off until they are back"
+            );
+        }
+        if let Some(sharded) = &inner.shortcut.sharded {
+            *lock(&sharded.connection) = None;
+        }
+        inner.shortcut.set_listening(false);
+        drop(inner);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One push of the cluster subscription connection.
+fn on_push(shortcut: &SoldOutShortcut, push: PushInfo) {
+    match push.kind {
+        PushKind::SMessage => {
+            let sku = push
+                .data
+                .get(1)
+                .and_then(|payload| redis::from_redis_value_ref::<String>(payload).ok())
+                .and_then(|raw| Sku::parse(&raw).ok());
+            match sku {
+                Some(sku) => shortcut.turn_off(&sku),
+                // Unreadable: be safe and forget every SKU.
+                None => shortcut.set_listening(true),
+            }
+        }
+        // A node connection was lost (its subscriptions are made again by the client, but an
+        // announcement may have been missed meanwhile), or the server dropped a subscription
+        // (its slot moved): forget every SKU; each is subscribed again when next sold out.
+        PushKind::Disconnection | PushKind::SUnsubscribe => shortcut.set_listening(true),
+        _ => {}
     }
 }

@@ -263,6 +263,10 @@ impl From<GateError> for ApiError {
             GateError::SaleLive(sku) => Self::SaleLive(sku),
             GateError::NotReplicated => Self::NotReplicated,
             GateError::Protocol(_) => Self::Internal(err.to_string()),
+            GateError::Misconfigured(_) => {
+                tracing::error!(error = %err, "redis is not what the settings say");
+                Self::Internal(err.to_string())
+            }
         }
     }
 }

@@ -97,16 +97,20 @@ async fn commits_and_releases_succeed_while_new_buyers_are_shed(pool: PgPool) {
 
 #[sqlx::test]
 async fn overload_is_refused_fast_with_retry_after_and_payers_keep_their_lane(pool: PgPool) {
+    if crate::helpers::single_server_test(
+        "overload_is_refused_fast_with_retry_after_and_payers_keep_their_lane",
+    ) {
+        return;
+    }
     // Every Redis answer takes 300 ms; two new-buyer places and no queue.
     let slow = Proxy::start_with_delay(redis_socket_addr().await, Duration::from_millis(300)).await;
     let options = AppOptions {
-        redis_url: format!("redis://{}", slow.addr),
         admission: AdmissionSettings {
             new_buyer_limit: 2,
             new_buyer_queue: Duration::ZERO,
             ..AdmissionSettings::default()
         },
-        ..AppOptions::default()
+        ..AppOptions::on_server(format!("redis://{}", slow.addr))
     };
     let app = spawn_app_with(pool, options).await;
     app.open_sale("sneaker", &sale_body(100, 5)).await;
@@ -238,11 +242,15 @@ async fn a_kept_alive_connection_lives_past_the_header_timeout_until_its_idle_ti
 
 #[sqlx::test]
 async fn a_frozen_redis_is_answered_503_within_the_deadline_and_recovered_from(pool: PgPool) {
+    if crate::helpers::single_server_test(
+        "a_frozen_redis_is_answered_503_within_the_deadline_and_recovered_from",
+    ) {
+        return;
+    }
     let proxy = Proxy::start(redis_socket_addr().await).await;
     let options = AppOptions {
-        redis_url: format!("redis://{}", proxy.addr),
         redis_timeout: Duration::from_millis(300),
-        ..AppOptions::default()
+        ..AppOptions::on_server(format!("redis://{}", proxy.addr))
     };
     let app = spawn_app_with(pool, options).await;
     app.open_sale("sneaker", &sale_body(100, 100)).await;
@@ -286,11 +294,13 @@ async fn a_frozen_redis_is_answered_503_within_the_deadline_and_recovered_from(p
 
 #[sqlx::test]
 async fn every_error_answers_the_json_error_shape(pool: PgPool) {
+    if crate::helpers::single_server_test("every_error_answers_the_json_error_shape") {
+        return;
+    }
     let slow = Proxy::start_with_delay(redis_socket_addr().await, Duration::from_millis(400)).await;
     let options = AppOptions {
-        redis_url: format!("redis://{}", slow.addr),
         request_timeout: Duration::from_millis(300),
-        ..AppOptions::default()
+        ..AppOptions::on_server(format!("redis://{}", slow.addr))
     };
     let app = spawn_app_with(pool, options).await;
 

@@ -23,8 +23,26 @@ use tokio::sync::oneshot;
 pub const JWT_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
+/// The test Redis: one URL, or a cluster's seed nodes (all its masters) when [`on_cluster`].
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Whether this run's Redis is a cluster (`FLASHGATE_REDIS_CLUSTER=true`): scripts/test.sh runs
+/// the suite once against one Redis and once against a local 3-master cluster.
+pub fn on_cluster() -> bool {
+    std::env::var("FLASHGATE_REDIS_CLUSTER").is_ok_and(|v| v == "true")
+}
+
+/// For a test that breaks one Redis server on purpose (a proxy in front of it, a port nothing
+/// listens on): true on the cluster pass, where the test returns at once, having run on the
+/// single-server pass. Says so on stderr.
+pub fn single_server_test(name: &str) -> bool {
+    let skip = on_cluster();
+    if skip {
+        eprintln!("{name}: a single-server fault test; it runs on the single-server pass");
+    }
+    skip
 }
 
 /// A port nothing listens on right now.
@@ -98,6 +116,8 @@ pub async fn redis_socket_addr() -> std::net::SocketAddr {
 #[derive(Debug, Clone)]
 pub struct AppOptions {
     pub redis_url: String,
+    /// Whether `redis_url` lists cluster nodes (the test Redis's kind unless a test says else).
+    pub redis_cluster: bool,
     pub redis_pool_size: usize,
     pub redis_timeout: Duration,
     pub buyer_rate: Option<BuyerRate>,
@@ -116,6 +136,7 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             redis_url: redis_url(),
+            redis_cluster: on_cluster(),
             redis_pool_size: 32,
             redis_timeout: Duration::from_secs(2),
             buyer_rate: None,
@@ -136,6 +157,17 @@ impl Default for AppOptions {
     }
 }
 
+impl AppOptions {
+    /// The defaults, on a single Redis server of the test's own (a private one, a proxy).
+    pub fn on_server(url: impl Into<String>) -> Self {
+        Self {
+            redis_url: url.into(),
+            redis_cluster: false,
+            ..Self::default()
+        }
+    }
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
@@ -143,7 +175,10 @@ pub struct TestApp {
     pub store: Store,
     pub namespace: Namespace,
     tokens: BuyerTokens,
-    redis: redis::Client,
+    /// Every server of the shared test Redis (each master of a cluster), for cleaning up: an
+    /// app on a proxy wrote through it to the shared Redis; one on a private Redis leaves
+    /// nothing behind when that server stops.
+    redis_servers: Vec<String>,
     /// Whether reserve.lua writes a rate-limit key per attempt (a buyer rate is set), which is
     /// what `reached_redis` looks for.
     counts_attempts: bool,
@@ -158,11 +193,14 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     let namespace =
         Namespace::parse(&format!("fgtest-{}", uuid::Uuid::new_v4().simple())).expect("namespace");
     let gate = Gate::connect(
-        &RedisSettings::new(
-            options.redis_url.clone(),
-            options.redis_pool_size,
-            options.redis_timeout,
-        ),
+        &RedisSettings {
+            cluster: options.redis_cluster,
+            ..RedisSettings::new(
+                &options.redis_url,
+                options.redis_pool_size,
+                options.redis_timeout,
+            )
+        },
         GateSettings {
             namespace: namespace.clone(),
             idempotency_ttl: Duration::from_secs(3600),
@@ -214,7 +252,10 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         store,
         namespace,
         tokens: BuyerTokens::new(&secret),
-        redis: redis::Client::open(redis_url()).expect("redis client"),
+        redis_servers: redis_url()
+            .split(',')
+            .map(|url| url.trim().to_owned())
+            .collect(),
         counts_attempts: options.buyer_rate.is_some(),
         shutdown: Some(tx),
     }
@@ -348,11 +389,7 @@ impl TestApp {
 
     /// Overwrites Redis stock, as a Redis failover that lost or replayed writes would.
     pub async fn set_redis_stock(&self, sku: &str, stock: i64) {
-        let mut conn = self
-            .redis
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
+        let mut conn = self.redis_connection().await;
         let key = self.namespace.sku(&Sku::parse(sku).expect("sku")).stock();
         let _: () = redis::cmd("SET")
             .arg(key)
@@ -401,12 +438,10 @@ impl TestApp {
             .expect(action)
     }
 
-    /// A connection to the test Redis, for reading or breaking what the gate wrote.
-    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
-        self.redis
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis")
+    /// A connection to the test Redis (one server or the cluster), for reading or breaking
+    /// what the gate wrote.
+    pub async fn redis_connection(&self) -> flashgate::gate::RedisConnection {
+        self.gate.raw_connection().await.expect("redis")
     }
 
     /// Appends an event the settler cannot parse to the SKU's stream: a SKU that cannot settle.
@@ -423,11 +458,7 @@ impl TestApp {
 
     /// Deletes every key of this test's namespace, as a Redis that lost its data would.
     pub fn flush_redis(&self) {
-        let mut conn = self.redis.get_connection().expect("redis");
-        let keys: Vec<String> = redis::Commands::scan_match(&mut conn, self.namespace.pattern())
-            .map(|iter| iter.filter_map(Result::ok).collect())
-            .expect("scan");
-        let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).expect("DEL");
+        delete_namespace(&self.redis_servers, &self.namespace).expect("delete the namespace");
     }
 
     /// Whether the per-buyer rate-limit key exists: `reserve.lua` writes it on every attempt, so
@@ -438,11 +469,7 @@ impl TestApp {
             self.counts_attempts,
             "reached_redis needs an app with a buyer rate (AppOptions::buyer_rate)"
         );
-        let mut conn = self
-            .redis
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
+        let mut conn = self.redis_connection().await;
         let key = self
             .namespace
             .sku(&Sku::parse(sku).expect("sku"))
@@ -455,11 +482,7 @@ impl TestApp {
     }
 
     pub async fn redis_stock(&self, sku: &str) -> i64 {
-        let mut conn = self
-            .redis
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
+        let mut conn = self.redis_connection().await;
         let key = self.namespace.sku(&Sku::parse(sku).expect("sku")).stock();
         redis::cmd("GET")
             .arg(key)
@@ -485,15 +508,30 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let Ok(mut conn) = self.redis.get_connection() else {
-            return;
-        };
-        // SCAN, not KEYS: the test Redis may be shared and KEYS blocks it.
-        let keys: Vec<String> = redis::Commands::scan_match(&mut conn, self.namespace.pattern())
-            .map(|iter| iter.filter_map(Result::ok).collect())
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        let _ = delete_namespace(&self.redis_servers, &self.namespace);
+    }
+}
+
+/// Deletes every key of `namespace` from each of `servers` (one Redis, or every master of a
+/// cluster): `SCAN` on each server, not `KEYS`, which would block a shared Redis; and one `DEL`
+/// per key, since on a cluster a multi-key `DEL` across slots is refused.
+pub fn delete_namespace(servers: &[String], namespace: &Namespace) -> redis::RedisResult<()> {
+    for server in servers {
+        let mut conn = redis::Client::open(server.as_str())?
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let keys: Vec<String> =
+            redis::Commands::scan_match::<_, String>(&mut conn, namespace.pattern())?
+                .filter_map(Result::ok)
+                .collect();
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.del(key).ignore();
+            }
+            pipe.exec(&mut conn)?;
         }
     }
+    Ok(())
 }

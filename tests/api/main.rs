@@ -15,6 +15,7 @@ mod seams;
 
 mod admin;
 mod auth;
+mod cluster;
 mod concurrency;
 mod console;
 mod reserve;

@@ -171,6 +171,7 @@ fn serve_refuses_a_redis_that_may_evict_keys() {
             .arg("serve")
             .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
             .env("REDIS_URL", &redis.url)
+            .env("FLASHGATE_REDIS_CLUSTER", "false")
             .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
             .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)

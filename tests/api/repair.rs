@@ -305,11 +305,14 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
     assert!(app.audit("sneaker").await.ok());
 
     let elsewhere = flashgate::gate::Gate::connect(
-        &flashgate::gate::RedisSettings::new(
-            crate::helpers::redis_url(),
-            2,
-            std::time::Duration::from_secs(2),
-        ),
+        &flashgate::gate::RedisSettings {
+            cluster: crate::helpers::on_cluster(),
+            ..flashgate::gate::RedisSettings::new(
+                &crate::helpers::redis_url(),
+                2,
+                std::time::Duration::from_secs(2),
+            )
+        },
         flashgate::gate::GateSettings {
             namespace: flashgate::gate::Namespace::parse(&format!(
                 "fgtest-{}",

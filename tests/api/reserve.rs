@@ -407,11 +407,8 @@ async fn the_gate_reloads_its_script_after_script_flush(pool: PgPool) {
         201
     );
 
-    let client = redis::Client::open(crate::helpers::redis_url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    // On a cluster the client sends SCRIPT FLUSH to every node.
+    let mut conn = app.redis_connection().await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)

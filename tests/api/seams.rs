@@ -464,11 +464,10 @@ async fn with_replica_durability_a_hold_is_answered_only_once_a_replica_has_it(p
     let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &port]).expect("replica");
     replicas_online(&master.url, 1).await;
     let options = AppOptions {
-        redis_url: master.url.clone(),
         durability: flashgate::gate::Durability::Replica {
             timeout: Duration::from_millis(300),
         },
-        ..AppOptions::default()
+        ..AppOptions::on_server(master.url.clone())
     };
     let app = spawn_app_with(pool, options).await;
     app.open_sale("sneaker", &sale_body(10, 5)).await;

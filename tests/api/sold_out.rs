@@ -84,7 +84,10 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
         .expect("json");
     // A second gate instance on the same Redis namespace, with its own shortcut.
     let other = Gate::connect(
-        &RedisSettings::new(redis_url(), 4, Duration::from_secs(2)),
+        &RedisSettings {
+            cluster: crate::helpers::on_cluster(),
+            ..RedisSettings::new(&redis_url(), 4, Duration::from_secs(2))
+        },
         GateSettings {
             namespace: app.namespace.clone(),
             idempotency_ttl: Duration::from_secs(3600),
@@ -236,6 +239,7 @@ async fn a_killed_subscription_turns_the_shortcut_off_until_it_is_back(pool: PgP
         .expect("redis-server is not installed: run the suite through scripts/test.sh");
     let options = AppOptions {
         redis_url: redis.url.clone(),
+        redis_cluster: false,
         ..counting_attempts()
     };
     let app = spawn_app_with(pool, options).await;

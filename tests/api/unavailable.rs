@@ -37,9 +37,8 @@ async fn assert_503_without_hanging(app: &crate::helpers::TestApp) {
 /// An app whose Redis is at `port`, giving up on it after 300 ms.
 async fn app_with_redis_on(pool: PgPool, port: u16) -> crate::helpers::TestApp {
     let options = AppOptions {
-        redis_url: format!("redis://127.0.0.1:{port}"),
         redis_timeout: Duration::from_millis(300),
-        ..AppOptions::default()
+        ..AppOptions::on_server(format!("redis://127.0.0.1:{port}"))
     };
     spawn_app_with(pool, options).await
 }

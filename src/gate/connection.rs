@@ -1,0 +1,251 @@
+//! How the gate reaches Redis: one server through a pool of multiplexed connections, or a
+//! Redis Cluster through the redis crate's cluster client (`FLASHGATE_REDIS_CLUSTER=true`).
+//!
+//! Both hand out a [`RedisConnection`], which every command of the gate goes through, so the
+//! scripts, the breaker and the metrics do not know which one they talk to. Where the two
+//! differ — a `SCAN` must be sent to the node that owns the keys, a pipeline may not mix slots,
+//! a sale-changed announcement is `PUBLISH` on one server and a sharded `SPUBLISH` on a
+//! cluster — the difference is decided here or by asking [`GuardedConnection::is_cluster`].
+
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use futures::{StreamExt, TryStreamExt};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
+
+use super::breaker::GuardedConnection;
+use super::{GateError, RedisSettings};
+
+/// Most commands of one multi-SKU query in flight at once on a cluster.
+const CLUSTER_FAN_OUT: usize = 256;
+
+/// A connection to one Redis server or to a cluster; cheap to clone.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl GuardedConnection {
+    /// Every key that starts with `prefix`, which must carry a hash tag: on a cluster the `SCAN`
+    /// goes to the master of that tag's slot (a `SCAN` sent anywhere else would page another
+    /// node and silently miss the keys).
+    pub async fn scan_prefix(&mut self, prefix: &str) -> Result<Vec<String>, GateError> {
+        let pattern = format!("{prefix}*");
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000);
+            let (next, page): (u64, Vec<String>) = match &mut self.inner {
+                RedisConnection::Single(_) => scan.query_async(self).await?,
+                RedisConnection::Cluster(conn) => {
+                    let route = Route::with_key(prefix, SlotAddr::Master);
+                    let reply = conn
+                        .route_command(
+                            scan,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        )
+                        .await;
+                    self.report(&reply, None);
+                    redis::from_redis_value(reply?)
+                        .map_err(|e| GateError::Protocol(e.to_string()))?
+                }
+            };
+            keys.extend(page);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Runs one command per key (each touching a single SKU's slot) and returns the replies in
+    /// order: pipelined in chunks of 1,000 on one server; on a cluster, where one pipeline may
+    /// not span slots, as concurrent commands (which the cluster client pipelines per node).
+    pub async fn per_slot<T: FromRedisValue>(
+        &mut self,
+        commands: Vec<Cmd>,
+    ) -> Result<Vec<T>, GateError> {
+        if !self.is_cluster() {
+            let mut replies = Vec::with_capacity(commands.len());
+            for chunk in commands.chunks(1_000) {
+                let mut pipe = redis::pipe();
+                for cmd in chunk {
+                    pipe.add_command(cmd.clone());
+                }
+                let chunk_replies: Vec<T> = pipe.query_async(self).await?;
+                replies.extend(chunk_replies);
+            }
+            return Ok(replies);
+        }
+        let conn = self.clone();
+        futures::stream::iter(commands)
+            .map(|cmd| {
+                let mut conn = conn.clone();
+                async move { cmd.query_async::<T>(&mut conn).await }
+            })
+            .buffered(CLUSTER_FAN_OUT)
+            .map_err(GateError::from)
+            .try_collect()
+            .await
+    }
+}
+
+/// Where connections come from.
+pub(super) enum Source {
+    Single(Pool),
+    Cluster {
+        client: Box<ClusterClient>,
+        /// Made on first use, then shared: the cluster client reconnects to nodes by itself.
+        connection: tokio::sync::OnceCell<ClusterConnection>,
+        timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "Source::Single",
+            Self::Cluster { .. } => "Source::Cluster",
+        })
+    }
+}
+
+impl Source {
+    /// Builds the pool or the cluster client; no connection is made until the first command.
+    pub(super) fn new(redis: &RedisSettings) -> Result<Self, GateError> {
+        if redis.cluster {
+            let client = cluster_builder(redis)
+                .build()
+                .map_err(|e| GateError::Misconfigured(format!("REDIS_URL: {e}")))?;
+            return Ok(Self::Cluster {
+                client: Box::new(client),
+                connection: tokio::sync::OnceCell::new(),
+                timeout: redis.timeout,
+            });
+        }
+        if redis.urls.len() > 1 {
+            return Err(GateError::Misconfigured(format!(
+                "REDIS_URL lists {} nodes but FLASHGATE_REDIS_CLUSTER is not true",
+                redis.urls.len()
+            )));
+        }
+        let connection = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(redis.timeout))
+            .set_response_timeout(Some(redis.timeout));
+        let url = redis.urls.first().map(String::as_str).unwrap_or_default();
+        let manager = Manager::new_with_config(url, connection)?;
+        let pool = Pool::builder(manager)
+            .max_size(redis.pool_size)
+            .wait_timeout(Some(redis.timeout))
+            .create_timeout(Some(redis.timeout))
+            .recycle_timeout(Some(redis.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| GateError::Unavailable(e.to_string()))?;
+        Ok(Self::Single(pool))
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// A fresh handle: from the pool (whose health check replaces a broken connection), or the
+    /// shared cluster connection.
+    pub(super) async fn get(&self) -> Result<RedisConnection, GateError> {
+        match self {
+            Self::Single(pool) => {
+                let pooled = pool.get().await?;
+                Ok(RedisConnection::Single(MultiplexedConnection::clone(
+                    &pooled,
+                )))
+            }
+            Self::Cluster {
+                client,
+                connection,
+                timeout,
+            } => {
+                let conn = connection
+                    .get_or_try_init(|| async {
+                        match tokio::time::timeout(*timeout, client.get_async_connection()).await {
+                            Ok(Ok(conn)) => Ok(conn),
+                            Ok(Err(err)) => Err(cluster_connect_error(err)),
+                            Err(_) => Err(GateError::Unavailable(
+                                "no redis cluster node answered in time".into(),
+                            )),
+                        }
+                    })
+                    .await?;
+                Ok(RedisConnection::Cluster(conn.clone()))
+            }
+        }
+    }
+}
+
+/// The cluster client of these settings: the same connect and response timeouts as one server.
+pub(super) fn cluster_builder(redis: &RedisSettings) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(redis.urls.clone())
+        .connection_timeout(redis.timeout)
+        .response_timeout(redis.timeout)
+        // A slot moving (failover, resharding) is followed within the response timeout.
+        .retries(3)
+}
+
+/// A server that is no cluster node answers the client's `CLUSTER SLOTS` with an error: that
+/// is a configuration error, not an outage to retry forever.
+fn cluster_connect_error(err: redis::RedisError) -> GateError {
+    let text = err.to_string();
+    if text.contains("cluster support disabled") {
+        GateError::Misconfigured(format!(
+            "FLASHGATE_REDIS_CLUSTER=true but REDIS_URL is not a Redis Cluster node ({text})"
+        ))
+    } else {
+        err.into()
+    }
+}

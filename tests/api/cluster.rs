@@ -1,0 +1,207 @@
+//! Redis Cluster: the gate refuses a Redis that is not what its settings say, and what must be
+//! routed to a SKU's node is. (The rest of the suite runs on a cluster too: scripts/test.sh runs
+//! it a second time with `FLASHGATE_REDIS_CLUSTER=true`.)
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flashgate::domain::Sku;
+use sqlx::PgPool;
+
+use crate::helpers::{
+    ADMIN_TOKEN, AppOptions, JWT_SECRET, PrivateRedis, error_code, free_port, sale_body, spawn_app,
+    spawn_app_with,
+};
+
+/// Two private `redis-server`s formed into a cluster: `first` serves slots 0–8191, `second`
+/// 8192–16383. Stopped on drop.
+struct TwoNodeCluster {
+    first: PrivateRedis,
+    /// Kept running for the test's length.
+    _second: PrivateRedis,
+}
+
+impl TwoNodeCluster {
+    fn start() -> Self {
+        let node = || {
+            PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .expect("redis-server is not installed: run the suite through scripts/test.sh")
+        };
+        let (first, second) = (node(), node());
+        let port = |url: &str| url.rsplit(':').next().expect("port").to_owned();
+        let mut a = connection(&first.url);
+        let mut b = connection(&second.url);
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(8191)
+            .query(&mut a)
+            .expect("ADDSLOTSRANGE");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(8192)
+            .arg(16383)
+            .query(&mut b)
+            .expect("ADDSLOTSRANGE");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(port(&second.url))
+            .query(&mut a)
+            .expect("MEET");
+        let started = Instant::now();
+        loop {
+            let ok = [&mut a, &mut b].into_iter().all(|conn| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(conn)
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Self {
+                    first,
+                    _second: second,
+                };
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the two-node cluster never reached cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A SKU whose keys live on `second`: a client of `first` alone gets `MOVED` for it.
+    fn sku_on_second(&self) -> String {
+        let mut conn = connection(&self.first.url);
+        (0..)
+            .map(|n| format!("moved-{n}"))
+            .find(|sku| {
+                let slot: u16 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(format!("{{{sku}}}"))
+                    .query(&mut conn)
+                    .expect("KEYSLOT");
+                slot >= 8192
+            })
+            .expect("some SKU hashes to the second node")
+    }
+}
+
+fn connection(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .expect("client")
+        .get_connection()
+        .expect("connection")
+}
+
+/// Runs `flashgate serve` with these Redis settings and a Postgres it never reaches (the Redis
+/// check comes first); its exit status and stderr, or `None` when it kept running for 5 s.
+fn serve(redis_url: &str, cluster: bool) -> Option<(bool, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashgate"))
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("REDIS_URL", redis_url)
+        .env("FLASHGATE_REDIS_CLUSTER", cluster.to_string())
+        .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+        .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if child.try_wait().expect("wait").is_some() {
+            let output = child.wait_with_output().expect("output");
+            return Some((
+                output.status.success(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn serve_refuses_a_cluster_node_behind_the_single_server_client() {
+    let cluster = TwoNodeCluster::start();
+    let (ok, stderr) = serve(&cluster.first.url, false).expect("serve exited");
+    assert!(!ok);
+    assert!(
+        stderr.contains("REDIS_URL is a Redis Cluster node: set FLASHGATE_REDIS_CLUSTER=true"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_the_cluster_client_on_a_single_server() {
+    let redis = PrivateRedis::start(&[])
+        .expect("redis-server is not installed: run the suite through scripts/test.sh");
+    let (ok, stderr) = serve(&redis.url, true).expect("serve exited");
+    assert!(!ok);
+    assert!(
+        stderr.contains("FLASHGATE_REDIS_CLUSTER=true but REDIS_URL is not a Redis Cluster node"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn several_urls_without_cluster_mode_are_refused() {
+    let (ok, stderr) = serve("redis://127.0.0.1:1,redis://127.0.0.1:2", false).expect("exited");
+    assert!(!ok);
+    assert!(
+        stderr.contains("REDIS_URL lists 2 nodes but FLASHGATE_REDIS_CLUSTER is not true"),
+        "{stderr}"
+    );
+}
+
+/// A `MOVED` used to count as an outage: 503 + `Retry-After` forever, which no retry can
+/// cure. It is a configuration error: 500, logged as such, and no breaker trip.
+#[sqlx::test]
+async fn a_moved_reply_is_a_configuration_error_not_an_outage(pool: PgPool) {
+    let cluster = TwoNodeCluster::start();
+    let sku = cluster.sku_on_second();
+    let app = spawn_app_with(pool, AppOptions::on_server(cluster.first.url.clone())).await;
+    // A reserve first reads the sale's meta, in the SKU's slot: its node answers MOVED.
+    for n in 0..10 {
+        let reserve = app.reserve(&sku, "alice", &format!("k{n}"), 1).await;
+        assert!(reserve.headers().get("retry-after").is_none());
+        let (status, code, _) = error_code(reserve).await;
+        assert_eq!((status, code.as_str()), (500, "internal_error"));
+    }
+    // Creating the sale runs a script whose KEYS name the namespace's channel too, outside the
+    // SKU's slot: CROSSSLOT, the same configuration error.
+    let put = app.put_sale(&sku, &sale_body(10, 1)).await;
+    let (status, code, _) = error_code(put).await;
+    assert_eq!((status, code.as_str()), (500, "internal_error"));
+    assert!(
+        !app.gate.breaker_open(),
+        "a configuration error is not an outage: the breaker stays closed"
+    );
+}
+
+/// The audit reads a SKU's holds with `SCAN`; on a cluster it must page the SKU's own node,
+/// not whichever node the client picks, or it silently misses holds.
+#[sqlx::test]
+async fn the_audit_sees_every_hold_of_every_sku_wherever_it_lives(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let skus: Vec<String> = (0..12).map(|n| format!("spread-{n}")).collect();
+    for sku in &skus {
+        app.open_sale(sku, &sale_body(5, 5)).await;
+        for key in ["k1", "k2"] {
+            assert_eq!(app.reserve(sku, "alice", key, 1).await.status(), 201);
+        }
+    }
+    for sku in &skus {
+        let holds = app
+            .gate
+            .hold_summaries(&Sku::parse(sku).expect("sku"))
+            .await
+            .expect("holds");
+        assert_eq!(holds.len(), 2, "{sku}: {holds:?}");
+    }
+}
