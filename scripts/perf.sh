@@ -35,7 +35,7 @@ bin=target/release/flashgate
 "$bin" serve & server=$!
 cleanup() {
   kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-  redis-cli -u "$REDIS_URL" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+  flashgate_delete_namespace "$ns" || true
   psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_$run_id WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
