@@ -14,7 +14,9 @@ use futures::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
+};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 
 use super::breaker::GuardedConnection;
@@ -105,6 +107,34 @@ impl GuardedConnection {
         }
     }
 
+    /// Redis `TIME` in ms: of the one server, or the latest of every cluster master's clock (so
+    /// a hint read against it is never late for any SKU's owner).
+    pub async fn latest_clock_ms(&mut self) -> Result<i64, GateError> {
+        let to_ms = |(seconds, micros): (i64, i64)| seconds * 1000 + micros / 1000;
+        match &mut self.inner {
+            RedisConnection::Single(_) => {
+                let time: (i64, i64) = redis::cmd("TIME").query_async(self).await?;
+                Ok(to_ms(time))
+            }
+            RedisConnection::Cluster(conn) => {
+                let reply = conn
+                    .route_command(
+                        redis::cmd("TIME"),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await;
+                self.report(&reply, None);
+                let per_node: Vec<(String, (i64, i64))> = redis::from_redis_value(reply?)
+                    .map_err(|e| GateError::Protocol(e.to_string()))?;
+                per_node
+                    .into_iter()
+                    .map(|(_, time)| to_ms(time))
+                    .max()
+                    .ok_or_else(|| GateError::Protocol("no cluster master answered TIME".into()))
+            }
+        }
+    }
+
     /// Runs one command per key (each touching a single SKU's slot) and returns the replies in
     /// order: pipelined in chunks of 1,000 on one server; on a cluster, where one pipeline may
     /// not span slots, as concurrent commands (which the cluster client pipelines per node).
@@ -124,16 +154,119 @@ impl GuardedConnection {
             }
             return Ok(replies);
         }
-        let conn = self.clone();
-        futures::stream::iter(commands)
-            .map(|cmd| {
-                let mut conn = conn.clone();
-                async move { cmd.query_async::<T>(&mut conn).await }
+        match self.per_node(&commands).await {
+            Ok(replies) => Ok(replies),
+            // The slots moved between the map and the pipelines (failover, resharding): one call
+            // per key, which the cluster client redirects.
+            Err(err) => {
+                tracing::debug!(error = %err, "per-node pipelines failed; one call per key");
+                let conn = self.clone();
+                futures::stream::iter(commands)
+                    .map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move { cmd.query_async::<T>(&mut conn).await }
+                    })
+                    .buffered(CLUSTER_FAN_OUT)
+                    .map_err(GateError::from)
+                    .try_collect()
+                    .await
+            }
+        }
+    }
+
+    /// On a cluster: the commands grouped by the master that serves their key's slot (from
+    /// `CLUSTER SLOTS`), one pipeline per master — a node answers commands of any of its slots
+    /// in one pipeline. Thousands of SKUs cost one round trip per master, not one call each
+    /// (one call each kept an idle gate with 10,000 SKUs at 30 % of a core).
+    async fn per_node<T: FromRedisValue>(&mut self, commands: &[Cmd]) -> Result<Vec<T>, GateError> {
+        let RedisConnection::Cluster(conn) = &mut self.inner else {
+            return Err(GateError::Protocol(
+                "per-node pipelines need a cluster".into(),
+            ));
+        };
+        let slots: Vec<(u16, u16, String, u16)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Vec<redis::Value>>(conn)
+            .await?
+            .into_iter()
+            .filter_map(|range| {
+                // [start, end, [host, port, id, ...], replicas...]
+                let range: Vec<redis::Value> = redis::from_redis_value(range).ok()?;
+                let mut fields = range.into_iter();
+                let start: u16 = redis::from_redis_value(fields.next()?).ok()?;
+                let end: u16 = redis::from_redis_value(fields.next()?).ok()?;
+                let master: Vec<redis::Value> = redis::from_redis_value(fields.next()?).ok()?;
+                let mut master = master.into_iter();
+                let host: String = redis::from_redis_value(master.next()?).ok()?;
+                let port: u16 = redis::from_redis_value(master.next()?).ok()?;
+                Some((start, end, host, port))
             })
-            .buffered(CLUSTER_FAN_OUT)
-            .map_err(GateError::from)
-            .try_collect()
-            .await
+            .collect();
+        // `Slot` does not give its number back: a map from every slot to its master's index.
+        let mut owners = std::collections::HashMap::with_capacity(16_384);
+        for (node, (start, end, ..)) in slots.iter().enumerate() {
+            for slot in (*start..=*end).filter_map(Slot::new) {
+                owners.insert(slot, node);
+            }
+        }
+        let owner = |key: &[u8]| owners.get(&Slot::for_key(key)).copied();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); slots.len()];
+        for (index, cmd) in commands.iter().enumerate() {
+            let key = match cmd.args_iter().nth(1) {
+                Some(redis::Arg::Simple(key)) => key,
+                _ => {
+                    return Err(GateError::Protocol(
+                        "a per-slot command without a key".into(),
+                    ));
+                }
+            };
+            let node = owner(key)
+                .ok_or_else(|| GateError::Unavailable("a slot without a master".into()))?;
+            groups[node].push(index);
+        }
+        let mut replies: Vec<Option<redis::Value>> = vec![None; commands.len()];
+        let answers = futures::future::try_join_all(
+            groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| !g.is_empty())
+                .map(|(node, group)| {
+                    let mut conn = conn.clone();
+                    let mut pipe = redis::pipe();
+                    for index in group {
+                        pipe.add_command(commands[*index].clone());
+                    }
+                    let (_, _, host, port) = slots[node].clone();
+                    async move {
+                        conn.route_pipeline(
+                            pipe,
+                            0,
+                            group.len(),
+                            SingleNodeRoutingInfo::ByAddress { host, port },
+                        )
+                        .await
+                        .map(|values| (group, values))
+                    }
+                }),
+        )
+        .await;
+        self.report(&answers, None);
+        for (group, values) in answers? {
+            for (index, value) in group.iter().zip(values) {
+                replies[*index] = Some(value);
+            }
+        }
+        replies
+            .into_iter()
+            .map(|value| {
+                let value =
+                    value.ok_or_else(|| GateError::Protocol("a command got no answer".into()))?;
+                if let redis::Value::ServerError(err) = &value {
+                    return Err(GateError::from(redis::RedisError::from(err.clone())));
+                }
+                redis::from_redis_value(value).map_err(|e| GateError::Protocol(e.to_string()))
+            })
+            .collect()
     }
 }
 

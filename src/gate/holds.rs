@@ -176,32 +176,38 @@ impl Gate {
         Ok(outcome)
     }
 
-    /// Of these SKUs, the ones with a hold past its deadline, each judged by `lua/due_holds.lua`
-    /// on the clock of the Redis that owns the SKU: one pipelined round trip per 1,000 SKUs on
-    /// one Redis (concurrent calls on a cluster), so an idle sweep costs O(round trips).
+    /// Of these SKUs, the ones whose earliest deadline has passed: a hint for the sweeper, not
+    /// a decision. Each SKU's earliest deadline (`ZRANGE 0 0`, pipelined per 1,000 on one Redis,
+    /// concurrent single-slot calls on a cluster) against the latest master clock, so the hint
+    /// is never late for any SKU's owner; which holds expire is decided on the owner's own
+    /// clock ([`Gate::expire_due`]). An idle sweep costs O(round trips), and no script runs for
+    /// a SKU with nothing due (a script per SKU a second tripled an idle Redis's CPU).
     pub async fn skus_with_due_holds(&self, skus: &[Sku]) -> Result<Vec<Sku>, GateError> {
-        let calls = skus.iter().map(|sku| self.due_holds_call(sku, 1)).collect();
+        let calls = skus
+            .iter()
+            .map(|sku| {
+                let mut earliest = redis::cmd("ZRANGE");
+                earliest
+                    .arg(self.namespace().sku(sku).holds())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+                earliest
+            })
+            .collect();
         let mut conn = self.connection().await?;
-        // `EVALSHA` in a pipeline cannot load a script Redis lost (restart, `SCRIPT FLUSH`), so
-        // it is loaded first: one small round trip a sweep (to every master on a cluster).
-        self.inner.scripts.due_holds.load_async(&mut conn).await?;
-        let due: Vec<Vec<String>> = conn.per_slot(calls).await?;
+        let now_ms = conn.latest_clock_ms().await? as f64;
+        let earliest: Vec<Vec<(String, f64)>> = conn.per_slot(calls).await?;
         Ok(skus
             .iter()
-            .zip(due)
-            .filter(|(_, holds)| !holds.is_empty())
+            .zip(earliest)
+            .filter(|(_, first)| {
+                first
+                    .first()
+                    .is_some_and(|(_, deadline)| *deadline <= now_ms)
+            })
             .map(|(sku, _)| sku.clone())
             .collect())
-    }
-
-    /// `lua/due_holds.lua` for one SKU, as a command to pipeline (`EVALSHA`).
-    fn due_holds_call(&self, sku: &Sku, limit: usize) -> redis::Cmd {
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(self.inner.scripts.due_holds.get_hash())
-            .arg(1)
-            .arg(self.namespace().sku(sku).holds())
-            .arg(limit);
-        call
     }
 
     /// Expires up to `limit` of the SKU's holds whose deadline has passed (by the owning Redis's

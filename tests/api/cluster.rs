@@ -205,3 +205,38 @@ async fn the_audit_sees_every_hold_of_every_sku_wherever_it_lives(pool: PgPool) 
         assert_eq!(holds.len(), 2, "{sku}: {holds:?}");
     }
 }
+
+/// The sweeper's look at which SKUs have a hold due: read against the latest master clock (every
+/// master's `TIME` on a cluster, parsed from the client's per-node answer), then the earliest
+/// deadline of each SKU in its own slot.
+#[sqlx::test]
+async fn the_sweeper_finds_the_skus_with_a_hold_due_wherever_they_live(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut due = Vec::new();
+    let mut idle = Vec::new();
+    for n in 0..6 {
+        let sku = format!("due-{n}");
+        let mut body = sale_body(5, 5);
+        body["hold_ttl_seconds"] = serde_json::json!(1);
+        app.open_sale(&sku, &body).await;
+        if n % 2 == 0 {
+            assert_eq!(app.reserve(&sku, "alice", "k", 1).await.status(), 201);
+            due.push(Sku::parse(&sku).expect("sku"));
+        } else {
+            idle.push(Sku::parse(&sku).expect("sku"));
+        }
+    }
+    let all: Vec<Sku> = due.iter().chain(&idle).cloned().collect();
+    assert!(
+        app.gate
+            .skus_with_due_holds(&all)
+            .await
+            .expect("due")
+            .is_empty(),
+        "nothing is due before the deadline"
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut found = app.gate.skus_with_due_holds(&all).await.expect("due");
+    found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(found, due);
+}
