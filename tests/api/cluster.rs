@@ -2,16 +2,12 @@
 //! routed to a SKU's node is. (The rest of the suite runs on a cluster too: scripts/test.sh runs
 //! it a second time with `FLASHGATE_REDIS_CLUSTER=true`.)
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flashgate::domain::Sku;
 use sqlx::PgPool;
 
-use crate::helpers::{
-    ADMIN_TOKEN, AppOptions, JWT_SECRET, PrivateRedis, error_code, free_port, sale_body, spawn_app,
-    spawn_app_with,
-};
+use crate::helpers::{AppOptions, PrivateRedis, error_code, sale_body, spawn_app, spawn_app_with};
 
 /// Two private `redis-server`s formed into a cluster: `first` serves slots 0–8191, `second`
 /// 8192–16383. Stopped on drop.
@@ -95,35 +91,18 @@ fn connection(url: &str) -> redis::Connection {
         .expect("connection")
 }
 
-/// Runs `flashgate serve` with these Redis settings and a Postgres it never reaches (the Redis
-/// check comes first); its exit status and stderr, or `None` when it kept running for 5 s.
+/// `serve` on this Redis with this cluster setting: whether it succeeded and its stderr, once it
+/// exited (`None`: still running after 3 s).
 fn serve(redis_url: &str, cluster: bool) -> Option<(bool, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashgate"))
-        .arg("serve")
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .env("REDIS_URL", redis_url)
-        .env("FLASHGATE_REDIS_CLUSTER", cluster.to_string())
-        .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
-        .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        if child.try_wait().expect("wait").is_some() {
-            let output = child.wait_with_output().expect("output");
-            return Some((
+    let cluster = cluster.to_string();
+    crate::process::serve_against_redis(redis_url, &[("FLASHGATE_REDIS_CLUSTER", &cluster)]).map(
+        |output| {
+            (
                 output.status.success(),
                 String::from_utf8_lossy(&output.stderr).into_owned(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+            )
+        },
+    )
 }
 
 #[test]

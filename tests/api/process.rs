@@ -11,6 +11,37 @@ fn flashgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
 }
 
+/// Runs `flashgate serve` on this Redis with these extra settings and a Postgres it never
+/// reaches (the Redis checks come first): its output once it exited, or `None` when it was
+/// still running after 3 s (started: the checks passed).
+pub fn serve_against_redis(
+    redis_url: &str,
+    settings: &[(&str, &str)],
+) -> Option<std::process::Output> {
+    let mut child = flashgate()
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("REDIS_URL", redis_url)
+        .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+        .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(settings.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        if child.try_wait().expect("wait").is_some() {
+            return Some(child.wait_with_output().expect("output"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// `serve` with the given secrets against stores that need not exist: it must refuse before
 /// connecting to anything.
 fn serve_with_secrets(jwt_secret: &str, admin_token: &str) -> std::process::Output {
@@ -167,30 +198,13 @@ fn serve_refuses_a_redis_that_may_evict_keys() {
         panic!("redis-server is not installed: run the suite through scripts/test.sh");
     };
     let serve = |allow: &str| {
-        let mut child = flashgate()
-            .arg("serve")
-            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-            .env("REDIS_URL", &redis.url)
-            .env("FLASHGATE_REDIS_CLUSTER", "false")
-            .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
-            .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("FLASHGATE_ALLOW_EVICTING_REDIS", allow)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        // Refused: exits at once. Allowed: still running after a while.
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(3) {
-            if child.try_wait().expect("wait").is_some() {
-                return Some(child.wait_with_output().expect("output"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        serve_against_redis(
+            &redis.url,
+            &[
+                ("FLASHGATE_REDIS_CLUSTER", "false"),
+                ("FLASHGATE_ALLOW_EVICTING_REDIS", allow),
+            ],
+        )
     };
 
     let refused = serve("false").expect("serve exited");
