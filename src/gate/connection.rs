@@ -159,6 +159,7 @@ impl GuardedConnection {
             // The slots moved between the map and the pipelines (failover, resharding): one call
             // per key, which the cluster client redirects.
             Err(err) => {
+                metrics::counter!("flashgate_redis_cluster_scan_fallbacks_total").increment(1);
                 tracing::debug!(error = %err, "per-node pipelines failed; one call per key");
                 let conn = self.clone();
                 futures::stream::iter(commands)
