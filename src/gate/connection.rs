@@ -136,8 +136,8 @@ impl GuardedConnection {
     }
 
     /// Runs one command per key (each touching a single SKU's slot) and returns the replies in
-    /// order: pipelined in chunks of 1,000 on one server; on a cluster, where one pipeline may
-    /// not span slots, as concurrent commands (which the cluster client pipelines per node).
+    /// order: pipelined in chunks of 1,000 on one server; on a cluster one pipeline per master
+    /// ([`Self::per_node`]), or concurrent redirected calls when the slots moved meanwhile.
     pub async fn per_slot<T: FromRedisValue>(
         &mut self,
         commands: Vec<Cmd>,

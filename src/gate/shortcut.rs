@@ -15,9 +15,10 @@
 //! release, so it is a sharded `SPUBLISH` on the SKU's own channel (`<ns>:{sku}:sale-changed`,
 //! in the SKU's slot), and a gate `SSUBSCRIBE`s to a SKU the first time it sees it sold out; the
 //! shortcut is turned on only by a later `sold_out`, read after that subscription was
-//! confirmed, so no announcement can fall between the two. While the subscription is down the shortcut is off everywhere. An epoch,
-//! bumped by every message, keeps a shortcut from being turned on with a `buyers` set read
-//! before a message that arrived meanwhile. A release or expiry through this gate turns its own
+//! confirmed, so no announcement can fall between the two. While the subscription is down the
+//! shortcut is off everywhere. An epoch, bumped by every message (and by every new sharded
+//! subscription), keeps a shortcut from being turned on with a `buyers` set read before a
+//! message that arrived meanwhile. A release or expiry through this gate turns its own
 //! shortcut off before it answers, without waiting for the message.
 //!
 //! Why it cannot lie for long: a message can still be lost without the connection noticing (a
@@ -71,9 +72,8 @@ pub(super) struct SoldOutShortcut {
 }
 
 /// Per-SKU sharded subscriptions on a cluster.
-#[derive(Default)]
 struct Sharded {
-    namespace: Option<Namespace>,
+    namespace: Namespace,
     connection: Mutex<Option<ClusterConnection>>,
     subscribed: Mutex<HashSet<Sku>>,
 }
@@ -107,8 +107,9 @@ impl SoldOutShortcut {
         Self {
             enabled,
             sharded: sharded.map(|namespace| Sharded {
-                namespace: Some(namespace),
-                ..Sharded::default()
+                namespace,
+                connection: Mutex::default(),
+                subscribed: Mutex::default(),
             }),
             ..Self::default()
         }
@@ -128,18 +129,27 @@ impl SoldOutShortcut {
         let Some(mut conn) = lock(&sharded.connection).clone() else {
             return false;
         };
-        let Some(namespace) = &sharded.namespace else {
-            return false;
-        };
-        match conn.ssubscribe(namespace.sku(sku).sale_changed()).await {
-            Ok(()) => {
-                lock(&sharded.subscribed).insert(sku.clone());
-            }
+        match conn
+            .ssubscribe(sharded.namespace.sku(sku).sale_changed())
+            .await
+        {
+            Ok(()) => self.mark_subscribed(sku),
             Err(err) => {
                 tracing::debug!(sku = %sku, error = %err, "cannot subscribe to the SKU's sale-changed channel")
             }
         }
         false
+    }
+
+    /// Records a confirmed subscription and bumps the epoch: a request whose `sold_out` was
+    /// read before the subscription existed (its epoch is older) cannot turn the shortcut on,
+    /// since an announcement between its read and the subscription never reached this gate.
+    fn mark_subscribed(&self, sku: &Sku) {
+        if let Some(sharded) = &self.sharded {
+            let _sold_out = self.write();
+            lock(&sharded.subscribed).insert(sku.clone());
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub(super) fn enabled(&self) -> bool {
@@ -420,5 +430,30 @@ fn on_push(shortcut: &SoldOutShortcut, push: PushInfo) {
         // (its slot moved): forget every SKU; each is subscribed again when next sold out.
         PushKind::Disconnection | PushKind::SUnsubscribe => shortcut.set_listening(true),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sku() -> Sku {
+        Sku::parse("hot").expect("sku")
+    }
+
+    /// On a cluster a `sold_out` read before the SKU's subscription existed may have missed an
+    /// announcement: the shortcut must not turn on from it.
+    #[test]
+    fn a_sold_out_read_before_the_sharded_subscription_cannot_turn_the_shortcut_on() {
+        let shortcut = SoldOutShortcut::new(true, Some(Namespace::parse("ns").expect("ns")));
+        shortcut.set_listening(true);
+        let read_before = shortcut.epoch();
+        shortcut.mark_subscribed(&sku());
+        shortcut.turn_on(&sku(), HashSet::new(), read_before);
+        assert!(!shortcut.is_on(&sku()));
+
+        let read_after = shortcut.epoch();
+        shortcut.turn_on(&sku(), HashSet::new(), read_after);
+        assert!(shortcut.is_on(&sku()));
     }
 }
