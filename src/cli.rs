@@ -183,8 +183,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
-            let sweeper = settler.sweeper(gate.clone(), store.clone());
-            let settler = Settler::new(gate.clone(), store.clone(), settler.settings());
+            let background = Settler::new(gate.clone(), store.clone(), settler.settings());
+            let sweeper = settler.sweeper(gate.clone(), store.clone(), &background);
+            let settler = background;
             let app = Application::build(&http, gate, store, settler.clone()).await?;
             tracing::info!(addr = %app.local_addr()?, "flashgate listening");
             let shutdown = CancellationToken::new();
@@ -201,8 +202,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
-            let sweeper = settler.sweeper(gate.clone(), store.clone());
-            let settler = Settler::new(gate, store, settler.settings());
+            let background = Settler::new(gate.clone(), store.clone(), settler.settings());
+            let sweeper = settler.sweeper(gate, store, &background);
+            let settler = background;
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
             tracing::info!("settler and sweeper running");
@@ -312,7 +314,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let settler = Settler::new(gate.clone(), store.clone(), Default::default());
                 let skus = match target.sku {
                     Some(raw) => vec![Sku::parse(&raw)?],
-                    None => store.settlement_skus().await?,
+                    None => store.settlement_skus(crate::store::Share::ALL).await?,
                 };
                 for sku in &skus {
                     let report = crate::app::resync::resync(&gate, &store, &settler, sku).await?;
@@ -387,7 +389,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let gate = startup::gate(&redis)?;
             let skus = match sku {
                 Some(raw) => vec![Sku::parse(&raw)?],
-                None => store.settlement_skus().await?,
+                None => store.settlement_skus(crate::store::Share::ALL).await?,
             };
             let mut audits = Vec::with_capacity(skus.len());
             for sku in &skus {

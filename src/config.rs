@@ -319,31 +319,57 @@ pub struct SettlerConfig {
     /// Most events applied to Postgres in one transaction.
     #[arg(long, env = "FLASHGATE_SETTLER_BATCH_SIZE", default_value_t = 500)]
     pub settler_batch_size: usize,
-    /// Pause between passes when there is nothing to settle, in ms.
+    /// Pause before looking again at a SKU another settler is settling, in ms; also the first
+    /// pause of a benched SKU and of the backoff while the stores are down. A settler with
+    /// nothing to do sleeps until its gate posts work or its next scan.
     #[arg(long, env = "FLASHGATE_SETTLER_IDLE_MS", default_value_t = 50)]
     pub settler_idle_ms: u64,
+    /// How often the settler scans its share of the catalogue for events other processes
+    /// appended (the safety net; what this process decides is settled at once), in ms. The live
+    /// settlers split the catalogue between them.
+    #[arg(
+        long,
+        env = "FLASHGATE_SETTLER_SCAN_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub settler_scan_interval_ms: u64,
     /// Longest retry pause while Postgres or Redis is down, in ms.
     #[arg(long, env = "FLASHGATE_SETTLER_MAX_BACKOFF_MS", default_value_t = 5000)]
     pub settler_max_backoff_ms: u64,
-    /// Pause between expiry sweeps, in ms.
+    /// How often the sweeper expires the holds that are due, in ms: a hold expires at most this
+    /// late.
     #[arg(long, env = "FLASHGATE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
+    /// How often the sweeper scans its share of the catalogue for holds other processes
+    /// created (the safety net; this process's own holds are swept on time), in ms.
+    #[arg(
+        long,
+        env = "FLASHGATE_SWEEP_SCAN_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub sweep_scan_interval_ms: u64,
     /// Most holds expired per SKU per Redis query.
     #[arg(long, env = "FLASHGATE_SWEEP_BATCH", default_value_t = 500)]
     pub sweep_batch: usize,
 }
 
 impl SettlerConfig {
+    /// The sweeper of the process whose settler is `settler` (it reads the settler's board).
     pub fn sweeper(
         &self,
         gate: crate::gate::Gate,
         store: crate::store::Store,
+        settler: &crate::settler::Settler,
     ) -> crate::sweeper::Sweeper {
         crate::sweeper::Sweeper::new(
             gate,
             store,
-            Duration::from_millis(self.sweep_interval_ms.max(1)),
-            self.sweep_batch,
+            settler.board(),
+            crate::sweeper::SweeperSettings {
+                interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
+                scan_interval: Duration::from_millis(self.sweep_scan_interval_ms.max(1)),
+                batch: self.sweep_batch,
+            },
         )
     }
 
@@ -352,6 +378,7 @@ impl SettlerConfig {
             batch_size: self.settler_batch_size.clamp(1, 10_000),
             idle_interval: Duration::from_millis(self.settler_idle_ms.max(1)),
             max_backoff: Duration::from_millis(self.settler_max_backoff_ms.max(1)),
+            scan_interval: Duration::from_millis(self.settler_scan_interval_ms.max(1)),
             ..crate::settler::SettlerSettings::default()
         }
     }

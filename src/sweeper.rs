@@ -1,37 +1,69 @@
 //! The expiry sweeper: releases holds past their deadline (docs/DESIGN.md §3).
 //!
-//! Each tick it reads every SKU's earliest deadline in one pipelined round trip (against Redis
-//! `TIME`), and for the SKUs with a hold due asks for those holds and expires them one by one
-//! with `lua/transition.lua`, in bounded batches. Several sweepers may run at
-//! once (every `serve` and `settle` process has one): the script expires a hold only while it is
-//! `held`, so a hold is never released twice.
+//! It sweeps the SKUs the work board says have a hold due (`settler::WorkBoard`): this
+//! process's gate posts each hold's deadline as it creates it, and every sweep re-arms its SKU
+//! with the next deadline `lua/due_holds.lua` reports. So a tick with nothing due costs no round
+//! trip at all. Holds this process did not create (another gate's, or from before a restart)
+//! are found by a slow scan of this process's share of the catalogue every `scan_interval`: one
+//! Postgres query and one pipelined look at each SKU's earliest deadline, which arms the board.
+//!
+//! Which holds expire is decided by the scripts on Redis time. Several sweepers may run at once
+//! (every `serve` and `settle` process has one): `lua/transition.lua` expires a hold only while
+//! it is `held`, so a hold is never released twice.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Sku;
-use crate::gate::Gate;
+use crate::gate::{Gate, GateError};
+use crate::settler::WorkBoard;
 use crate::store::Store;
+
+/// How the sweeper paces itself.
+#[derive(Debug, Clone)]
+pub struct SweeperSettings {
+    /// How often the board is looked at: a hold expires at most this late.
+    pub interval: Duration,
+    /// How often this process's share of the catalogue is scanned for holds it was not told
+    /// about (`FLASHGATE_SWEEP_SCAN_INTERVAL_MS`).
+    pub scan_interval: Duration,
+    /// Most holds expired per SKU per Redis query.
+    pub batch: usize,
+}
+
+impl Default for SweeperSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            scan_interval: Duration::from_secs(10),
+            batch: 500,
+        }
+    }
+}
 
 /// Runs the expiry sweep.
 #[derive(Debug, Clone)]
 pub struct Sweeper {
     gate: Gate,
     store: Store,
-    /// Pause between sweeps.
-    interval: Duration,
-    /// Most holds expired per SKU per Redis query.
-    batch: usize,
+    board: Arc<WorkBoard>,
+    settings: SweeperSettings,
 }
 
 impl Sweeper {
-    pub fn new(gate: Gate, store: Store, interval: Duration, batch: usize) -> Self {
+    /// A sweeper reading `board`, which must be the one this process's gate posts deadlines on
+    /// (`Settler::board`).
+    pub fn new(gate: Gate, store: Store, board: Arc<WorkBoard>, settings: SweeperSettings) -> Self {
         Self {
             gate,
             store,
-            interval,
-            batch: batch.max(1),
+            board,
+            settings: SweeperSettings {
+                batch: settings.batch.max(1),
+                ..settings
+            },
         }
     }
 
@@ -40,33 +72,32 @@ impl Sweeper {
         // The SKU list comes from Postgres; while Postgres is down the last list is reused, so
         // holds keep expiring (and their units keep coming back) from Redis alone.
         let mut skus: Vec<Sku> = Vec::new();
+        let mut next_scan = Instant::now();
         while !shutdown.is_cancelled() {
-            match self.store.settlement_skus().await {
-                Ok(current) => skus = current,
-                Err(err) => {
-                    tracing::warn!(error = %err, "sweeper cannot list SKUs; using the last list")
-                }
+            if Instant::now() >= next_scan {
+                next_scan = Instant::now()
+                    + match self.scan(&mut skus).await {
+                        Ok(()) => self.settings.scan_interval,
+                        // Scan again next tick: what it looks for was not found.
+                        Err(err) => {
+                            tracing::warn!(error = %err, "sweeper cannot read deadlines");
+                            self.settings.interval
+                        }
+                    };
             }
-            // One pipelined look at every SKU's earliest deadline; only SKUs with a hold due
-            // are swept, so an idle catalogue costs one round trip a tick.
-            let due = match self.gate.skus_with_due_holds(&skus).await {
-                Ok(due) => due,
-                Err(err) => {
-                    tracing::warn!(error = %err, "sweeper cannot read deadlines; every SKU is swept");
-                    skus.clone()
-                }
-            };
-            for sku in &due {
+            for sku in self.board.take_due(Instant::now()) {
                 if shutdown.is_cancelled() {
                     break;
                 }
-                match self.sweep(sku).await {
+                match self.sweep(&sku).await {
                     Ok(0) => {}
                     Ok(expired) => {
                         tracing::info!(sku = %sku, expired, "expired holds past their deadline")
                     }
-                    // One SKU's failure is its own: the others are swept all the same.
+                    // One SKU's failure is its own: the others are swept all the same, and this
+                    // one again next tick.
                     Err(err) => {
+                        self.board.falls_due(&sku, self.settings.interval);
                         metrics::counter!("flashgate_sweep_failures_total", "sku" => sku.to_string())
                             .increment(1);
                         tracing::warn!(sku = %sku, error = %err, "sweep failed; the others go on")
@@ -75,23 +106,55 @@ impl Sweeper {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.interval) => {}
+                () = tokio::time::sleep(self.settings.interval) => {}
             }
         }
         tracing::info!("sweeper stopped");
     }
 
-    /// Expires every hold of `sku` that is past its deadline; returns how many this call expired.
-    pub async fn sweep(&self, sku: &Sku) -> Result<usize, crate::gate::GateError> {
+    /// The safety net: puts the earliest deadline of every SKU of this process's share on the
+    /// board. `skus` keeps the last list Postgres gave.
+    async fn scan(&self, skus: &mut Vec<Sku>) -> Result<(), GateError> {
+        match self.store.settlement_skus(self.board.share()).await {
+            Ok(current) => *skus = current,
+            Err(err) => {
+                tracing::warn!(error = %err, "sweeper cannot list SKUs; using the last list")
+            }
+        }
+        for (sku, due_in) in self.gate.next_deadlines(skus).await? {
+            self.board.falls_due(&sku, due_in);
+        }
+        Ok(())
+    }
+
+    /// Expires every hold of `sku` that is past its deadline and puts the SKU's next deadline on
+    /// the board; returns how many this call expired.
+    pub async fn sweep(&self, sku: &Sku) -> Result<usize, GateError> {
         let mut total = 0;
         loop {
-            let expired = self.gate.expire_due(sku, self.batch).await?;
-            total += expired;
-            metrics::counter!("flashgate_expired_holds_total").increment(expired as u64);
-            crate::pulse::record(sku, crate::pulse::Outcome::Expired, expired as u64);
-            if expired < self.batch {
-                return Ok(total);
+            let expiry = self.gate.expire_due(sku, self.settings.batch).await?;
+            total += expiry.expired;
+            metrics::counter!("flashgate_expired_holds_total").increment(expiry.expired as u64);
+            crate::pulse::record(sku, crate::pulse::Outcome::Expired, expiry.expired as u64);
+            if expiry.expired > 0 {
+                // Their events are in the stream: this process's settler takes them now.
+                self.board.events_appended(sku);
             }
+            let more_due = expiry.due >= self.settings.batch;
+            if more_due && expiry.expired > 0 {
+                continue;
+            }
+            // A full batch of which nothing expired (raced by another sweeper): look again
+            // next tick rather than spin.
+            let next = if more_due {
+                Some(self.settings.interval)
+            } else {
+                expiry.next_due_in
+            };
+            if let Some(next) = next {
+                self.board.falls_due(sku, next);
+            }
+            return Ok(total);
         }
     }
 }

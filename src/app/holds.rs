@@ -59,8 +59,10 @@ impl App<'_> {
     pub async fn reserve(&self, request: ReserveRequest<'_>) -> Result<Reserved, HoldError> {
         let (hold, replayed) = match self.gate.reserve(request).await? {
             ReserveOutcome::Created(hold) => {
-                // Its event is in the stream: this process's settler takes it on its next pass.
+                // Its event is in the stream: this process's settler takes it now; and this
+                // process's sweeper expires it when it falls due.
                 self.settler.hint(&hold.sku);
+                self.settler.board().falls_due(&hold.sku, hold.lifetime());
                 (hold, false)
             }
             ReserveOutcome::Replayed(hold) => (hold, true),
@@ -104,8 +106,9 @@ impl App<'_> {
     ///
     /// Order: 1. Redis decides (`transition.lua`: the race with the expiry sweeper has exactly
     /// one winner, on Redis time), 2. the settler applies the SKU's stream up to this decision
-    /// (fenced by the cursor, safe beside any number of background settlers), 3. the answer is
-    /// read from Postgres. Retry: committing a committed hold answers it again; a hold Postgres
+    /// (fenced by the cursor, safe beside any number of background settlers) together with every
+    /// other commit waiting on the SKU in this process (group commit), 3. the answer is read
+    /// from Postgres, in one query for the whole group. Retry: committing a committed hold answers it again; a hold Postgres
     /// refused at settlement answers `rejected`, so the caller refunds. A timeout (or 503): Redis
     /// may have decided; send the commit again.
     pub async fn commit(
@@ -139,13 +142,11 @@ impl App<'_> {
                 Some(event) => Some(event),
                 None => self.gate.last_event_id(&hold.sku).await?,
             };
-            if let Some(event) = through {
-                self.settler.settle_through(&hold.sku, event).await?;
+            match through {
+                Some(event) => self.settler.settle_for(&hold.sku, hold.id, event).await?,
+                None => self.store.reservation_status(hold.id).await?,
             }
-            self.store
-                .reservation_status(hold.id)
-                .await?
-                .ok_or(HoldError::NotRecorded)?
+            .ok_or(HoldError::NotRecorded)?
         };
         match recorded {
             ReservationStatus::Committed => {

@@ -139,6 +139,11 @@ async fn repair(
                 Restored::Kept => {}
             }
         }
+        if report.restored_holds > 0 {
+            // Restored holds keep their deadlines: this process's sweeper looks at once, and
+            // learns from the sweep when the next one falls due.
+            settler.board().falls_due(sku, std::time::Duration::ZERO);
+        }
         if let Some(record) = load_if_settled(gate, store, sku).await? {
             report.stock = record.available;
             report.state = record.state;

@@ -346,3 +346,31 @@ pub(super) fn parse_fence(reply: (String, usize)) -> Result<Fence, GateError> {
         ))),
     }
 }
+
+// --- due_holds.lua -----------------------------------------------------------------------
+
+/// What `due_holds.lua` found: the holds past their deadline, and when the next one falls due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueHolds {
+    pub due: Vec<ReservationId>,
+    /// How long until the earliest hold not yet due falls due; `None` when there is none.
+    pub next_due_in: Option<Duration>,
+}
+
+pub(super) fn parse_due_holds(reply: (i64, Vec<String>)) -> Result<DueHolds, GateError> {
+    let (next_in_ms, ids) = reply;
+    let due = ids
+        .iter()
+        .map(|raw| ReservationId::parse(raw).map_err(|e| GateError::Protocol(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let next_due_in = match next_in_ms {
+        -1 => None,
+        ms if ms >= 0 => Some(Duration::from_millis(ms as u64)),
+        other => {
+            return Err(GateError::Protocol(format!(
+                "due_holds.lua answered a span of {other} ms"
+            )));
+        }
+    };
+    Ok(DueHolds { due, next_due_in })
+}

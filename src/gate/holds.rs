@@ -3,13 +3,15 @@
 //! (`lua/restore_hold.lua`), and the audit's scan.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use rust_decimal::Decimal;
 
 use super::contract::{
-    Restored, Transition, TransitionOutcome, parse_reject, parse_restore, parse_transition,
+    Restored, Transition, TransitionOutcome, parse_due_holds, parse_reject, parse_restore,
+    parse_transition,
 };
 use super::{Gate, GateError, fingerprint, millis};
 use crate::domain::{
@@ -38,6 +40,26 @@ impl Hold {
     pub fn total(&self) -> Decimal {
         self.unit_price.times(self.quantity)
     }
+
+    /// How long the hold lives, from its creation to its deadline — both read from the Redis
+    /// clock that decided it, so the span holds whatever this process's clock says.
+    pub fn lifetime(&self) -> Duration {
+        (self.expires_at - self.created_at)
+            .to_std()
+            .unwrap_or_default()
+    }
+}
+
+/// What one expiry call did on a SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// Holds past their deadline that the call looked at (at most its limit).
+    pub due: usize,
+    /// Of those, the ones this call expired (another sweeper, a commit or a release may have
+    /// moved the others first).
+    pub expired: usize,
+    /// When the SKU's next hold falls due, from the call on; `None` when it has none left.
+    pub next_due_in: Option<Duration>,
 }
 
 /// A hold Postgres refused, as the write-back needs it.
@@ -176,13 +198,14 @@ impl Gate {
         Ok(outcome)
     }
 
-    /// Of these SKUs, the ones whose earliest deadline has passed: a hint for the sweeper, not
-    /// a decision. Each SKU's earliest deadline (`ZRANGE 0 0`, pipelined per 1,000 on one Redis,
-    /// concurrent single-slot calls on a cluster) against the latest master clock, so the hint
-    /// is never late for any SKU's owner; which holds expire is decided on the owner's own
-    /// clock ([`Gate::expire_due`]). An idle sweep costs O(round trips), and no script runs for
-    /// a SKU with nothing due (a script per SKU a second tripled an idle Redis's CPU).
-    pub async fn skus_with_due_holds(&self, skus: &[Sku]) -> Result<Vec<Sku>, GateError> {
+    /// When each of these SKUs' earliest hold falls due, as a span from now (zero when already
+    /// past); SKUs with no hold are left out. A hint for the sweeper, not a decision: each SKU's
+    /// earliest deadline (`ZRANGE 0 0`, pipelined per 1,000 on one Redis, one pipeline per master
+    /// on a cluster) against the latest master clock, so the hint is never late for any SKU's
+    /// owner; which holds expire is decided on the owner's own clock ([`Gate::expire_due`]). A
+    /// scan costs O(round trips), and no script runs for a SKU (a script per SKU a second
+    /// tripled an idle Redis's CPU).
+    pub async fn next_deadlines(&self, skus: &[Sku]) -> Result<Vec<(Sku, Duration)>, GateError> {
         let calls = skus
             .iter()
             .map(|sku| {
@@ -201,36 +224,39 @@ impl Gate {
         Ok(skus
             .iter()
             .zip(earliest)
-            .filter(|(_, first)| {
-                first
-                    .first()
-                    .is_some_and(|(_, deadline)| *deadline <= now_ms)
+            .filter_map(|(sku, first)| {
+                let (_, deadline) = first.first()?;
+                let in_ms = (deadline - now_ms).max(0.0);
+                Some((sku.clone(), Duration::from_millis(in_ms as u64)))
             })
-            .map(|(sku, _)| sku.clone())
             .collect())
     }
 
     /// Expires up to `limit` of the SKU's holds whose deadline has passed (by the owning Redis's
     /// `TIME`). Any number of sweepers may run: the script expires a hold only while it is
-    /// `held`. Returns how many this call expired.
-    pub async fn expire_due(&self, sku: &Sku, limit: usize) -> Result<usize, GateError> {
-        let due: Vec<String> = {
+    /// `held`. Returns how many were due, how many this call expired, and when the next hold
+    /// falls due.
+    pub async fn expire_due(&self, sku: &Sku, limit: usize) -> Result<Expiry, GateError> {
+        let found = {
             let mut conn = self.connection().await?;
-            self.inner
+            let reply: (i64, Vec<String>) = self
+                .inner
                 .scripts
                 .due_holds
                 .key(self.namespace().sku(sku).holds())
                 .arg(limit)
                 .invoke_async(&mut conn)
-                .await?
+                .await?;
+            parse_due_holds(reply)?
         };
         let mut expired = 0;
-        for raw in due {
-            let id = ReservationId::parse(&raw).map_err(|e| GateError::Protocol(e.to_string()))?;
-            let Some(hold) = self.hold_in(sku, id).await? else {
+        for id in &found.due {
+            let Some(hold) = self.hold_in(sku, *id).await? else {
                 // A deadline without a hold: nothing to expire; drop the stale entry.
                 let mut conn = self.connection().await?;
-                let _: i64 = conn.zrem(self.namespace().sku(sku).holds(), &raw).await?;
+                let _: i64 = conn
+                    .zrem(self.namespace().sku(sku).holds(), id.to_string())
+                    .await?;
                 continue;
             };
             if let TransitionOutcome::Changed { .. } =
@@ -239,7 +265,11 @@ impl Gate {
                 expired += 1;
             }
         }
-        Ok(expired)
+        Ok(Expiry {
+            due: found.due.len(),
+            expired,
+            next_due_in: found.next_due_in,
+        })
     }
 
     /// Makes Redis follow a hold's Postgres record (`lua/restore_hold.lua`): puts it back when

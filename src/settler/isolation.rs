@@ -58,6 +58,11 @@ impl Quarantine {
             .is_none_or(|b| Instant::now() >= b.until)
     }
 
+    /// Whether the SKU failed last time it was tried (its pause may be over).
+    pub fn was_benched(&self, sku: &Sku) -> bool {
+        self.benched().contains_key(sku)
+    }
+
     /// The SKU settled (or had nothing to settle): it is no longer benched.
     pub fn succeeded(&self, sku: &Sku) {
         self.benched().remove(sku);
@@ -87,6 +92,7 @@ mod tests {
         let other = Sku::parse("fine").expect("sku");
         let first = quarantine.failed(&sku);
         assert!(!quarantine.may_try(&sku));
+        assert!(quarantine.was_benched(&sku) && !quarantine.was_benched(&other));
         assert!(quarantine.may_try(&other));
         let mut last = first;
         for _ in 0..10 {
@@ -98,6 +104,7 @@ mod tests {
         );
         quarantine.succeeded(&sku);
         assert!(quarantine.may_try(&sku));
+        assert!(!quarantine.was_benched(&sku));
     }
 
     #[test]

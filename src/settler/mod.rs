@@ -8,20 +8,40 @@
 //! stream trimmed below the cursor and are refusals written back to Redis. Any number of
 //! settlers may run; they serialise on the cursor row, and a crash at any point loses nothing:
 //! the stream still holds every event the cursor has not passed.
+//!
+//! Which SKUs the background loop looks at costs O(work), not O(catalogue): it wakes when this
+//! process posts a SKU on the [`WorkBoard`] (`board.rs`), and only every
+//! [`SettlerSettings::scan_interval`] scans its fleet share of the catalogue (`fleet.rs`) for
+//! events other processes appended. Commits waiting on one SKU settle as a group: one batch and
+//! one status read answer all of them ([`Settler::settle_for`]).
+//!
+//! - `board.rs`: what this process knows needs doing (SKUs with events, holds falling due);
+//! - `fleet.rs`: live settlers share the safety-net scans;
+//! - `isolation.rs`: one SKU that cannot settle is benched while the others go on;
+//! - `faults.rs`: crash points for tests.
 
+mod board;
 mod faults;
+mod fleet;
 mod isolation;
 
 pub use crate::store::RejectionReason;
+pub use board::WorkBoard;
 pub use faults::{FaultPoint, Faults};
+pub use fleet::ALIVE_FOR_BEATS;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{BuyerId, EventId, IdempotencyKey, Quantity, ReservationId, Sku};
+use std::time::Instant;
+
+use crate::domain::{
+    BuyerId, EventId, IdempotencyKey, Quantity, ReservationId, ReservationStatus, Sku,
+};
 use crate::gate::{Gate, GateError, RejectedHold, StreamRead};
 use crate::store::{CursorLock, CursorTurn, Store, StoreError};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Why a settler step failed.
@@ -48,6 +68,26 @@ pub enum SettleError {
         "the event stream of {sku} no longer holds the settlement cursor {cursor}; resync the SKU"
     )]
     StreamBroken { sku: Sku, cursor: EventId },
+    /// The settlement of a group of commits failed; every commit of the group shares the cause.
+    #[error(transparent)]
+    Group(Arc<SettleError>),
+    /// The task settling a group of commits stopped before it answered (it panicked).
+    #[error("the group commit of {0} stopped before it answered")]
+    GroupLost(Sku),
+}
+
+impl SettleError {
+    /// Whether retrying later may succeed: a store unreachable, or a settlement that took too
+    /// long or waits for a resync.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Gate(GateError::Unavailable(_) | GateError::NotReplicated) => true,
+            Self::Store(err) => err.is_transient(),
+            Self::TimedOut(_) | Self::StreamBroken { .. } => true,
+            Self::Group(shared) => shared.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for SettleError {
@@ -61,8 +101,12 @@ impl From<sqlx::Error> for SettleError {
 pub struct SettlerSettings {
     /// Most events applied in one transaction.
     pub batch_size: usize,
-    /// Pause between passes over the SKUs when there was nothing to do.
+    /// Pause before looking again at a SKU another settler is settling; the first pause of a
+    /// benched SKU and of the backoff while the stores are down.
     pub idle_interval: Duration,
+    /// How often the background loop scans its share of the catalogue for events it was not
+    /// told about (another process appended them): the safety net, not the way work is found.
+    pub scan_interval: Duration,
     /// Longest pause after repeated failures (Postgres or Redis down).
     pub max_backoff: Duration,
     /// Longest a caller of `settle_through` (a commit) waits for Postgres.
@@ -74,6 +118,7 @@ impl Default for SettlerSettings {
         Self {
             batch_size: 500,
             idle_interval: Duration::from_millis(50),
+            scan_interval: DEFAULT_SCAN_INTERVAL,
             max_backoff: Duration::from_secs(5),
             settle_through_timeout: Duration::from_secs(5),
         }
@@ -105,29 +150,69 @@ pub struct Settler {
     turns: Arc<std::sync::Mutex<HashMap<Sku, Arc<SkuTurn>>>>,
     /// SKUs whose background batch failed, left alone for a while (see `isolation`).
     quarantine: Arc<isolation::Quarantine>,
-    /// SKUs this process knows to have work for the background pass.
-    hints: Arc<std::sync::Mutex<std::collections::HashSet<Sku>>>,
-    /// When the background pass last scanned every SKU.
-    last_scan: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// What this process knows needs doing, shared with the sweeper and the use cases.
+    board: Arc<WorkBoard>,
+    /// This settler's place among the live settlers.
+    fleet: Arc<fleet::Fleet>,
 }
 
-/// How often the background settler scans every SKU for events it was not told about (another
-/// process appended them). Events this process's gate appends are settled on its next pass.
-pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+/// The default [`SettlerSettings::scan_interval`] (`FLASHGATE_SETTLER_SCAN_INTERVAL_MS`).
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One SKU's commit queue in this process (group commit).
+/// What one background pass leaves for the next.
+#[derive(Debug, Default)]
+struct Pass {
+    /// SKUs to settle again at once (their batch was full).
+    again_now: Vec<Sku>,
+    /// SKUs to look at again after a short pause (another settler has them, or benched).
+    again_soon: Vec<Sku>,
+    /// Set when every SKU tried failed, or the scan did: the stores are likely down.
+    failure: Option<SettleError>,
+}
+
+/// One SKU's settlement state in this process.
 ///
-/// `settled_through` is the highest cursor this process has seen committed in Postgres for the
-/// SKU. A batch settles up to `batch_size` events, so the commit that applies it also settles
-/// every commit queued behind it; those return as soon as the batch commits, without a
-/// Postgres round trip each. Stream ids only grow: `XADD *` never goes below the stream's last id,
-/// the settler refuses a stream that no longer holds its cursor, and resync recreates such a
-/// stream above the cursor (`lua/fence_stream.lua`), so a watermark cannot claim an event that
-/// was not settled.
+/// `queue` orders this process's `settle_through` callers; `settled_through` is the highest
+/// cursor this process has seen committed in Postgres for the SKU, so a caller whose event a
+/// batch already covered returns without a Postgres round trip. Stream ids only grow: `XADD *`
+/// never goes below the stream's last id, the settler refuses a stream that no longer holds its
+/// cursor, and resync recreates such a stream above the cursor (`lua/fence_stream.lua`), so a
+/// watermark cannot claim an event that was not settled. `commits` is the group commit.
 #[derive(Debug, Default)]
 struct SkuTurn {
     queue: tokio::sync::Mutex<()>,
     settled_through: std::sync::Mutex<Option<EventId>>,
+    commits: std::sync::Mutex<CommitGroup>,
+}
+
+/// The commits of one SKU waiting to be settled, and whether a leader is settling them.
+#[derive(Debug, Default)]
+struct CommitGroup {
+    waiting: Vec<WaitingCommit>,
+    leading: bool,
+}
+
+/// A commit waiting for Postgres: its hold, its event, and where to send the answer.
+#[derive(Debug)]
+struct WaitingCommit {
+    hold: ReservationId,
+    through: EventId,
+    answer: oneshot::Sender<Result<Option<ReservationStatus>, Arc<SettleError>>>,
+}
+
+/// Marks the SKU's group as leaderless if its leader stops without saying so (a panic), so the
+/// next commit starts a new leader instead of waiting for one that is gone.
+struct Leading<'a> {
+    group: &'a std::sync::Mutex<CommitGroup>,
+    done: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.group.lock().unwrap_or_else(|p| p.into_inner()).leading = false;
+        }
+    }
 }
 
 impl SkuTurn {
@@ -158,13 +243,18 @@ impl Settler {
         Self {
             gate,
             store,
-            settings,
             faults: Faults::default(),
             turns: Arc::default(),
             quarantine: Arc::new(quarantine),
-            hints: Arc::default(),
-            last_scan: Arc::default(),
+            board: Arc::default(),
+            fleet: Arc::new(fleet::Fleet::new(settings.scan_interval)),
+            settings,
         }
+    }
+
+    /// What this process knows needs doing: the use cases post on it, the sweeper reads it.
+    pub fn board(&self) -> Arc<WorkBoard> {
+        self.board.clone()
     }
 
     /// The same settler, failing at the points `faults` chooses (tests only).
@@ -173,50 +263,79 @@ impl Settler {
         self
     }
 
-    /// Settles every SKU until `shutdown` is cancelled. A batch under way is finished first.
-    /// A SKU that fails is benched on its own while the others go on; when everything fails
-    /// (Postgres or Redis down) the pass is retried with a jittered, capped exponential backoff:
-    /// the gate keeps admitting from Redis meanwhile, and the settler catches up when they return.
+    /// Settles until `shutdown` is cancelled. A batch under way is finished first.
+    ///
+    /// The loop sleeps until a SKU is posted on the board or the next scan is due. A SKU that
+    /// fails is benched on its own while the others go on; when everything fails (Postgres or
+    /// Redis down) the loop backs off with a jittered, capped exponential pause, deaf to posts
+    /// meanwhile: the gate keeps admitting from Redis, and the settler catches up when they return.
     pub async fn run(&self, shutdown: CancellationToken) {
         let first = self.settings.idle_interval.max(Duration::from_millis(10));
         let mut backoff = isolation::backoff(first, self.settings.max_backoff);
+        let mut next_scan = Instant::now();
+        let mut soon: Vec<Sku> = Vec::new();
         while !shutdown.is_cancelled() {
-            let pause = match self.pass(&shutdown).await {
-                Ok(true) => {
-                    backoff = isolation::backoff(first, self.settings.max_backoff);
-                    continue;
+            let mut candidates = self.board.take_to_settle();
+            candidates.append(&mut soon);
+            let scan = Instant::now() >= next_scan;
+            if scan {
+                next_scan = Instant::now() + self.settings.scan_interval;
+            }
+            let pass = self.pass(candidates, scan, &shutdown).await;
+            soon = pass.again_soon;
+            if let Some(err) = pass.failure {
+                if scan {
+                    // Scan again once the stores answer: what it looks for was not found.
+                    next_scan = Instant::now();
                 }
-                Ok(false) => {
-                    backoff = isolation::backoff(first, self.settings.max_backoff);
-                    self.settings.idle_interval
+                let pause = backoff.next().unwrap_or(self.settings.max_backoff);
+                tracing::warn!(error = %err, retry_in = ?pause, "settler pass failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
                 }
-                Err(err) => {
-                    let pause = backoff.next().unwrap_or(self.settings.max_backoff);
-                    tracing::warn!(error = %err, retry_in = ?pause, "settler pass failed");
-                    pause
-                }
+                continue;
+            }
+            backoff = isolation::backoff(first, self.settings.max_backoff);
+            if !pass.again_now.is_empty() {
+                soon.extend(pass.again_now);
+                continue;
+            }
+            let wait = if soon.is_empty() {
+                next_scan.saturating_duration_since(Instant::now())
+            } else {
+                self.settings.idle_interval
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
+                () = self.board.posted() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
+        self.fleet.leave(&self.store).await;
         tracing::info!("settler stopped");
     }
 
-    /// One pass: retries pending write-backs, then one batch for each SKU known to have work
-    /// and not benched. A SKU has work when this process decided something for it (a hint, see
-    /// [`Settler::hint`]), when its last batch was full, or — found by a scan every
-    /// [`FULL_SCAN_EVERY`], one Postgres query and one pipelined Redis round trip for all SKUs —
-    /// when its stream has events another process appended. An idle catalogue therefore costs
-    /// one cheap scan a second, not a batch attempt per SKU per pass. Returns whether any work
-    /// was done; fails only when every SKU tried failed.
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, SettleError> {
-        let mut worked = self.write_back_rejections(None).await? > 0;
-        let mut candidates: Vec<Sku> = self.take_hints();
-        if self.scan_due() {
-            let cursors = self.store.settlement_cursors().await?;
-            candidates.extend(self.gate.skus_with_events(&cursors).await?);
+    /// One pass: one batch for each SKU in `candidates` that is not benched, after — when
+    /// `scan` — the safety-net scan of this settler's share of the catalogue (one Postgres
+    /// query for the cursors, one pipelined Redis round trip per 1,000 SKUs) and the write-back
+    /// of refusals a crash left in the outbox.
+    async fn pass(
+        &self,
+        mut candidates: Vec<Sku>,
+        scan: bool,
+        shutdown: &CancellationToken,
+    ) -> Pass {
+        let mut pass = Pass::default();
+        if scan {
+            match self.scan().await {
+                Ok(found) => candidates.extend(found),
+                Err(err) => {
+                    pass.again_soon = candidates;
+                    pass.failure = Some(err);
+                    return pass;
+                }
+            }
         }
         candidates.sort();
         candidates.dedup();
@@ -227,73 +346,70 @@ impl Settler {
             }
             if !self.quarantine.may_try(&sku) {
                 // Benched: look again once its backoff has passed.
-                self.hint(&sku);
+                pass.again_soon.push(sku);
                 continue;
             }
             tried += 1;
-            match self
-                .settle_batch_locking(&sku, CursorLock::SkipLocked)
-                .await
-            {
+            // A SKU that failed may have failed writing its refusals back after its batch
+            // committed: those are retried with it, not left for the next scan.
+            let settled = if self.quarantine.was_benched(&sku) {
+                match self.write_back_rejections(Some(&sku)).await {
+                    Ok(_) => {
+                        self.settle_batch_locking(&sku, CursorLock::SkipLocked)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                }
+            } else {
+                self.settle_batch_locking(&sku, CursorLock::SkipLocked)
+                    .await
+            };
+            match settled {
                 Ok(outcome) => {
                     self.quarantine.succeeded(&sku);
                     match outcome {
                         BatchOutcome::Applied { events, .. } => {
-                            worked = true;
                             if events >= self.settings.batch_size {
-                                self.hint(&sku);
+                                pass.again_now.push(sku);
                             }
                         }
-                        // Another settler has it or got there first: look again next pass.
-                        BatchOutcome::Moved | BatchOutcome::Busy => {
-                            worked = true;
-                            self.hint(&sku);
-                        }
+                        // Another settler has it or got there first: look again shortly.
+                        BatchOutcome::Moved | BatchOutcome::Busy => pass.again_soon.push(sku),
                         BatchOutcome::Idle => {}
                     }
                 }
                 Err(err) => {
                     failed += 1;
-                    self.hint(&sku);
                     let retry_in = self.quarantine.failed(&sku);
                     metrics::counter!("flashgate_settle_failures_total", "sku" => sku.to_string())
                         .increment(1);
                     tracing::warn!(sku = %sku, error = %err, ?retry_in,
                         "cannot settle this SKU; the others go on");
+                    pass.again_soon.push(sku);
                     last_failure = Some(err);
                 }
             }
         }
-        match last_failure {
-            Some(err) if failed == tried => Err(err),
-            _ => Ok(worked),
+        if failed > 0 && failed == tried {
+            pass.failure = last_failure;
         }
+        pass
     }
 
-    /// Tells this process's settler that `sku` has new events (the gate just appended one).
+    /// The safety net: beats in the fleet, writes back refusals left in the outbox, and returns
+    /// the SKUs of this settler's share whose streams have events after their cursors.
+    async fn scan(&self) -> Result<Vec<Sku>, SettleError> {
+        let share = self.fleet.beat(&self.store).await?;
+        self.board.set_share(share);
+        self.write_back_rejections(None).await?;
+        let cursors = self.store.settlement_cursors(share).await?;
+        metrics::gauge!("flashgate_settler_scanned_skus").set(cursors.len() as f64);
+        Ok(self.gate.skus_with_events(&cursors).await?)
+    }
+
+    /// Tells this process's settler that `sku` has new events (its gate just appended one).
     pub fn hint(&self, sku: &Sku) {
-        self.hints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sku.clone());
-    }
-
-    fn take_hints(&self) -> Vec<Sku> {
-        std::mem::take(&mut *self.hints.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect()
-    }
-
-    /// Whether the full scan is due (and, if so, marks it done now).
-    fn scan_due(&self) -> bool {
-        let mut last = self.last_scan.lock().unwrap_or_else(|p| p.into_inner());
-        match *last {
-            Some(at) if at.elapsed() < FULL_SCAN_EVERY => false,
-            _ => {
-                *last = Some(std::time::Instant::now());
-                true
-            }
-        }
+        self.board.events_appended(sku);
     }
 
     /// Applies one batch of the SKU's events, waiting for the cursor if another settler has it.
@@ -375,6 +491,90 @@ impl Settler {
         tokio::time::timeout(self.settings.settle_through_timeout, settle)
             .await
             .unwrap_or_else(|_| Err(SettleError::TimedOut(sku.clone())))
+    }
+
+    /// Settles the SKU through `through` (a commit's event) and returns the status Postgres then
+    /// has for `hold`: group commit.
+    ///
+    /// Every commit waiting on the SKU in this process joins one group; the first starts a
+    /// leader task, which takes the whole group, settles through the latest of its events
+    /// ([`Settler::settle_through`]), reads every hold's status in one query and answers each.
+    /// Commits that arrive meanwhile form the next group. A caller that gives up (its client
+    /// left) strands nobody: the leader is a task of its own. Waits at most
+    /// `settle_through_timeout`.
+    pub async fn settle_for(
+        &self,
+        sku: &Sku,
+        hold: ReservationId,
+        through: EventId,
+    ) -> Result<Option<ReservationStatus>, SettleError> {
+        let turn = self.local_turn(sku);
+        let (answer, answered) = oneshot::channel();
+        let lead = {
+            let mut group = turn.commits.lock().unwrap_or_else(|p| p.into_inner());
+            group.waiting.push(WaitingCommit {
+                hold,
+                through,
+                answer,
+            });
+            !std::mem::replace(&mut group.leading, true)
+        };
+        if lead {
+            let (settler, sku) = (self.clone(), sku.clone());
+            tokio::spawn(async move { settler.lead_commits(&sku, &turn).await });
+        }
+        match tokio::time::timeout(self.settings.settle_through_timeout, answered).await {
+            Ok(Ok(Ok(status))) => Ok(status),
+            Ok(Ok(Err(shared))) => Err(SettleError::Group(shared)),
+            Ok(Err(_)) => Err(SettleError::GroupLost(sku.clone())),
+            Err(_) => Err(SettleError::TimedOut(sku.clone())),
+        }
+    }
+
+    /// Settles the SKU's waiting commits group after group until none is left.
+    async fn lead_commits(&self, sku: &Sku, turn: &SkuTurn) {
+        let mut leading = Leading {
+            group: &turn.commits,
+            done: false,
+        };
+        loop {
+            let waiting = {
+                let mut group = turn.commits.lock().unwrap_or_else(|p| p.into_inner());
+                if group.waiting.is_empty() {
+                    group.leading = false;
+                    leading.done = true;
+                    return;
+                }
+                std::mem::take(&mut group.waiting)
+            };
+            metrics::histogram!("flashgate_group_commit_size").record(waiting.len() as f64);
+            let holds: Vec<ReservationId> = waiting.iter().map(|w| w.hold).collect();
+            let settled = match waiting.iter().map(|w| w.through).max() {
+                Some(through) => self.settle_through(sku, through).await,
+                None => Ok(()),
+            };
+            let answered = match settled {
+                Ok(()) => self
+                    .store
+                    .statuses_of(&holds)
+                    .await
+                    .map_err(SettleError::from),
+                Err(err) => Err(err),
+            };
+            match answered {
+                Ok(statuses) => {
+                    for commit in waiting {
+                        let _ = commit.answer.send(Ok(statuses.get(&commit.hold).copied()));
+                    }
+                }
+                Err(err) => {
+                    let shared = Arc::new(err);
+                    for commit in waiting {
+                        let _ = commit.answer.send(Err(shared.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// The in-process queue of `settle_through` callers for one SKU.

@@ -13,7 +13,7 @@ mod skus;
 pub use audit::Ledger;
 pub use batch::{Applied, RejectionReason};
 pub use reservations::StoredReservation;
-pub use settlement::{CursorLock, CursorTurn, PendingRejection, SettlementTx};
+pub use settlement::{CursorLock, CursorTurn, PendingRejection, SettlementTx, Share};
 pub use skus::SkuRecord;
 
 use sqlx::PgPool;

@@ -1,5 +1,7 @@
 //! Reservation rows, as the settler wrote them.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -24,6 +26,29 @@ impl Store {
         status
             .map(|s| ReservationStatus::parse(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
+    }
+
+    /// The statuses Postgres has recorded for these holds, in one query; a hold the settler
+    /// has not reached is missing from the answer.
+    pub async fn statuses_of(
+        &self,
+        ids: &[ReservationId],
+    ) -> Result<HashMap<ReservationId, ReservationStatus>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        let rows: Vec<(Uuid, String)> = super::timed(
+            "reservation_statuses",
+            sqlx::query_as("SELECT id, status FROM reservations WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool),
+        )
+        .await?;
+        rows.into_iter()
+            .map(|(id, status)| {
+                ReservationStatus::parse(&status)
+                    .map(|status| (ReservationId::from_uuid(id), status))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 }
 

@@ -77,6 +77,28 @@ fn parse_event_id(raw: &str) -> Result<EventId, StoreError> {
     EventId::parse(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Which part of the catalogue a settler scans for work it was not told about: the SKUs whose
+/// `hashtext(sku)` modulo `of` is `index` (see `settler::fleet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Share {
+    /// Every SKU: a settler alone, or one that does not know its fleet yet.
+    pub const ALL: Share = Share { index: 0, of: 1 };
+
+    /// Share `index` of `of` (`of` at least 1).
+    pub fn new(index: u32, of: u32) -> Self {
+        let of = of.max(1);
+        Self {
+            index: index % of,
+            of,
+        }
+    }
+}
+
 /// A refusal waiting to be written back to Redis (`rejection_outbox`).
 #[derive(Debug, Clone)]
 pub struct PendingRejection {
@@ -88,26 +110,77 @@ pub struct PendingRejection {
 }
 
 impl Store {
-    /// Every SKU with a settlement cursor, i.e. every SKU.
-    pub async fn settlement_skus(&self) -> Result<Vec<Sku>, StoreError> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT sku FROM settlement_cursor ORDER BY sku")
-                .fetch_all(&self.pool)
-                .await?;
+    /// The SKUs of `share` (every SKU has a settlement cursor).
+    pub async fn settlement_skus(&self, share: Share) -> Result<Vec<Sku>, StoreError> {
+        let rows: Vec<String> = super::timed(
+            "settlement_skus",
+            sqlx::query_scalar(
+                "SELECT sku FROM settlement_cursor WHERE $2 = 1 OR mod(abs(hashtext(sku)::bigint), $2) = $1 \
+                 ORDER BY sku",
+            )
+            .bind(i64::from(share.index))
+            .bind(i64::from(share.of))
+            .fetch_all(&self.pool),
+        )
+        .await?;
         rows.iter().map(|s| parse_sku(s)).collect()
     }
 
-    /// Every SKU's settlement cursor, in one query.
-    pub async fn settlement_cursors(&self) -> Result<Vec<(Sku, EventId)>, StoreError> {
+    /// The settlement cursor of every SKU of `share`, in one query.
+    pub async fn settlement_cursors(
+        &self,
+        share: Share,
+    ) -> Result<Vec<(Sku, EventId)>, StoreError> {
         let rows: Vec<(String, String)> = super::timed(
             "settlement_cursors",
-            sqlx::query_as("SELECT sku, last_event_id FROM settlement_cursor ORDER BY sku")
-                .fetch_all(&self.pool),
+            sqlx::query_as(
+                "SELECT sku, last_event_id FROM settlement_cursor \
+                 WHERE $2 = 1 OR mod(abs(hashtext(sku)::bigint), $2) = $1 ORDER BY sku",
+            )
+            .bind(i64::from(share.index))
+            .bind(i64::from(share.of))
+            .fetch_all(&self.pool),
         )
         .await?;
         rows.iter()
             .map(|(sku, cursor)| Ok((parse_sku(sku)?, parse_event_id(cursor)?)))
             .collect()
+    }
+
+    /// Records that settler `id` is alive, forgets settlers not seen for `alive_for`, and returns
+    /// the ids of every live settler (this one included), in order. One round trip.
+    pub async fn settler_heartbeat(
+        &self,
+        id: Uuid,
+        alive_for: std::time::Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        // A data-modifying CTE's rows are not visible to the rest of the statement, so this
+        // settler's own row is added to the answer from `beat`.
+        Ok(super::timed(
+            "settler_heartbeat",
+            sqlx::query_scalar(
+                "WITH beat AS (INSERT INTO settler_fleet (settler_id) VALUES ($1) \
+                   ON CONFLICT (settler_id) DO UPDATE SET seen_at = now() RETURNING settler_id), \
+                 gone AS (DELETE FROM settler_fleet \
+                   WHERE seen_at < now() - make_interval(secs => $2) AND settler_id <> $1) \
+                 SELECT settler_id FROM settler_fleet \
+                   WHERE seen_at >= now() - make_interval(secs => $2) AND settler_id <> $1 \
+                 UNION SELECT settler_id FROM beat ORDER BY 1",
+            )
+            .bind(id)
+            .bind(alive_for.as_secs_f64())
+            .fetch_all(&self.pool),
+        )
+        .await?)
+    }
+
+    /// Settler `id` stops: the others take its share at their next beat.
+    pub async fn settler_leave(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM settler_fleet WHERE settler_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The id of the last event applied for the SKU ([`EventId::START`] before the first).

@@ -206,16 +206,27 @@ async fn the_sweeper_finds_the_skus_with_a_hold_due_wherever_they_live(pool: PgP
         }
     }
     let all: Vec<Sku> = due.iter().chain(&idle).cloned().collect();
+    let mut before = app.gate.next_deadlines(&all).await.expect("deadlines");
+    before.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    assert_eq!(
+        before
+            .iter()
+            .map(|(sku, _)| sku.clone())
+            .collect::<Vec<_>>(),
+        due,
+        "exactly the SKUs with a hold have a deadline"
+    );
     assert!(
-        app.gate
-            .skus_with_due_holds(&all)
-            .await
-            .expect("due")
-            .is_empty(),
-        "nothing is due before the deadline"
+        before
+            .iter()
+            .all(|(_, due_in)| *due_in > Duration::ZERO && *due_in <= Duration::from_secs(1)),
+        "nothing is due before the deadline: {before:?}"
     );
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let mut found = app.gate.skus_with_due_holds(&all).await.expect("due");
-    found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    assert_eq!(found, due);
+    let after = app.gate.next_deadlines(&all).await.expect("deadlines");
+    assert_eq!(after.len(), due.len());
+    assert!(
+        after.iter().all(|(_, due_in)| due_in.is_zero()),
+        "every deadline has passed: {after:?}"
+    );
 }

@@ -12,6 +12,7 @@ use flashgate::http::{
 };
 use flashgate::settler::{Settler, SettlerSettings};
 use flashgate::store::Store;
+use flashgate::sweeper::{Sweeper, SweeperSettings};
 use reqwest::Response;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -130,6 +131,8 @@ pub struct AppOptions {
     pub holds_per_client: u32,
     pub request_timeout: Duration,
     pub durability: flashgate::gate::Durability,
+    /// The pace of the app's own settler (the one its handlers post work to).
+    pub settler: SettlerSettings,
 }
 
 impl Default for AppOptions {
@@ -155,6 +158,7 @@ impl Default for AppOptions {
             holds_per_client: 0,
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
+            settler: settler_settings(),
         }
     }
 }
@@ -176,6 +180,9 @@ pub struct TestApp {
     pub gate: Gate,
     pub store: Store,
     pub namespace: Namespace,
+    /// The settler the app's handlers post work to; it runs only once a test starts it
+    /// ([`TestApp::run_background`]).
+    own_settler: Settler,
     tokens: BuyerTokens,
     /// Every server of the shared test Redis (each master of a cluster), for cleaning up: an
     /// app on a proxy wrote through it to the shared Redis; one on a private Redis leaves
@@ -215,8 +222,9 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     .expect("gate");
     let store = Store::from_pool(pool);
     let secret = SecretString::from(JWT_SECRET.to_owned());
+    let own_settler = Settler::new(gate.clone(), store.clone(), options.settler.clone());
     let state = AppState {
-        settler: Settler::new(gate.clone(), store.clone(), settler_settings()),
+        settler: own_settler.clone(),
         gate: gate.clone(),
         store: store.clone(),
         tokens: BuyerTokens::new(&secret),
@@ -253,6 +261,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         gate,
         store,
         namespace,
+        own_settler,
         tokens: BuyerTokens::new(&secret),
         redis_servers: redis_url()
             .split(',')
@@ -263,11 +272,34 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     }
 }
 
+/// A settler and a sweeper running in the background; both stop when this is dropped.
+pub struct Background {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Background {
+    pub fn start(settler: Settler, sweeper: Sweeper) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (s, sweep) = (stop.clone(), stop.clone());
+        tokio::spawn(async move { settler.run(s).await });
+        tokio::spawn(async move { sweeper.run(sweep).await });
+        Self { stop }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 pub fn settler_settings() -> SettlerSettings {
     SettlerSettings {
         batch_size: 100,
         idle_interval: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
+        // Tests run settlers beside the app's, which find the app's events only by scanning.
+        scan_interval: Duration::from_millis(100),
         ..SettlerSettings::default()
     }
 }
@@ -384,7 +416,22 @@ impl TestApp {
         panic!("the resync job never ended");
     }
 
-    /// A settler on this app's Redis namespace and database, settling in small batches.
+    /// Runs the app's own settler and a sweeper on its board, as `flashgate serve` does, until
+    /// the returned guard is dropped.
+    pub fn run_background(&self, sweeper: SweeperSettings) -> Background {
+        Background::start(
+            self.own_settler.clone(),
+            Sweeper::new(
+                self.gate.clone(),
+                self.store.clone(),
+                self.own_settler.board(),
+                sweeper,
+            ),
+        )
+    }
+
+    /// A settler on this app's Redis namespace and database, settling in small batches. It is
+    /// not the one the app's handlers post work to: it finds work by scanning.
     pub fn settler(&self) -> Settler {
         Settler::new(self.gate.clone(), self.store.clone(), settler_settings())
     }

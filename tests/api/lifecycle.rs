@@ -6,7 +6,7 @@ use chrono::Utc;
 use flashgate::audit::Verdict;
 use flashgate::domain::{ReservationId, Sku};
 use flashgate::gate::{Transition, TransitionOutcome};
-use flashgate::sweeper::Sweeper;
+use flashgate::sweeper::{Sweeper, SweeperSettings};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -181,8 +181,12 @@ async fn sweepers_expire_each_overdue_hold_once(pool: PgPool) {
             Sweeper::new(
                 app.gate.clone(),
                 app.store.clone(),
-                Duration::from_millis(10),
-                1,
+                Default::default(),
+                SweeperSettings {
+                    interval: Duration::from_millis(10),
+                    batch: 1,
+                    ..SweeperSettings::default()
+                },
             )
         })
         .collect();

@@ -15,6 +15,7 @@ mod seams;
 
 mod admin;
 mod auth;
+mod background;
 mod cluster;
 mod concurrency;
 mod console;
