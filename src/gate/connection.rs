@@ -70,6 +70,34 @@ impl ConnectionLike for RedisConnection {
 }
 
 impl GuardedConnection {
+    /// How many replicas of `key`'s master acknowledged every write this connection sent it,
+    /// waiting at most `timeout` for `replicas` of them (`WAIT`). On a cluster it asks the master
+    /// of `key`'s slot only: the cluster client would send a plain `WAIT` to every master and
+    /// answer the least count, so one master without a replica would refuse every SKU.
+    pub async fn wait_for_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<i64, GateError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis().max(1) as u64);
+        match &mut self.inner {
+            RedisConnection::Single(_) => Ok(wait.query_async(self).await?),
+            RedisConnection::Cluster(conn) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let reply = conn
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await;
+                self.report(&reply, None);
+                redis::from_redis_value(reply?).map_err(|e| GateError::Protocol(e.to_string()))
+            }
+        }
+    }
+
     /// Every key that starts with `prefix`, which must carry a hash tag: on a cluster the `SCAN`
     /// goes to the master of that tag's slot (a `SCAN` sent anywhere else would page another
     /// node and silently miss the keys).

@@ -87,11 +87,7 @@ impl Gate {
         {
             // WAIT covers every write this connection sent before it, the decision included
             // (a replay wrote too, see reserve.lua), so 1 means a replica has the hold.
-            let replicas: i64 = redis::cmd("WAIT")
-                .arg(1)
-                .arg(timeout.as_millis().max(1) as u64)
-                .query_async(&mut conn)
-                .await?;
+            let replicas = conn.wait_for_replicas(&keys.stock(), 1, timeout).await?;
             if replicas < 1 {
                 metrics::counter!("flashgate_not_replicated_total").increment(1);
                 return Err(GateError::NotReplicated);

@@ -69,18 +69,76 @@ impl TwoNodeCluster {
 
     /// A SKU whose keys live on `second`: a client of `first` alone gets `MOVED` for it.
     fn sku_on_second(&self) -> String {
+        self.sku_where("moved", |slot| slot >= 8192)
+    }
+
+    /// A SKU named `prefix-N` whose keys live in a slot `wanted` accepts.
+    fn sku_where(&self, prefix: &str, wanted: impl Fn(u16) -> bool) -> String {
         let mut conn = connection(&self.first.url);
         (0..)
-            .map(|n| format!("moved-{n}"))
+            .map(|n| format!("{prefix}-{n}"))
             .find(|sku| {
                 let slot: u16 = redis::cmd("CLUSTER")
                     .arg("KEYSLOT")
                     .arg(format!("{{{sku}}}"))
                     .query(&mut conn)
                     .expect("KEYSLOT");
-                slot >= 8192
+                wanted(slot)
             })
-            .expect("some SKU hashes to the second node")
+            .expect("some SKU hashes to the wanted slots")
+    }
+
+    /// The seed list of both masters, as `REDIS_URL` names a cluster.
+    fn urls(&self) -> String {
+        format!("{},{}", self.first.url, self._second.url)
+    }
+
+    /// Adds a replica of `first` (only `first`: `second` keeps none); returns it once in sync.
+    fn replicate_first(&self) -> PrivateRedis {
+        let replica =
+            PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .expect("redis-server");
+        let port = |url: &str| url.rsplit(':').next().expect("port").to_owned();
+        let mut first = connection(&self.first.url);
+        let mut joining = connection(&replica.url);
+        let first_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut first)
+            .expect("MYID");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(port(&self.first.url))
+            .query(&mut joining)
+            .expect("MEET");
+        let started = Instant::now();
+        // REPLICATE needs the node to have heard of its master by gossip first; sent again once
+        // accepted, it would restart the sync.
+        while let Err(err) = redis::cmd("CLUSTER")
+            .arg("REPLICATE")
+            .arg(&first_id)
+            .query::<()>(&mut joining)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "REPLICATE never accepted: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            let synced = redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut joining)
+                .is_ok_and(|info| info.contains("master_link_status:up"));
+            if synced {
+                return replica;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the replica never synced"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -228,5 +286,46 @@ async fn the_sweeper_finds_the_skus_with_a_hold_due_wherever_they_live(pool: PgP
     assert!(
         after.iter().all(|(_, due_in)| due_in.is_zero()),
         "every deadline has passed: {after:?}"
+    );
+}
+
+/// `FLASHGATE_DURABILITY=replica` on a cluster: the redis crate routes a plain `WAIT` to every
+/// master and answers the least count, so one master without a replica used to refuse every
+/// reserve on every SKU (`503 not_replicated`), and each reserve waited on every master. The
+/// decision is on the SKU's master alone: only its replicas count.
+#[sqlx::test]
+async fn replica_durability_on_a_cluster_waits_for_the_skus_own_master_only(pool: PgPool) {
+    let cluster = TwoNodeCluster::start();
+    let _replica = cluster.replicate_first();
+    let replicated = cluster.sku_where("replicated", |slot| slot < 8192);
+    let lonely = cluster.sku_where("lonely", |slot| slot >= 8192);
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            redis_url: cluster.urls(),
+            redis_cluster: true,
+            durability: flashgate::gate::Durability::Replica {
+                timeout: Duration::from_millis(500),
+            },
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    for sku in [&replicated, &lonely] {
+        app.open_sale(sku, &sale_body(10, 1)).await;
+    }
+    let held = app.reserve(&replicated, "alice", "k", 1).await;
+    assert_eq!(
+        held.status(),
+        201,
+        "its master has a replica: {}",
+        held.text().await.unwrap_or_default()
+    );
+    let refused = app.reserve(&lonely, "alice", "k", 1).await;
+    let (status, code, _) = error_code(refused).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (503, "not_replicated"),
+        "its master has none"
     );
 }
