@@ -98,6 +98,49 @@ impl GuardedConnection {
         }
     }
 
+    /// `CONFIG GET name` as every server answers it: one answer on one Redis, one per master on
+    /// a cluster (a cluster client would ask one node at random). A server that refuses the
+    /// command (managed services may) answers `None`.
+    pub async fn config_everywhere(
+        &mut self,
+        name: &str,
+    ) -> Result<Vec<Option<String>>, GateError> {
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg(name);
+        let reply = match &mut self.inner {
+            RedisConnection::Single(_) => get
+                .query_async::<Vec<String>>(self)
+                .await
+                .map(|pair| vec![pair]),
+            RedisConnection::Cluster(conn) => {
+                let reply = conn
+                    .route_command(
+                        get,
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await;
+                self.report(&reply, None);
+                match reply {
+                    Ok(per_node) => {
+                        let nodes: Vec<(String, Vec<String>)> =
+                            redis::from_redis_value(per_node)
+                                .map_err(|e| GateError::Protocol(e.to_string()))?;
+                        Ok(nodes.into_iter().map(|(_, pair)| pair).collect())
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        match reply {
+            Ok(answers) => Ok(answers
+                .into_iter()
+                .map(|pair| pair.into_iter().nth(1))
+                .collect()),
+            Err(err) if super::breaker::is_outage(&err) => Err(err.into()),
+            Err(_) => Ok(vec![None]),
+        }
+    }
+
     /// Every key that starts with `prefix`, which must carry a hash tag: on a cluster the `SCAN`
     /// goes to the master of that tag's slot (a `SCAN` sent anywhere else would page another
     /// node and silently miss the keys).

@@ -340,23 +340,25 @@ impl Gate {
     }
 
     /// What Redis says of its eviction policy and persistence, where `CONFIG GET` is allowed
-    /// (managed services may refuse it: then both are `None`).
+    /// (managed services may refuse it: then both are `None`). On a cluster every master is
+    /// asked and the worst answer counts: one master that may evict, or keeps nothing on disk,
+    /// is enough to lose its SKUs' keys.
     pub async fn server_facts(&self) -> Result<ServerFacts, GateError> {
         let mut conn = self.connection().await?;
-        let mut get = async |name: &str| -> Result<Option<String>, GateError> {
-            let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut conn)
-                .await;
-            match reply {
-                Ok(pair) => Ok(pair.into_iter().nth(1)),
-                Err(err) if breaker::is_outage(&err) => Err(err.into()),
-                Err(_) => Ok(None),
-            }
-        };
-        let maxmemory_policy = get("maxmemory-policy").await?;
-        let appendonly = get("appendonly").await?.map(|v| v == "yes");
+        let policies = conn.config_everywhere("maxmemory-policy").await?;
+        let maxmemory_policy = policies
+            .iter()
+            .flatten()
+            .find(|policy| policy.as_str() != "noeviction")
+            .or_else(|| policies.iter().flatten().next())
+            .cloned();
+        let appendonly = conn
+            .config_everywhere("appendonly")
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|v| v == "yes")
+            .reduce(|all, this| all && this);
         // A cluster client reaches cluster nodes only (it could not connect otherwise).
         let cluster_enabled = if self.is_cluster() {
             Some(true)

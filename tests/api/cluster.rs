@@ -329,3 +329,22 @@ async fn replica_durability_on_a_cluster_waits_for_the_skus_own_master_only(pool
         "its master has none"
     );
 }
+
+/// The eviction check reads `maxmemory-policy` with `CONFIG GET`; on a cluster it must ask every
+/// master, or a node that may evict the keys of its SKUs goes unseen.
+#[test]
+fn serve_refuses_a_cluster_with_one_master_that_may_evict_keys() {
+    let cluster = TwoNodeCluster::start();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut connection(&cluster._second.url))
+        .expect("CONFIG SET");
+    let (ok, stderr) = serve(&cluster.urls(), true).expect("serve exited");
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("maxmemory-policy is allkeys-lru"),
+        "{stderr}"
+    );
+}
