@@ -7,8 +7,9 @@
 #
 # FLASHGATE_PROFILE=release (default) or debug; FLASHGATE_GATE_BIN runs another build's
 # `flashgate` as the gates (to compare builds). Redis and Postgres must run on this machine
-# (their processes are read from /proc). Prints one line per process and a summary line:
-#   idle: skus=N gates=G seconds=S gate=A% (each: ...) redis=B% postgres=C%
+# (their processes are read from /proc); on a cluster (FLASHGATE_REDIS_CLUSTER=true, REDIS_URL the
+# seed nodes) each node named is read. Prints a summary line:
+#   idle: skus=N gates=G seconds=S gate=A% (each: ...) redis=B% [per node] postgres=C%
 set -euo pipefail
 cd "$(dirname "$0")/.."
 skus=10000 gates=1 seconds=20 warmup=5
@@ -41,7 +42,11 @@ for _ in $(seq 1 "$gates"); do
   flashgate_start_gate "$(flashgate_free_port)"
   gate_pids+=("$FLASHGATE_GATE_PID")
 done
-redis_pid=$(redis-cli -u "$REDIS_URL" info server | awk -F: '/^process_id:/ {print $2+0}')
+# Every Redis server REDIS_URL names (each seed node of a cluster).
+redis_pids=()
+for url in ${REDIS_URL//,/ }; do
+  redis_pids+=("$(redis-cli -u "$url" info server | awk -F: '/^process_id:/ {print $2+0}')")
+done
 sleep "$warmup"
 
 # utime + stime in clock ticks of the named processes (those that still exist)
@@ -51,7 +56,7 @@ done; echo "$total"; }
 postgres_pids() { pgrep -x postgres 2>/dev/null || pgrep -f 'postgres:' || true; }
 
 declare -A before
-for pid in "${gate_pids[@]}" "$redis_pid" $(postgres_pids); do before[$pid]=$(ticks "$pid"); done
+for pid in "${gate_pids[@]}" "${redis_pids[@]}" $(postgres_pids); do before[$pid]=$(ticks "$pid"); done
 sleep "$seconds"
 hz=$(getconf CLK_TCK)
 percent() { awk -v t="$1" -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", 100 * t / hz / s}'; }
@@ -67,4 +72,6 @@ for pid in "${gate_pids[@]}"; do
   gate_sum=$((gate_sum + d))
   each+=("$(percent "$d")%")
 done
-echo "idle: skus=$skus gates=$gates seconds=$seconds gate=$(percent $((gate_sum / gates)))% (each: ${each[*]}) redis=$(percent "$(delta "$redis_pid")")% postgres=$(percent "$pg_sum")%"
+redis_each=()
+for pid in "${redis_pids[@]}"; do redis_each+=("$(percent "$(delta "$pid")")%"); done
+echo "idle: skus=$skus gates=$gates seconds=$seconds gate=$(percent $((gate_sum / gates)))% (each: ${each[*]}) redis=${redis_each[*]} postgres=$(percent "$pg_sum")%"

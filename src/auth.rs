@@ -110,9 +110,13 @@ struct Claims {
     aud: Option<serde_json::Value>,
 }
 
-/// Signs and verifies buyer tokens.
+/// Signs and verifies buyer tokens; cheap to clone (the router's state is cloned per request).
 #[derive(Clone)]
 pub struct BuyerTokens {
+    keys: std::sync::Arc<TokenKeys>,
+}
+
+struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -155,10 +159,12 @@ impl BuyerTokens {
         }
         validation.set_required_spec_claims(&required);
         Self {
-            encoding: EncodingKey::from_secret(bytes),
-            decoding: DecodingKey::from_secret(bytes),
-            validation,
-            policy,
+            keys: std::sync::Arc::new(TokenKeys {
+                encoding: EncodingKey::from_secret(bytes),
+                decoding: DecodingKey::from_secret(bytes),
+                validation,
+                policy,
+            }),
         }
     }
 
@@ -169,20 +175,21 @@ impl BuyerTokens {
             sub: buyer.as_str().to_owned(),
             iat: Some(now),
             exp: now + ttl.as_secs(),
-            iss: self.policy.issuer.clone(),
-            aud: self.policy.audience.clone().map(serde_json::Value::String),
+            iss: self.keys.policy.issuer.clone(),
+            aud: self.keys.policy.audience.clone().map(serde_json::Value::String),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &self.encoding,
+            &self.keys.encoding,
         )?)
     }
 
     /// The buyer a valid, unexpired token names.
     pub fn verify(&self, token: &str) -> Result<BuyerId, AuthError> {
         let claims =
-            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+            jsonwebtoken::decode::<Claims>(token, &self.keys.decoding, &self.keys.validation)?
+                .claims;
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(iat) = claims.iat
             && iat > now + Self::LEEWAY_SECONDS
@@ -190,7 +197,7 @@ impl BuyerTokens {
             return Err(AuthError::IssuedInFuture { iat });
         }
         let lifetime = claims.exp.saturating_sub(claims.iat.unwrap_or(now));
-        let max = self.policy.max_lifetime.as_secs();
+        let max = self.keys.policy.max_lifetime.as_secs();
         if lifetime > max + Self::LEEWAY_SECONDS {
             return Err(AuthError::LivesTooLong { lifetime, max });
         }
@@ -200,7 +207,7 @@ impl BuyerTokens {
 
 /// The admin bearer token.
 #[derive(Clone)]
-pub struct AdminToken(SecretString);
+pub struct AdminToken(std::sync::Arc<SecretString>);
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,7 +217,7 @@ impl std::fmt::Debug for AdminToken {
 
 impl AdminToken {
     pub fn new(secret: SecretString) -> Self {
-        Self(secret)
+        Self(std::sync::Arc::new(secret))
     }
 
     /// Compares in constant time, so response timing does not leak the token byte by byte.
