@@ -176,7 +176,12 @@ impl BuyerTokens {
             iat: Some(now),
             exp: now + ttl.as_secs(),
             iss: self.keys.policy.issuer.clone(),
-            aud: self.keys.policy.audience.clone().map(serde_json::Value::String),
+            aud: self
+                .keys
+                .policy
+                .audience
+                .clone()
+                .map(serde_json::Value::String),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
