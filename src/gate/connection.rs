@@ -82,13 +82,22 @@ impl GuardedConnection {
     ) -> Result<i64, GateError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas).arg(timeout.as_millis().max(1) as u64);
+        self.on_master_of(key, wait).await
+    }
+
+    /// Runs `cmd`, which names no key, on the master of `key`'s slot (on one Redis, on it).
+    async fn on_master_of<T: FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> Result<T, GateError> {
         match &mut self.inner {
-            RedisConnection::Single(_) => Ok(wait.query_async(self).await?),
+            RedisConnection::Single(_) => Ok(cmd.query_async(self).await?),
             RedisConnection::Cluster(conn) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let reply = conn
                     .route_command(
-                        wait,
+                        cmd,
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
                     .await;
@@ -155,21 +164,7 @@ impl GuardedConnection {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1_000);
-            let (next, page): (u64, Vec<String>) = match &mut self.inner {
-                RedisConnection::Single(_) => scan.query_async(self).await?,
-                RedisConnection::Cluster(conn) => {
-                    let route = Route::with_key(prefix, SlotAddr::Master);
-                    let reply = conn
-                        .route_command(
-                            scan,
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                        )
-                        .await;
-                    self.report(&reply, None);
-                    redis::from_redis_value(reply?)
-                        .map_err(|e| GateError::Protocol(e.to_string()))?
-                }
-            };
+            let (next, page): (u64, Vec<String>) = self.on_master_of(prefix, scan).await?;
             keys.extend(page);
             if next == 0 {
                 return Ok(keys);

@@ -99,6 +99,9 @@ impl Share {
     }
 }
 
+/// The SQL condition that keeps a [`Share`]'s SKUs, with `$1` its index and `$2` its size.
+const IN_SHARE: &str = "($2 = 1 OR mod(abs(hashtext(sku)::bigint), $2) = $1)";
+
 /// A refusal waiting to be written back to Redis (`rejection_outbox`).
 #[derive(Debug, Clone)]
 pub struct PendingRejection {
@@ -114,10 +117,9 @@ impl Store {
     pub async fn settlement_skus(&self, share: Share) -> Result<Vec<Sku>, StoreError> {
         let rows: Vec<String> = super::timed(
             "settlement_skus",
-            sqlx::query_scalar(
-                "SELECT sku FROM settlement_cursor WHERE $2 = 1 OR mod(abs(hashtext(sku)::bigint), $2) = $1 \
-                 ORDER BY sku",
-            )
+            sqlx::query_scalar(&format!(
+                "SELECT sku FROM settlement_cursor WHERE {IN_SHARE} ORDER BY sku"
+            ))
             .bind(i64::from(share.index))
             .bind(i64::from(share.of))
             .fetch_all(&self.pool),
@@ -133,10 +135,9 @@ impl Store {
     ) -> Result<Vec<(Sku, EventId)>, StoreError> {
         let rows: Vec<(String, String)> = super::timed(
             "settlement_cursors",
-            sqlx::query_as(
-                "SELECT sku, last_event_id FROM settlement_cursor \
-                 WHERE $2 = 1 OR mod(abs(hashtext(sku)::bigint), $2) = $1 ORDER BY sku",
-            )
+            sqlx::query_as(&format!(
+                "SELECT sku, last_event_id FROM settlement_cursor WHERE {IN_SHARE} ORDER BY sku"
+            ))
             .bind(i64::from(share.index))
             .bind(i64::from(share.of))
             .fetch_all(&self.pool),

@@ -150,7 +150,7 @@ fn connection(url: &str) -> redis::Connection {
 }
 
 /// `serve` on this Redis with this cluster setting: whether it succeeded and its stderr, once it
-/// exited (`None`: still running after 3 s).
+/// exited (`None`: it started listening).
 fn serve(redis_url: &str, cluster: bool) -> Option<(bool, String)> {
     let cluster = cluster.to_string();
     crate::process::serve_against_redis(redis_url, &[("FLASHGATE_REDIS_CLUSTER", &cluster)]).map(

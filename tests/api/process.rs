@@ -12,17 +12,19 @@ fn flashgate() -> Command {
 }
 
 /// Runs `flashgate serve` on this Redis with these extra settings and a Postgres it never
-/// reaches (the Redis checks come first): its output once it exited, or `None` when it was
-/// still running after 3 s (started: the checks passed).
+/// reaches (the Redis checks come first): its output once it exited, or `None` once it listens
+/// (started: the checks passed). Waits for one or the other, not for a guessed time: on a
+/// loaded machine a debug build once took longer than 3 s to refuse.
 pub fn serve_against_redis(
     redis_url: &str,
     settings: &[(&str, &str)],
 ) -> Option<std::process::Output> {
+    let listen = format!("127.0.0.1:{}", free_port());
     let mut child = flashgate()
         .arg("serve")
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .env("REDIS_URL", redis_url)
-        .env("FLASHGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FLASHGATE_LISTEN", &listen)
         .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
         .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .envs(settings.iter().copied())
@@ -31,15 +33,21 @@ pub fn serve_against_redis(
         .spawn()
         .expect("spawn");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
+    loop {
         if child.try_wait().expect("wait").is_some() {
             return Some(child.wait_with_output().expect("output"));
         }
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve neither exited nor listened within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 /// `serve` with the given secrets against stores that need not exist: it must refuse before

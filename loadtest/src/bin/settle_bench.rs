@@ -15,13 +15,15 @@
 //! buyer comes from its own address through `X-Forwarded-For`: the gates must trust this
 //! machine as a proxy (`scripts/settle-bench.sh` sets that up).
 
+#[path = "../admin_client.rs"]
+mod admin_client;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use flashgate::auth::BuyerTokens;
-use flashgate::domain::BuyerId;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use secrecy::{ExposeSecret, SecretString};
@@ -161,24 +163,11 @@ impl Bench {
 
     /// `stock` units, one per buyer, loaded into Redis.
     async fn sale(&self, sku: &str, stock: usize) -> anyhow::Result<()> {
-        let base = format!("{}/v1/admin/skus/{sku}", self.gate(0));
-        let body = json!({"name": sku, "price": "1.00", "currency": "USD", "stock": stock,
-            "per_buyer_limit": 1, "hold_ttl_seconds": 600});
-        for request in [
-            self.client.put(&base).json(&body),
-            self.client.post(format!("{base}/prewarm?force=true")),
-        ] {
-            let answer = request.bearer_auth(&self.admin).send().await?;
-            if !answer.status().is_success() {
-                bail!("{sku}: {} {}", answer.status(), answer.text().await?);
-            }
-        }
-        Ok(())
+        admin_client::open_sale(&self.client, self.gate(0), &self.admin, sku, stock).await
     }
 
     fn token(&self, buyer: &str) -> anyhow::Result<String> {
-        let buyer = BuyerId::parse(buyer).context("buyer id")?;
-        Ok(self.tokens.mint(&buyer, Duration::from_secs(3600))?)
+        admin_client::buyer_token(&self.tokens, buyer)
     }
 
     /// Reserves one unit for `buyer` through gate `n`; returns the hold's id.

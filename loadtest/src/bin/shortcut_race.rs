@@ -11,14 +11,16 @@
 //! Run it twice, with `FLASHGATE_SOLD_OUT_SHORTCUT=true` and `false` on the gates, to compare
 //! (`scripts/shortcut-race.sh` does both).
 
+#[path = "../admin_client.rs"]
+mod admin_client;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use flashgate::auth::BuyerTokens;
-use flashgate::domain::BuyerId;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -196,24 +198,11 @@ impl Race {
 
     /// One unit on sale, one per buyer, loaded into Redis.
     async fn sale(&self, sku: &str) -> anyhow::Result<()> {
-        let base = format!("{}/v1/admin/skus/{sku}", self.url_a);
-        let body = json!({"name": sku, "price": "1.00", "currency": "USD", "stock": 1,
-            "per_buyer_limit": 1, "hold_ttl_seconds": 600});
-        for request in [
-            self.client.put(&base).json(&body),
-            self.client.post(format!("{base}/prewarm?force=true")),
-        ] {
-            let answer = request.bearer_auth(&self.admin).send().await?;
-            if !answer.status().is_success() {
-                bail!("{sku}: {} {}", answer.status(), answer.text().await?);
-            }
-        }
-        Ok(())
+        admin_client::open_sale(&self.client, &self.url_a, &self.admin, sku, 1).await
     }
 
     fn token(&self, buyer: &str) -> anyhow::Result<String> {
-        let buyer = BuyerId::parse(buyer).context("buyer id")?;
-        Ok(self.tokens.mint(&buyer, Duration::from_secs(3600))?)
+        admin_client::buyer_token(&self.tokens, buyer)
     }
 
     async fn reserve(
