@@ -108,9 +108,9 @@ impl App<'_> {
     /// one winner, on Redis time), 2. the settler applies the SKU's stream up to this decision
     /// (fenced by the cursor, safe beside any number of background settlers) together with every
     /// other commit waiting on the SKU in this process (group commit), 3. the answer is read
-    /// from Postgres, in one query for the whole group. Retry: committing a committed hold answers it again; a hold Postgres
-    /// refused at settlement answers `rejected`, so the caller refunds. A timeout (or 503): Redis
-    /// may have decided; send the commit again.
+    /// from Postgres, in one query for the whole group. Retry: committing a committed hold
+    /// answers it again; a hold Postgres refused at settlement answers `rejected`, so the caller
+    /// refunds. A timeout (or 503): Redis may have decided; send the commit again.
     pub async fn commit(
         &self,
         id: ReservationId,
