@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::store::{Share, Store, StoreError};
 
 /// How many beats a settler may miss before the others take its share.
-pub const ALIVE_FOR_BEATS: u32 = 3;
+const ALIVE_FOR_BEATS: u32 = 3;
 
 /// This settler's place in the fleet.
 #[derive(Debug)]

@@ -28,7 +28,6 @@ mod isolation;
 pub use crate::store::RejectionReason;
 pub use board::WorkBoard;
 pub use faults::{FaultPoint, Faults};
-pub use fleet::ALIVE_FOR_BEATS;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -352,19 +351,14 @@ impl Settler {
             tried += 1;
             // A SKU that failed may have failed writing its refusals back after its batch
             // committed: those are retried with it, not left for the next scan.
-            let settled = if self.quarantine.was_benched(&sku) {
-                match self.write_back_rejections(Some(&sku)).await {
-                    Ok(_) => {
-                        self.settle_batch_locking(&sku, CursorLock::SkipLocked)
-                            .await
-                    }
-                    Err(err) => Err(err),
+            let settled = async {
+                if self.quarantine.was_benched(&sku) {
+                    self.write_back_rejections(Some(&sku)).await?;
                 }
-            } else {
                 self.settle_batch_locking(&sku, CursorLock::SkipLocked)
                     .await
             };
-            match settled {
+            match settled.await {
                 Ok(outcome) => {
                     self.quarantine.succeeded(&sku);
                     match outcome {
