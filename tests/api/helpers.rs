@@ -59,13 +59,21 @@ pub fn free_port() -> u16 {
 pub struct PrivateRedis {
     child: Child,
     pub url: String,
+    /// Its own folder, removed on drop.
+    dir: std::path::PathBuf,
 }
 
 impl PrivateRedis {
     pub fn start(args: &[&str]) -> Option<Self> {
         let port = free_port();
-        // Its own folder: a replica writes the RDB of its full sync there, not into the checkout.
-        let dir = std::env::temp_dir().join(format!("flashgate-redis-{port}"));
+        // Its own new folder: a replica writes the RDB of its full sync there, not into the
+        // checkout, and a cluster node its nodes.conf. A folder named by the port alone was
+        // reused when a later test got the same port, and the node loaded the slots of an earlier
+        // one ("Slot 8192 is already busy").
+        let dir = std::env::temp_dir().join(format!(
+            "flashgate-redis-{port}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("redis-server")
             .args([
@@ -83,7 +91,9 @@ impl PrivateRedis {
             .spawn()
             .ok()?;
         let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).ok()?;
+        // Dropped on any early return below: stopped, its folder removed.
+        let server = Self { child, url, dir };
+        let client = redis::Client::open(server.url.as_str()).ok()?;
         let started = Instant::now();
         while client.get_connection().is_err() {
             if started.elapsed() > Duration::from_secs(10) {
@@ -91,7 +101,7 @@ impl PrivateRedis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, url })
+        Some(server)
     }
 }
 
@@ -99,6 +109,7 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
