@@ -50,7 +50,7 @@ local event = ''
 if delta ~= 0 then
   redis.call('INCRBY', KEYS[2], delta)
   redis.call('HSET', KEYS[1], 'total', total + delta)
-  event = redis.call('XADD', KEYS[3], '*', 'type', 'stock', 'q', delta)
+  event = redis.call('XADD', KEYS[3], '*', 'type', 'stock', 'q', delta, 'cause', ARGV[1])
 end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[4], 'total', total + delta, 'stock', stock + delta)

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::auth::BuyerTokens;
 use crate::config::{
-    DatabaseConfig, HttpConfig, RedisConfig, SettlerConfig, ShutdownConfig, TokenConfig,
+    DatabaseConfig, HttpConfig, RedisConfig, RelayConfig, SettlerConfig, ShutdownConfig,
+    TokenConfig,
 };
 use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku};
 use crate::gate::GateError;
@@ -39,9 +40,11 @@ pub enum Command {
         #[command(flatten)]
         settler: SettlerConfig,
         #[command(flatten)]
+        relay: RelayConfig,
+        #[command(flatten)]
         shutdown: ShutdownConfig,
     },
-    /// Run only the settler (any number may run beside `serve`).
+    /// Run only the settler, the sweeper and the relay (any number may run beside `serve`).
     Settle {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -50,7 +53,28 @@ pub enum Command {
         #[command(flatten)]
         settler: SettlerConfig,
         #[command(flatten)]
+        relay: RelayConfig,
+        #[command(flatten)]
         shutdown: ShutdownConfig,
+    },
+    /// Run only the relay: publish the outbox's events to RabbitMQ and the webhook.
+    Relay {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        relay: RelayConfig,
+        #[command(flatten)]
+        shutdown: ShutdownConfig,
+    },
+    /// Print the AsyncAPI document of the events (or write it and the JSON Schemas to a folder).
+    Asyncapi {
+        /// Write `asyncapi.json` and `events/<kind>.schema.json` into this folder (the
+        /// repository keeps them in `docs/`) instead of printing the document.
+        #[arg(long)]
+        write: Option<std::path::PathBuf>,
+        /// The exchange the document names.
+        #[arg(long, env = "FLASHGATE_AMQP_EXCHANGE", default_value = crate::events::contract::DEFAULT_EXCHANGE)]
+        amqp_exchange: String,
     },
     /// Create the database if it is missing and apply the migrations.
     Migrate {
@@ -116,7 +140,11 @@ pub enum Command {
         tokens: TokenConfig,
     },
     /// Print a fresh random secret, long enough for FLASHGATE_JWT_SECRET or FLASHGATE_ADMIN_TOKEN.
-    Secret,
+    Secret {
+        /// A `whsec_` secret for FLASHGATE_WEBHOOK_SECRET instead.
+        #[arg(long)]
+        webhook: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             redis,
             http,
             settler,
+            relay,
             shutdown: stopping,
         } => {
             startup::raise_file_limit();
@@ -183,32 +212,78 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
+            let relay = startup::relay(&relay, &store).await?;
             let background = Settler::new(gate.clone(), store.clone(), settler.settings());
             let sweeper = settler.sweeper(gate.clone(), store.clone(), &background);
             let settler = background;
-            let app = Application::build(&http, gate, store, settler.clone()).await?;
+            let app =
+                Application::build(&http, gate, store, settler.clone(), relay.status()).await?;
             tracing::info!(addr = %app.local_addr()?, "flashgate listening");
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
-            startup::run(Some(app), settler, sweeper, shutdown, stopping.settings()).await
+            let tasks = startup::Tasks {
+                app: Some(app),
+                settler: Some(settler),
+                sweeper: Some(sweeper),
+                relay: Some(relay),
+            };
+            startup::run(tasks, shutdown, stopping.settings()).await
         }
         Command::Settle {
             database,
             redis,
             settler,
+            relay,
             shutdown: stopping,
         } => {
             let gate = startup::gate(&redis)?;
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
+            let relay = startup::relay(&relay, &store).await?;
             let background = Settler::new(gate.clone(), store.clone(), settler.settings());
             let sweeper = settler.sweeper(gate, store, &background);
-            let settler = background;
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
-            tracing::info!("settler and sweeper running");
-            startup::run(None, settler, sweeper, shutdown, stopping.settings()).await
+            tracing::info!("settler, sweeper and relay running");
+            let tasks = startup::Tasks {
+                app: None,
+                settler: Some(background),
+                sweeper: Some(sweeper),
+                relay: Some(relay),
+            };
+            startup::run(tasks, shutdown, stopping.settings()).await
+        }
+        Command::Relay {
+            database,
+            relay,
+            shutdown: stopping,
+        } => {
+            let store = startup::store(&database)?;
+            let relay = startup::relay(&relay, &store).await?;
+            let shutdown = CancellationToken::new();
+            startup::cancel_on_signal(shutdown.clone());
+            tracing::info!("relay running");
+            let tasks = startup::Tasks {
+                relay: Some(relay),
+                ..startup::Tasks::default()
+            };
+            startup::run(tasks, shutdown, stopping.settings()).await
+        }
+        Command::Asyncapi {
+            write,
+            amqp_exchange,
+        } => {
+            use crate::events::contract;
+            match write {
+                Some(folder) => {
+                    contract::write(&folder)
+                        .with_context(|| format!("cannot write into {}", folder.display()))?;
+                    println!("wrote {}", folder.display());
+                }
+                None => print!("{}", contract::pretty(&contract::asyncapi(&amqp_exchange))),
+            }
+            Ok(())
         }
         Command::Migrate {
             database,
@@ -427,8 +502,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Secret => {
-            println!("{}", crate::auth::generate_secret());
+        Command::Secret { webhook } => {
+            if webhook {
+                println!("{}", crate::events::generate_webhook_secret());
+            } else {
+                println!("{}", crate::auth::generate_secret());
+            }
             Ok(())
         }
     }

@@ -45,9 +45,19 @@ pub struct DatabaseConfig {
         default_value_t = 3_000
     )]
     pub database_lock_timeout_ms: u64,
+    /// Which events the outbox records (and so every sink and the pull API see): a
+    /// comma-separated list of kinds (`reservation.committed`), groups (`sale.*`), `all`,
+    /// `none` and exclusions (`-reservation.held`), read left to right. Set the same value on
+    /// every process that writes to this database.
+    #[arg(long, env = "FLASHGATE_EVENTS", default_value = crate::events::EventFilter::DEFAULT)]
+    pub events: String,
 }
 
 impl DatabaseConfig {
+    pub fn event_filter(&self) -> Result<crate::events::EventFilter, ValidationError> {
+        crate::events::EventFilter::parse(&self.events)
+    }
+
     pub fn statement_limits(&self) -> crate::store::StatementLimits {
         crate::store::StatementLimits {
             statement_timeout: Duration::from_millis(self.database_statement_timeout_ms.max(1)),
@@ -381,5 +391,96 @@ impl SettlerConfig {
             scan_interval: Duration::from_millis(self.settler_scan_interval_ms.max(1)),
             ..crate::settler::SettlerSettings::default()
         }
+    }
+}
+
+/// Events out: the relay to RabbitMQ and the webhook (docs/DESIGN.md §11). Without
+/// `FLASHGATE_AMQP_URL` and `FLASHGATE_WEBHOOK_URL` the outbox is still written and readable
+/// through `GET /v1/admin/events`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayConfig {
+    /// The broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. A malformed URL refuses to
+    /// start; an unreachable broker does not (the outbox waits for it).
+    #[arg(long, env = "FLASHGATE_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<SecretString>,
+    /// The durable topic exchange events are published to (declared if missing; one of
+    /// another type refuses to start). Unroutable events go to `<exchange>.dlx`.
+    #[arg(
+        long,
+        env = "FLASHGATE_AMQP_EXCHANGE",
+        default_value = "flashgate.events"
+    )]
+    pub amqp_exchange: String,
+    /// Longest a batch waits for the broker's confirms (and a connection attempt), in ms.
+    #[arg(
+        long,
+        env = "FLASHGATE_AMQP_CONFIRM_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub amqp_confirm_timeout_ms: u64,
+    /// How long events are kept after every configured sink has them (without a sink: after
+    /// they were recorded), e.g. `7d`, `12h`, `30m`.
+    #[arg(long, env = "FLASHGATE_OUTBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
+    /// Most events a relay claims and sends at once.
+    #[arg(long, env = "FLASHGATE_RELAY_BATCH", default_value_t = 1000)]
+    pub relay_batch: usize,
+    /// How often a relay looks for events other processes recorded, in ms (this process's own
+    /// are sent as soon as they commit).
+    #[arg(long, env = "FLASHGATE_RELAY_POLL_MS", default_value_t = 1000)]
+    pub relay_poll_ms: u64,
+    /// Where to POST every event (Standard Webhooks), for a system without a broker.
+    #[arg(long, env = "FLASHGATE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The webhook's signing secret, `whsec_` + base64 (`flashgate secret --webhook`).
+    #[arg(long, env = "FLASHGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
+    /// Longest one webhook call may take, in ms.
+    #[arg(long, env = "FLASHGATE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// How long a failing event is retried before it is given up (and left for the pull API),
+    /// e.g. `1h`.
+    #[arg(long, env = "FLASHGATE_WEBHOOK_RETRY_FOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub webhook_retry_for: Duration,
+}
+
+impl RelayConfig {
+    pub fn settings(&self) -> crate::events::RelaySettings {
+        crate::events::RelaySettings {
+            batch: self.relay_batch.clamp(1, 10_000),
+            poll_interval: Duration::from_millis(self.relay_poll_ms.max(1)),
+            retention: self.outbox_retention,
+            ..crate::events::RelaySettings::default()
+        }
+    }
+
+    pub fn amqp(&self) -> Option<crate::events::AmqpSettings> {
+        use secrecy::ExposeSecret;
+        self.amqp_url
+            .clone()
+            .filter(|url| !url.expose_secret().is_empty())
+            .map(|url| crate::events::AmqpSettings {
+                url,
+                exchange: self.amqp_exchange.clone(),
+                confirm_timeout: Duration::from_millis(self.amqp_confirm_timeout_ms.max(1)),
+            })
+    }
+
+    pub fn webhook(&self) -> Result<Option<crate::events::WebhookSettings>, ValidationError> {
+        let Some(url) = self.webhook_url.clone().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let secret = self.webhook_secret.clone().ok_or_else(|| {
+            ValidationError::new(
+                "FLASHGATE_WEBHOOK_SECRET",
+                "is required with FLASHGATE_WEBHOOK_URL (flashgate secret --webhook makes one)",
+            )
+        })?;
+        Ok(Some(crate::events::WebhookSettings {
+            url,
+            secret,
+            timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+            retry_for: self.webhook_retry_for,
+        }))
     }
 }

@@ -13,6 +13,8 @@
 //! - [`settler`] — carries every decision from the Redis streams into Postgres, exactly once.
 //! - [`sweeper`] — expires holds past their deadline.
 //! - [`http`] — the axum API: routes, extractors, and the one place errors become responses.
+//! - [`events`] — events out: the outbox's event kinds, the relays to RabbitMQ and webhooks, the
+//!   AsyncAPI document.
 //! - [`pulse`] — per-SKU outcomes and latencies, for Prometheus and the operator's console.
 //! - [`audit`] — checks the seven invariants of docs/DESIGN.md §7 against both stores.
 //! - [`auth`] — buyer tokens (JWT) and the admin token.
@@ -26,6 +28,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod gate;
 pub mod http;
 pub mod pulse;

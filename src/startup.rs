@@ -14,7 +14,8 @@ use crate::settler::Settler;
 use crate::sweeper::Sweeper;
 
 use crate::auth::{AdminToken, BuyerTokens};
-use crate::config::{DatabaseConfig, HttpConfig, RedisConfig};
+use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, RelayConfig};
+use crate::events::{AmqpSink, Relay, RelayStatus, WebhookSink};
 use crate::gate::{Gate, GateError};
 use crate::http::{self, Admission, AppState, ClientShedder, Readiness, ServerSettings};
 use crate::store::Store;
@@ -22,12 +23,35 @@ use crate::store::Store;
 /// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting), with
 /// the configured statement and lock timeouts.
 pub fn store(config: &DatabaseConfig) -> anyhow::Result<Store> {
-    Store::connect_lazy(
+    let events = config.event_filter().context("invalid FLASHGATE_EVENTS")?;
+    Ok(Store::connect_lazy(
         config.database_url.expose_secret(),
         config.database_pool_size,
         Some(config.statement_limits()),
     )
-    .context("invalid DATABASE_URL")
+    .context("invalid DATABASE_URL")?
+    .with_events(events))
+}
+
+/// Builds the relays of `config` (docs/DESIGN.md §11). A malformed URL or secret refuses to
+/// start, and so does an exchange the broker has with another type; a broker that cannot be
+/// reached now does not (the outbox keeps the events until it is back).
+pub async fn relay(config: &RelayConfig, store: &Store) -> anyhow::Result<Relay> {
+    let mut relay = Relay::new(store.clone(), config.settings());
+    if let Some(settings) = config.amqp() {
+        let mut sink = AmqpSink::new(settings)?;
+        match sink.connect().await {
+            Ok(_) => {}
+            Err(err) if err.is_misconfiguration() => return Err(err.into()),
+            Err(err) => tracing::warn!(error = %err,
+                "the broker cannot be reached now; events wait in the outbox until it can"),
+        }
+        relay = relay.with_amqp(sink);
+    }
+    if let Some(settings) = config.webhook().context("invalid webhook settings")? {
+        relay = relay.with_webhook(WebhookSink::new(settings).context("invalid webhook settings")?);
+    }
+    Ok(relay)
 }
 
 /// Logs this process's share of Postgres `max_connections` (its pool is a budget: N gates and
@@ -122,6 +146,7 @@ impl Application {
         gate: Gate,
         store: Store,
         settler: Settler,
+        events: RelayStatus,
     ) -> anyhow::Result<Self> {
         crate::auth::check_jwt_secret(&http.tokens.jwt_secret)?;
         crate::auth::check_admin_token(&http.admin_token)?;
@@ -143,6 +168,7 @@ impl Application {
             ),
             client_addr: std::sync::Arc::new(client_addr),
             readiness: Readiness::default(),
+            events,
             request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
             metrics: crate::telemetry::metrics(),
         };
@@ -208,21 +234,35 @@ pub fn raise_file_limit() -> Option<u64> {
     }
 }
 
-/// Runs the API (when given), the settler and the expiry sweeper side by side until `shutdown`
-/// is cancelled or one of them stops. Says which one stopped and why, and returns the first
-/// failure.
+/// What one process runs: the API (`serve`), the settler and the sweeper (`serve`, `settle`),
+/// the relay (all three and `relay`).
+#[derive(Debug, Default)]
+pub struct Tasks {
+    pub app: Option<Application>,
+    pub settler: Option<Settler>,
+    pub sweeper: Option<Sweeper>,
+    pub relay: Option<Relay>,
+}
+
+/// Runs the API (when given), the settler, the expiry sweeper and the relay side by side until
+/// `shutdown` is cancelled or one of them stops. Says which one stopped and why, and returns
+/// the first failure.
 ///
 /// Shutdown, in order: `/readyz` turns `draining` (load balancers stop sending) while requests
 /// are still served for `drain_delay`; then the listener closes, in-flight requests finish and
 /// the settler finishes its batch. Whatever still runs at `deadline` (counted from the signal)
 /// is abandoned, so the process always exits in bounded time.
 pub async fn run(
-    app: Option<Application>,
-    settler: Settler,
-    sweeper: Sweeper,
+    tasks_to_run: Tasks,
     shutdown: CancellationToken,
     settings: ShutdownSettings,
 ) -> anyhow::Result<()> {
+    let Tasks {
+        app,
+        settler,
+        sweeper,
+        relay,
+    } = tasks_to_run;
     let stop = CancellationToken::new();
     let readiness = app.as_ref().map(Application::readiness);
     {
@@ -248,16 +288,27 @@ pub async fn run(
             ("http server", served.context("http server failed"))
         });
     }
-    let stopping = stop.clone();
-    tasks.spawn(async move {
-        settler.run(stopping).await;
-        ("settler", Ok(()))
-    });
-    let stopping = stop.clone();
-    tasks.spawn(async move {
-        sweeper.run(stopping).await;
-        ("sweeper", Ok(()))
-    });
+    if let Some(settler) = settler {
+        let stopping = stop.clone();
+        tasks.spawn(async move {
+            settler.run(stopping).await;
+            ("settler", Ok(()))
+        });
+    }
+    if let Some(sweeper) = sweeper {
+        let stopping = stop.clone();
+        tasks.spawn(async move {
+            sweeper.run(stopping).await;
+            ("sweeper", Ok(()))
+        });
+    }
+    if let Some(relay) = relay {
+        let stopping = stop.clone();
+        tasks.spawn(async move {
+            relay.run(stopping).await;
+            ("relay", Ok(()))
+        });
+    }
 
     let deadline = {
         let shutdown = shutdown.clone();

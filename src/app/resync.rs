@@ -145,6 +145,7 @@ async fn repair(
             settler.board().falls_due(sku, std::time::Duration::ZERO);
         }
         if let Some(record) = load_if_settled(gate, store, sku).await? {
+            store.record_resynced(&record).await?;
             report.stock = record.available;
             report.state = record.state;
             tracing::info!(sku = %sku, ?report, "resynced redis and postgres");

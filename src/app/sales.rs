@@ -115,14 +115,21 @@ impl App<'_> {
     /// Postgres's through `adjust_sale.lua` and its stock is never reset — units held but not
     /// yet settled are missing from Postgres `available` and would be sold twice.
     ///
-    /// Retry: loading is refused once live, and a forced load is an absolute target.
+    /// Order: 1. Redis loads the sale, 2. Postgres records that it was launched (the first time,
+    /// with its `sale.opened` event). Retry: loading is refused once live, and a forced load is
+    /// an absolute target; a refused load still records the launch, so a retry after a timeout
+    /// between the two steps completes it.
     pub async fn prewarm(&self, sku: &Sku, force: bool) -> Result<SaleChanged, SaleError> {
         let record = self
             .store
             .find_sku(sku)
             .await?
             .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
-        let event = self.gate.prewarm(&record, force).await?;
+        let loaded = self.gate.prewarm(&record, force).await;
+        if matches!(loaded, Ok(_) | Err(GateError::SaleLive(_))) {
+            self.store.mark_launched(sku).await?;
+        }
+        let event = loaded?;
         self.settled_view(sku, true, event).await
     }
 

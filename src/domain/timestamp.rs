@@ -26,6 +26,27 @@ pub fn serialize_option<S: serde::Serializer>(
     }
 }
 
+/// `#[serde(with = "timestamp::rfc3339")]`: written as [`format`], read as any RFC 3339 time.
+pub mod rfc3339 {
+    use chrono::{DateTime, Utc};
+
+    pub fn serialize<S: serde::Serializer>(
+        at: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        super::serialize(at, serializer)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        let raw = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&raw)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

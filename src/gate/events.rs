@@ -32,7 +32,10 @@ pub enum EventKind {
     },
     /// An admin changed the sale's total by `delta` units (`lua/adjust_sale.lua`); Redis already
     /// checked that its stock covers a decrease.
-    StockChanged { delta: i64 },
+    StockChanged {
+        delta: i64,
+        cause: crate::events::StockCause,
+    },
     /// Where a stream recreated by resync starts (`lua/fence_stream.lua`); changes nothing.
     Fence,
 }
@@ -88,6 +91,15 @@ impl Event {
             },
             "stock" => EventKind::StockChanged {
                 delta: text("q")?.parse().map_err(|_| bad("q"))?,
+                // Entries written before the cause was recorded were all total updates.
+                cause: match fields.get("cause") {
+                    None => crate::events::StockCause::Update,
+                    Some(_) => match text("cause")?.as_str() {
+                        "total" => crate::events::StockCause::Update,
+                        "add" => crate::events::StockCause::Restock,
+                        other => return Err(bad(&format!("unknown stock cause {other:?}"))),
+                    },
+                },
             },
             "fence" => EventKind::Fence,
             other => return Err(bad(&format!("unknown type {other:?}"))),

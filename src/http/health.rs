@@ -154,6 +154,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "postgres": word(&readiness.postgres),
             "redis_breaker_open": state.gate.breaker_open(),
             "checked_ms_ago": checked_ms_ago,
+            // The broker is never on the buyer's path: it is reported, never a reason for 503.
+            "events": state.events.readiness(),
         })),
     )
 }

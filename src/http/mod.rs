@@ -13,6 +13,7 @@ mod admission;
 mod client_addr;
 mod console;
 mod error;
+mod events;
 mod extract;
 mod health;
 mod observe;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub client_addr: Arc<ClientAddrPolicy>,
     /// What `/readyz` answers, refreshed in the background.
     pub readiness: Readiness,
+    /// The relays' state and backlog, for `/readyz` and the console.
+    pub events: crate::events::RelayStatus,
     /// How long one request may take before it is answered 503 `request_timeout`.
     pub request_timeout: Duration,
     /// Renders `/metrics`.
@@ -99,7 +102,9 @@ fn payer_routes() -> OpenApiRouter<AppState> {
 }
 
 fn observed_routes() -> OpenApiRouter<AppState> {
-    admin::router().merge(console::router())
+    admin::router()
+        .merge(events::router())
+        .merge(console::router())
 }
 
 /// The API's OpenAPI document, generated once from the routes above and their types.
@@ -111,6 +116,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
             .merge(payer_routes())
             .merge(observed_routes())
             .merge(health::router())
+            .merge(events::contract())
             .split_for_parts();
         document
     })
@@ -127,7 +133,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     components(schemas(error::ErrorBody)),
     tags(
         (name = "buyers", description = "reserve, read, commit, release; the sale view"),
-        (name = "admin", description = "sales, stock, pause/resume, prewarm, resync, audit (admin token)"),
+        (name = "admin", description = "sales, stock, pause/resume, prewarm, resync, audit, events (admin token)"),
         (name = "console", description = "the operator's console"),
         (name = "operations", description = "health, metrics, this document"),
     )
@@ -181,6 +187,7 @@ pub fn app(state: AppState) -> Router {
         .merge(observed_routes())
         .route_layer(axum::middleware::from_fn(observe::observe))
         .merge(health::router())
+        .merge(events::contract())
         .split_for_parts();
     routes
         .fallback(|| async { ApiError::RouteNotFound })

@@ -20,7 +20,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::{EventId, IdempotencyKey, ReservationStatus, Sku};
+use crate::domain::{IdempotencyKey, ReservationStatus, Sku};
+use crate::events::{
+    Draft, EventFilter, Facts, RejectionFacts, ReservationFacts, SaleFacts, StockChangeFacts,
+};
 use crate::gate::{Event, EventKind, NewHold, RejectedHold};
 
 /// Why Postgres refused a hold that Redis admitted.
@@ -48,6 +51,64 @@ pub struct Applied {
     pub holds_inserted: u64,
     pub transitions: u64,
     pub rejected: Vec<(RejectedHold, RejectionReason)>,
+    /// Units of admin stock decreases Postgres could not take (Redis had drifted above
+    /// Postgres): the change was applied as far as `available` allowed.
+    pub stock_shortfall: i64,
+    /// Events the batch recorded in the outbox.
+    pub events_recorded: usize,
+}
+
+/// The SKU's inventory as the batch moves it, event by event, under the row lock, and the
+/// events the batch records for the outbox (docs/DESIGN.md §11) in stream order.
+struct Ledger {
+    stock: crate::events::Stock,
+    state: String,
+    filter: EventFilter,
+    drafts: Vec<Draft>,
+}
+
+impl Ledger {
+    /// Records what `event` did, if the outbox keeps that kind.
+    fn record(
+        &mut self,
+        event: &Event,
+        facts: impl FnOnce() -> Facts,
+        kind: crate::events::EventKind,
+    ) {
+        if self.filter.records(kind) {
+            self.drafts.push(Draft {
+                facts: facts(),
+                occurred_at: event.id.time().unwrap_or_else(Utc::now),
+                stream_event: Some(event.id),
+            });
+        }
+    }
+
+    /// `available` moved by `delta` because of `event`: the sale may have sold out or come back.
+    fn move_available(&mut self, event: &Event, delta: i64) {
+        let before = self.stock.available;
+        self.stock.available += delta;
+        let after = self.stock.available;
+        let kind = if before > 0 && after == 0 {
+            crate::events::EventKind::SaleSoldOut
+        } else if before == 0 && after > 0 {
+            crate::events::EventKind::SaleBackInStock
+        } else {
+            return;
+        };
+        let sale = SaleFacts {
+            state: self.state.clone(),
+            stock: self.stock,
+        };
+        self.record(
+            event,
+            || match kind {
+                crate::events::EventKind::SaleSoldOut => Facts::SaleSoldOut(sale),
+                _ => Facts::SaleBackInStock(sale),
+            },
+            kind,
+        );
+    }
 }
 
 pub(super) async fn apply(
@@ -55,36 +116,43 @@ pub(super) async fn apply(
     sku: &Sku,
     events: &[Event],
     stop_after_inserts: &(dyn Fn() -> bool + Sync),
+    filter: EventFilter,
 ) -> Result<Applied, StoreError> {
-    let mut available: i64 =
-        sqlx::query_scalar("SELECT available FROM inventory WHERE sku = $1 FOR UPDATE")
-            .bind(sku.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+    let (total, available, reserved, sold, state): (i64, i64, i64, i64, String) = sqlx::query_as(
+        "SELECT i.total, i.available, i.reserved, i.sold, s.state \
+         FROM inventory i JOIN skus s ON s.sku = i.sku WHERE i.sku = $1 FOR UPDATE OF i",
+    )
+    .bind(sku.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut ledger = Ledger {
+        stock: crate::events::Stock {
+            total,
+            available,
+            reserved,
+            sold,
+        },
+        state,
+        filter,
+        drafts: Vec::new(),
+    };
     let mut applied = Applied::default();
     for run in events.chunk_by(|a, b| same_kind(&a.kind, &b.kind)) {
         match run[0].kind {
             EventKind::Reserved(_) => {
-                apply_new_holds(
-                    tx,
-                    sku,
-                    run,
-                    &mut available,
-                    &mut applied,
-                    stop_after_inserts,
-                )
-                .await?
+                apply_new_holds(tx, sku, run, &mut ledger, &mut applied, stop_after_inserts).await?
             }
             EventKind::Transition { .. } => {
-                apply_transitions(tx, sku, run, &mut available, &mut applied).await?
+                apply_transitions(tx, sku, run, &mut ledger, &mut applied).await?
             }
             EventKind::StockChanged { .. } => {
-                apply_stock_changes(tx, sku, run, &mut available).await?
+                apply_stock_changes(tx, sku, run, &mut ledger, &mut applied).await?
             }
             EventKind::Fence => {}
         }
     }
     record_rejections(tx, sku, &applied.rejected).await?;
+    applied.events_recorded = super::outbox::append(tx, sku, ledger.drafts, filter).await?;
     Ok(applied)
 }
 
@@ -93,52 +161,82 @@ fn same_kind(a: &EventKind, b: &EventKind) -> bool {
 }
 
 /// A run of admin stock changes: the total and `available` move by their sum. Redis checked
-/// each against its stock, which at this point in the stream equals Postgres `available`, so
-/// the conditional update cannot miss unless the stores had drifted: then the batch fails and
-/// the SKU is benched until an operator resyncs it.
+/// each against its stock, which at this point in the stream equals Postgres `available` — unless
+/// the stores had drifted (Redis above Postgres). A decrease Postgres cannot take in full is
+/// taken as far as `available` allows and the rest is counted as a shortfall: refusing it would
+/// fail every batch of the SKU after it, forever, and Postgres never goes below zero either way.
+/// The audit then shows Redis stock below Postgres `available` until a resync.
 async fn apply_stock_changes(
     tx: &mut PgConnection,
     sku: &Sku,
     run: &[Event],
-    available: &mut i64,
+    ledger: &mut Ledger,
+    applied: &mut Applied,
 ) -> Result<(), StoreError> {
-    let delta: i64 = run
-        .iter()
-        .map(|e| match e.kind {
-            EventKind::StockChanged { delta } => delta,
-            _ => 0,
-        })
-        .sum();
+    let mut moved_total: i64 = 0;
+    for event in run {
+        let EventKind::StockChanged { delta, cause } = event.kind else {
+            continue;
+        };
+        let taken = delta.max(-ledger.stock.available);
+        if taken != delta {
+            applied.stock_shortfall += taken - delta;
+            tracing::warn!(sku = %sku, event = %event.id, delta, taken,
+                "postgres cannot take this stock decrease in full; redis has drifted above it");
+        }
+        moved_total += taken;
+        ledger.stock.total += taken;
+        ledger.move_available(event, taken);
+        let facts = StockChangeFacts {
+            cause,
+            delta: taken,
+            stock: ledger.stock,
+        };
+        ledger.record(
+            event,
+            || Facts::StockChanged(facts),
+            crate::events::EventKind::StockChanged,
+        );
+    }
+    if moved_total == 0 {
+        return Ok(());
+    }
     let moved = sqlx::query(
         "UPDATE inventory SET total = total + $2, available = available + $2 \
          WHERE sku = $1 AND available + $2 >= 0",
     )
     .bind(sku.as_str())
-    .bind(delta)
+    .bind(moved_total)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if moved != 1 {
-        return Err(StoreError::Invariant(format!(
-            "a stock change of {delta} for {sku} does not fit postgres available {available}"
-        )));
+    expect_rows("move stock for admin changes", moved, 1)
+}
+
+fn reservation_facts(hold: &NewHold) -> ReservationFacts {
+    ReservationFacts {
+        reservation_id: hold.id.as_uuid(),
+        buyer_id: hold.buyer.to_string(),
+        quantity: hold.quantity.get(),
+        unit_price: hold.unit_price.amount(),
+        currency: hold.currency.to_string(),
+        amount: hold.unit_price.times(hold.quantity),
     }
-    *available += delta;
-    Ok(())
 }
 
 async fn apply_new_holds(
     tx: &mut PgConnection,
     sku: &Sku,
     run: &[Event],
-    available: &mut i64,
+    ledger: &mut Ledger,
     applied: &mut Applied,
     stop_after_inserts: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), StoreError> {
-    let holds: Vec<(&EventId, &NewHold)> = run
+    use crate::events::EventKind::{ReservationHeld, ReservationRejected};
+    let holds: Vec<(&Event, &NewHold)> = run
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Reserved(hold) => Some((&e.id, hold)),
+            EventKind::Reserved(hold) => Some((e, hold)),
             _ => None,
         })
         .collect();
@@ -163,7 +261,7 @@ async fn apply_new_holds(
     .bind(holds.iter().map(|(_, h)| h.currency.as_str()).collect::<Vec<_>>())
     .bind(holds.iter().map(|(_, h)| h.created_at).collect::<Vec<DateTime<Utc>>>())
     .bind(holds.iter().map(|(_, h)| h.expires_at).collect::<Vec<DateTime<Utc>>>())
-    .bind(holds.iter().map(|(ev, _)| ev.to_string()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(ev, _)| ev.id.to_string()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -192,25 +290,40 @@ async fn apply_new_holds(
 
     let mut taken: i64 = 0;
     let mut out_of_stock: Vec<Uuid> = Vec::new();
-    for (_, hold) in &holds {
+    for (event, hold) in &holds {
         let id = hold.id.as_uuid();
-        if inserted.contains(&id) {
+        let reason = if inserted.contains(&id) {
             let units = i64::from(hold.quantity.get());
-            if units <= *available {
-                *available -= units;
+            if units <= ledger.stock.available {
                 taken += units;
                 applied.holds_inserted += 1;
-            } else {
-                out_of_stock.push(id);
-                applied
-                    .rejected
-                    .push((rejected(hold)?, RejectionReason::OutOfStock));
+                ledger.stock.reserved += units;
+                ledger.record(
+                    event,
+                    || Facts::ReservationHeld(reservation_facts(hold)),
+                    ReservationHeld,
+                );
+                ledger.move_available(event, -units);
+                continue;
             }
+            out_of_stock.push(id);
+            RejectionReason::OutOfStock
         } else if !already_here.contains(&id) {
-            applied
-                .rejected
-                .push((rejected(hold)?, RejectionReason::DuplicateIdempotencyKey));
-        }
+            RejectionReason::DuplicateIdempotencyKey
+        } else {
+            continue;
+        };
+        applied.rejected.push((rejected(hold)?, reason));
+        ledger.record(
+            event,
+            || {
+                Facts::ReservationRejected(RejectionFacts {
+                    reservation: reservation_facts(hold),
+                    reason: reason.as_str().to_owned(),
+                })
+            },
+            ReservationRejected,
+        );
     }
     if !out_of_stock.is_empty() {
         let marked = sqlx::query(
@@ -238,11 +351,17 @@ async fn apply_new_holds(
     Ok(())
 }
 
+/// A held hold as the batch locked it.
+struct LockedHold {
+    quantity: i32,
+    facts: ReservationFacts,
+}
+
 async fn apply_transitions(
     tx: &mut PgConnection,
     sku: &Sku,
     run: &[Event],
-    available: &mut i64,
+    ledger: &mut Ledger,
     applied: &mut Applied,
 ) -> Result<(), StoreError> {
     use ReservationStatus::{Committed, Expired, Held, Released};
@@ -258,8 +377,10 @@ async fn apply_transitions(
     // (a new SKU the statistics have not seen) it estimates one held row where there are tens
     // of thousands: every batch then scanned all of the SKU's held holds. `id = ANY` is
     // estimated exactly, with or without statistics.
-    let mut still_held: HashMap<Uuid, i32> = sqlx::query_as::<_, (Uuid, String, String, i32)>(
-        "SELECT id, sku, status, quantity FROM reservations WHERE id = ANY($1) FOR UPDATE",
+    type Row = (Uuid, String, String, i32, String, Decimal, String, Decimal);
+    let mut still_held: HashMap<Uuid, LockedHold> = sqlx::query_as::<_, Row>(
+        "SELECT id, sku, status, quantity, buyer_id, unit_price, currency, total \
+         FROM reservations WHERE id = ANY($1) FOR UPDATE",
     )
     .bind(&named)
     .fetch_all(&mut *tx)
@@ -267,20 +388,67 @@ async fn apply_transitions(
     .into_iter()
     // Only holds still `held` move: a hold Postgres rejected has no units to move, and a hold
     // this event already moved is not moved again.
-    .filter(|(_, row_sku, status, _)| row_sku == sku.as_str() && status == Held.as_str())
-    .map(|(id, _, _, quantity)| (id, quantity))
+    .filter(|(_, row_sku, status, ..)| row_sku == sku.as_str() && status == Held.as_str())
+    .map(|(id, _, _, quantity, buyer, unit_price, currency, total)| {
+        let facts = ReservationFacts {
+            reservation_id: id,
+            buyer_id: buyer,
+            quantity: u32::try_from(quantity).unwrap_or_default(),
+            unit_price,
+            currency: currency.trim_end().to_owned(),
+            amount: total,
+        };
+        (id, LockedHold { quantity, facts })
+    })
     .collect();
+    // In stream order: which holds move where, and what each move does to the stock.
+    let mut moves: Vec<(Uuid, ReservationStatus, String, i64)> = Vec::new();
+    for event in run {
+        let EventKind::Transition { hold, to } = &event.kind else {
+            continue;
+        };
+        let Some(locked) = still_held.remove(&hold.as_uuid()) else {
+            continue;
+        };
+        let units = i64::from(locked.quantity);
+        ledger.stock.reserved -= units;
+        let (facts, kind) = match to {
+            Committed => {
+                ledger.stock.sold += units;
+                (
+                    Facts::ReservationCommitted(locked.facts),
+                    crate::events::EventKind::ReservationCommitted,
+                )
+            }
+            Released => (
+                Facts::ReservationReleased(locked.facts),
+                crate::events::EventKind::ReservationReleased,
+            ),
+            Expired => (
+                Facts::ReservationExpired(locked.facts),
+                crate::events::EventKind::ReservationExpired,
+            ),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "event {} moves hold {hold} to {other}",
+                    event.id
+                )));
+            }
+        };
+        ledger.record(event, || facts, kind);
+        if *to != Committed {
+            ledger.move_available(event, units);
+        }
+        moves.push((hold.as_uuid(), *to, event.id.to_string(), units));
+    }
     for to in [Committed, Released, Expired] {
         let mut units: i64 = 0;
-        let (ids, event_ids): (Vec<Uuid>, Vec<String>) = run
+        let (ids, event_ids): (Vec<Uuid>, Vec<String>) = moves
             .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Transition { hold, to: t } if *t == to => {
-                    let quantity = still_held.remove(&hold.as_uuid())?;
-                    units += i64::from(quantity);
-                    Some((hold.as_uuid(), e.id.to_string()))
-                }
-                _ => None,
+            .filter(|(_, t, ..)| *t == to)
+            .map(|(id, _, event, quantity)| {
+                units += quantity;
+                (*id, event.clone())
             })
             .unzip();
         if ids.is_empty() {
@@ -314,9 +482,6 @@ async fn apply_transitions(
             .await?
             .rows_affected();
         expect_rows("move stock for transitions", moved, 1)?;
-        if to != Committed {
-            *available += units;
-        }
     }
     Ok(())
 }
@@ -377,7 +542,7 @@ fn expect_rows(what: &str, actual: u64, expected: u64) -> Result<(), StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ReservationId;
+    use crate::domain::{EventId, ReservationId};
 
     /// A sale's holds arrive faster than Postgres gathers statistics on them: the planner has
     /// never seen the SKU. Moving a batch of them must still read those rows, not every held
@@ -428,7 +593,7 @@ mod tests {
             .collect();
 
         let mut tx = pool.begin().await.expect("begin");
-        let applied = apply(&mut tx, &sku, &events, &|| false)
+        let applied = apply(&mut tx, &sku, &events, &|| false, EventFilter::default())
             .await
             .expect("apply");
         assert_eq!(applied.transitions, 10);

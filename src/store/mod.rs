@@ -6,12 +6,14 @@
 
 mod audit;
 mod batch;
+mod outbox;
 mod reservations;
 mod settlement;
 mod skus;
 
 pub use audit::Ledger;
 pub use batch::{Applied, RejectionReason};
+pub use outbox::{Backlog, Claim, OutboxRow, Sink};
 pub use reservations::StoredReservation;
 pub use settlement::{CursorLock, CursorTurn, PendingRejection, SettlementTx, Share};
 pub use skus::SkuRecord;
@@ -86,6 +88,10 @@ impl From<sqlx::Error> for StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Which events the transactions of this store record in the outbox (`FLASHGATE_EVENTS`).
+    events: crate::events::EventFilter,
+    /// Bumped after every commit that recorded events, so this process's relays wake at once.
+    recorded: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Server-side bounds on every statement of a pool, so one stray lock or runaway query cannot
@@ -124,11 +130,36 @@ impl Store {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            events: crate::events::EventFilter::default(),
+            recorded: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Changes after each commit of this process that recorded events in the outbox.
+    pub fn watch_recorded(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recorded.subscribe()
+    }
+
+    /// Tells this process's relays that a commit recorded events.
+    fn signal_recorded(&self) {
+        self.recorded.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Which events this store records.
+    pub fn event_filter(&self) -> crate::events::EventFilter {
+        self.events
+    }
+
+    /// The same store, recording the event kinds `events` keeps (`FLASHGATE_EVENTS`).
+    pub fn with_events(mut self, events: crate::events::EventFilter) -> Self {
+        self.events = events;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -33,6 +33,10 @@ pub struct SettlementTx {
     tx: Transaction<'static, Postgres>,
     sku: Sku,
     from: EventId,
+    /// The store the batch belongs to: which events it records, whom to tell after commit.
+    store: Store,
+    /// Whether the batch recorded events in the outbox.
+    recorded: usize,
 }
 
 impl SettlementTx {
@@ -45,9 +49,16 @@ impl SettlementTx {
     ) -> Result<Applied, StoreError> {
         super::timed(
             "settlement_batch",
-            batch::apply(&mut self.tx, &self.sku, events, stop_after_inserts),
+            batch::apply(
+                &mut self.tx,
+                &self.sku,
+                events,
+                stop_after_inserts,
+                self.store.events,
+            ),
         )
         .await
+        .inspect(|applied| self.recorded += applied.events_recorded)
     }
 
     /// Advances the cursor to `through`, the batch's last event, and commits.
@@ -68,8 +79,12 @@ impl SettlementTx {
                 self.sku
             )));
         }
-        super::timed("settlement_commit", self.tx.commit()).await?;
-        Ok(())
+        let (store, recorded) = (self.store.clone(), self.recorded);
+        super::timed(
+            "settlement_commit",
+            store.commit_recorded(self.tx, recorded),
+        )
+        .await
     }
 }
 
@@ -227,6 +242,8 @@ impl Store {
                 tx,
                 sku: sku.clone(),
                 from: read_from,
+                store: self.clone(),
+                recorded: 0,
             })),
         }
     }

@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 
 use super::{Store, StoreError};
 use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
+use crate::events::{Draft, Facts, SaleFacts, Stock, StockCause, StockChangeFacts};
 
 /// A SKU's sale definition joined with its inventory.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,13 +115,14 @@ impl Store {
         .await?;
 
         // Lock the inventory row so that the check below and the update see the same counts.
-        let committed: Option<i64> =
-            sqlx::query_scalar("SELECT reserved + sold FROM inventory WHERE sku = $1 FOR UPDATE")
-                .bind(sku.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+        let before: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT total, available, reserved, sold FROM inventory WHERE sku = $1 FOR UPDATE",
+        )
+        .bind(sku.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
         let stock = i64::from(sale.stock);
-        match committed {
+        let cause = match before {
             None => {
                 sqlx::query("INSERT INTO inventory (sku, total, available) VALUES ($1, $2, $2)")
                     .bind(sku.as_str())
@@ -133,14 +135,16 @@ impl Store {
                 .bind(sku.as_str())
                 .execute(&mut *tx)
                 .await?;
+                Some(StockCause::Created)
             }
-            Some(_) if !with_total => {}
-            Some(committed) if committed > stock => {
+            Some(_) if !with_total => None,
+            Some((_, _, reserved, sold)) if reserved + sold > stock => {
                 return Err(StoreError::StockBelowCommitted {
                     requested: sale.stock,
-                    committed,
+                    committed: reserved + sold,
                 });
             }
+            Some((total, ..)) if total == stock => None,
             Some(_) => {
                 sqlx::query(
                     "UPDATE inventory SET total = $2, available = $2 - reserved - sold WHERE sku = $1",
@@ -149,46 +153,155 @@ impl Store {
                 .bind(stock)
                 .execute(&mut *tx)
                 .await?;
+                Some(StockCause::Update)
             }
-        }
+        };
         let record = Self::fetch_sku(&mut *tx, sku).await?.ok_or_else(|| {
             StoreError::Corrupt(format!("sku {sku} vanished inside its own transaction"))
         })?;
-        tx.commit().await?;
+        let mut recorded = 0;
+        if let Some(cause) = cause {
+            let before = before.map(|(total, available, ..)| (total, available));
+            recorded = super::outbox::append(
+                &mut tx,
+                sku,
+                stock_drafts(&record, before, cause),
+                self.events,
+            )
+            .await?;
+        }
+        self.commit_recorded(tx, recorded).await?;
         Ok(record)
     }
 
     /// Adds `units` to the sale's total and available stock; `None` for an unknown SKU.
     pub async fn restock(&self, sku: &Sku, units: u32) -> Result<Option<SkuRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
+        let before: Option<(i64, i64)> =
+            sqlx::query_as("SELECT total, available FROM inventory WHERE sku = $1 FOR UPDATE")
+                .bind(sku.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if before.is_none() {
+            return Ok(None);
+        }
+        sqlx::query(
             "UPDATE inventory SET total = total + $2, available = available + $2 WHERE sku = $1",
         )
         .bind(sku.as_str())
         .bind(i64::from(units))
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
+        .await?;
+        let Some(record) = Self::fetch_sku(&mut *tx, sku).await? else {
             return Ok(None);
+        };
+        let mut recorded = 0;
+        if units > 0 {
+            recorded = super::outbox::append(
+                &mut tx,
+                sku,
+                stock_drafts(&record, before, StockCause::Restock),
+                self.events,
+            )
+            .await?;
         }
-        let record = Self::fetch_sku(&mut *tx, sku).await?;
-        tx.commit().await?;
-        Ok(record)
+        self.commit_recorded(tx, recorded).await?;
+        Ok(Some(record))
     }
 
-    /// Records whether new holds may be taken; `None` for an unknown SKU.
+    /// Records whether new holds may be taken; `None` for an unknown SKU. A change of state
+    /// records `sale.paused` or `sale.resumed`; setting the state it already has records nothing.
     pub async fn set_sale_state(
         &self,
         sku: &Sku,
         state: SaleState,
     ) -> Result<Option<SkuRecord>, StoreError> {
-        sqlx::query("UPDATE skus SET state = $2, updated_at = now() WHERE sku = $1")
-            .bind(sku.as_str())
-            .bind(state.as_str())
-            .execute(&self.pool)
+        let mut tx = self.pool.begin().await?;
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT state FROM skus WHERE sku = $1 FOR UPDATE")
+                .bind(sku.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        if before != state.as_str() {
+            sqlx::query("UPDATE skus SET state = $2, updated_at = now() WHERE sku = $1")
+                .bind(sku.as_str())
+                .bind(state.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let record = Self::fetch_sku(&mut *tx, sku).await?;
+        let kind = match (before.as_str(), state) {
+            (_, SaleState::Paused) => Some(Facts::SalePaused as fn(SaleFacts) -> Facts),
+            ("paused", SaleState::Open) => Some(Facts::SaleResumed as fn(SaleFacts) -> Facts),
+            _ => None,
+        };
+        let mut recorded = 0;
+        if let (Some(record), Some(facts), true) = (&record, kind, before != state.as_str()) {
+            recorded = super::outbox::append(
+                &mut tx,
+                sku,
+                vec![Draft {
+                    facts: facts(sale_facts(record)),
+                    occurred_at: Utc::now(),
+                    stream_event: None,
+                }],
+                self.events,
+            )
             .await?;
-        self.find_sku(sku).await
+        }
+        self.commit_recorded(tx, recorded).await?;
+        Ok(record)
+    }
+
+    /// Records that the sale was loaded into the gate: the first time, `sale.opened`. Returns
+    /// whether this call was the first.
+    pub async fn mark_launched(&self, sku: &Sku) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let first = sqlx::query(
+            "UPDATE skus SET launched_at = now() WHERE sku = $1 AND launched_at IS NULL",
+        )
+        .bind(sku.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let mut recorded = 0;
+        if first && let Some(record) = Self::fetch_sku(&mut *tx, sku).await? {
+            recorded = super::outbox::append(
+                &mut tx,
+                sku,
+                vec![Draft {
+                    facts: Facts::SaleOpened(sale_facts(&record)),
+                    occurred_at: Utc::now(),
+                    stream_event: None,
+                }],
+                self.events,
+            )
+            .await?;
+        }
+        self.commit_recorded(tx, recorded).await?;
+        Ok(first)
+    }
+
+    /// Records that a resync loaded the gate from the sale's Postgres inventory (`record`): a
+    /// `stock.changed` with `delta` 0, a snapshot consumers can reconcile against.
+    pub async fn record_resynced(&self, record: &SkuRecord) -> Result<(), StoreError> {
+        self.record_events(
+            &record.sku,
+            vec![Draft {
+                facts: Facts::StockChanged(StockChangeFacts {
+                    cause: StockCause::Resync,
+                    delta: 0,
+                    stock: stock_of(record),
+                }),
+                occurred_at: Utc::now(),
+                stream_event: None,
+            }],
+        )
+        .await
     }
 
     /// The sale and its settlement cursor read in one snapshot: `available` is exactly what
@@ -237,4 +350,44 @@ impl Store {
             .await?;
         row.map(SkuRecord::try_from).transpose()
     }
+}
+
+fn stock_of(record: &SkuRecord) -> Stock {
+    Stock {
+        total: record.total,
+        available: record.available,
+        reserved: record.reserved,
+        sold: record.sold,
+    }
+}
+
+fn sale_facts(record: &SkuRecord) -> SaleFacts {
+    SaleFacts {
+        state: record.state.as_str().to_owned(),
+        stock: stock_of(record),
+    }
+}
+
+/// The events of a change of the total made in Postgres: `stock.changed`, then `sale.sold_out`
+/// or `sale.back_in_stock` when `available` crossed zero. `before` is (total, available), `None`
+/// for a new sale.
+fn stock_drafts(record: &SkuRecord, before: Option<(i64, i64)>, cause: StockCause) -> Vec<Draft> {
+    let now = Utc::now();
+    let (total_before, available_before) = before.unwrap_or((0, 0));
+    let draft = |facts| Draft {
+        facts,
+        occurred_at: now,
+        stream_event: None,
+    };
+    let mut drafts = vec![draft(Facts::StockChanged(StockChangeFacts {
+        cause,
+        delta: record.total - total_before,
+        stock: stock_of(record),
+    }))];
+    if before.is_some() && available_before > 0 && record.available == 0 {
+        drafts.push(draft(Facts::SaleSoldOut(sale_facts(record))));
+    } else if available_before == 0 && record.available > 0 && before.is_some() {
+        drafts.push(draft(Facts::SaleBackInStock(sale_facts(record))));
+    }
+    drafts
 }

@@ -144,6 +144,8 @@ pub struct AppOptions {
     pub durability: flashgate::gate::Durability,
     /// The pace of the app's own settler (the one its handlers post work to).
     pub settler: SettlerSettings,
+    /// Which events the app's store records (`FLASHGATE_EVENTS`).
+    pub events: flashgate::events::EventFilter,
 }
 
 impl Default for AppOptions {
@@ -170,6 +172,7 @@ impl Default for AppOptions {
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
             settler: settler_settings(),
+            events: flashgate::events::EventFilter::default(),
         }
     }
 }
@@ -194,6 +197,8 @@ pub struct TestApp {
     /// The settler the app's handlers post work to; it runs only once a test starts it
     /// ([`TestApp::run_background`]).
     own_settler: Settler,
+    /// What the app's `/readyz` shows of the relays a test starts ([`TestApp::relay`]).
+    pub events: flashgate::events::RelayStatus,
     tokens: BuyerTokens,
     /// Every server of the shared test Redis (each master of a cluster), for cleaning up: an
     /// app on a proxy wrote through it to the shared Redis; one on a private Redis leaves
@@ -231,9 +236,10 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         },
     )
     .expect("gate");
-    let store = Store::from_pool(pool);
+    let store = Store::from_pool(pool).with_events(options.events);
     let secret = SecretString::from(JWT_SECRET.to_owned());
     let own_settler = Settler::new(gate.clone(), store.clone(), options.settler.clone());
+    let events = flashgate::events::RelayStatus::default();
     let state = AppState {
         settler: own_settler.clone(),
         gate: gate.clone(),
@@ -249,6 +255,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             header: ForwardedHeader::Auto,
         }),
         readiness: Readiness::default(),
+        events: events.clone(),
         request_timeout: options.request_timeout,
         metrics: flashgate::telemetry::metrics(),
     };
@@ -273,6 +280,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         store,
         namespace,
         own_settler,
+        events,
         tokens: BuyerTokens::new(&secret),
         redis_servers: redis_url()
             .split(',')
@@ -439,6 +447,40 @@ impl TestApp {
                 sweeper,
             ),
         )
+    }
+
+    /// A relay on this app's database (woken by its commits), reporting to its `/readyz`;
+    /// without a sink until the test adds one.
+    pub fn relay(&self) -> flashgate::events::Relay {
+        flashgate::events::Relay::new(
+            self.store.clone(),
+            flashgate::events::RelaySettings {
+                poll_interval: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(500),
+                ..Default::default()
+            },
+        )
+        .reporting_to(self.events.clone())
+    }
+
+    /// Every event the outbox holds for the SKU, in sequence order (through the pull API).
+    pub async fn events_of(&self, sku: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .get_json(
+                    &format!("/v1/admin/events?sku={sku}&after={after}&limit=1000"),
+                    Some(ADMIN_TOKEN),
+                )
+                .await;
+            let events = page["events"].as_array().expect("events").clone();
+            after = page["next_after"].as_i64().expect("next_after");
+            all.extend(events);
+            if page["more"] != true {
+                return all;
+            }
+        }
     }
 
     /// A settler on this app's Redis namespace and database, settling in small batches. It is

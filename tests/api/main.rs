@@ -3,6 +3,7 @@
 //! Each test gets a fresh database (`#[sqlx::test]`) and its own Redis key namespace, so tests
 //! run in parallel and leave nothing behind.
 
+mod broker;
 mod helpers;
 mod lifecycle;
 mod proxy;
@@ -19,6 +20,8 @@ mod background;
 mod cluster;
 mod concurrency;
 mod console;
+mod event_faults;
+mod events;
 mod reserve;
 mod settlement;
 mod skus;
