@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Finds Redis and Postgres for flashgate, or starts them. Source it, then call
-# `flashgate_services`: it exports REDIS_URL and FLASHGATE_PG_SERVER (a Postgres URL without a
-# database name) and sets DATABASE_URL when the caller had none.
+# Finds Redis, Postgres and RabbitMQ for flashgate, or starts them. Source it, then call
+# `flashgate_services`: it exports REDIS_URL, FLASHGATE_AMQP_URL and FLASHGATE_PG_SERVER (a
+# Postgres URL without a database name) and sets DATABASE_URL when the caller had none.
 #
-# A REDIS_URL or DATABASE_URL the caller set is never changed: its server is checked (for
-# Postgres only the server, since the database may not exist yet: `flashgate migrate` creates
-# it), and if it does not answer the function fails and says so.
+# A REDIS_URL, DATABASE_URL or FLASHGATE_AMQP_URL the caller set is never changed: its server is
+# checked (for Postgres only the server, since the database may not exist yet: `flashgate
+# migrate` creates it), and if it does not answer the function fails and says so.
 #
 # Where it looks, in order:
-#   1. REDIS_URL / DATABASE_URL, when set (and nothing else for that service);
-#   2. the default local ports (127.0.0.1:6379, 127.0.0.1:5432 as user postgres);
-#   3. `docker compose` (redis and postgres services of docker-compose.yml) if a Docker engine
-#      answers;
-#   4. private redis-server and postgres processes on their own ports and data directories under
-#      $FLASHGATE_STATE_DIR (default /tmp/flashgate-services), installing the Debian packages
-#      first when they are missing and we are root.
+#   1. REDIS_URL / DATABASE_URL / FLASHGATE_AMQP_URL, when set (and nothing else for that service);
+#   2. the default local ports (127.0.0.1:6379, 127.0.0.1:5432 as user postgres, 127.0.0.1:5672
+#      as RabbitMQ's guest);
+#   3. `docker compose` (redis, postgres and rabbitmq services of docker-compose.yml) if a Docker
+#      engine answers;
+#   4. private redis-server, postgres and rabbitmq-server processes on their own ports and data
+#      directories under $FLASHGATE_STATE_DIR (default /tmp/flashgate-services), installing the
+#      Debian packages first when they are missing and we are root.
 # FLASHGATE_PRIVATE_SERVICES=1 skips 1–3 (to test step 4 on a machine that has services).
 
 FLASHGATE_STATE_DIR=${FLASHGATE_STATE_DIR:-/tmp/flashgate-services}
 FLASHGATE_PRIVATE_REDIS_PORT=${FLASHGATE_PRIVATE_REDIS_PORT:-16379}
 FLASHGATE_PRIVATE_PG_PORT=${FLASHGATE_PRIVATE_PG_PORT:-15432}
+# RabbitMQ's inter-node port is this plus 20000, so it must stay below 45536.
+FLASHGATE_PRIVATE_AMQP_PORT=${FLASHGATE_PRIVATE_AMQP_PORT:-15673}
 
 _fg_log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -57,6 +60,12 @@ _fg_pg_ok() {
 # Whether the server of a Postgres URL accepts connections (its database may not exist yet).
 _fg_pg_server_ok() {
   local hp; read -r -a hp <<<"$(_fg_host_port "$1" 5432)"
+  timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1' "${hp[0]}" "${hp[1]}" 2>/dev/null
+}
+
+# Whether something takes TCP connections at an amqp:// URL's host and port.
+_fg_amqp_ok() {
+  local hp; read -r -a hp <<<"$(_fg_host_port "$1" 5672)"
   timeout 3 bash -c 'exec 3<>/dev/tcp/$0/$1' "${hp[0]}" "${hp[1]}" 2>/dev/null
 }
 
@@ -121,7 +130,35 @@ _fg_start_private_postgres() {
   _fg_wait postgres _fg_pg_ok "$server/postgres" && echo "$server"
 }
 
-_fg_docker_up() { # services to start: redis, postgres or both
+# RabbitMQ on its own port and folders, as the current user (no systemd needed). Installs
+# Debian's rabbitmq-server first when it is missing.
+_fg_start_private_rabbitmq() {
+  local url="amqp://guest:guest@127.0.0.1:${FLASHGATE_PRIVATE_AMQP_PORT}/%2f"
+  _fg_amqp_ok "$url" && { echo "$url"; return 0; }
+  local server=/usr/lib/rabbitmq/bin/rabbitmq-server
+  [ -x "$server" ] || _fg_apt_install rabbitmq-server || return 1
+  [ -x "$server" ] || { _fg_log "no $server after installing rabbitmq-server"; return 1; }
+  local dir="$FLASHGATE_STATE_DIR/rabbitmq"
+  mkdir -p "$dir"
+  [ -f "$dir/enabled_plugins" ] || echo '[].' >"$dir/enabled_plugins"
+  _fg_log "starting a private rabbitmq-server on port $FLASHGATE_PRIVATE_AMQP_PORT"
+  RABBITMQ_NODENAME="flashgate${FLASHGATE_PRIVATE_AMQP_PORT}@localhost" \
+    RABBITMQ_NODE_PORT="$FLASHGATE_PRIVATE_AMQP_PORT" \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq" \
+    RABBITMQ_PID_FILE="$dir/rabbitmq.pid" \
+    setsid nohup "$server" >"$dir/rabbitmq.out" 2>&1 </dev/null &
+  # The broker takes a few seconds to boot; AMQP connections are refused until it has.
+  local i
+  for i in $(seq 1 120); do
+    _fg_amqp_ok "$url" && { sleep 1; echo "$url"; return 0; }
+    sleep 0.5
+  done
+  _fg_log "rabbitmq did not come up at $url (see $dir/rabbitmq.out)"
+  return 1
+}
+
+_fg_docker_up() { # services to start: redis, postgres, rabbitmq
   command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1 || return 1
   local top; top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   _fg_log "starting $* with docker compose"
@@ -129,11 +166,16 @@ _fg_docker_up() { # services to start: redis, postgres or both
   (cd "$top" && docker compose -f docker-compose.yml -f docker-compose.stores.yml up -d --wait "$@" >&2) || return 1
   case " $* " in *" redis "*) _fg_wait redis _fg_redis_ok "redis://127.0.0.1:6379" || return 1 ;; esac
   case " $* " in *" postgres "*) _fg_wait postgres _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres" || return 1 ;; esac
+  case " $* " in *" rabbitmq "*) _fg_wait rabbitmq _fg_amqp_ok "amqp://127.0.0.1:5672" || return 1 ;; esac
 }
 
 flashgate_services() {
-  local redis="" pg=""
+  local redis="" pg="" amqp=""
   if [ "${FLASHGATE_PRIVATE_SERVICES:-0}" != 1 ]; then
+    if [ -n "${FLASHGATE_AMQP_URL:-}" ]; then
+      _fg_amqp_ok "$FLASHGATE_AMQP_URL" || { _fg_log "FLASHGATE_AMQP_URL is set but no broker answers there; unset it to let this script find or start one"; return 1; }
+      amqp=$FLASHGATE_AMQP_URL
+    fi
     if [ -n "${REDIS_URL:-}" ]; then
       _fg_redis_ok "$REDIS_URL" || { _fg_log "REDIS_URL is set but Redis does not answer there; unset it to let this script find or start one"; return 1; }
       redis=$REDIS_URL
@@ -144,19 +186,24 @@ flashgate_services() {
     fi
     [ -z "$redis" ] && _fg_redis_ok "redis://127.0.0.1:6379" && redis="redis://127.0.0.1:6379"
     [ -z "$pg" ] && _fg_pg_ok "postgres://postgres@127.0.0.1:5432/postgres" && pg="postgres://postgres@127.0.0.1:5432"
+    [ -z "$amqp" ] && _fg_amqp_ok "amqp://127.0.0.1:5672" && amqp="amqp://guest:guest@127.0.0.1:5672/%2f"
     local missing=()
     [ -z "$redis" ] && missing+=(redis)
     [ -z "$pg" ] && missing+=(postgres)
+    [ -z "$amqp" ] && missing+=(rabbitmq)
     if [ ${#missing[@]} -gt 0 ] && _fg_docker_up "${missing[@]}"; then
       redis=${redis:-redis://127.0.0.1:6379}
       pg=${pg:-postgres://postgres@127.0.0.1:5432}
+      amqp=${amqp:-amqp://guest:guest@127.0.0.1:5672/%2f}
     fi
   else
-    unset DATABASE_URL
+    unset DATABASE_URL FLASHGATE_AMQP_URL
   fi
   [ -z "$redis" ] && { redis=$(_fg_start_private_redis) || return 1; }
   [ -z "$pg" ] && { pg=$(_fg_start_private_postgres) || return 1; }
+  [ -z "$amqp" ] && { amqp=$(_fg_start_private_rabbitmq) || return 1; }
   export REDIS_URL=$redis
+  export FLASHGATE_AMQP_URL=$amqp
   if [ "$pg" = keep ]; then
     FLASHGATE_PG_SERVER=${DATABASE_URL%/*}
   else
@@ -166,6 +213,7 @@ flashgate_services() {
   export FLASHGATE_PG_SERVER
   _fg_log "redis: $REDIS_URL"
   _fg_log "postgres: ${DATABASE_URL%%\?*}"
+  _fg_log "rabbitmq: ${FLASHGATE_AMQP_URL#*@}"
 }
 
 # Deletes every key of the namespace $1 from $REDIS_URL: on each server of the list (every master

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests against real Redis and
-# Postgres (found or started by scripts/services.sh). Every test gets a fresh database
+# Postgres and RabbitMQ (found or started by scripts/services.sh). Every test gets a fresh database
 # (#[sqlx::test]) and its own Redis key namespace, so they run in parallel and leave nothing.
 # The integration tests run twice: against one Redis, then against a local 3-master Redis
 # Cluster (FLASHGATE_REDIS_CLUSTER=true; the test helpers pick the client). Last, small load-test
@@ -24,15 +24,15 @@ REDIS_URL=$FLASHGATE_CLUSTER_URL FLASHGATE_REDIS_CLUSTER=true cargo test --locke
 count() { awk -v word="$1;" '/^test result:/ {for (i = 2; i <= NF; i++) if ($i == word) n += $(i - 1)} END {print n + 0}' target/test-output.txt; }
 passed=$(count passed)
 failed=$(count failed)
-echo "== load-test smoke run: 2,000 buyers over two gates at a SKU with stock 100, then the invariants verdict"
+echo "== load-test smoke run: 2,000 buyers over two gates at a SKU with stock 100, then the invariants and events verdict"
 rm -rf target/loadtest
-FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_GATES=2 ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet
+FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_GATES=2 ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet --consume-events
 # Its reports land under target/ by default, never in the checkout's root.
 [ -s target/loadtest/report.html ] && [ -s target/loadtest/report.json ] || { echo "no load-test reports under target/loadtest" >&2; failed=$((failed + 1)); }
 echo "== load-test smoke run on the Redis Cluster: 2,000 buyers over two gates, stock 100"
 rm -rf target/loadtest-cluster
 REDIS_URL=$FLASHGATE_CLUSTER_URL FLASHGATE_REDIS_CLUSTER=true FLASHGATE_PROFILE=debug FLASHGATE_LOADTEST_GATES=2 \
-  ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet \
+  ./scripts/loadtest.sh --buyers 2000 --stock 100 --concurrency 200 --quiet --consume-events \
   --report-json target/loadtest-cluster/report.json --report-html target/loadtest-cluster/report.html
 echo "== shortcut race smoke run: two gates, release on one, reserve on the other at once"
 FLASHGATE_PROFILE=debug ./scripts/shortcut-race.sh --rounds 20 --busy 4

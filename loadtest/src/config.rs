@@ -86,6 +86,27 @@ pub struct Config {
     #[arg(long, default_value_t = 0.2)]
     pub release: f64,
 
+    /// The gate's Postgres: the verdict then checks that every hold a buyer was told about
+    /// (201) is in Postgres, and compares the events with it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// Bind a private queue to the gate's exchange before the run and add the events to the
+    /// verdict (needs --database-url): one `reservation.committed` per committed hold, one
+    /// `reservation.rejected` per rejected one, no gap in the SKU's sequences, and the last
+    /// `sale.sold_out`/`sale.back_in_stock` saying what Postgres says.
+    #[arg(long)]
+    pub consume_events: bool,
+    /// The broker the gate publishes to (with --consume-events).
+    #[arg(long, env = "FLASHGATE_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<SecretString>,
+    /// The gate's exchange (with --consume-events).
+    #[arg(
+        long,
+        env = "FLASHGATE_AMQP_EXCHANGE",
+        default_value = "flashgate.events"
+    )]
+    pub amqp_exchange: String,
+
     /// Longest wait for the settler to drain after the drive, in seconds.
     #[arg(long, default_value_t = 120)]
     pub settle_timeout_seconds: u64,

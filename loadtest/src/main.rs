@@ -2,10 +2,13 @@
 //! then proves that the invariants of docs/DESIGN.md §7 held.
 //!
 //! Modules: [`config`] (the command line), [`drive`] (virtual buyers and what they record),
-//! [`report`] (percentiles, JSON and the HTML page), [`verdict`] (the invariant checks).
+//! [`events`] (`--consume-events`), [`ledger`] (what Postgres recorded), [`report`]
+//! (percentiles, JSON and the HTML page), [`verdict`] (the invariant checks).
 
 mod config;
 mod drive;
+mod events;
+mod ledger;
 mod report;
 mod verdict;
 
@@ -37,13 +40,54 @@ async fn run(config: config::Config) -> anyhow::Result<bool> {
             .await
             .context("cannot create the sale")?;
     }
+    use secrecy::ExposeSecret as _;
+    let database_url = config
+        .database_url
+        .as_ref()
+        .map(|url| url.expose_secret().to_owned());
+    // Bound before the run, so the events of the run itself are all seen.
+    let watch = if config.consume_events {
+        let Some(database_url) = &database_url else {
+            anyhow::bail!(
+                "--consume-events compares the events with Postgres: give --database-url (or DATABASE_URL)"
+            );
+        };
+        let url = config
+            .amqp_url
+            .as_ref()
+            .context("--consume-events needs --amqp-url (or FLASHGATE_AMQP_URL)")?;
+        let before = ledger::read(database_url, &config.sku).await?.last_sequence;
+        let watch =
+            events::EventWatch::start(url.expose_secret(), &config.amqp_exchange, &config.sku)
+                .await?;
+        Some((watch, before))
+    } else {
+        None
+    };
     let drive = drive::drive(&config).await?;
     eprintln!("waiting for the settler to drain the stream ...");
     let settle_started = Instant::now();
     let audit = admin.wait_for_settlement(&config).await?;
     let settlement_lag = settle_started.elapsed();
+    let ledger = match &database_url {
+        Some(url) => Some(ledger::read(url, &config.sku).await?),
+        None => None,
+    };
+    let events = match (&watch, &ledger) {
+        (Some((watch, before)), Some(ledger)) => {
+            eprintln!("waiting for the events of {} ...", watch.sku());
+            let received = watch
+                .wait_for(
+                    ledger.last_sequence - before,
+                    std::time::Duration::from_secs(config.settle_timeout_seconds),
+                )
+                .await;
+            Some((events::tally(&received), *before))
+        }
+        _ => None,
+    };
     let server_peak_memory_kib = config.server_pid.and_then(report::peak_memory_kib);
-    let verdict = verdict::judge(&config, &drive, &audit);
+    let verdict = verdict::judge(&config, &drive, &audit, ledger.as_ref(), events.as_ref());
     let report = report::Report::new(
         &config,
         &drive,
@@ -51,6 +95,7 @@ async fn run(config: config::Config) -> anyhow::Result<bool> {
         audit,
         verdict,
         server_peak_memory_kib,
+        events.as_ref().map(|(tally, _)| tally),
     );
     print!("{}", report.text());
     write_report(

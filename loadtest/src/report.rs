@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::drive::{Drive, Op, Sample};
+use crate::events::EventTally;
 use crate::verdict::Finding;
 
 /// Latency percentiles of one (operation, outcome), in milliseconds.
@@ -36,6 +37,9 @@ pub struct Report {
     /// Answers per outcome over time: the slot width in seconds, then per outcome the count
     /// in each slot.
     timeline: (f64, Vec<(String, Vec<u64>)>),
+    /// With `--consume-events`: per event, (occurred since the first, settlement lag, event
+    /// lag) in seconds.
+    event_lags: Vec<(f64, f64, f64)>,
 }
 
 /// Slots of the "answers over time" chart.
@@ -68,7 +72,24 @@ const METRICS_KEY: &[(&str, &str)] = &[
         "settlement lag",
         "flashgate_settlement_lag_seconds{sku}, flashgate_settlement_backlog{sku}",
     ),
+    (
+        "event lag (decision to broker confirm), outbox backlog",
+        "flashgate_outbox_lag_seconds, flashgate_outbox_pending{sku}",
+    ),
 ];
+
+/// p50, p99 and max of `values` (seconds), in milliseconds.
+fn lag_percentiles(mut values: Vec<f64>) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((values.len() - 1) as f64 * q).round() as usize;
+        (values[i] * 1e6).round() / 1e3
+    };
+    json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+}
 
 fn timeline(samples: &[Sample]) -> (f64, Vec<(String, Vec<u64>)>) {
     let end = samples
@@ -126,6 +147,7 @@ impl Report {
         audit: Value,
         verdict: Vec<Finding>,
         server_peak_memory_kib: Option<u64>,
+        events: Option<&EventTally>,
     ) -> Self {
         let mut groups: BTreeMap<(Op, String), Vec<&Sample>> = BTreeMap::new();
         for s in &drive.samples {
@@ -197,6 +219,13 @@ impl Report {
             "reserves_refused": refused,
             "settlement_lag_seconds": settlement_lag.as_secs_f64(),
             "server_peak_memory_kib": server_peak_memory_kib,
+            "events": events.map(|tally| json!({
+                "messages": tally.messages,
+                "distinct": tally.sequences.len(),
+                "duplicates": tally.duplicates.len(),
+                "settlement_lag_ms": lag_percentiles(tally.lags.iter().map(|l| l.1).collect()),
+                "event_lag_ms": lag_percentiles(tally.lags.iter().map(|l| l.2).collect()),
+            })),
         });
 
         let stride = (drive.samples.len() / 4_000).max(1);
@@ -237,6 +266,7 @@ impl Report {
             points,
             buckets,
             timeline: timeline(&drive.samples),
+            event_lags: events.map(|t| t.lags.clone()).unwrap_or_default(),
         }
     }
 
@@ -317,6 +347,18 @@ impl Report {
             self.audit["total"],
             self.audit["redis_stock"]
         );
+        if s["events"].is_object() {
+            let e = &s["events"];
+            let _ = writeln!(
+                out,
+                "events: {} messages, {} distinct, {} duplicates; settlement lag ms {}; event lag (decision to consumer) ms {}",
+                e["messages"],
+                e["distinct"],
+                e["duplicates"],
+                e["settlement_lag_ms"],
+                e["event_lag_ms"]
+            );
+        }
         if let Some(kib) = s["server_peak_memory_kib"].as_u64() {
             let _ = writeln!(
                 out,
@@ -392,6 +434,7 @@ impl Report {
              <h2>Latency over time</h2><p>Each dot is a request (sampled to at most 4,000): green 201, orange 409, red 5xx or \
              transport error, blue commit, purple release. Log scale.</p>{}\
              <h2>Answers over time, by outcome</h2><p>Requests started in each of {} slots of {:.2} s.</p>{}\
+             {}\
              <h2>Reserve latency histogram</h2>{}\
              <h2>Per outcome</h2><table><tr><th>op</th><th>outcome</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>\
              <th>p99.9 ms</th><th>max ms</th></tr>{rows}</table>\
@@ -408,6 +451,7 @@ impl Report {
             SLOTS,
             self.timeline.0,
             self.timeline_svg(),
+            self.event_lag_section(),
             self.histogram_svg(),
             METRICS_KEY
                 .iter()
@@ -419,6 +463,55 @@ impl Report {
                 .collect::<String>(),
             escape(&serde_json::to_string_pretty(&self.summary).unwrap_or_default()),
             escape(&serde_json::to_string_pretty(&self.audit).unwrap_or_default()),
+        )
+    }
+
+    /// With `--consume-events`: each event's settlement lag (decision to Postgres) and event
+    /// lag (decision to this consumer) by when it was decided.
+    fn event_lag_section(&self) -> String {
+        if self.event_lags.is_empty() {
+            return String::new();
+        }
+        let (w, h, pad) = (900.0, 300.0, 50.0);
+        let max_t = self.event_lags.iter().map(|l| l.0).fold(0.001, f64::max);
+        let (lo, hi) = (0.1f64.log10(), 100_000f64.log10());
+        let y = |seconds: f64| {
+            let ms = (seconds * 1000.0).clamp(0.1, 100_000.0);
+            h - pad - (ms.log10() - lo) / (hi - lo) * (h - 2.0 * pad)
+        };
+        let mut svg =
+            format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">");
+        for decade in [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0] {
+            let y0 = y(decade / 1000.0);
+            let _ = write!(
+                svg,
+                "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#eee\"/><text x=\"4\" y=\"{:.1}\" font-size=\"11\">{decade} ms</text>",
+                w - 10.0,
+                y0 + 4.0
+            );
+        }
+        let stride = (self.event_lags.len() / 4_000).max(1);
+        for (t, settled, published) in self.event_lags.iter().step_by(stride) {
+            let x = pad + t / max_t * (w - pad - 10.0);
+            let _ = write!(
+                svg,
+                "<circle cx=\"{x:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"#ff7f0e\" fill-opacity=\"0.6\"/>\
+                 <circle cx=\"{x:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"#1f77b4\" fill-opacity=\"0.6\"/>",
+                y(*settled),
+                y(*published)
+            );
+        }
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\">decided at (s since the first event), 0 – {max_t:.2}</text></svg>",
+            w / 2.0 - 100.0,
+            h - 10.0
+        );
+        format!(
+            "<h2>Event lag beside settlement lag</h2><p>Per event, by when the gate decided it: \
+             <span style=\"color:#ff7f0e\">orange</span> until Postgres recorded it (settlement), \
+             <span style=\"color:#1f77b4\">blue</span> until this consumer received it from the \
+             broker. Log scale.</p>{svg}"
         )
     }
 

@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::drive::Drive;
+use crate::events::EventTally;
+use crate::ledger::Ledger;
 
 /// One check and whether it passed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,7 +24,13 @@ fn finding(name: impl Into<String>, passed: bool, detail: impl Into<String>) -> 
     }
 }
 
-pub fn judge(config: &Config, drive: &Drive, audit: &Value) -> Vec<Finding> {
+pub fn judge(
+    config: &Config,
+    drive: &Drive,
+    audit: &Value,
+    ledger: Option<&Ledger>,
+    events: Option<&(EventTally, i64)>,
+) -> Vec<Finding> {
     let mut findings = Vec::new();
 
     // The gate's audit, invariant by invariant. After the drain nothing may still be pending.
@@ -72,6 +80,41 @@ pub fn judge(config: &Config, drive: &Drive, audit: &Value) -> Vec<Finding> {
         format!("{split} buyers saw more than one reservation id"),
     ));
 
+    // Invariant 7 as buyers see it: every hold a buyer was told about is in Postgres once the
+    // stream drained. The gate's own audit cannot see a hold Redis lost before it settled.
+    match ledger {
+        Some(ledger) => {
+            let missing: Vec<&String> = drive
+                .buyers
+                .iter()
+                .flat_map(|b| b.ids.iter())
+                .filter(|id| !ledger.statuses.contains_key(*id))
+                .collect();
+            let told: usize = drive.buyers.iter().map(|b| b.ids.len()).sum();
+            findings.push(finding(
+                "every hold a buyer was told about (201) is in postgres",
+                missing.is_empty(),
+                if missing.is_empty() {
+                    format!("{told} holds told, all in postgres")
+                } else {
+                    format!(
+                        "{} of {told} holds told 201 are not in postgres, e.g. {}",
+                        missing.len(),
+                        listed(missing.iter().map(|s| s.as_str()))
+                    )
+                },
+            ));
+        }
+        None => findings.push(finding(
+            "holds told 201 against postgres (skipped: no --database-url)",
+            true,
+            "give --database-url (or DATABASE_URL) to check them",
+        )),
+    }
+    if let (Some(ledger), Some((tally, before))) = (ledger, events) {
+        judge_events(&mut findings, ledger, tally, *before);
+    }
+
     // Exactly min(stock, demand) holds — when no unit could come back during the run.
     let holds: usize = drive.buyers.iter().map(|b| b.ids.len()).sum();
     let nothing_returned =
@@ -120,4 +163,123 @@ pub fn judge(config: &Config, drive: &Drive, audit: &Value) -> Vec<Finding> {
         ),
     ));
     findings
+}
+
+/// At most five items, for a finding's detail.
+fn listed<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.collect();
+    let mut shown = items.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    if items.len() > 5 {
+        shown.push_str(&format!(" and {} more", items.len() - 5));
+    }
+    shown
+}
+
+/// `--consume-events`: the events received against what Postgres recorded.
+fn judge_events(findings: &mut Vec<Finding>, ledger: &Ledger, tally: &EventTally, before: i64) {
+    let with_status = |status: &str| -> Vec<&String> {
+        ledger
+            .statuses
+            .iter()
+            .filter(|(_, s)| s.as_str() == status)
+            .map(|(id, _)| id)
+            .collect()
+    };
+    let committed = with_status("committed");
+    let not_once: Vec<&str> = committed
+        .iter()
+        .filter(|id| tally.committed.get(id.as_str()).map_or(0, |e| e.len()) != 1)
+        .map(|id| id.as_str())
+        .collect();
+    let stray: Vec<&str> = tally
+        .committed
+        .keys()
+        .filter(|id| ledger.statuses.get(*id).map(String::as_str) != Some("committed"))
+        .map(String::as_str)
+        .collect();
+    findings.push(finding(
+        "every committed hold has exactly one reservation.committed event",
+        not_once.is_empty() && stray.is_empty(),
+        format!(
+            "{} committed in postgres; {} without exactly one event{}; {} events for holds postgres has not committed{}",
+            committed.len(),
+            not_once.len(),
+            if not_once.is_empty() { String::new() } else { format!(" ({})", listed(not_once.iter().copied())) },
+            stray.len(),
+            if stray.is_empty() { String::new() } else { format!(" ({})", listed(stray.iter().copied())) },
+        ),
+    ));
+    let rejected = with_status("rejected");
+    let unannounced: Vec<&str> = rejected
+        .iter()
+        .filter(|id| !tally.rejected.contains_key(id.as_str()))
+        .map(|id| id.as_str())
+        .collect();
+    findings.push(finding(
+        "every rejected hold has a reservation.rejected event",
+        unannounced.is_empty(),
+        format!(
+            "{} rejected in postgres, {} rejection events{}",
+            rejected.len(),
+            tally.rejected.len(),
+            if unannounced.is_empty() {
+                String::new()
+            } else {
+                format!("; without one: {}", listed(unannounced.iter().copied()))
+            }
+        ),
+    ));
+    let expected: std::collections::BTreeSet<i64> = (before + 1..=ledger.last_sequence).collect();
+    let missing: Vec<String> = expected
+        .difference(&tally.sequences)
+        .map(|s| s.to_string())
+        .collect();
+    findings.push(finding(
+        "the SKU's event sequences have no gap",
+        missing.is_empty(),
+        format!(
+            "{} events ({} to {}), {} received{}",
+            expected.len(),
+            before + 1,
+            ledger.last_sequence,
+            tally.sequences.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing {}", listed(missing.iter().map(String::as_str)))
+            }
+        ),
+    ));
+    let sold_out = ledger.available == 0;
+    let last = tally.last_availability.as_deref();
+    findings.push(finding(
+        "the last availability event says what postgres says",
+        if sold_out {
+            last == Some("sale.sold_out")
+        } else {
+            last != Some("sale.sold_out")
+        },
+        format!(
+            "postgres available {}, last availability event {}",
+            ledger.available,
+            last.unwrap_or("none")
+        ),
+    ));
+    findings.push(finding(
+        "duplicates (at-least-once delivery: counted, never a failure)",
+        true,
+        format!(
+            "{} messages, {} event ids received more than once{}",
+            tally.messages,
+            tally.duplicates.len(),
+            if tally.duplicates.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    listed(tally.duplicates.iter().map(|(id, _)| id.as_str()))
+                )
+            }
+        ),
+    ));
 }

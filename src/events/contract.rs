@@ -247,7 +247,7 @@ mod tests {
                     occurred_at: chrono::Utc::now(),
                     stream_event: None,
                 }
-                .into_event(&sku, n as i64 + 1)
+                .into_event(&sku, n as i64 + 1, chrono::Utc::now())
             })
             .collect()
     }

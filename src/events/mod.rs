@@ -243,6 +243,11 @@ pub struct Event {
     #[serde(with = "crate::domain::timestamp::rfc3339")]
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub occurred_at: DateTime<Utc>,
+    /// When Postgres recorded it: the transaction of the settler's batch, or of the change
+    /// made in Postgres. `recorded_at - occurred_at` is how late settlement was.
+    #[serde(with = "crate::domain::timestamp::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub recorded_at: DateTime<Utc>,
     /// The id of the gate's stream entry the event came from, when it came from one.
     pub stream_event_id: Option<String>,
     #[serde(flatten)]
@@ -394,13 +399,19 @@ impl Draft {
         self.facts.kind()
     }
 
-    /// The event with its id and place in the SKU's sequence.
-    pub fn into_event(self, sku: &crate::domain::Sku, sequence: i64) -> Event {
+    /// The event with its id and place in the SKU's sequence, recorded at `recorded_at`.
+    pub fn into_event(
+        self,
+        sku: &crate::domain::Sku,
+        sequence: i64,
+        recorded_at: DateTime<Utc>,
+    ) -> Event {
         Event {
             id: Uuid::now_v7(),
             sku: sku.to_string(),
             sequence,
             occurred_at: self.occurred_at,
+            recorded_at,
             stream_event_id: self.stream_event.map(|id| id.to_string()),
             facts: self.facts,
         }
@@ -451,13 +462,18 @@ mod tests {
             occurred_at: DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
             stream_event: Some(EventId::parse("1800000000000-0").expect("id")),
         }
-        .into_event(&crate::domain::Sku::parse("sneaker").expect("sku"), 7);
+        .into_event(
+            &crate::domain::Sku::parse("sneaker").expect("sku"),
+            7,
+            DateTime::from_timestamp(1_800_000_001, 0).expect("time"),
+        );
         let body = serde_json::to_value(&event).expect("json");
         assert_eq!(body["kind"], "reservation.committed");
         assert_eq!(body["sequence"], 7);
         assert_eq!(body["unit_price"], "199.99");
         assert_eq!(body["amount"], "399.98");
         assert_eq!(body["occurred_at"], "2027-01-15T08:00:00.000Z");
+        assert_eq!(body["recorded_at"], "2027-01-15T08:00:01.000Z");
         assert_eq!(body["stream_event_id"], "1800000000000-0");
         assert_eq!(event.routing_key(), "reservation.committed.sneaker");
         let back: Event = serde_json::from_value(body).expect("parse");

@@ -66,13 +66,14 @@ pub(super) async fn append(
     .fetch_one(&mut *tx)
     .await?;
     let first = last - count + 1;
+    let recorded_at = Utc::now();
     let mut ids = Vec::with_capacity(drafts.len());
     let mut sequences = Vec::with_capacity(drafts.len());
     let mut kinds = Vec::with_capacity(drafts.len());
     let mut bodies = Vec::with_capacity(drafts.len());
     let mut occurred = Vec::with_capacity(drafts.len());
     for (n, draft) in drafts.into_iter().enumerate() {
-        let event = draft.into_event(sku, first + n as i64);
+        let event = draft.into_event(sku, first + n as i64, recorded_at);
         bodies.push(
             serde_json::to_string(&event)
                 .map_err(|e| StoreError::Corrupt(format!("event of {sku}: {e}")))?,
@@ -83,8 +84,8 @@ pub(super) async fn append(
         occurred.push(event.occurred_at);
     }
     sqlx::query(
-        "INSERT INTO event_outbox (id, sku, sequence, kind, body, occurred_at) \
-         SELECT t.id, $1, t.seq, t.kind, t.body, t.occurred \
+        "INSERT INTO event_outbox (id, sku, sequence, kind, body, occurred_at, recorded_at) \
+         SELECT t.id, $1, t.seq, t.kind, t.body, t.occurred, $7 \
          FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[]) \
            AS t(id, seq, kind, body, occurred)",
     )
@@ -94,6 +95,7 @@ pub(super) async fn append(
     .bind(&kinds)
     .bind(&bodies)
     .bind(&occurred)
+    .bind(recorded_at)
     .execute(&mut *tx)
     .await?;
     metrics::counter!("flashgate_outbox_recorded_total").increment(ids.len() as u64);

@@ -689,3 +689,114 @@ async fn a_webhook_event_that_keeps_failing_is_given_up_after_its_period(pool: P
     assert_eq!(app.events_of("sneaker").await, expected);
     drop(relay);
 }
+
+/// The example consumer, as `cargo test` builds it beside this test binary.
+fn order_consumer() -> std::path::PathBuf {
+    let deps = std::env::current_exe().expect("test binary");
+    let examples = deps
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/debug")
+        .join("examples")
+        .join("order_consumer");
+    assert!(
+        examples.exists(),
+        "{} is missing: `cargo test --workspace` builds the examples",
+        examples.display()
+    );
+    examples
+}
+
+#[sqlx::test]
+async fn the_example_consumer_creates_one_order_per_commit_however_often_it_is_sent(pool: PgPool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .expect("database");
+    let app = spawn_app(pool).await;
+    let exchange = TestExchange::new().await;
+    let queue = format!("{}.orders", exchange.name);
+    let consume = |queue: &str| {
+        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+        std::process::Command::new(order_consumer())
+            .args(["--amqp-url", &exchange.url, "--exchange", &exchange.name])
+            .args(["--database-url", &format!("{server}/{database}")])
+            .args(["--queue", queue, "--exit-when-idle-seconds", "3"])
+            .output()
+            .expect("run the example consumer")
+    };
+    // A first run declares its durable queue, as a deployed service has.
+    let first = consume(&queue);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    let committed = commit_many(&app, "sneaker", 0..4).await;
+    let relay = run(app
+        .relay()
+        .with_amqp(AmqpSink::new(exchange.settings()).expect("sink")));
+    for _ in 0..100 {
+        if unpublished(&app).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every event is sent again, as after a relay died between the confirm and the mark.
+    sqlx::query("UPDATE event_outbox SET published_at = NULL")
+        .execute(app.store.pool())
+        .await
+        .expect("send again");
+    for _ in 0..100 {
+        if unpublished(&app).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(relay);
+
+    let output = consume(&queue);
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("orders created: 4, duplicates ignored: 4"),
+        "{printed}"
+    );
+    let mut orders: Vec<String> =
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT reservation_id FROM orders")
+            .fetch_all(app.store.pool())
+            .await
+            .expect("orders")
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+    orders.sort();
+    let mut expected = committed;
+    expected.sort();
+    assert_eq!(orders, expected);
+    let amounts: Vec<String> = sqlx::query_scalar("SELECT amount::text FROM orders")
+        .fetch_all(app.store.pool())
+        .await
+        .expect("amounts");
+    assert!(amounts.iter().all(|a| a == "19.99"), "{amounts:?}");
+    // The service's queue is the test's to remove.
+    let connection =
+        lapin::Connection::connect(&exchange.url, lapin::ConnectionProperties::default())
+            .await
+            .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let _ = channel
+        .queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    exchange.delete().await;
+}
