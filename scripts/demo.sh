@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the gate with a demo sale, afresh every run: finds or starts Redis and Postgres, drops and
+# Runs the gate with a demo sale, afresh every run: finds or starts Redis, Postgres and RabbitMQ, drops and
 # recreates the demo's own database (flashgate_demo) and Redis namespace (demo), creates the sale
 # `demo-sneaker` (100 units at 199.99 USD, 2 per buyer), pre-warms it, prints a copy-paste block
 # (the settings every CLI command and the load test need, two buyer tokens, the load-test
@@ -19,6 +19,8 @@ export FLASHGATE_JWT_SECRET=${FLASHGATE_JWT_SECRET:-demo-secret-change-me-012345
 export FLASHGATE_ADMIN_TOKEN=${FLASHGATE_ADMIN_TOKEN:-demo-admin-token-change-me-0123456789}
 export FLASHGATE_LISTEN=${FLASHGATE_LISTEN:-127.0.0.1:8080}
 export FLASHGATE_TRUSTED_PROXIES=127.0.0.1/32,::1/128
+# Events go to RabbitMQ (found or started by services.sh) on an exchange of the demo's own.
+export FLASHGATE_AMQP_EXCHANGE=${FLASHGATE_AMQP_EXCHANGE:-flashgate.demo.events}
 host=${FLASHGATE_LISTEN%:*} port=${FLASHGATE_LISTEN##*:}
 if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
   echo "demo: something already listens on $FLASHGATE_LISTEN (an earlier demo?); stop it or set FLASHGATE_LISTEN" >&2
@@ -57,6 +59,8 @@ export FLASHGATE_REDIS_NAMESPACE=$FLASHGATE_REDIS_NAMESPACE
 export FLASHGATE_JWT_SECRET="$FLASHGATE_JWT_SECRET"
 export FLASHGATE_ADMIN_TOKEN="$FLASHGATE_ADMIN_TOKEN"
 export FLASHGATE_URL="http://$FLASHGATE_LISTEN"
+export FLASHGATE_AMQP_URL="$FLASHGATE_AMQP_URL"
+export FLASHGATE_AMQP_EXCHANGE=$FLASHGATE_AMQP_EXCHANGE
 export ALICE="$alice"
 export BOB="$bob"
 

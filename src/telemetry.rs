@@ -1,6 +1,7 @@
 //! Logging and metrics.
 //!
-//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), coloured only when stderr
+//! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`; lapin's per-message warning
+//! about returned messages off unless `RUST_LOG` names lapin), coloured only when stderr
 //! is a terminal (a log file or a pipe gets plain text). Metrics: the `metrics`
 //! facade with a Prometheus recorder, rendered at `GET /metrics`.
 
@@ -15,7 +16,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin warns with the whole message for every event the broker returns as unroutable; the
+    // relay dead-letters and counts those itself (`flashgate_outbox_dead_lettered_total`), and
+    // a sale nobody is bound for would otherwise log one line per event. `RUST_LOG` naming
+    // lapin keeps its own say.
+    let names_lapin = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("lapin"));
+    if !names_lapin && let Ok(quiet) = "lapin::returned_messages=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

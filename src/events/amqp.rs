@@ -237,27 +237,55 @@ impl AmqpSink {
         }
         let published = confirms.len();
         metrics::counter!("flashgate_outbox_published_total").increment(published as u64);
-        let mut delivered = Delivered::default();
-        let mut failed_skus: HashSet<&str> = HashSet::new();
-        for (row, confirm) in rows.iter().zip(confirms) {
-            let confirmed = match confirm.await {
-                Ok(Confirmation::Ack(None)) => true,
+        // Every confirm, in order. An event returned as unroutable is published to the
+        // dead-letter exchange at once; those confirms are awaited together afterwards, so a
+        // batch nobody is bound for costs two round trips, not one per event.
+        let mut confirmed = vec![false; rows.len()];
+        let mut dead_letters = Vec::new();
+        for (n, (row, confirm)) in rows.iter().zip(confirms).enumerate() {
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => confirmed[n] = true,
                 Ok(Confirmation::Ack(Some(returned))) => {
-                    tracing::warn!(event = %row.id, kind = %row.kind, sku = %row.sku,
+                    tracing::debug!(event = %row.id, kind = %row.kind, sku = %row.sku,
                         reply = %returned.reply_text,
                         "the broker could not route an event; sending it to the dead-letter exchange");
-                    self.dead_letter(channel, row).await
+                    match channel
+                        .basic_publish(
+                            self.dead_letters.as_str().into(),
+                            routing_key(row).as_str().into(),
+                            BasicPublishOptions::default(),
+                            row.body.as_bytes(),
+                            properties(row),
+                        )
+                        .await
+                    {
+                        Ok(confirm) => dead_letters.push((n, confirm)),
+                        Err(err) => {
+                            broken.get_or_insert_with(|| format!("dead letter: {err}"));
+                        }
+                    }
                 }
                 Ok(Confirmation::Nack(_)) => {
                     metrics::counter!("flashgate_outbox_nacks_total").increment(1);
-                    false
                 }
-                Ok(Confirmation::NotRequested) => false,
+                Ok(Confirmation::NotRequested) => {}
                 Err(err) => {
                     broken.get_or_insert_with(|| format!("confirm: {err}"));
-                    false
                 }
-            };
+            }
+        }
+        for (n, confirm) in dead_letters {
+            if matches!(confirm.await, Ok(Confirmation::Ack(_))) {
+                confirmed[n] = true;
+                metrics::counter!("flashgate_outbox_dead_lettered_total", "kind" => rows[n].kind.clone())
+                    .increment(1);
+            }
+        }
+        // Per SKU, only the prefix up to the first event not confirmed counts as sent; a row
+        // never published (the channel broke first) is not confirmed either.
+        let mut delivered = Delivered::default();
+        let mut failed_skus: HashSet<&str> = HashSet::new();
+        for (row, confirmed) in rows.iter().zip(confirmed) {
             if confirmed && !failed_skus.contains(row.sku.as_str()) {
                 metrics::counter!("flashgate_outbox_confirms_total").increment(1);
                 delivered.confirmed(row);
@@ -265,35 +293,9 @@ impl AmqpSink {
                 failed_skus.insert(&row.sku);
             }
         }
-        // A row never published (the channel broke first) is not confirmed either.
-        for row in rows.iter().skip(published) {
-            failed_skus.insert(&row.sku);
-        }
         delivered.failed_skus = failed_skus.into_iter().map(str::to_owned).collect();
         delivered.broken = broken;
         delivered
-    }
-
-    /// Publishes an unroutable event to the dead-letter exchange; true once confirmed.
-    async fn dead_letter(&self, channel: &Channel, row: &OutboxRow) -> bool {
-        let confirmed = match channel
-            .basic_publish(
-                self.dead_letters.as_str().into(),
-                routing_key(row).as_str().into(),
-                BasicPublishOptions::default(),
-                row.body.as_bytes(),
-                properties(row),
-            )
-            .await
-        {
-            Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(_))),
-            Err(_) => false,
-        };
-        if confirmed {
-            metrics::counter!("flashgate_outbox_dead_lettered_total", "kind" => row.kind.clone())
-                .increment(1);
-        }
-        confirmed
     }
 }
 

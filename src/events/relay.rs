@@ -98,6 +98,9 @@ pub enum SinkState {
 #[derive(Debug, Clone, Default)]
 pub struct RelayStatus {
     inner: Arc<Mutex<StatusInner>>,
+    /// Set when a sink's pass sent or failed to send something: the backlog may have changed.
+    /// A relay with nothing to do leaves it clear, and the backlog is then not read again.
+    stirred: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -109,8 +112,8 @@ struct StatusInner {
     /// Events not yet sent to the primary sink (the broker, else the webhook), capped.
     pending: i64,
     oldest: Option<chrono::DateTime<chrono::Utc>>,
-    /// Per SKU: pending events and the oldest one's age, for the console.
-    per_sku: HashMap<String, (i64, chrono::DateTime<chrono::Utc>)>,
+    /// Per SKU: pending events and the oldest one's decision time, for the console.
+    per_sku: HashMap<String, (i64, Option<chrono::DateTime<chrono::Utc>>)>,
 }
 
 /// `/readyz`'s `events` object.
@@ -157,10 +160,8 @@ impl RelayStatus {
     pub fn sku_backlog(&self, sku: &str) -> (i64, i64) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.per_sku.get(sku).map_or((0, 0), |(pending, oldest)| {
-            (
-                *pending,
-                (chrono::Utc::now() - *oldest).num_milliseconds().max(0),
-            )
+            let age = oldest.map_or(0, |at| (chrono::Utc::now() - at).num_milliseconds().max(0));
+            (*pending, age)
         })
     }
 }
@@ -216,9 +217,6 @@ pub struct Relay {
     targets: Vec<Target>,
     status: RelayStatus,
 }
-
-/// Rows counted at most for `/readyz` and the gauges, so a huge backlog costs a bounded read.
-const BACKLOG_CAP: i64 = 100_000;
 
 impl Relay {
     pub fn new(store: Store, settings: RelaySettings) -> Self {
@@ -327,7 +325,13 @@ async fn send_loop(
         wait = Duration::ZERO;
         resting.retain(|_, (until, _)| *until > Instant::now());
         let skip: Vec<String> = resting.keys().cloned().collect();
-        match send_batches(&mut target, &store, &settings, &skip).await {
+        let sent = send_batches(&mut target, &store, &settings, &skip).await;
+        if !matches!(&sent, Ok(SentPass { claimed: false, .. })) {
+            status
+                .stirred
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        match sent.map(|pass| pass.failed_skus) {
             Ok(failed_skus) => {
                 if down_since.take().is_some() {
                     tracing::info!(sink = sink.as_str(), "relay is sending again");
@@ -369,14 +373,21 @@ async fn send_loop(
     }
 }
 
-/// Claims and sends batches until nothing is left, or the sink or Postgres fails. Returns the
-/// SKUs that failed at the sink (they rest a while).
+/// What one pass of a sink's loop did.
+struct SentPass {
+    /// Whether it claimed anything.
+    claimed: bool,
+    /// SKUs that failed at the sink (they rest a while).
+    failed_skus: Vec<String>,
+}
+
+/// Claims and sends batches until nothing is left, or the sink or Postgres fails.
 async fn send_batches(
     target: &mut Target,
     store: &Store,
     settings: &RelaySettings,
     skip: &[String],
-) -> Result<Vec<String>, SinkFailure> {
+) -> Result<SentPass, SinkFailure> {
     let sink = target.sink();
     let postgres = |err: crate::store::StoreError| SinkFailure {
         reason: format!("postgres: {err}"),
@@ -385,15 +396,19 @@ async fn send_batches(
     target.ready().await?;
     let mut skip = skip.to_vec();
     let mut failed_skus = Vec::new();
+    let mut claimed = false;
     loop {
         let Some(mut claim) = store
             .claim_events(sink, settings.batch, &skip)
             .await
             .map_err(postgres)?
         else {
-            return Ok(failed_skus);
+            return Ok(SentPass {
+                claimed,
+                failed_skus,
+            });
         };
-        let claimed = claim.rows.len();
+        claimed = true;
         let delivered = target.deliver(&claim.rows).await;
         let lag_metric = match sink {
             Sink::Amqp => "flashgate_outbox_lag_seconds",
@@ -405,8 +420,17 @@ async fn send_batches(
             let lag = (now - row.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!(lag_metric).record(lag);
         }
-        claim.give_up(&delivered.given_up).await.map_err(postgres)?;
-        claim.finish(&delivered.sent).await.map_err(postgres)?;
+        claim
+            .give_up(&delivered.given_up, "webhook retry period ran out")
+            .await
+            .map_err(postgres)?;
+        let done: Vec<Uuid> = delivered
+            .sent
+            .iter()
+            .chain(&delivered.given_up)
+            .copied()
+            .collect();
+        claim.finish(&done).await.map_err(postgres)?;
         if let Some(reason) = delivered.broken {
             return Err(SinkFailure {
                 reason,
@@ -415,14 +439,13 @@ async fn send_batches(
         }
         skip.extend(delivered.failed_skus.iter().cloned());
         failed_skus.extend(delivered.failed_skus);
-        if claimed < settings.batch {
-            return Ok(failed_skus);
-        }
+        // A claim takes at most a few hundred SKUs and a share of the batch per SKU: claim
+        // again until nothing is left, however the events are spread.
     }
 }
 
 /// Keeps `/readyz`, the console and `flashgate_outbox_pending{sku}` up to date, about once a
-/// second (one bounded query).
+/// second: one query, pending counted from the cursors rather than by reading the events.
 async fn report_backlog(
     store: Store,
     sink: Sink,
@@ -435,16 +458,26 @@ async fn report_backlog(
     };
     let mut reported: Vec<String> = Vec::new();
     loop {
-        match store.event_backlog(sink, BACKLOG_CAP).await {
+        let quiet = reported.is_empty()
+            && !status
+                .stirred
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let backlog = if quiet {
+            // Nothing was pending and no pass has sent or failed since: still nothing.
+            Ok(Vec::new())
+        } else {
+            store.event_backlog(sink).await
+        };
+        match backlog {
             Ok(backlog) => {
-                for sku in &reported {
-                    if !backlog.iter().any(|b| &b.sku == sku) {
-                        metrics::gauge!(gauge, "sku" => sku.clone()).set(0.0);
-                    }
+                let now: std::collections::HashSet<&str> =
+                    backlog.iter().map(|b| b.sku.as_str()).collect();
+                for sku in reported.iter().filter(|sku| !now.contains(sku.as_str())) {
+                    metrics::gauge!(gauge, "sku" => sku.clone()).set(0.0);
                 }
                 let mut inner = status.inner.lock().unwrap_or_else(|p| p.into_inner());
                 inner.pending = backlog.iter().map(|b| b.pending).sum();
-                inner.oldest = backlog.iter().map(|b| b.oldest).min();
+                inner.oldest = backlog.iter().filter_map(|b| b.oldest).min();
                 inner.per_sku = backlog
                     .iter()
                     .map(|b| (b.sku.clone(), (b.pending, b.oldest)))

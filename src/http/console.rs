@@ -64,6 +64,10 @@ struct SaleNow {
     /// Events not yet applied to Postgres (counted up to 10,000), and the oldest one's age.
     backlog: usize,
     lag_ms: Option<i64>,
+    /// Events recorded for the sale but not yet confirmed by the broker (or the webhook, when
+    /// there is no broker), as this gate's relay last counted them, and the oldest one's age.
+    events_pending: i64,
+    events_lag_ms: i64,
     /// This gate's counters and recent latencies for the sale.
     pulse: SalePulse,
     /// The last audit, rerun when older than [`AUDIT_EVERY`].
@@ -114,6 +118,7 @@ async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNo
             .map(|t| (Utc::now() - t).num_milliseconds().max(0));
         metrics::gauge!("flashgate_settlement_backlog", "sku" => sku.to_string())
             .set(backlog as f64);
+        let (events_pending, events_lag_ms) = state.events.sku_backlog(sku.as_str());
         sales.push(SaleNow {
             name: record.name,
             state: record.state,
@@ -125,6 +130,8 @@ async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNo
             sold: record.sold,
             backlog,
             lag_ms,
+            events_pending,
+            events_lag_ms,
             pulse: crate::pulse::snapshot(&sku),
             audit: last_audit(&state, &sku).await,
             sku,

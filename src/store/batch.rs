@@ -54,8 +54,11 @@ pub struct Applied {
     /// Units of admin stock decreases Postgres could not take (Redis had drifted above
     /// Postgres): the change was applied as far as `available` allowed.
     pub stock_shortfall: i64,
-    /// Events the batch recorded in the outbox.
-    pub events_recorded: usize,
+    /// The events of the batch (of the kinds the outbox records), in stream order, and the
+    /// SKU's last event sequence as the batch read it under the inventory row lock: written
+    /// with the cursor's advance (`SettlementTx::commit`).
+    pub events: Vec<Draft>,
+    pub last_sequence: i64,
 }
 
 /// The SKU's inventory as the batch moves it, event by event, under the row lock, and the
@@ -118,8 +121,15 @@ pub(super) async fn apply(
     stop_after_inserts: &(dyn Fn() -> bool + Sync),
     filter: EventFilter,
 ) -> Result<Applied, StoreError> {
-    let (total, available, reserved, sold, state): (i64, i64, i64, i64, String) = sqlx::query_as(
-        "SELECT i.total, i.available, i.reserved, i.sold, s.state \
+    let (total, available, reserved, sold, last_sequence, state): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        String,
+    ) = sqlx::query_as(
+        "SELECT i.total, i.available, i.reserved, i.sold, i.last_event_seq, s.state \
          FROM inventory i JOIN skus s ON s.sku = i.sku WHERE i.sku = $1 FOR UPDATE OF i",
     )
     .bind(sku.as_str())
@@ -152,7 +162,8 @@ pub(super) async fn apply(
         }
     }
     record_rejections(tx, sku, &applied.rejected).await?;
-    applied.events_recorded = super::outbox::append(tx, sku, ledger.drafts, filter).await?;
+    applied.events = ledger.drafts;
+    applied.last_sequence = last_sequence;
     Ok(applied)
 }
 

@@ -11,12 +11,12 @@ use super::{Store, StoreError};
 use crate::domain::Sku;
 use crate::events::{Draft, EventFilter};
 
-/// Where a relay sends events; each sink marks its own column.
+/// Where a relay sends events; each sink has its own cursor per SKU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
-    /// RabbitMQ: `published_at`.
+    /// RabbitMQ.
     Amqp,
-    /// The webhook: `webhook_at`.
+    /// The webhook.
     Webhook,
 }
 
@@ -27,32 +27,86 @@ impl Sink {
             Self::Webhook => "webhook",
         }
     }
+}
 
-    fn column(self) -> &'static str {
-        match self {
-            Self::Amqp => "published_at",
-            Self::Webhook => "webhook_at",
-        }
+/// The rows of a batch of events, numbered after `before` (the SKU's last sequence).
+struct Numbered {
+    ids: Vec<Uuid>,
+    sequences: Vec<i64>,
+    kinds: Vec<&'static str>,
+    bodies: Vec<String>,
+    occurred: Vec<DateTime<Utc>>,
+    recorded_at: DateTime<Utc>,
+}
+
+/// Keeps the drafts of kinds `filter` records, in order: only they are numbered, so the
+/// sequence has no gaps among what consumers see.
+pub(super) fn recorded_kinds(drafts: Vec<Draft>, filter: EventFilter) -> Vec<Draft> {
+    drafts
+        .into_iter()
+        .filter(|d| filter.records(d.kind()))
+        .collect()
+}
+
+fn number(sku: &Sku, drafts: Vec<Draft>, before: i64) -> Result<Numbered, StoreError> {
+    let recorded_at = Utc::now();
+    let mut rows = Numbered {
+        ids: Vec::with_capacity(drafts.len()),
+        sequences: Vec::with_capacity(drafts.len()),
+        kinds: Vec::with_capacity(drafts.len()),
+        bodies: Vec::with_capacity(drafts.len()),
+        occurred: Vec::with_capacity(drafts.len()),
+        recorded_at,
+    };
+    for (n, draft) in drafts.into_iter().enumerate() {
+        let event = draft.into_event(sku, before + 1 + n as i64, recorded_at);
+        rows.bodies.push(
+            serde_json::to_string(&event)
+                .map_err(|e| StoreError::Corrupt(format!("event of {sku}: {e}")))?,
+        );
+        rows.ids.push(event.id);
+        rows.sequences.push(event.sequence);
+        rows.kinds.push(event.kind().as_str());
+        rows.occurred.push(event.occurred_at);
     }
+    Ok(rows)
+}
+
+/// Inserting numbered events: `$1` the SKU, `$2`–`$7` the rows.
+const INSERT_EVENTS: &str = "INSERT INTO event_outbox (id, sku, sequence, kind, body, \
+       occurred_at, recorded_at) \
+     SELECT t.id, $1, t.seq, t.kind, t.body, t.occurred, $7 \
+     FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[]) \
+       AS t(id, seq, kind, body, occurred)";
+
+fn bind_events<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    sku: &'q Sku,
+    rows: &'q Numbered,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(sku.as_str())
+        .bind(&rows.ids)
+        .bind(&rows.sequences)
+        .bind(&rows.kinds)
+        .bind(&rows.bodies)
+        .bind(&rows.occurred)
+        .bind(rows.recorded_at)
 }
 
 /// Appends `drafts` (in the order given) to the SKU's events, numbering them after the SKU's
-/// last sequence. Drafts of kinds `filter` does not record are dropped before numbering, so the
-/// sequence has no gaps among what consumers see.
+/// last sequence (see [`recorded_kinds`]). Returns how many were recorded.
 ///
-/// Must run inside the transaction that records the change; the inventory row it updates
-/// serialises every writer of the SKU's events (the settler's batch already holds it), so the
-/// numbers commit in order.
+/// Must run inside the transaction that records the change. The number is taken with an
+/// `UPDATE ... RETURNING` of the SKU's inventory row, which holds the row until commit: every
+/// writer of the SKU's events goes through that row, so the numbers commit in order.
 pub(super) async fn append(
     tx: &mut PgConnection,
     sku: &Sku,
     drafts: Vec<Draft>,
     filter: EventFilter,
 ) -> Result<usize, StoreError> {
-    let drafts: Vec<Draft> = drafts
-        .into_iter()
-        .filter(|d| filter.records(d.kind()))
-        .collect();
+    let drafts = recorded_kinds(drafts, filter);
     if drafts.is_empty() {
         return Ok(0);
     }
@@ -65,41 +119,59 @@ pub(super) async fn append(
     .bind(count)
     .fetch_one(&mut *tx)
     .await?;
-    let first = last - count + 1;
-    let recorded_at = Utc::now();
-    let mut ids = Vec::with_capacity(drafts.len());
-    let mut sequences = Vec::with_capacity(drafts.len());
-    let mut kinds = Vec::with_capacity(drafts.len());
-    let mut bodies = Vec::with_capacity(drafts.len());
-    let mut occurred = Vec::with_capacity(drafts.len());
-    for (n, draft) in drafts.into_iter().enumerate() {
-        let event = draft.into_event(sku, first + n as i64, recorded_at);
-        bodies.push(
-            serde_json::to_string(&event)
-                .map_err(|e| StoreError::Corrupt(format!("event of {sku}: {e}")))?,
-        );
-        ids.push(event.id);
-        sequences.push(event.sequence);
-        kinds.push(event.kind().as_str());
-        occurred.push(event.occurred_at);
+    let rows = number(sku, drafts, last - count)?;
+    bind_events(sqlx::query(INSERT_EVENTS), sku, &rows)
+        .execute(&mut *tx)
+        .await?;
+    metrics::counter!("flashgate_outbox_recorded_total").increment(rows.ids.len() as u64);
+    Ok(rows.ids.len())
+}
+
+/// A settlement batch's last statement: its events (already filtered, see [`recorded_kinds`])
+/// numbered after `last_sequence` — the SKU's `last_event_seq` as the batch read it under the
+/// inventory row lock it holds — and the settlement cursor advanced from `from` to `through`,
+/// in one round trip: a batch with events costs no more round trips than one without, and each
+/// group commit waits for one statement less. Errs, so the batch rolls back, unless the
+/// sequence and the cursor were still what the batch read.
+pub(super) async fn append_and_advance(
+    tx: &mut PgConnection,
+    sku: &Sku,
+    drafts: Vec<Draft>,
+    last_sequence: i64,
+    from: &str,
+    through: &str,
+) -> Result<usize, StoreError> {
+    let count = drafts.len() as i64;
+    let rows = number(sku, drafts, last_sequence)?;
+    let statement = format!(
+        "WITH recorded AS ({INSERT_EVENTS} RETURNING 1), \
+           numbered AS (UPDATE inventory SET last_event_seq = $8 + $9 \
+             WHERE sku = $1 AND last_event_seq = $8 RETURNING 1), \
+           advanced AS (UPDATE settlement_cursor SET last_event_id = $10, updated_at = now() \
+             WHERE sku = $1 AND last_event_id = $11 RETURNING 1) \
+         SELECT (SELECT count(*) FROM recorded), (SELECT count(*) FROM numbered), \
+           (SELECT count(*) FROM advanced)"
+    );
+    let (recorded, numbered, advanced): (i64, i64, i64) =
+        bind_events(sqlx::query(&statement), sku, &rows)
+            .bind(last_sequence)
+            .bind(count)
+            .bind(through)
+            .bind(from)
+            .try_map(|row: sqlx::postgres::PgRow| {
+                use sqlx::Row as _;
+                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            })
+            .fetch_one(&mut *tx)
+            .await?;
+    if (recorded, numbered, advanced) != (count, 1, 1) {
+        return Err(StoreError::Invariant(format!(
+            "{sku}: {recorded} of {count} events recorded, sequence moved {numbered}, \
+             cursor advanced {advanced}"
+        )));
     }
-    sqlx::query(
-        "INSERT INTO event_outbox (id, sku, sequence, kind, body, occurred_at, recorded_at) \
-         SELECT t.id, $1, t.seq, t.kind, t.body, t.occurred, $7 \
-         FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::timestamptz[]) \
-           AS t(id, seq, kind, body, occurred)",
-    )
-    .bind(sku.as_str())
-    .bind(&ids)
-    .bind(&sequences)
-    .bind(&kinds)
-    .bind(&bodies)
-    .bind(&occurred)
-    .bind(recorded_at)
-    .execute(&mut *tx)
-    .await?;
-    metrics::counter!("flashgate_outbox_recorded_total").increment(ids.len() as u64);
-    Ok(ids.len())
+    metrics::counter!("flashgate_outbox_recorded_total").increment(count as u64);
+    Ok(count as usize)
 }
 
 /// One outbox row as a relay sends it.
@@ -120,47 +192,59 @@ pub struct OutboxRow {
 pub struct Claim {
     tx: Transaction<'static, Postgres>,
     sink: Sink,
-    /// Per SKU, its oldest unsent rows in sequence order.
+    /// Per SKU, the events after the sink's cursor, in sequence order.
     pub rows: Vec<OutboxRow>,
 }
 
 impl Claim {
-    /// Marks `sent` as sent to this claim's sink, and ends the claim.
-    pub async fn finish(mut self, sent: &[Uuid]) -> Result<(), StoreError> {
-        if !sent.is_empty() {
-            let marked = sqlx::query(&format!(
-                "UPDATE event_outbox SET {} = now() WHERE id = ANY($1)",
-                self.sink.column()
-            ))
-            .bind(sent)
+    /// Moves each SKU's cursor for this claim's sink over the rows in `done` (per SKU a prefix
+    /// of the claim's rows: confirmed by the sink, or given up), and ends the claim.
+    pub async fn finish(mut self, done: &[Uuid]) -> Result<(), StoreError> {
+        let done: std::collections::HashSet<&Uuid> = done.iter().collect();
+        let mut through: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for row in self.rows.iter().filter(|r| done.contains(&r.id)) {
+            let last = through.entry(row.sku.as_str()).or_insert(row.sequence);
+            *last = (*last).max(row.sequence);
+        }
+        if !through.is_empty() {
+            sqlx::query(
+                "INSERT INTO outbox_cursor (sku, sink, sent_through) \
+                 SELECT t.sku, $1, t.through FROM UNNEST($2::text[], $3::int8[]) AS t(sku, through) \
+                 ON CONFLICT (sku, sink) DO UPDATE \
+                 SET sent_through = GREATEST(outbox_cursor.sent_through, EXCLUDED.sent_through), \
+                     updated_at = now()",
+            )
+            .bind(self.sink.as_str())
+            .bind(through.keys().copied().collect::<Vec<_>>())
+            .bind(through.values().copied().collect::<Vec<_>>())
             .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-            if marked != sent.len() as u64 {
-                // Pruned meanwhile, or marked by a relay that got there first: the sink has
-                // them either way, so this is only worth a word.
-                tracing::debug!(
-                    marked,
-                    sent = sent.len(),
-                    "some sent events were already gone"
-                );
-            }
+            .await?;
         }
         self.tx.commit().await?;
         Ok(())
     }
 
-    /// Marks `given_up` as done for this sink without it having confirmed them (the webhook's
-    /// retry period ran out): they stay readable through the pull API.
-    pub async fn give_up(&mut self, given_up: &[Uuid]) -> Result<(), StoreError> {
-        if given_up.is_empty() {
+    /// Records `given_up` (the webhook's retry period ran out): they are skipped, and stay
+    /// readable through the pull API. The caller passes them to [`Claim::finish`] too.
+    pub async fn give_up(&mut self, given_up: &[Uuid], reason: &str) -> Result<(), StoreError> {
+        let rows: Vec<&OutboxRow> = self
+            .rows
+            .iter()
+            .filter(|r| given_up.contains(&r.id))
+            .collect();
+        if rows.is_empty() {
             return Ok(());
         }
-        sqlx::query(&format!(
-            "UPDATE event_outbox SET {} = now(), webhook_gave_up = true WHERE id = ANY($1)",
-            self.sink.column()
-        ))
-        .bind(given_up)
+        sqlx::query(
+            "INSERT INTO webhook_given_up (event_id, sku, sequence, reason) \
+             SELECT t.id, t.sku, t.seq, $4 FROM UNNEST($1::uuid[], $2::text[], $3::int8[]) \
+               AS t(id, sku, seq) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(reason)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -172,7 +256,8 @@ impl Claim {
 pub struct Backlog {
     pub sku: String,
     pub pending: i64,
-    pub oldest: DateTime<Utc>,
+    /// The decision time of the first event not sent (`None` when it was pruned meanwhile).
+    pub oldest: Option<DateTime<Utc>>,
 }
 
 /// The advisory-lock class of the relays (`pg_try_advisory_xact_lock(class, hashtext(sku))`);
@@ -184,61 +269,73 @@ fn lock_class(sink: Sink) -> i32 {
     }
 }
 
+/// Most SKUs one claim takes.
+const SKUS_PER_CLAIM: i64 = 500;
+
 impl Store {
-    /// Claims up to `limit` unsent rows for `sink`: the SKUs among the oldest unsent rows whose
-    /// lock no other relay holds (leaving out `skip`), and their oldest unsent rows, in
-    /// per-SKU sequence order. `None` when nothing is to be sent (or everything is claimed).
-    ///
-    /// Per SKU the rows are always a prefix of what is unsent: every writer of a SKU's events
-    /// holds its inventory row until commit, so a row committed later has a larger sequence and
-    /// a larger position.
+    /// Claims up to about `limit` unsent rows for `sink`: the SKUs with events after their
+    /// cursor whose lock no other relay holds (leaving out `skip`), and each one's events after
+    /// the cursor, in sequence order. `None` when nothing is to be sent (or all of it is
+    /// claimed by other relays).
     pub async fn claim_events(
         &self,
         sink: Sink,
         limit: usize,
         skip: &[String],
     ) -> Result<Option<Claim>, StoreError> {
-        let column = sink.column();
         let mut tx = self.pool.begin().await?;
-        let skus: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT sku FROM (SELECT DISTINCT sku FROM \
-               (SELECT sku FROM event_outbox WHERE {column} IS NULL ORDER BY position LIMIT $1) oldest \
-             WHERE NOT (sku = ANY($2))) candidates \
-             WHERE pg_try_advisory_xact_lock($3, hashtext(sku))"
-        ))
-        .bind(limit as i64)
+        let skus: Vec<String> = sqlx::query_scalar(
+            "SELECT sku FROM (SELECT i.sku FROM inventory i \
+               LEFT JOIN outbox_cursor c ON c.sku = i.sku AND c.sink = $1 \
+               WHERE i.last_event_seq > COALESCE(c.sent_through, 0) AND NOT (i.sku = ANY($2)) \
+               ORDER BY i.sku LIMIT $3) candidates \
+             WHERE pg_try_advisory_xact_lock($4, hashtext(sku))",
+        )
+        .bind(sink.as_str())
         .bind(skip.to_vec())
+        .bind(SKUS_PER_CLAIM)
         .bind(lock_class(sink))
         .fetch_all(&mut *tx)
         .await?;
         if skus.is_empty() {
             return Ok(None);
         }
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(&format!(
-            "SELECT id, sku, sequence, kind, body, occurred_at FROM event_outbox \
-             WHERE {column} IS NULL AND sku = ANY($1) ORDER BY position LIMIT $2"
-        ))
+        // Read the cursors again now that the locks are held: the statement above saw them
+        // before, and a relay that held a lock then may have moved its SKU's cursor since.
+        let per_sku = (limit / skus.len()).max(50) as i64;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT e.id, e.sku, e.sequence, e.kind, e.body, e.occurred_at \
+             FROM UNNEST($2::text[]) AS s(sku) \
+             LEFT JOIN outbox_cursor c ON c.sku = s.sku AND c.sink = $1 \
+             CROSS JOIN LATERAL (SELECT * FROM event_outbox e \
+               WHERE e.sku = s.sku AND e.sequence > COALESCE(c.sent_through, 0) \
+               ORDER BY e.sequence LIMIT $3) e \
+             ORDER BY e.sku, e.sequence",
+        )
+        .bind(sink.as_str())
         .bind(&skus)
-        .bind(limit as i64)
+        .bind(per_sku)
         .fetch_all(&mut *tx)
         .await?;
-        rows.sort_by(|a, b| (&a.sku, a.sequence).cmp(&(&b.sku, b.sequence)));
+        if rows.is_empty() {
+            return Ok(None);
+        }
         Ok(Some(Claim { tx, sink, rows }))
     }
 
-    /// Per SKU, the events not yet sent to `sink` and the oldest one's decision time; at most
-    /// `cap` rows are counted, so a huge backlog costs a bounded read.
-    pub async fn event_backlog(&self, sink: Sink, cap: i64) -> Result<Vec<Backlog>, StoreError> {
-        let column = sink.column();
-        let rows: Vec<(String, i64, DateTime<Utc>)> = super::timed(
+    /// Per SKU with events not yet sent to `sink`: how many, and the first one's decision time.
+    pub async fn event_backlog(&self, sink: Sink) -> Result<Vec<Backlog>, StoreError> {
+        let rows: Vec<(String, i64, Option<DateTime<Utc>>)> = super::timed(
             "event_backlog",
-            sqlx::query_as(&format!(
-                "SELECT sku, count(*), min(occurred_at) FROM \
-                   (SELECT sku, occurred_at FROM event_outbox WHERE {column} IS NULL \
-                    ORDER BY position LIMIT $1) pending \
-                 GROUP BY sku ORDER BY sku"
-            ))
-            .bind(cap)
+            sqlx::query_as(
+                "SELECT i.sku, i.last_event_seq - COALESCE(c.sent_through, 0), e.occurred_at \
+                 FROM inventory i \
+                 LEFT JOIN outbox_cursor c ON c.sku = i.sku AND c.sink = $1 \
+                 LEFT JOIN event_outbox e \
+                   ON e.sku = i.sku AND e.sequence = COALESCE(c.sent_through, 0) + 1 \
+                 WHERE i.last_event_seq > COALESCE(c.sent_through, 0) ORDER BY i.sku",
+            )
+            .bind(sink.as_str())
             .fetch_all(&self.pool),
         )
         .await?;
@@ -253,7 +350,7 @@ impl Store {
     }
 
     /// Deletes up to `limit` rows recorded more than `retention` ago that every sink in `done`
-    /// has marked (every row when `done` is empty: a pull-only deployment keeps events for
+    /// has sent (every such row when `done` is empty: a pull-only deployment keeps events for
     /// the retention period). Returns how many went.
     pub async fn prune_events(
         &self,
@@ -261,20 +358,35 @@ impl Store {
         done: &[Sink],
         limit: i64,
     ) -> Result<u64, StoreError> {
-        let condition: String = done
-            .iter()
-            .map(|sink| format!(" AND {} IS NOT NULL", sink.column()))
-            .collect();
-        let pruned = sqlx::query(&format!(
-            "DELETE FROM event_outbox WHERE id IN (SELECT id FROM event_outbox \
-               WHERE recorded_at < now() - make_interval(secs => $1){condition} LIMIT $2)"
-        ))
-        .bind(retention.as_secs_f64())
+        let cutoff =
+            Utc::now() - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        let sinks: Vec<&str> = done.iter().map(|s| s.as_str()).collect();
+        let pruned = sqlx::query(
+            "DELETE FROM event_outbox WHERE (sku, sequence) IN (SELECT e.sku, e.sequence \
+               FROM event_outbox e WHERE e.recorded_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM UNNEST($2::text[]) AS s(sink) \
+                   WHERE NOT EXISTS (SELECT 1 FROM outbox_cursor c \
+                     WHERE c.sku = e.sku AND c.sink = s.sink AND c.sent_through >= e.sequence)) \
+               LIMIT $3)",
+        )
+        .bind(cutoff)
+        .bind(&sinks)
         .bind(limit)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(pruned)
+    }
+
+    /// Events recorded but not yet sent to `sink`, over every SKU.
+    pub async fn events_unsent(&self, sink: Sink) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(sum(i.last_event_seq - COALESCE(c.sent_through, 0)), 0)::int8 \
+             FROM inventory i LEFT JOIN outbox_cursor c ON c.sku = i.sku AND c.sink = $1",
+        )
+        .bind(sink.as_str())
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// The SKU's events after sequence `after`, in order, at most `limit`: the stored bodies,

@@ -35,8 +35,9 @@ pub struct SettlementTx {
     from: EventId,
     /// The store the batch belongs to: which events it records, whom to tell after commit.
     store: Store,
-    /// Whether the batch recorded events in the outbox.
-    recorded: usize,
+    /// The batch's events, written with the cursor's advance, and the SKU's last sequence.
+    events: Vec<crate::events::Draft>,
+    last_sequence: i64,
 }
 
 impl SettlementTx {
@@ -58,28 +59,49 @@ impl SettlementTx {
             ),
         )
         .await
-        .inspect(|applied| self.recorded += applied.events_recorded)
+        .map(|mut applied| {
+            self.events.append(&mut applied.events);
+            self.last_sequence = applied.last_sequence;
+            applied
+        })
     }
 
-    /// Advances the cursor to `through`, the batch's last event, and commits.
+    /// Advances the cursor to `through`, the batch's last event, writes the batch's events (in
+    /// the same statement), and commits.
     pub async fn commit(mut self, through: EventId) -> Result<(), StoreError> {
-        let advanced = sqlx::query(
-            "UPDATE settlement_cursor SET last_event_id = $2, updated_at = now() \
-             WHERE sku = $1 AND last_event_id = $3",
-        )
-        .bind(self.sku.as_str())
-        .bind(through.to_string())
-        .bind(self.from.to_string())
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
-        if advanced != 1 {
-            return Err(StoreError::Invariant(format!(
-                "cursor of {} did not advance",
-                self.sku
-            )));
-        }
-        let (store, recorded) = (self.store.clone(), self.recorded);
+        let recorded = if self.events.is_empty() {
+            let advanced = sqlx::query(
+                "UPDATE settlement_cursor SET last_event_id = $2, updated_at = now() \
+                 WHERE sku = $1 AND last_event_id = $3",
+            )
+            .bind(self.sku.as_str())
+            .bind(through.to_string())
+            .bind(self.from.to_string())
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+            if advanced != 1 {
+                return Err(StoreError::Invariant(format!(
+                    "cursor of {} did not advance",
+                    self.sku
+                )));
+            }
+            0
+        } else {
+            super::timed(
+                "settlement_events",
+                super::outbox::append_and_advance(
+                    &mut self.tx,
+                    &self.sku,
+                    std::mem::take(&mut self.events),
+                    self.last_sequence,
+                    &self.from.to_string(),
+                    &through.to_string(),
+                ),
+            )
+            .await?
+        };
+        let store = self.store.clone();
         super::timed(
             "settlement_commit",
             store.commit_recorded(self.tx, recorded),
@@ -243,7 +265,8 @@ impl Store {
                 sku: sku.clone(),
                 from: read_from,
                 store: self.clone(),
-                recorded: 0,
+                events: Vec::new(),
+                last_sequence: 0,
             })),
         }
     }

@@ -87,12 +87,12 @@ async fn assert_nothing_lost(app: &TestApp, tally: &Tally, what: &str) {
         let expected: BTreeSet<i64> = (1..=sequences.len() as i64).collect();
         assert_eq!(sequences, &expected, "{what}: {sku} has a gap");
     }
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE published_at IS NULL")
-            .fetch_one(app.store.pool())
-            .await
-            .expect("count");
-    assert_eq!(unpublished, 0, "{what}: every row marked published");
+    let unsent = app
+        .store
+        .events_unsent(flashgate::store::Sink::Amqp)
+        .await
+        .expect("unsent");
+    assert_eq!(unsent, 0, "{what}: every SKU's cursor past its last event");
     eprintln!(
         "{what}: {} events, {} committed, {} duplicates received",
         tally.ids.len(),
