@@ -2,7 +2,8 @@
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
--- this order: idempotency, per-buyer rate limit, sale state and window, per-buyer limit,
+-- this order: idempotency, per-buyer rate limit, sale halted for a resync, sale state and
+-- window, per-buyer limit,
 -- per-client live-hold limit (opt-in anti-scalping), stock.
 -- Clocks come from Redis TIME so that gate instances with skewed clocks agree.
 --
@@ -10,7 +11,7 @@
 -- connection, the idempotency record written by the first run answers the second.
 --
 -- KEYS (all under the SKU's hash tag, so the script runs unchanged on Redis Cluster):
---   1 meta      hash    state, starts_ms, ends_ms, limit, ttl_s, price, currency
+--   1 meta      hash    state, starts_ms, ends_ms, limit, ttl_s, price, currency, halted
 --   2 stock     string  units a new hold may take
 --   3 buyer     string  units this buyer holds or bought (invariant 4)
 --   4 idem      hash    the stored answer and request fingerprint for (buyer, key)
@@ -81,13 +82,16 @@ local function remember_attempt()
 end
 
 -- 3. Sale state and window.
-local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency')
+local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency', 'halted')
 if not meta[1] then
   return {'refused', 'unknown_sku', '0'}
 end
 local starts_ms, ends_ms = tonumber(meta[2]), tonumber(meta[3])
 local refusal
-if meta[1] == 'paused' then
+if meta[8] then
+  -- The settler found this sale's stream broken (halt_sale.lua): nothing is sold until a resync.
+  refusal = {'refused', 'resync_required', '0'}
+elseif meta[1] == 'paused' then
   refusal = {'refused', 'sale_paused', '0'}
 elseif meta[1] ~= 'open' or (ends_ms > 0 and now_ms >= ends_ms) then
   refusal = {'refused', 'sale_not_open', '0'}

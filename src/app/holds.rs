@@ -84,6 +84,12 @@ impl App<'_> {
     /// does not exist. Only refused requests pay for this Postgres read.
     async fn not_loaded(&self, request: ReserveRequest<'_>) -> HoldError {
         match self.store.find_sku(request.sku).await {
+            // It was live, and Redis no longer has it: Redis lost its data (or this gate looks
+            // in the wrong namespace). Selling it afresh would sell units held but not settled
+            // twice; a resync puts it back.
+            Ok(Some(record)) if record.launched_at.is_some() => {
+                HoldError::Refused(Refusal::ResyncRequired)
+            }
             Ok(Some(_)) => HoldError::NotPrewarmed(request.sku.to_string()),
             Ok(None) => HoldError::UnknownSku(request.sku.to_string()),
             Err(err) => err.into(),

@@ -52,6 +52,10 @@ pub enum Refusal {
     SaleNotOpen { opens_at: Option<DateTime<Utc>> },
     #[error("the sale is paused")]
     SalePaused,
+    /// The settler found the sale's event stream broken (Redis lost data, was rolled back or
+    /// failed over): no new hold until a resync.
+    #[error("the sale stopped taking holds until a resync: redis lost or rolled back its data")]
+    ResyncRequired,
     #[error("this buyer has reached the per-buyer limit of {limit}")]
     BuyerLimitReached { limit: u32 },
     #[error("sold out")]
@@ -105,6 +109,7 @@ pub(super) fn parse_reserve(
                     opens_at: optional_millis(i64::try_from(detail).unwrap_or(0)),
                 },
                 "sale_paused" => Refusal::SalePaused,
+                "resync_required" => Refusal::ResyncRequired,
                 "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
                 "sold_out" => Refusal::SoldOut { available: small },
                 "client_limit_reached" => Refusal::ClientLimitReached { limit: small },

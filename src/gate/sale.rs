@@ -245,6 +245,27 @@ impl Gate {
         self.sale_admin(sku, SaleAdmin::State(state)).await
     }
 
+    /// Stops the sale's new holds until a resync (`lua/halt_sale.lua`): every reserve is refused
+    /// `resync_required` while its stream cannot be trusted. Returns whether this call halted it
+    /// (false: halted already, or not in Redis at all).
+    pub async fn halt_for_resync(&self, sku: &Sku, reason: &str) -> Result<bool, GateError> {
+        let keys = self.namespace().sku(sku);
+        let (channel, announce) = self.announcement(sku);
+        let mut conn = self.connection().await?;
+        let halted: i64 = self
+            .inner
+            .scripts
+            .halt_sale
+            .key(keys.meta())
+            .key(channel)
+            .arg(reason)
+            .arg(announce)
+            .arg(sku.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(halted == 1)
+    }
+
     async fn sale_admin(&self, sku: &Sku, change: SaleAdmin) -> Result<bool, GateError> {
         let (operation, value) = change.args();
         let keys = self.namespace().sku(sku);

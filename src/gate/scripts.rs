@@ -18,6 +18,7 @@ pub struct Scripts {
     pub fence_stream: Script,
     pub rerecord_hold: Script,
     pub due_holds: Script,
+    pub halt_sale: Script,
 }
 
 impl Scripts {
@@ -33,6 +34,7 @@ impl Scripts {
             fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
             rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),
+            halt_sale: Script::new(include_str!("../../lua/halt_sale.lua")),
         }
     }
 }

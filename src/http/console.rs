@@ -68,6 +68,8 @@ struct SaleNow {
     /// there is no broker), as this gate's relay last counted them, and the oldest one's age.
     events_pending: i64,
     events_lag_ms: i64,
+    /// Why the sale takes no new hold until a resync (the settler found its stream broken).
+    resync_required: Option<String>,
     /// This gate's counters and recent latencies for the sale.
     pulse: SalePulse,
     /// The last audit, rerun when older than [`AUDIT_EVERY`].
@@ -132,6 +134,7 @@ async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNo
             lag_ms,
             events_pending,
             events_lag_ms,
+            resync_required: record.resync_required.clone(),
             pulse: crate::pulse::snapshot(&sku),
             audit: last_audit(&state, &sku).await,
             sku,

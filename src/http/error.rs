@@ -67,6 +67,11 @@ pub enum ApiError {
     NotReplicated,
     #[error("the gate is at capacity for new buyers, retry shortly")]
     Overloaded,
+    /// One client address or one buyer has its cap of new-buyer requests in flight.
+    #[error("too many requests from this {0} in flight at once; wait for an answer")]
+    TooManyInFlight(&'static str),
+    #[error("the request body did not arrive in time")]
+    BodyReadTimeout,
     #[error("the request took too long and was abandoned, retry shortly")]
     RequestTimeout,
     #[error("no such route")]
@@ -105,6 +110,7 @@ pub const CODES: &[&str] = &[
     "rate_limited",
     "sale_not_open",
     "sale_paused",
+    "resync_required",
     "buyer_limit_reached",
     "sold_out",
     "client_limit_reached",
@@ -114,6 +120,8 @@ pub const CODES: &[&str] = &[
     "service_unavailable",
     "not_replicated",
     "overloaded",
+    "too_many_in_flight",
+    "body_read_timeout",
     "request_timeout",
     "not_found",
     "method_not_allowed",
@@ -192,6 +200,7 @@ impl ApiError {
                 Refusal::UnknownSku => "unknown_sku",
                 Refusal::SaleNotOpen { .. } => "sale_not_open",
                 Refusal::SalePaused => "sale_paused",
+                Refusal::ResyncRequired => "resync_required",
                 Refusal::BuyerLimitReached { .. } => "buyer_limit_reached",
                 Refusal::SoldOut { .. } => "sold_out",
                 Refusal::ClientLimitReached { .. } => "client_limit_reached",
@@ -203,6 +212,8 @@ impl ApiError {
             Self::Unavailable(_) => "service_unavailable",
             Self::NotReplicated => "not_replicated",
             Self::Overloaded => "overloaded",
+            Self::TooManyInFlight(_) => "too_many_in_flight",
+            Self::BodyReadTimeout => "body_read_timeout",
             Self::RequestTimeout => "request_timeout",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -233,13 +244,15 @@ impl ApiError {
                 Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
                 Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 Refusal::UnknownSku => StatusCode::NOT_FOUND,
+                Refusal::ResyncRequired => StatusCode::SERVICE_UNAVAILABLE,
                 Refusal::SaleNotOpen { .. }
                 | Refusal::SalePaused
                 | Refusal::BuyerLimitReached { .. }
                 | Refusal::ClientLimitReached { .. }
                 | Refusal::SoldOut { .. } => StatusCode::CONFLICT,
             },
-            Self::ClientShed { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ClientShed { .. } | Self::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::SaleLive(_)
             | Self::SaleNotPrewarmed(_)
             | Self::StockBelowCommitted { .. }
@@ -421,7 +434,8 @@ impl IntoResponse for ApiError {
                 Self::Unavailable(_)
                 | Self::Overloaded
                 | Self::RequestTimeout
-                | Self::NotReplicated => self.to_string(),
+                | Self::NotReplicated
+                | Self::Refused(Refusal::ResyncRequired) => self.to_string(),
                 _ => "internal error".to_owned(),
             }
         } else {
@@ -477,6 +491,15 @@ impl IntoResponse for ApiError {
             | Self::NotReplicated => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 body.insert("retry_after_seconds".into(), json!(1));
+            }
+            Self::TooManyInFlight(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                body.insert("retry_after_seconds".into(), json!(1));
+            }
+            // An operator's resync takes seconds to minutes: no point asking every second.
+            Self::Refused(Refusal::ResyncRequired) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                body.insert("retry_after_seconds".into(), json!(5));
             }
             _ => {}
         }
@@ -561,6 +584,7 @@ mod tests {
             ApiError::Refused(Refusal::UnknownSku),
             ApiError::Refused(Refusal::SaleNotOpen { opens_at: None }),
             ApiError::Refused(Refusal::SalePaused),
+            ApiError::Refused(Refusal::ResyncRequired),
             ApiError::Refused(Refusal::BuyerLimitReached { limit: 1 }),
             ApiError::Refused(Refusal::SoldOut { available: 0 }),
             ApiError::Refused(Refusal::ClientLimitReached { limit: 1 }),
@@ -578,6 +602,8 @@ mod tests {
             ApiError::Unavailable("redis"),
             ApiError::NotReplicated,
             ApiError::Overloaded,
+            ApiError::TooManyInFlight("buyer"),
+            ApiError::BodyReadTimeout,
             ApiError::RequestTimeout,
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,
@@ -608,6 +634,8 @@ mod tests {
                 | ApiError::Unavailable(_)
                 | ApiError::NotReplicated
                 | ApiError::Overloaded
+                | ApiError::TooManyInFlight(_)
+                | ApiError::BodyReadTimeout
                 | ApiError::RequestTimeout
                 | ApiError::RouteNotFound
                 | ApiError::MethodNotAllowed

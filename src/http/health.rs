@@ -47,6 +47,8 @@ struct ReadinessInner {
     draining: AtomicBool,
     epoch: Instant,
     checked_at_ms: AtomicU64,
+    /// The SKUs that take no new hold until a resync, as Postgres last said.
+    resync_required: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Readiness {
@@ -58,15 +60,25 @@ impl Default for Readiness {
                 draining: AtomicBool::new(false),
                 epoch: Instant::now(),
                 checked_at_ms: AtomicU64::new(0),
+                resync_required: std::sync::Mutex::default(),
             }),
         }
     }
 }
 
 impl Readiness {
-    /// Checks both stores once (each call bounded by its store's timeout).
+    /// Checks both stores once (each call bounded by its store's timeout), and reads which
+    /// sales wait for a resync.
     pub async fn refresh(&self, gate: &Gate, store: &Store) {
-        let (redis, postgres) = tokio::join!(gate.ping(), store.ping());
+        let (redis, postgres) = tokio::join!(gate.ping(), store.resync_required());
+        if let Ok(waiting) = &postgres {
+            *self
+                .inner
+                .resync_required
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                waiting.iter().map(|(sku, ..)| sku.clone()).collect();
+        }
         let word = |ok: bool| if ok { UP } else { DOWN };
         self.inner
             .redis
@@ -117,7 +129,8 @@ async fn healthz() -> Json<Value> {
 
 /// Ready when Redis answered the last check and the process is not shutting down: the gate
 /// decides from Redis alone and keeps admitting while Postgres is down (the settler catches
-/// up). Postgres's state is reported beside it.
+/// up). Postgres's state is reported beside it, the sales that take no new hold until a resync
+/// (`resync_required`: the gate still serves every other sale), and the events' relays.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "ready", body = Object),
@@ -154,6 +167,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "postgres": word(&readiness.postgres),
             "redis_breaker_open": state.gate.breaker_open(),
             "checked_ms_ago": checked_ms_ago,
+            "resync_required": *readiness
+                .resync_required
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
             // The broker is never on the buyer's path: it is reported, never a reason for 503.
             "events": state.events.readiness(),
         })),

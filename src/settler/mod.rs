@@ -620,6 +620,7 @@ impl Settler {
                 }
                 metrics::counter!("flashgate_broken_streams_total", "sku" => sku.to_string())
                     .increment(1);
+                self.require_resync(sku, cursor).await;
                 return Err(SettleError::StreamBroken {
                     sku: sku.clone(),
                     cursor,
@@ -671,6 +672,29 @@ impl Settler {
             events: events.len(),
             rejected,
         })
+    }
+
+    /// The SKU's stream no longer holds its settlement cursor: Redis lost data, was rolled back
+    /// or failed over to a replica that lagged, so what it admits from now on may sell units
+    /// twice. From this moment the sale takes no new hold (`resync_required`) until a resync:
+    /// Postgres records it (for `/readyz`, the console, and every gate), and Redis refuses every
+    /// reserve (`lua/halt_sale.lua`). Best effort: a failure is logged, and the next batch of
+    /// the SKU tries again.
+    async fn require_resync(&self, sku: &Sku, cursor: EventId) {
+        let reason = format!(
+            "the event stream no longer holds the settlement cursor {cursor}: redis lost or \
+             rolled back data"
+        );
+        match self.store.require_resync(sku, &reason).await {
+            Ok(true) => tracing::error!(sku = %sku, %cursor,
+                "redis lost or rolled back this sale's events: it takes no new hold until a resync \
+                 (flashgate prewarm --resync, or POST /v1/admin/skus/{sku}/resync)"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(sku = %sku, error = %err, "cannot record that the sale needs a resync"),
+        }
+        if let Err(err) = self.gate.halt_for_resync(sku, &reason).await {
+            tracing::warn!(sku = %sku, error = %err, "cannot stop the sale in redis until a resync");
+        }
     }
 
     /// Writes pending refusals back to Redis (all SKUs, or one) and clears them from the outbox.

@@ -25,6 +25,10 @@ pub struct SkuRecord {
     pub available: i64,
     pub reserved: i64,
     pub sold: i64,
+    /// When the sale was first loaded into the gate (prewarm); `None` before.
+    pub launched_at: Option<DateTime<Utc>>,
+    /// Why the gate must not sell until a resync (the settler found the stream broken).
+    pub resync_required: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -43,6 +47,8 @@ struct SkuRow {
     available: i64,
     reserved: i64,
     sold: i64,
+    launched_at: Option<DateTime<Utc>>,
+    resync_required: Option<String>,
 }
 
 impl TryFrom<SkuRow> for SkuRecord {
@@ -71,13 +77,15 @@ impl TryFrom<SkuRow> for SkuRecord {
             available: row.available,
             reserved: row.reserved,
             sold: row.sold,
+            launched_at: row.launched_at,
+            resync_required: row.resync_required,
         })
     }
 }
 
 const SELECT_SKU: &str = "SELECT s.sku, s.num, s.name, s.price, s.currency, s.per_buyer_limit, \
      s.hold_ttl_seconds, s.starts_at, s.ends_at, s.state, \
-     i.total, i.available, i.reserved, i.sold \
+     i.total, i.available, i.reserved, i.sold, s.launched_at, s.resync_required \
      FROM skus s JOIN inventory i ON i.sku = s.sku";
 
 impl Store {
@@ -286,9 +294,44 @@ impl Store {
         Ok(first)
     }
 
-    /// Records that a resync loaded the gate from the sale's Postgres inventory (`record`): a
-    /// `stock.changed` with `delta` 0, a snapshot consumers can reconcile against.
+    /// Records that the gate must not sell the SKU until a resync, and why (the first reason is
+    /// kept). Returns whether this call recorded it.
+    pub async fn require_resync(&self, sku: &Sku, reason: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE skus SET resync_required = $2, resync_required_at = now() \
+             WHERE sku = $1 AND resync_required IS NULL",
+        )
+        .bind(sku.as_str())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// The SKUs waiting for a resync, with why and since when.
+    pub async fn resync_required(&self) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
+        Ok(super::timed(
+            "resync_required",
+            sqlx::query_as(
+                "SELECT sku, resync_required, resync_required_at FROM skus \
+                 WHERE resync_required IS NOT NULL ORDER BY sku",
+            )
+            .fetch_all(&self.pool),
+        )
+        .await?)
+    }
+
+    /// Records that a resync loaded the gate from the sale's Postgres inventory (`record`): the
+    /// sale no longer waits for one, and a `stock.changed` with `delta` 0 is a snapshot consumers
+    /// can reconcile against.
     pub async fn record_resynced(&self, record: &SkuRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE skus SET resync_required = NULL, resync_required_at = NULL WHERE sku = $1",
+        )
+        .bind(record.sku.as_str())
+        .execute(&self.pool)
+        .await?;
         self.record_events(
             &record.sku,
             vec![Draft {

@@ -22,6 +22,7 @@ mod concurrency;
 mod console;
 mod event_faults;
 mod events;
+mod faults;
 mod reserve;
 mod settlement;
 mod skus;

@@ -1,0 +1,119 @@
+//! What a buyer was told survives Redis losing, rolling back or failing over its data: the gate
+//! stops selling a sale whose stream it can no longer trust, says so, and sells again only after
+//! a resync.
+
+use std::time::Duration;
+
+use flashgate::domain::Sku;
+use flashgate::sweeper::SweeperSettings;
+use redis::AsyncCommands as _;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, error_code, sale_body, spawn_app};
+
+fn sku(code: &str) -> Sku {
+    Sku::parse(code).expect("sku")
+}
+
+async fn hold_id(app: &TestApp, code: &str, buyer: &str) -> String {
+    let response = app.reserve(code, buyer, &format!("{buyer}-key"), 1).await;
+    assert_eq!(response.status(), 201, "{buyer}");
+    let body: Value = response.json().await.expect("json");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// Replaces the SKU's stream by one whose only entry sorts below the settlement cursor, as a
+/// replica that lagged (or an older AOF copy) has it.
+async fn roll_back_stream(app: &TestApp, code: &str) {
+    let events = app.namespace.sku(&sku(code)).events();
+    let mut conn = app.redis_connection().await;
+    let _: i64 = conn.del(&events).await.expect("DEL");
+    let _: String = conn
+        .xadd(&events, "1-1", &[("type", "fence")])
+        .await
+        .expect("XADD below the cursor");
+}
+
+#[sqlx::test]
+async fn once_the_settler_finds_a_sales_stream_rolled_back_it_sells_nothing_until_a_resync(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    let _background = app.run_background(SweeperSettings {
+        interval: Duration::from_millis(50),
+        ..SweeperSettings::default()
+    });
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    app.open_sale("boot", &sale_body(10, 1)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+
+    roll_back_stream(&app, "sneaker").await;
+    // The next decision lands on the rolled-back stream and wakes the settler, which finds
+    // the stream no longer holding its cursor. From then on: 503 resync_required.
+    let mut refused = None;
+    for n in 0..100 {
+        let response = app
+            .reserve("sneaker", &format!("buyer-{n}"), &format!("k-{n}"), 1)
+            .await;
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("the rolled-back sale kept selling");
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let (_, code, _) = error_code(refused).await;
+    assert_eq!(code, "resync_required");
+    // Other sales go on, and the gate stays ready, naming the sale.
+    hold_id(&app, "boot", "carol").await;
+    let mut ready = Value::Null;
+    for _ in 0..50 {
+        ready = app.get_json("/readyz", None).await;
+        if ready["resync_required"] == serde_json::json!(["sneaker"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["status"], "ok", "{ready}");
+    assert_eq!(ready["resync_required"], serde_json::json!(["sneaker"]), "{ready}");
+    let console = app
+        .get_json("/v1/admin/console/sales", Some(crate::helpers::ADMIN_TOKEN))
+        .await;
+    let sale = console["sales"]
+        .as_array()
+        .expect("sales")
+        .iter()
+        .find(|s| s["sku"] == "sneaker")
+        .expect("sneaker")
+        .clone();
+    assert!(sale["resync_required"].is_string(), "{sale}");
+
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    hold_id(&app, "sneaker", "dave").await;
+    let mut ready = Value::Null;
+    for _ in 0..50 {
+        ready = app.get_json("/readyz", None).await;
+        if ready["resync_required"] == serde_json::json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["resync_required"], serde_json::json!([]), "{ready}");
+}
+
+#[sqlx::test]
+async fn a_live_sale_redis_lost_entirely_is_refused_until_a_resync_not_sold_afresh(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    app.flush_redis();
+    let (status, code, _) = error_code(app.reserve("sneaker", "bob", "b", 1).await).await;
+    assert_eq!((status, code.as_str()), (503, "resync_required"));
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    hold_id(&app, "sneaker", "bob").await;
+}
