@@ -209,6 +209,18 @@ pub struct HttpConfig {
     /// Longest a new-buyer request waits for a place, in ms (0: refuse at once).
     #[arg(long, env = "FLASHGATE_ADMISSION_QUEUE_MS", default_value_t = 100)]
     pub admission_queue_ms: u64,
+    /// New-buyer requests one client address (behind trusted proxies: the forwarded client)
+    /// may have in flight at once; past it 429 `too_many_in_flight`. 0 turns it off.
+    #[arg(long, env = "FLASHGATE_REQUESTS_PER_CLIENT", default_value_t = 64)]
+    pub requests_per_client: usize,
+    /// New-buyer requests one buyer (token) may have in flight at once; past it 429
+    /// `too_many_in_flight`. 0 turns it off.
+    #[arg(long, env = "FLASHGATE_REQUESTS_PER_BUYER", default_value_t = 4)]
+    pub requests_per_buyer: usize,
+    /// Longest a new-buyer request's body may take to arrive, in ms, read before the request
+    /// takes an admission place; past it 408 `body_read_timeout`.
+    #[arg(long, env = "FLASHGATE_BODY_READ_TIMEOUT_MS", default_value_t = 2_000)]
+    pub body_read_timeout_ms: u64,
     /// Payment requests (commit, release, reading one's hold) in flight at once: a budget of
     /// their own, never shared with new buyers.
     #[arg(long, env = "FLASHGATE_PAYMENT_LIMIT", default_value_t = 1024)]
@@ -253,6 +265,9 @@ impl HttpConfig {
             new_buyer_queue: Duration::from_millis(self.admission_queue_ms),
             payer_limit: self.payment_limit.max(1),
             payer_queue: Duration::from_millis(self.payment_queue_ms),
+            per_client_in_flight: self.requests_per_client,
+            per_buyer_in_flight: self.requests_per_buyer,
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
         }
     }
 

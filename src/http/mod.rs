@@ -174,7 +174,7 @@ impl utoipa::Modify for Tokens {
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
     let new_buyers = new_buyer_routes().route_layer(from_fn_with_state(
-        state.admission.clone(),
+        (state.admission.clone(), state.tokens.clone()),
         admission::new_buyers,
     ));
     let payers = payer_routes().route_layer(from_fn_with_state(

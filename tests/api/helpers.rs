@@ -162,9 +162,12 @@ impl Default for AppOptions {
             client_burst: 0,
             trusted_proxies: String::new(),
             admission: AdmissionSettings {
-                // Tests burst hundreds of requests at once; they are not about admission.
+                // Tests burst hundreds of requests at once (many as one buyer, all from this
+                // machine); they are not about admission.
                 new_buyer_limit: 4096,
                 new_buyer_queue: Duration::from_secs(5),
+                per_client_in_flight: 0,
+                per_buyer_in_flight: 0,
                 ..AdmissionSettings::default()
             },
             server: ServerSettings::default(),

@@ -23,6 +23,7 @@ mod console;
 mod event_faults;
 mod events;
 mod faults;
+mod hostile;
 mod reserve;
 mod settlement;
 mod skus;
