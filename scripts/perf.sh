@@ -27,6 +27,8 @@ ns="perf-$run_id"
 export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_$run_id" FLASHGATE_REDIS_NAMESPACE="$ns"
 export FLASHGATE_JWT_SECRET="perf-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" FLASHGATE_ADMIN_TOKEN="perf-admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_PERF_PORT:-18081}" FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0 RUST_LOG=warn
+# One client and one buyer token drive the whole run: no in-flight caps per client or buyer.
+export FLASHGATE_REQUESTS_PER_CLIENT=0 FLASHGATE_REQUESTS_PER_BUYER=0
 bin=target/release/flashgate
 "$bin" migrate >/dev/null
 "$bin" sku upsert hot --name Hot --price 9.99 --stock 100000000 --per-buyer-limit 100000000 >/dev/null

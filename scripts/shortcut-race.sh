@@ -16,6 +16,7 @@ flashgate_private_run race
 # Every virtual buyer comes from this machine: per-client shedding and the admission queue would
 # measure themselves, not the shortcut.
 export FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0 FLASHGATE_ADMISSION_LIMIT=100000
+export FLASHGATE_REQUESTS_PER_CLIENT=0 FLASHGATE_REQUESTS_PER_BUYER=0
 
 for shortcut in true false; do
   export FLASHGATE_SOLD_OUT_SHORTCUT=$shortcut
