@@ -267,9 +267,7 @@ async fn read_body(request: Request, deadline: Duration) -> Result<Request, ApiE
             parts,
             axum::body::Body::from(collected.to_bytes()),
         )),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge)
-        }
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge),
         Ok(Err(_)) => Err(ApiError::MalformedJson("the request body broke off".into())),
         Err(_) => {
             metrics::counter!("flashgate_body_read_timeouts_total").increment(1);

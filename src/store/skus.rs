@@ -310,7 +310,9 @@ impl Store {
     }
 
     /// The SKUs waiting for a resync, with why and since when.
-    pub async fn resync_required(&self) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
+    pub async fn resync_required(
+        &self,
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>, StoreError> {
         Ok(super::timed(
             "resync_required",
             sqlx::query_as(
