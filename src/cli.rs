@@ -219,6 +219,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app =
                 Application::build(&http, gate, store, settler.clone(), relay.status()).await?;
             tracing::info!(addr = %app.local_addr()?, "flashgate listening");
+            if let Some(operations) = app.operations_addr()? {
+                tracing::info!(addr = %operations, "operators' listener (metrics, admin, console)");
+            }
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());
             let tasks = startup::Tasks {

@@ -181,6 +181,11 @@ pub struct HttpConfig {
     /// Address to listen on.
     #[arg(long, env = "FLASHGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// When set, a second listener for the operators: `/metrics`, the admin API, the console
+    /// and the documents move there (off FLASHGATE_LISTEN), and the probes answer on both, so
+    /// no crowd on the public port can starve health checks or an operator's pause.
+    #[arg(long, env = "FLASHGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Buyer tokens: secret, issuer, audience, lifetime.
     #[command(flatten)]
     pub tokens: TokenConfig,
@@ -235,6 +240,15 @@ pub struct HttpConfig {
     /// Most open client connections; past it new connections wait in the listen backlog.
     #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Most open connections one client address (IPv4, or IPv6 /64) may hold; past it the
+    /// client's longest-idle connection is closed, or the new one refused when none is idle.
+    /// Trusted proxies are exempt. 0 turns it off.
+    #[arg(
+        long,
+        env = "FLASHGATE_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
     /// Longest a client may take to send a request's headers, from the connection's start or
     /// its first byte after an idle spell, in ms. A connection that sends nothing is closed
     /// after this too.
@@ -274,6 +288,7 @@ impl HttpConfig {
     pub fn server(&self) -> ServerSettings {
         ServerSettings {
             max_connections: self.max_connections.max(1),
+            max_connections_per_client: self.max_connections_per_client,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
         }

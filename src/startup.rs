@@ -17,7 +17,7 @@ use crate::auth::{AdminToken, BuyerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, RelayConfig};
 use crate::events::{AmqpSink, Relay, RelayStatus, WebhookSink};
 use crate::gate::{Gate, GateError};
-use crate::http::{self, Admission, AppState, ClientShedder, Readiness, ServerSettings};
+use crate::http::{self, Admission, AppState, ClientShedder, Listeners, Readiness, ServerSettings};
 use crate::store::Store;
 
 /// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting), with
@@ -133,7 +133,7 @@ pub async fn check_redis(gate: &Gate, allow_evicting: bool) -> anyhow::Result<()
 /// A bound, ready-to-run API server.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    listeners: Listeners,
     state: AppState,
     server: ServerSettings,
 }
@@ -156,6 +156,13 @@ impl Application {
         let listener = TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {}", http.listen))?;
+        let operations =
+            match http.admin_listen {
+                Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
+                    format!("cannot listen on {address} (FLASHGATE_ADMIN_LISTEN)")
+                })?),
+                None => None,
+            };
         let state = AppState {
             gate,
             store,
@@ -177,14 +184,26 @@ impl Application {
             Err(_) => http.server(),
         };
         Ok(Self {
-            listener,
+            listeners: Listeners {
+                public: listener,
+                operations,
+            },
             state,
             server,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners.public.local_addr()
+    }
+
+    /// The operators' listener's address, when it has one of its own.
+    pub fn operations_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.listeners
+            .operations
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
     }
 
     /// What `/readyz` answers; shutdown turns it to `draining` first.
@@ -196,7 +215,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        http::serve(self.listener, self.state, self.server, shutdown).await
+        http::serve(self.listeners, self.state, self.server, shutdown).await
     }
 }
 

@@ -19,12 +19,18 @@ use super::AppState;
 use crate::gate::Gate;
 use crate::store::Store;
 
-pub fn router() -> OpenApiRouter<AppState> {
+/// The probes: on every listener, so a load balancer and an orchestrator reach them wherever
+/// they look.
+pub fn probes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
         .routes(routes!(openapi))
+}
+
+/// `/metrics`: on the operators' listener when there is one.
+pub fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// How often the stores are checked for `/readyz`.

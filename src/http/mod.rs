@@ -115,7 +115,8 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
             .merge(new_buyer_routes())
             .merge(payer_routes())
             .merge(observed_routes())
-            .merge(health::router())
+            .merge(health::probes())
+            .merge(health::operations())
             .merge(events::contract())
             .split_for_parts();
         document
@@ -171,24 +172,49 @@ impl utoipa::Modify for Tokens {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything on one listener (no `FLASHGATE_ADMIN_LISTEN`).
+    Everything,
+    /// The buyers' and payers' routes and the probes: what the internet reaches.
+    Public,
+    /// The probes, `/metrics`, the admin API, the console and the documents: the operators'
+    /// listener (`FLASHGATE_ADMIN_LISTEN`), which no crowd of buyers can fill.
+    Operations,
+}
+
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
-    let new_buyers = new_buyer_routes().route_layer(from_fn_with_state(
-        (state.admission.clone(), state.tokens.clone()),
-        admission::new_buyers,
-    ));
-    let payers = payer_routes().route_layer(from_fn_with_state(
-        state.admission.clone(),
-        admission::payers,
-    ));
-    let (routes, _) = OpenApiRouter::new()
-        .merge(new_buyers)
-        .merge(payers)
-        .merge(observed_routes())
+    app_for(state, Surface::Everything)
+}
+
+/// The routes of `surface` as one router, with every layer.
+pub fn app_for(state: AppState, surface: Surface) -> Router {
+    let public = surface != Surface::Operations;
+    let operations = surface != Surface::Public;
+    let mut routes = OpenApiRouter::new();
+    if public {
+        let new_buyers = new_buyer_routes().route_layer(from_fn_with_state(
+            (state.admission.clone(), state.tokens.clone()),
+            admission::new_buyers,
+        ));
+        let payers = payer_routes().route_layer(from_fn_with_state(
+            state.admission.clone(),
+            admission::payers,
+        ));
+        routes = routes.merge(new_buyers).merge(payers);
+    }
+    if operations {
+        routes = routes.merge(observed_routes());
+    }
+    let mut routes = routes
         .route_layer(axum::middleware::from_fn(observe::observe))
-        .merge(health::router())
-        .merge(events::contract())
-        .split_for_parts();
+        .merge(health::probes());
+    if operations {
+        routes = routes.merge(health::operations()).merge(events::contract());
+    }
+    let (routes, _) = routes.split_for_parts();
     routes
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -224,14 +250,35 @@ async fn deadline(State(timeout): State<Duration>, request: Request, next: Next)
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Where the API is served: one listener for everything, or the public routes on one and the
+/// operators' routes on another (`FLASHGATE_ADMIN_LISTEN`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: TcpListener,
+    pub operations: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(public: TcpListener) -> Self {
+        Self {
+            public,
+            operations: None,
+        }
+    }
+}
+
+/// Operators are few: the operations listener's connection cap, per client none.
+const OPERATIONS_MAX_CONNECTIONS: usize = 1024;
+
+/// Serves the API on `listeners` until `shutdown` resolves, then drains in-flight requests.
 /// Keeps `/readyz` fresh and the shedder's client map pruned while it runs.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     state: AppState,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listeners = listeners.into();
     state.readiness.refresh(&state.gate, &state.store).await;
     let mut background = tokio::task::JoinSet::new();
     background.spawn(
@@ -250,7 +297,40 @@ pub async fn serve(
             }
         });
     }
-    let served = server::serve(listener, app(state), settings, shutdown).await;
+    let trusted = state.client_addr.trusted.clone();
+    let served = match listeners.operations {
+        None => server::serve(listeners.public, app(state), settings, trusted, shutdown).await,
+        Some(operations) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let stopping = stop.clone();
+            background.spawn(async move {
+                shutdown.await;
+                stopping.cancel();
+            });
+            let operators = ServerSettings {
+                max_connections: OPERATIONS_MAX_CONNECTIONS.min(settings.max_connections),
+                max_connections_per_client: 0,
+                ..settings
+            };
+            let (public, operations) = tokio::join!(
+                server::serve(
+                    listeners.public,
+                    app_for(state.clone(), Surface::Public),
+                    settings,
+                    trusted.clone(),
+                    stop.clone().cancelled_owned(),
+                ),
+                server::serve(
+                    operations,
+                    app_for(state, Surface::Operations),
+                    operators,
+                    trusted,
+                    stop.cancelled_owned(),
+                ),
+            );
+            public.and(operations)
+        }
+    };
     background.abort_all();
     served
 }

@@ -8,7 +8,13 @@
 //! - a connection must deliver a request's headers within `header_read_timeout`, counted from
 //!   its start or from the first byte after an idle spell, else it is closed (slowloris, or a
 //!   socket opened and never used);
-//! - a kept-alive connection idle for `idle_timeout` between requests is closed.
+//! - a kept-alive connection idle for `idle_timeout` between requests is closed;
+//! - at the cap, the connection idle the longest is closed to make room (an idle connection costs
+//!   its client a reconnect; a full gate costs everyone else an answer), and only when none is
+//!   idle does the accept loop wait;
+//! - one client address (IPv4, or IPv6 /64) holds at most `max_connections_per_client`: past it
+//!   that client's longest-idle connection is closed, or — none idle — the new one is refused.
+//!   Trusted proxies are exempt: the clients behind them are capped per request instead.
 //!
 //! hyper's own header timeout is not used: it starts whenever a connection waits for a request,
 //! so it would also close kept-alive connections after the (short) header timeout, below a load
@@ -17,10 +23,11 @@
 //!
 //! HTTP/1.1 only: load balancers speak it to their backends, and it keeps the surface small.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,13 +38,17 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
+
+use super::client_addr::{ClientAddr, TrustedProxies};
 
 /// Limits on client connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
     pub max_connections: usize,
+    /// Open connections one client address may hold (0: no cap); trusted proxies are exempt.
+    pub max_connections_per_client: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -76,6 +87,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_client: 256,
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(75),
         }
@@ -83,26 +95,40 @@ impl Default for ServerSettings {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits for the
-/// open connections to finish their requests (the caller bounds that wait).
+/// open connections to finish their requests (the caller bounds that wait). Connections from
+/// `trusted` peers are exempt from the per-client cap.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     settings: ServerSettings,
+    trusted: TrustedProxies,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(
         settings.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
+    let connections = Arc::new(Connections::new(
+        settings.max_connections_per_client,
+        trusted,
+    ));
     let graceful = GracefulShutdown::new();
     let epoch = Instant::now();
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // the semaphore is never closed
-            },
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Full: make room by closing the longest-idle connections, then wait for a slot
+                // (at once when one was idle; else until a connection ends).
+                connections.evict_longest_idle();
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break, // the semaphore is never closed
+                    },
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
@@ -118,8 +144,16 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(epoch));
+        let Some(registered) = connections.register(peer.ip(), activity.clone()) else {
+            // Dropping the stream closes it: a refused connection holds no descriptor and no
+            // task, however many the client opens.
+            tracing::debug!(%peer, "connection refused: the client holds its cap");
+            metrics::counter!("flashgate_connections_refused_total", "reason" => "per_client")
+                .increment(1);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
@@ -156,14 +190,184 @@ pub async fn serve(
                     metrics::counter!("flashgate_connections_closed_total", "reason" => reason)
                         .increment(1);
                 }
+                () = registered.evicted() => {
+                    tracing::debug!(%peer, "idle connection closed to make room");
+                    metrics::counter!("flashgate_connections_closed_total", "reason" => "evicted_idle")
+                        .increment(1);
+                }
             }
             metrics::gauge!("flashgate_connections_open").decrement(1.0);
+            drop(registered);
             drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Every open connection, by client, so that the longest-idle ones can be closed when a client or
+/// the whole server is at its cap.
+#[derive(Debug)]
+struct Connections {
+    per_client_cap: usize,
+    trusted: TrustedProxies,
+    inner: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    open: HashMap<u64, Open>,
+    by_client: HashMap<ClientAddr, Vec<u64>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    /// `None` for a trusted proxy's connection: it is not charged to a client.
+    client: Option<ClientAddr>,
+    activity: Arc<Activity>,
+    evict: Arc<Notify>,
+}
+
+/// A connection's place in [`Connections`]; it leaves when dropped.
+struct Registered {
+    id: u64,
+    connections: Arc<Connections>,
+    evict: Arc<Notify>,
+}
+
+impl Registered {
+    /// Resolves when the connection is chosen to make room.
+    async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.lock().remove(self.id);
+    }
+}
+
+/// Of the whole server's connections, at most one in this many is closed per eviction pass: a
+/// pass costs a scan of all of them, so it is shared among the accepts that follow.
+const EVICTION_BATCH_DIVISOR: usize = 64;
+
+impl Connections {
+    fn new(per_client_cap: usize, trusted: TrustedProxies) -> Self {
+        Self {
+            per_client_cap,
+            trusted,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection from `peer`, first closing the client's longest-idle connection
+    /// when it holds its cap; `None` when it holds its cap and none of them is idle.
+    fn register(
+        self: &Arc<Self>,
+        peer: std::net::IpAddr,
+        activity: Arc<Activity>,
+    ) -> Option<Registered> {
+        let client = (self.per_client_cap > 0 && !self.trusted.trusts(peer.to_canonical()))
+            .then(|| ClientAddr::of(peer));
+        let mut registry = self.lock();
+        if let Some(client) = client {
+            let held = registry.by_client.get(&client).map_or(0, Vec::len);
+            if held >= self.per_client_cap {
+                let now = activity.now_ms();
+                let longest_idle = registry.by_client.get(&client).and_then(|ids| {
+                    ids.iter()
+                        .filter_map(|id| {
+                            Some((*id, registry.open.get(id)?.activity.idle_for(now)?))
+                        })
+                        .max_by_key(|(id, idle)| (*idle, std::cmp::Reverse(*id)))
+                        .map(|(id, _)| id)
+                });
+                registry.evict(longest_idle?);
+            }
+        }
+        let id = registry.next_id;
+        registry.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        registry.open.insert(
+            id,
+            Open {
+                client,
+                activity,
+                evict: evict.clone(),
+            },
+        );
+        if let Some(client) = client {
+            registry.by_client.entry(client).or_default().push(id);
+        }
+        Some(Registered {
+            id,
+            connections: self.clone(),
+            evict,
+        })
+    }
+
+    /// Closes the longest-idle connections of the whole server: one in
+    /// [`EVICTION_BATCH_DIVISOR`] of those open, at least one, if any is idle.
+    fn evict_longest_idle(&self) {
+        let mut registry = self.lock();
+        let Some(now) = registry
+            .open
+            .values()
+            .next()
+            .map(|open| open.activity.now_ms())
+        else {
+            return;
+        };
+        let mut idle: Vec<(u64, u64)> = registry
+            .open
+            .iter()
+            .filter_map(|(id, open)| Some((*id, open.activity.idle_for(now)?)))
+            .collect();
+        let batch = (registry.open.len() / EVICTION_BATCH_DIVISOR)
+            .max(1)
+            .min(idle.len());
+        if batch == 0 {
+            return;
+        }
+        if batch < idle.len() {
+            // Idle the longest first; of equals, the oldest connection.
+            idle.select_nth_unstable_by_key(batch - 1, |(id, for_ms)| {
+                (std::cmp::Reverse(*for_ms), *id)
+            });
+        }
+        for (id, _) in idle.into_iter().take(batch) {
+            registry.evict(id);
+        }
+    }
+}
+
+impl Registry {
+    /// Tells connection `id` to close and forgets it now, so the next decision counts without it.
+    fn evict(&mut self, id: u64) {
+        if let Some(open) = self.remove(id) {
+            open.evict.notify_one();
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Open> {
+        let open = self.open.remove(&id)?;
+        if let Some(client) = open.client
+            && let Some(ids) = self.by_client.get_mut(&client)
+        {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_client.remove(&client);
+            }
+        }
+        Some(open)
+    }
 }
 
 /// What the watchdog needs to know about one connection, in ms since the server started.
@@ -176,6 +380,8 @@ struct Activity {
     /// When the current request's first byte arrived (or the connection opened), or `NONE`
     /// while idle between requests.
     head_since_ms: AtomicU64,
+    /// Whether any byte has arrived: a connection that has sent nothing is idle since it opened.
+    spoken: AtomicBool,
 }
 
 const NONE: u64 = u64::MAX;
@@ -189,6 +395,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(now),
             // A new connection owes us a request head: its header clock runs from the start.
             head_since_ms: AtomicU64::new(now),
+            spoken: AtomicBool::new(false),
         }
     }
 
@@ -197,11 +404,30 @@ impl Activity {
     }
 
     fn bytes_read(&self) {
+        if !self.spoken.load(Ordering::Relaxed) {
+            self.spoken.store(true, Ordering::Relaxed);
+        }
         if self.in_flight.load(Ordering::Acquire) == 0 {
             let now = self.now_ms();
             let _ =
                 self.head_since_ms
                     .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// How long the connection has been idle at `now`: no request in flight and no byte of a
+    /// new one (or nothing at all since it opened). `None` while it is busy.
+    fn idle_for(&self, now: u64) -> Option<u64> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head_since = self.head_since_ms.load(Ordering::Acquire);
+        if head_since == NONE {
+            Some(now.saturating_sub(self.idle_since_ms.load(Ordering::Acquire)))
+        } else if !self.spoken.load(Ordering::Relaxed) {
+            Some(now.saturating_sub(head_since))
+        } else {
+            None // a request's head is arriving
         }
     }
 

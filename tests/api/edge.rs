@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use flashgate::http::{AdmissionSettings, ServerSettings};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    ADMIN_TOKEN, AppOptions, error_code, redis_socket_addr, sale_body, spawn_app_with,
+    ADMIN_TOKEN, AppOptions, error_code, redis_socket_addr, round_trip, sale_body, spawn_app_with,
 };
 use crate::proxy::Proxy;
 
@@ -151,6 +151,7 @@ async fn idle_connections_do_not_lock_out_other_clients(pool: PgPool) {
     let options = AppOptions {
         server: ServerSettings {
             max_connections: 1_000,
+            max_connections_per_client: 0,
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
         },
@@ -190,20 +191,6 @@ async fn idle_connections_do_not_lock_out_other_clients(pool: PgPool) {
     assert_eq!(closed, 50);
 }
 
-/// Sends one raw HTTP/1.1 request on `socket` and reads until the JSON body is complete.
-async fn round_trip(socket: &mut TcpStream, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.expect("write");
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !answer.ends_with(b"}") {
-        let n = socket.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed mid-answer");
-        answer.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 #[sqlx::test]
 async fn a_kept_alive_connection_lives_past_the_header_timeout_until_its_idle_timeout(
     pool: PgPool,
@@ -211,6 +198,7 @@ async fn a_kept_alive_connection_lives_past_the_header_timeout_until_its_idle_ti
     let options = AppOptions {
         server: ServerSettings {
             max_connections: 100,
+            max_connections_per_client: 0,
             header_read_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(1_500),
         },

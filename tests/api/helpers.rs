@@ -17,7 +17,8 @@ use reqwest::Response;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 /// Both at least 32 long, as `serve` demands.
@@ -139,6 +140,8 @@ pub struct AppOptions {
     pub trusted_proxies: String,
     pub admission: AdmissionSettings,
     pub server: ServerSettings,
+    /// Serve the operators' routes on a listener of their own (`FLASHGATE_ADMIN_LISTEN`).
+    pub operations_listener: bool,
     pub holds_per_client: u32,
     pub request_timeout: Duration,
     pub durability: flashgate::gate::Durability,
@@ -170,7 +173,12 @@ impl Default for AppOptions {
                 per_buyer_in_flight: 0,
                 ..AdmissionSettings::default()
             },
-            server: ServerSettings::default(),
+            server: ServerSettings {
+                // Every test client is 127.0.0.1, with hundreds of connections in a burst.
+                max_connections_per_client: 0,
+                ..ServerSettings::default()
+            },
+            operations_listener: false,
             holds_per_client: 0,
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
@@ -193,6 +201,8 @@ impl AppOptions {
 
 pub struct TestApp {
     pub address: String,
+    /// The operators' listener, when the app has one of its own.
+    pub operations_address: Option<String>,
     pub client: reqwest::Client,
     pub gate: Gate,
     pub store: Store,
@@ -264,9 +274,20 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("addr"));
+    let operations = if options.operations_listener {
+        Some(TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+    } else {
+        None
+    };
+    let operations_address = operations
+        .as_ref()
+        .map(|listener| format!("http://{}", listener.local_addr().expect("addr")));
     let (tx, rx) = oneshot::channel();
     tokio::spawn(flashgate::http::serve(
-        listener,
+        flashgate::http::Listeners {
+            public: listener,
+            operations,
+        },
         state,
         options.server,
         async {
@@ -275,6 +296,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     ));
     TestApp {
         address,
+        operations_address,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(512)
             .build()
@@ -338,8 +360,16 @@ pub fn sale_body(stock: u32, per_buyer_limit: u32) -> Value {
 }
 
 impl TestApp {
+    /// `path` on the listener that serves it: the operators' routes on the operators' listener
+    /// when the app has one.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
+        let operators = ["/v1/admin", "/metrics", "/console", "/asyncapi"];
+        match &self.operations_address {
+            Some(operations) if operators.iter().any(|prefix| path.starts_with(prefix)) => {
+                format!("{operations}{path}")
+            }
+            _ => format!("{}{}", self.address, path),
+        }
     }
 
     pub fn token(&self, buyer: &str) -> String {
@@ -639,4 +669,18 @@ pub fn delete_namespace(servers: &[String], namespace: &Namespace) -> redis::Red
         }
     }
     Ok(())
+}
+
+/// Sends one raw HTTP/1.1 request on `socket` and reads until the JSON body is complete.
+pub async fn round_trip(socket: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.ends_with(b"}") {
+        let n = socket.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed mid-answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }

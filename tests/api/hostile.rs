@@ -1,14 +1,16 @@
 //! Hostile clients must not starve honest buyers: a slow body never holds a new buyer's place,
-//! and one client address or one buyer token holds only its cap of requests.
+//! one client address or one buyer token holds only its cap of requests and connections, idle
+//! connections make room for new clients, and the operators' listener answers whatever the
+//! public one is going through.
 
 use std::time::{Duration, Instant};
 
-use flashgate::http::AdmissionSettings;
+use flashgate::http::{AdmissionSettings, ServerSettings};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{AppOptions, TestApp, sale_body, spawn_app_with};
+use crate::helpers::{ADMIN_TOKEN, AppOptions, TestApp, round_trip, sale_body, spawn_app_with};
 
 /// Opens a connection that sends a reserve's headers and the first byte of its body, then
 /// nothing more: a client trickling its body (or never finishing it).
@@ -69,7 +71,12 @@ async fn slow_bodies_never_hold_a_new_buyers_place(pool: PgPool) {
     let honest = app
         .reserve_via("10.9.9.9", "sneaker", "honest", "honest-key")
         .await;
-    assert_eq!(honest.status(), 201, "{}", honest.text().await.unwrap_or_default());
+    assert_eq!(
+        honest.status(),
+        201,
+        "{}",
+        honest.text().await.unwrap_or_default()
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The slow ones are answered when their body's deadline passes, without taking a place.
     for stream in &mut slow {
@@ -141,4 +148,193 @@ async fn one_client_address_holds_only_its_cap(pool: PgPool) {
         .reserve_via("10.2.0.2", "sneaker", "someone", "someone-key")
         .await;
     assert_eq!(other.status(), 201);
+}
+
+/// A connection from `source` (any 127.x address is this machine) that has asked for
+/// `/healthz` once and been answered: a kept-alive, idle connection.
+async fn idle_connection(app: &TestApp, source: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source"))
+        .expect("bind");
+    let address = app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let mut stream = socket.connect(address).await.expect("connect");
+    assert!(
+        round_trip(&mut stream, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    stream
+}
+
+/// Whether the gate closed `stream` within `within`.
+async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn server(max_connections: usize, per_client: usize) -> ServerSettings {
+    ServerSettings {
+        max_connections,
+        max_connections_per_client: per_client,
+        ..ServerSettings::default()
+    }
+}
+
+#[sqlx::test]
+async fn one_address_past_its_connection_cap_loses_its_longest_idle_connection(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            server: server(1_000, 8),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(idle_connection(&app, "127.0.0.7").await);
+    }
+    // The ninth from the same address is served; the first (idle the longest) is closed.
+    let _ninth = idle_connection(&app, "127.0.0.7").await;
+    assert!(closed(&mut idle[0], Duration::from_secs(2)).await);
+    for stream in &mut idle[1..] {
+        assert!(!closed(stream, Duration::from_millis(50)).await);
+    }
+    // Another address is not charged for it.
+    for _ in 0..8 {
+        idle.push(idle_connection(&app, "127.0.0.8").await);
+    }
+}
+
+#[sqlx::test]
+async fn one_address_with_its_cap_busy_is_refused_a_new_connection(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            server: server(1_000, 4),
+            admission: AdmissionSettings {
+                per_client_in_flight: 0,
+                per_buyer_in_flight: 0,
+                body_read_timeout: Duration::from_secs(5),
+                ..AdmissionSettings::default()
+            },
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    app.open_sale("sneaker", &sale_body(100, 1)).await;
+    // Four requests in flight (their bodies trickle) hold all four of this address's places.
+    let mut busy = Vec::new();
+    for n in 0..4 {
+        busy.push(slow_body(&app, &format!("busy-{n}"), "10.3.0.1").await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .expect("the kernel accepts");
+    assert!(closed(&mut refused, Duration::from_secs(2)).await);
+    for stream in &mut busy {
+        assert!(!closed(stream, Duration::from_millis(50)).await);
+    }
+}
+
+#[sqlx::test]
+async fn a_full_gate_closes_its_longest_idle_connection_for_a_new_client(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            // Per-client cap off: the global cap alone must make room.
+            server: server(40, 0),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(idle_connection(&app, "127.0.0.9").await);
+    }
+    // Before, a new client waited in the backlog until an idle connection's 75 s ran out.
+    let started = Instant::now();
+    let fresh =
+        tokio::time::timeout(Duration::from_secs(3), idle_connection(&app, "127.0.0.10")).await;
+    assert!(
+        fresh.is_ok(),
+        "a new client was not served while idle connections held the gate"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(closed(&mut idle[0], Duration::from_secs(2)).await);
+}
+
+#[sqlx::test]
+async fn the_operators_listener_answers_while_the_public_one_is_full(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            server: server(4, 0),
+            admission: AdmissionSettings {
+                per_client_in_flight: 0,
+                per_buyer_in_flight: 0,
+                body_read_timeout: Duration::from_secs(10),
+                ..AdmissionSettings::default()
+            },
+            operations_listener: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let operations = app.operations_address.clone().expect("operations listener");
+    app.open_sale("sneaker", &sale_body(100, 1)).await;
+    // Metrics and admin routes live on the operators' listener only.
+    let on = |base: &str, path: &str| format!("{base}{path}");
+    let client = reqwest::Client::new();
+    for path in ["/metrics", "/v1/admin/console/sales", "/console"] {
+        let public = client
+            .get(on(&app.address, path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("public");
+        assert_eq!(public.status(), 404, "{path} on the public listener");
+    }
+    let metrics = client
+        .get(on(&operations, "/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200);
+    let sale = client
+        .get(on(&operations, "/v1/admin/console/sales"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(sale.status(), 200);
+    // The public listener is full: four requests in flight, none idle to close.
+    let mut busy = Vec::new();
+    for n in 0..4 {
+        busy.push(slow_body(&app, &format!("busy-{n}"), "10.4.0.1").await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let probe = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get(on(&operations, "/healthz")).send(),
+    )
+    .await
+    .expect("the probe was answered")
+    .expect("healthz");
+    assert_eq!(probe.status(), 200);
+    let ready = client
+        .get(on(&operations, "/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
 }
