@@ -153,6 +153,20 @@ pub struct Settler {
     board: Arc<WorkBoard>,
     /// This settler's place among the live settlers.
     fleet: Arc<fleet::Fleet>,
+    /// Per SKU, the batch read from the stream and not yet committed to Postgres (see
+    /// [`ReadAhead`]).
+    read_ahead: Arc<std::sync::Mutex<HashMap<Sku, ReadAhead>>>,
+}
+
+/// Events this settler read after `after` and has not committed yet. Once read, they are
+/// decisions buyers were told about: if Postgres refuses the batch for a while (a lock, a
+/// timeout) and Redis then loses the stream, they are applied from here instead of being
+/// forgotten with it. The settlement cursor still decides: they are applied only while it is
+/// `after`, so nothing is applied twice.
+#[derive(Debug, Clone)]
+struct ReadAhead {
+    after: EventId,
+    events: Arc<[crate::gate::Event]>,
 }
 
 /// The default [`SettlerSettings::scan_interval`] (`FLASHGATE_SETTLER_SCAN_INTERVAL_MS`).
@@ -247,6 +261,7 @@ impl Settler {
             quarantine: Arc::new(quarantine),
             board: Arc::default(),
             fleet: Arc::new(fleet::Fleet::new(settings.scan_interval)),
+            read_ahead: Arc::default(),
             settings,
         }
     }
@@ -605,35 +620,64 @@ impl Settler {
         cursor: EventId,
         lock: CursorLock,
     ) -> Result<BatchOutcome, SettleError> {
-        let events = match self
+        let read = self
             .gate
             .events_after(sku, cursor, self.settings.batch_size)
-            .await?
-        {
-            StreamRead::Events(events) => events,
-            StreamRead::Broken => {
+            .await?;
+        let read_ahead = self.read_ahead_after(sku, cursor);
+        let events: Arc<[crate::gate::Event]> = match read {
+            // The stream still holds what this settler read from it (if anything).
+            StreamRead::Events(events)
+                if read_ahead.as_ref().is_none_or(|held| {
+                    held.first().map(|e| e.id) == events.first().map(|e| e.id)
+                }) =>
+            {
+                events.into()
+            }
+            // The stream no longer holds the cursor, or (a SKU never settled, whose cursor is
+            // the stream's start) no longer holds the events read from it.
+            _ => {
                 // Another settler may have committed past `cursor` since it was read and trimmed
                 // the entries below its new cursor: that is a moved cursor, not a lost stream.
                 let now = self.store.settlement_cursor(sku).await?;
                 if now.is_some_and(|now| now != cursor) {
+                    self.forget_read_ahead(sku);
                     return Ok(BatchOutcome::Moved);
                 }
                 metrics::counter!("flashgate_broken_streams_total", "sku" => sku.to_string())
                     .increment(1);
                 self.require_resync(sku, cursor).await;
-                return Err(SettleError::StreamBroken {
-                    sku: sku.clone(),
-                    cursor,
-                });
+                match read_ahead {
+                    // What this settler read before the loss is still owed to Postgres.
+                    Some(events) => {
+                        tracing::warn!(sku = %sku, events = events.len(),
+                            "the stream is gone; applying the events read from it before the loss");
+                        metrics::counter!("flashgate_rescued_events_total")
+                            .increment(events.len() as u64);
+                        events
+                    }
+                    None => {
+                        return Err(SettleError::StreamBroken {
+                            sku: sku.clone(),
+                            cursor,
+                        });
+                    }
+                }
             }
         };
+        if !events.is_empty() {
+            self.remember_read_ahead(sku, cursor, events.clone());
+        }
         let Some(last) = events.last().map(|e| e.id) else {
             return Ok(BatchOutcome::Idle);
         };
         let mut batch = match self.store.lock_cursor(sku, cursor, lock).await? {
             CursorTurn::Locked(batch) => batch,
             CursorTurn::Busy => return Ok(BatchOutcome::Busy),
-            CursorTurn::Moved => return Ok(BatchOutcome::Moved),
+            CursorTurn::Moved => {
+                self.forget_read_ahead(sku);
+                return Ok(BatchOutcome::Moved);
+            }
         };
         let applied = batch
             .apply(&events, &|| self.faults.fails(FaultPoint::AfterInserts))
@@ -644,6 +688,7 @@ impl Settler {
             })?;
         self.faults.check(FaultPoint::MidBatch)?;
         batch.commit(last).await?;
+        self.forget_read_ahead(sku);
         self.local_turn(sku).observe(last);
         // How late Postgres learns of a decision: the batch's oldest event's age at commit.
         if let Some(decided) = events.first().and_then(|e| e.id.time()) {
@@ -674,6 +719,25 @@ impl Settler {
         })
     }
 
+    fn remember_read_ahead(&self, sku: &Sku, after: EventId, events: Arc<[crate::gate::Event]>) {
+        let mut read_ahead = self.read_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        read_ahead.insert(sku.clone(), ReadAhead { after, events });
+    }
+
+    fn forget_read_ahead(&self, sku: &Sku) {
+        let mut read_ahead = self.read_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        read_ahead.remove(sku);
+    }
+
+    /// The events this settler read after `cursor` and has not committed, if any.
+    fn read_ahead_after(&self, sku: &Sku, cursor: EventId) -> Option<Arc<[crate::gate::Event]>> {
+        let read_ahead = self.read_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        read_ahead
+            .get(sku)
+            .filter(|held| held.after == cursor)
+            .map(|held| held.events.clone())
+    }
+
     /// The SKU's stream no longer holds its settlement cursor: Redis lost data, was rolled back
     /// or failed over to a replica that lagged, so what it admits from now on may sell units
     /// twice. From this moment the sale takes no new hold (`resync_required`) until a resync:
@@ -690,7 +754,9 @@ impl Settler {
                 "redis lost or rolled back this sale's events: it takes no new hold until a resync \
                  (flashgate prewarm --resync, or POST /v1/admin/skus/{sku}/resync)"),
             Ok(false) => {}
-            Err(err) => tracing::warn!(sku = %sku, error = %err, "cannot record that the sale needs a resync"),
+            Err(err) => {
+                tracing::warn!(sku = %sku, error = %err, "cannot record that the sale needs a resync")
+            }
         }
         if let Err(err) = self.gate.halt_for_resync(sku, &reason).await {
             tracing::warn!(sku = %sku, error = %err, "cannot stop the sale in redis until a resync");

@@ -2,9 +2,12 @@
 //! stops selling a sale whose stream it can no longer trust, says so, and sells again only after
 //! a resync.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flashgate::domain::Sku;
+use flashgate::settler::{FaultPoint, Faults, SettleError};
 use flashgate::sweeper::SweeperSettings;
 use redis::AsyncCommands as _;
 use serde_json::Value;
@@ -78,7 +81,11 @@ async fn once_the_settler_finds_a_sales_stream_rolled_back_it_sells_nothing_unti
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready["status"], "ok", "{ready}");
-    assert_eq!(ready["resync_required"], serde_json::json!(["sneaker"]), "{ready}");
+    assert_eq!(
+        ready["resync_required"],
+        serde_json::json!(["sneaker"]),
+        "{ready}"
+    );
     let console = app
         .get_json("/v1/admin/console/sales", Some(crate::helpers::ADMIN_TOKEN))
         .await;
@@ -116,4 +123,50 @@ async fn a_live_sale_redis_lost_entirely_is_refused_until_a_resync_not_sold_afre
     let job = app.resync("sneaker").await;
     assert_eq!(job["status"], "succeeded", "{job}");
     hold_id(&app, "sneaker", "bob").await;
+}
+
+#[sqlx::test]
+async fn holds_the_settler_read_reach_postgres_though_redis_lost_them_before_they_settled(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    let mut told = Vec::new();
+    for n in 0..5 {
+        told.push(hold_id(&app, "sneaker", &format!("buyer-{n}")).await);
+    }
+    // The settler reads the five decisions, then Postgres refuses its batch for a while (on
+    // main: a row lock past lock_timeout) — and meanwhile Redis loses everything.
+    let refuse_once = Arc::new(AtomicBool::new(true));
+    let settler = app.settler().with_faults(Faults::inject(move |point| {
+        point == FaultPoint::AfterInserts && refuse_once.swap(false, Ordering::SeqCst)
+    }));
+    let refused = settler.settle_batch(&sku("sneaker")).await;
+    assert!(
+        matches!(refused, Err(SettleError::Injected(_))),
+        "{refused:?}"
+    );
+    app.flush_redis();
+
+    // The stream is gone, but what the settler read is still owed to Postgres.
+    let drained = settler.drain(&sku("sneaker")).await;
+    assert!(
+        matches!(drained, Err(SettleError::StreamBroken { .. })),
+        "{drained:?}"
+    );
+    let in_postgres: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reservations WHERE sku = 'sneaker' AND status = 'held'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .expect("count");
+    assert_eq!(in_postgres, 5, "holds told 201 vanished with Redis");
+
+    // After the resync, a retry under the same key answers the same hold, never a new one.
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let retry = app.reserve("sneaker", "buyer-0", "buyer-0-key", 1).await;
+    assert!(retry.status().is_success(), "{}", retry.status());
+    let body: Value = retry.json().await.expect("json");
+    assert_eq!(body["id"].as_str(), Some(told[0].as_str()));
 }
