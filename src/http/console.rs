@@ -37,12 +37,47 @@ async fn page() -> impl IntoResponse {
     (
         [
             (header::CACHE_CONTROL, "no-store"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:",
-            ),
+            (header::CONTENT_SECURITY_POLICY, content_security_policy()),
+            // A page on another origin must not frame the console and trick a signed-in
+            // operator into pressing Pause (clickjacking); old browsers read X-Frame-Options.
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
-        Html(include_str!("console.html")),
+        Html(CONSOLE_PAGE),
+    )
+}
+
+const CONSOLE_PAGE: &str = include_str!("console.html");
+
+/// The console's policy: its one inline script and one inline style allowed by their hashes,
+/// nothing else inline, no framing, and calls only to this origin.
+fn content_security_policy() -> &'static str {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        format!(
+            "default-src 'none'; connect-src 'self'; img-src data:; script-src {}; style-src {}; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            inline_hash(CONSOLE_PAGE, "script"),
+            inline_hash(CONSOLE_PAGE, "style"),
+        )
+    })
+}
+
+/// `'sha256-…'` of the content of the page's first `<tag>` element.
+fn inline_hash(page: &str, tag: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let content = page
+        .split_once(open.as_str())
+        .and_then(|(_, rest)| rest.split_once(close.as_str()))
+        .map_or("", |(content, _)| content);
+    let digest = sha2::Sha256::digest(content.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
     )
 }
 

@@ -10,7 +10,9 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{ADMIN_TOKEN, AppOptions, TestApp, round_trip, sale_body, spawn_app_with};
+use crate::helpers::{
+    ADMIN_TOKEN, AppOptions, TestApp, round_trip, sale_body, spawn_app, spawn_app_with,
+};
 
 /// Opens a connection that sends a reserve's headers and the first byte of its body, then
 /// nothing more: a client trickling its body (or never finishing it).
@@ -337,4 +339,54 @@ async fn the_operators_listener_answers_while_the_public_one_is_full(pool: PgPoo
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
+}
+
+#[sqlx::test]
+async fn a_request_head_past_32_kib_is_refused_431_not_buffered(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    // 100 KB of one header, never finished: before, the gate buffered up to ~400 KB of it.
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: gate\r\nX-Filler: {}",
+        "a".repeat(100 * 1024)
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    assert_eq!(
+        status_of(&mut stream, Duration::from_secs(2)).await,
+        Some(431)
+    );
+    // A head of ordinary size is served.
+    let mut fresh = TcpStream::connect(address).await.expect("connect");
+    assert!(
+        round_trip(&mut fresh, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[sqlx::test]
+async fn the_console_cannot_be_framed_and_runs_no_inline_code_but_its_own(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let page = app.get("/console", None).await;
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let policy = headers["content-security-policy"].to_str().expect("ascii");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert!(policy.contains("script-src 'sha256-"), "{policy}");
+    let html = page.text().await.expect("html");
+    // Everything inline is in the one script and the one style the hashes allow.
+    assert_eq!(html.matches("<script").count(), 1);
+    assert_eq!(html.matches("<style").count(), 1);
+    assert!(
+        !html.contains(" style=\""),
+        "an inline style attribute the policy would block"
+    );
+    assert!(
+        !html.contains(" onclick="),
+        "an inline handler the policy would block"
+    );
 }

@@ -69,6 +69,14 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
   check(true, "screenshot kept: " + screenshot);
 
+  // Pause, resume and restock ask first: a framed or mistaken click changes nothing.
+  const questions = [];
+  page.once("dialog", (dialog) => { questions.push(dialog.message()); dialog.dismiss(); });
+  await card.locator('button[data-action="pause"]').click();
+  await until("the pause question", async () => questions.length === 1);
+  const untouched = await (await fetch(`${base}/v1/skus/${sku}`)).json();
+  check(untouched.state === "open", "pause answered 'cancel' leaves the sale open: " + questions[0]);
+  page.on("dialog", (dialog) => { questions.push(dialog.message()); dialog.accept(); });
   await card.locator('button[data-action="pause"]').click();
   await until("the pause answer", async () => (await page.textContent("#answer")).includes("→ 200"));
   const paused = await (await fetch(`${base}/v1/skus/${sku}`)).json();
