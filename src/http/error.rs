@@ -294,11 +294,15 @@ impl From<StoreError> for ApiError {
                 requested,
                 committed,
             },
-            StoreError::Unavailable(_) => {
+            // Unreachable, starting or stopping, or a statement cancelled by its timeout: a
+            // retry may succeed, so 503 + Retry-After rather than 500.
+            _ if err.is_transient() => {
                 tracing::warn!(error = %err, "postgres unavailable");
                 Self::Unavailable("postgres")
             }
             StoreError::Corrupt(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Busy(_)
             | StoreError::Database(_)
             | StoreError::Invariant(_)
             | StoreError::Migration(_)

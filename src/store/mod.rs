@@ -44,6 +44,10 @@ pub enum StoreError {
     Interrupted,
     #[error("postgres is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// Postgres cancelled the statement to bound it — `statement_timeout`, `lock_timeout`, a
+    /// deadlock or serialization failure: nothing was applied, and a retry may succeed.
+    #[error("postgres is busy: {0}")]
+    Busy(#[source] sqlx::Error),
     #[error(transparent)]
     Database(sqlx::Error),
 }
@@ -63,7 +67,7 @@ impl StoreError {
     /// down (SQLSTATE class 57: `cannot_connect_now`, `admin_shutdown`).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unavailable(_) => true,
+            Self::Unavailable(_) | Self::Busy(_) => true,
             Self::Database(sqlx::Error::Database(db)) => {
                 db.code().is_some_and(|code| code.starts_with("57"))
             }
@@ -72,6 +76,10 @@ impl StoreError {
     }
 }
 
+/// SQLSTATEs of a statement Postgres cancelled to bound it: `query_canceled` (statement_timeout),
+/// `lock_not_available` (lock_timeout), `serialization_failure`, `deadlock_detected`.
+const RETRYABLE_STATES: [&str; 4] = ["57014", "55P03", "40001", "40P01"];
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match err {
@@ -79,6 +87,13 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_) => Self::Unavailable(err),
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|code| RETRYABLE_STATES.contains(&code.as_ref())) =>
+            {
+                Self::Busy(err)
+            }
             other => Self::Database(other),
         }
     }

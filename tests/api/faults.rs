@@ -170,3 +170,36 @@ async fn holds_the_settler_read_reach_postgres_though_redis_lost_them_before_the
     let body: Value = retry.json().await.expect("json");
     assert_eq!(body["id"].as_str(), Some(told[0].as_str()));
 }
+
+#[sqlx::test]
+async fn a_statement_postgres_cancels_for_its_lock_timeout_is_answered_503_not_500(pool: PgPool) {
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("lock_timeout", "200ms")]);
+    let bounded = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("pool");
+    let app = spawn_app(bounded).await;
+    let created = app.put_sale("sneaker", &sale_body(10, 1)).await;
+    assert_eq!(created.status(), 200);
+    // Another session holds the sale's inventory row past the gate's lock_timeout.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM inventory WHERE sku = 'sneaker' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let changed = app.put_sale("sneaker", &sale_body(20, 1)).await;
+    let retry_after = changed.headers().get("retry-after").cloned();
+    let (status, code, _) = error_code(changed).await;
+    assert_eq!((status, code.as_str()), (503, "service_unavailable"));
+    assert!(retry_after.is_some());
+    holder.rollback().await.expect("rollback");
+    assert_eq!(
+        app.put_sale("sneaker", &sale_body(20, 1)).await.status(),
+        200
+    );
+}
