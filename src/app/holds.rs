@@ -8,6 +8,10 @@ use crate::gate::{
 use crate::settler::SettleError;
 use crate::store::StoreError;
 
+/// Longest a read or replay waits for Postgres to say whether the hold is settled; past it the
+/// answer says `settled: false`. A settled read takes about a millisecond.
+const SETTLED_LOOKUP_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Why a buyer's call was not done.
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -210,12 +214,19 @@ impl App<'_> {
     }
 
     /// Whether Postgres has the hold's current state. The gate answers from Redis alone, so an
-    /// unreachable Postgres only hides `settled`.
+    /// unreachable or slow Postgres only hides `settled`: the lookup gets
+    /// [`SETTLED_LOOKUP_BUDGET`], never the pool's acquire timeout (a same-key retry used to
+    /// wait 3 s for it while Postgres was down).
     async fn is_settled(&self, hold: &Hold) -> bool {
-        match self.store.reservation_status(hold.id).await {
-            Ok(recorded) => recorded == Some(hold.status),
-            Err(err) => {
+        let lookup = self.store.reservation_status(hold.id);
+        match tokio::time::timeout(SETTLED_LOOKUP_BUDGET, lookup).await {
+            Ok(Ok(recorded)) => recorded == Some(hold.status),
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, "could not tell whether the hold is settled");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(hold = %hold.id, "postgres too slow to tell whether the hold is settled");
                 false
             }
         }

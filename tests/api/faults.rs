@@ -203,3 +203,36 @@ async fn a_statement_postgres_cancels_for_its_lock_timeout_is_answered_503_not_5
         200
     );
 }
+
+#[sqlx::test]
+async fn a_same_key_retry_is_answered_from_redis_at_once_while_postgres_hangs(pool: PgPool) {
+    let options = pool.connect_options();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("address");
+    let proxy = crate::proxy::Proxy::start(upstream).await;
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with((*options).clone().host("127.0.0.1").port(proxy.addr.port()));
+    let app = spawn_app(through_proxy).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    let first = hold_id(&app, "sneaker", "alice").await;
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let retry = app.reserve("sneaker", "alice", "alice-key", 1).await;
+    let waited = started.elapsed();
+    assert_eq!(retry.status(), 201);
+    let body: Value = retry.json().await.expect("json");
+    assert_eq!(body["id"].as_str(), Some(first.as_str()));
+    assert_eq!(body["settled"], false);
+    // Before, the retry waited out the pool (3 s) or the request deadline.
+    assert!(
+        waited < Duration::from_secs(2),
+        "the retry waited {waited:?}"
+    );
+    proxy.thaw();
+}
