@@ -301,8 +301,14 @@ async fn apply_new_holds(
 
     let mut taken: i64 = 0;
     let mut out_of_stock: Vec<Uuid> = Vec::new();
+    // A hold recorded twice in one batch (two resyncs re-recording the same lost hold) was
+    // inserted once: only its first event takes its units.
+    let mut consumed: HashSet<Uuid> = HashSet::with_capacity(holds.len());
     for (event, hold) in &holds {
         let id = hold.id.as_uuid();
+        if !consumed.insert(id) {
+            continue;
+        }
         let reason = if inserted.contains(&id) {
             let units = i64::from(hold.quantity.get());
             if units <= ledger.stock.available {
