@@ -36,6 +36,10 @@ pub enum ResyncError {
     UnknownSku(Sku),
     #[error("events kept arriving while draining; try again")]
     Busy,
+    /// One resync per SKU at a time: two would each re-record a lost hold, taking its units
+    /// twice.
+    #[error("another resync of {0} is running")]
+    AlreadyRunning(Sku),
     #[error("the resync did not finish within {0:?}")]
     TimedOut(std::time::Duration),
     #[error(transparent)]
@@ -83,6 +87,21 @@ pub async fn resync(
         .find_sku(sku)
         .await?
         .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+    let Some(lock) = store.lock_resync(sku).await? else {
+        return Err(ResyncError::AlreadyRunning(sku.clone()));
+    };
+    let outcome = resync_locked(gate, store, settler, sku, before.state).await;
+    lock.release().await;
+    outcome
+}
+
+async fn resync_locked(
+    gate: &Gate,
+    store: &Store,
+    settler: &Settler,
+    sku: &Sku,
+    state_before: SaleState,
+) -> Result<ResyncReport, ResyncError> {
     gate.set_state(sku, SaleState::Paused).await?;
     let repaired = match tokio::time::timeout(DEADLINE, repair(gate, store, settler, sku)).await {
         Ok(repaired) => repaired,
@@ -92,7 +111,7 @@ pub async fn resync(
         // A failed repair must not leave the sale paused: back to the state Postgres records
         // (a success loads it with the rest of the sale).
         tracing::warn!(sku = %sku, error = %err, "resync failed; restoring the sale's state");
-        if let Err(restore) = gate.set_state(sku, before.state).await {
+        if let Err(restore) = gate.set_state(sku, state_before).await {
             tracing::error!(sku = %sku, error = %restore,
                 "cannot restore the sale's state after a failed resync; resume it by hand");
         }
@@ -102,6 +121,9 @@ pub async fn resync(
 
 /// Longest a resync may take before it gives up (and restores the sale's state).
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How long a job stays the SKU's running resync if its gate dies before clearing it.
+const JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// Steps 1 to 4 of the module doc; the sale is paused meanwhile.
 async fn repair(
@@ -275,10 +297,19 @@ pub async fn start_job(
         report: None,
         error: None,
     };
+    // A second request while one runs answers the running job instead of starting another.
+    if let Some(running) = gate.claim_resync(&sku, job.job, JOB_LEASE).await? {
+        return self::job(&gate, &sku, running)
+            .await?
+            .ok_or(ResyncError::AlreadyRunning(sku));
+    }
     gate.put_job(&sku, job.job, &job.record()?).await?;
     let started = job.clone();
     tokio::spawn(async move {
         let outcome = resync(&gate, &store, &settler, &sku).await;
+        if let Err(err) = gate.release_resync(&sku, job.job).await {
+            tracing::warn!(sku = %sku, error = %err, "cannot clear the running resync; it lapses with its lease");
+        }
         job.finished_at = Some(chrono::Utc::now());
         match outcome {
             Ok(report) => {

@@ -111,6 +111,10 @@ impl SkuKeys {
     pub fn resync_job(&self, job: uuid::Uuid) -> String {
         self.key(&format!("resync:{job}"))
     }
+    /// The id of the SKU's running resync job, if one runs: a second request answers it.
+    pub fn resync_running(&self) -> String {
+        self.key("resync:running")
+    }
     /// The record of one admin operation on the sale (a restock under an `Idempotency-Key`).
     pub fn admin_operation(&self, key: &IdempotencyKey) -> String {
         self.key(&format!("admin:{key}"))
@@ -147,6 +151,7 @@ mod tests {
             keys.hold_prefix(),
             keys.sale_changed(),
             keys.resync_job(uuid::Uuid::new_v4()),
+            keys.resync_running(),
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }

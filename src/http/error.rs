@@ -382,6 +382,7 @@ impl From<crate::app::resync::ResyncError> for ApiError {
         match err {
             ResyncError::UnknownSku(sku) => Self::UnknownSku(sku.to_string()),
             ResyncError::Busy => Self::Unavailable("the settler"),
+            ResyncError::AlreadyRunning(_) => Self::Unavailable("another resync of this sale"),
             ResyncError::TimedOut(_) => Self::Unavailable("resync"),
             ResyncError::Gate(e) => e.into(),
             ResyncError::Store(e) => e.into(),

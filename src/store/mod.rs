@@ -109,6 +109,21 @@ pub struct Store {
     recorded: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// A SKU's resync lock ([`Store::lock_resync`]); dropping it closes its connection, which
+/// releases the lock.
+#[derive(Debug)]
+pub struct ResyncLock(sqlx::PgConnection);
+
+impl ResyncLock {
+    /// Releases the lock now.
+    pub async fn release(self) {
+        use sqlx::Connection as _;
+        if let Err(err) = self.0.close().await {
+            tracing::debug!(error = %err, "closing the resync lock's connection");
+        }
+    }
+}
+
 /// Server-side bounds on every statement of a pool, so one stray lock or runaway query cannot
 /// stall settling or hold a request: Postgres cancels the statement and the caller retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +190,28 @@ impl Store {
     pub fn with_events(mut self, events: crate::events::EventFilter) -> Self {
         self.events = events;
         self
+    }
+
+    /// The SKU's resync lock, or `None` while another process or task holds it: a session
+    /// advisory lock on a connection of its own, taken out of the pool, so that it is released
+    /// when the connection closes — also when its holder is cancelled or killed.
+    pub async fn lock_resync(
+        &self,
+        sku: &crate::domain::Sku,
+    ) -> Result<Option<ResyncLock>, StoreError> {
+        use sqlx::Connection as _;
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("flashgate.resync:{sku}"))
+                .fetch_one(&mut conn)
+                .await?;
+        if locked {
+            Ok(Some(ResyncLock(conn)))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -236,3 +236,85 @@ async fn a_same_key_retry_is_answered_from_redis_at_once_while_postgres_hangs(po
     );
     proxy.thaw();
 }
+
+#[sqlx::test]
+async fn a_hold_recorded_twice_in_one_batch_takes_its_units_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    let response = app.reserve("sneaker", "alice", "alice-key", 2).await;
+    assert_eq!(response.status(), 201);
+    // Two resyncs at once both re-record the hold: its event is in the stream twice.
+    let events = app.namespace.sku(&sku("sneaker")).events();
+    let mut conn = app.redis_connection().await;
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(&events).await.expect("XRANGE");
+    let reserved = entries
+        .ids
+        .iter()
+        .find(|entry| entry.get::<String>("type").as_deref() == Some("reserved"))
+        .expect("the reserved event");
+    let fields: Vec<(String, String)> = reserved
+        .map
+        .keys()
+        .map(|field| (field.clone(), reserved.get::<String>(field).expect("field")))
+        .collect();
+    let _: String = conn.xadd(&events, "*", &fields).await.expect("XADD");
+
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // (total, available, reserved, sold): two units held once, not four.
+    assert_eq!(app.inventory("sneaker").await, (10, 8, 2, 0));
+}
+
+#[sqlx::test]
+async fn two_resync_requests_at_once_answer_one_job(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    let start = || async {
+        let response = app
+            .client
+            .post(app.url("/v1/admin/skus/sneaker/resync"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("resync");
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.expect("json")
+    };
+    // A double click: the second answers the job the first started.
+    let (first, second) = tokio::join!(start(), start());
+    assert_eq!(first["job"], second["job"], "{first} {second}");
+}
+
+#[sqlx::test]
+async fn a_resync_refuses_to_run_beside_another_of_the_same_sale(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    // Another process (the CLI's prewarm --resync, another gate) is resyncing the sale.
+    let elsewhere = app
+        .store
+        .lock_resync(&sku("sneaker"))
+        .await
+        .expect("lock")
+        .expect("free");
+    let settler = app.settler();
+    let refused =
+        flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku("sneaker")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(flashgate::app::resync::ResyncError::AlreadyRunning(_))
+        ),
+        "{refused:?}"
+    );
+    // Refused before touching anything: the sale still sells.
+    assert_eq!(
+        app.reserve("sneaker", "bob", "bob-key", 1).await.status(),
+        201
+    );
+    elsewhere.release().await;
+    let report = flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku("sneaker"))
+        .await
+        .expect("resync");
+    assert_eq!(report.stock, 8);
+}
