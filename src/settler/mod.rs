@@ -699,6 +699,12 @@ impl Settler {
         self.faults.check(FaultPoint::AfterCommit)?;
 
         metrics::counter!("flashgate_settled_events_total").increment(events.len() as u64);
+        if applied.stock_shortfall > 0 {
+            // Redis had drifted above Postgres and an admin lowered the total: Postgres took
+            // what it had; the audit shows the drift and a resync settles it.
+            metrics::counter!("flashgate_stock_shortfall_units_total", "sku" => sku.to_string())
+                .increment(applied.stock_shortfall as u64);
+        }
         let rejected = applied.rejected.len();
         if rejected > 0 {
             metrics::counter!("flashgate_rejected_holds_total").increment(rejected as u64);

@@ -318,3 +318,39 @@ async fn a_resync_refuses_to_run_beside_another_of_the_same_sale(pool: PgPool) {
         .expect("resync");
     assert_eq!(report.stock, 8);
 }
+
+#[sqlx::test]
+async fn a_stock_decrease_postgres_cannot_take_in_full_is_clamped_and_the_sku_settles_on(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    for n in 0..8 {
+        hold_id(&app, "sneaker", &format!("buyer-{n}")).await;
+    }
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // Redis had drifted above Postgres when an admin lowered the total by 5: its stream says
+    // -5, while Postgres has 2 units left.
+    let events = app.namespace.sku(&sku("sneaker")).events();
+    let mut conn = app.redis_connection().await;
+    let _: String = conn
+        .xadd(
+            &events,
+            "*",
+            &[("type", "stock"), ("q", "-5"), ("cause", "total")],
+        )
+        .await
+        .expect("XADD");
+    hold_id(&app, "sneaker", "late").await; // a later decision the SKU must still settle
+    let drained = app.settler().drain(&sku("sneaker")).await;
+    assert!(drained.is_ok(), "the SKU is stuck: {drained:?}");
+    // Postgres took the 2 units it had; the later hold found none left and was refused.
+    assert_eq!(app.inventory("sneaker").await, (8, 0, 8, 0));
+    let rejected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reservations WHERE sku = 'sneaker' AND status = 'rejected'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .expect("count");
+    assert_eq!(rejected, 1);
+}
