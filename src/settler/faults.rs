@@ -17,6 +17,9 @@ pub enum FaultPoint {
     MidBatch,
     /// The batch is committed; the stream is not trimmed and rejections not written back.
     AfterCommit,
+    /// The background safety-net scan fails (a cluster master down, the catalogue query
+    /// refused).
+    Scan,
 }
 
 /// The fault hook of one settler: `None` in production.

@@ -179,8 +179,11 @@ struct Pass {
     again_now: Vec<Sku>,
     /// SKUs to look at again after a short pause (another settler has them, or benched).
     again_soon: Vec<Sku>,
-    /// Set when every SKU tried failed, or the scan did: the stores are likely down.
+    /// Set when every SKU tried failed, or the scan failed with nothing else to try: the
+    /// stores are likely down.
     failure: Option<SettleError>,
+    /// The safety-net scan failed: run it again soon rather than after a whole interval.
+    scan_failed: bool,
 }
 
 /// One SKU's settlement state in this process.
@@ -311,6 +314,10 @@ impl Settler {
                 continue;
             }
             backoff = isolation::backoff(first, self.settings.max_backoff);
+            if pass.scan_failed {
+                next_scan =
+                    Instant::now() + self.settings.max_backoff.min(self.settings.scan_interval);
+            }
             if !pass.again_now.is_empty() {
                 soon.extend(pass.again_now);
                 continue;
@@ -341,13 +348,18 @@ impl Settler {
         shutdown: &CancellationToken,
     ) -> Pass {
         let mut pass = Pass::default();
+        let mut scan_failure = None;
         if scan {
             match self.scan().await {
                 Ok(found) => candidates.extend(found),
+                // What this process knows needs settling is settled anyway: one failing scan
+                // must not stop settlement for every SKU.
                 Err(err) => {
-                    pass.again_soon = candidates;
-                    pass.failure = Some(err);
-                    return pass;
+                    metrics::counter!("flashgate_settler_scan_failures_total").increment(1);
+                    tracing::warn!(error = %err, known = candidates.len(),
+                        "the safety-net scan failed; settling the SKUs this process knows of");
+                    pass.scan_failed = true;
+                    scan_failure = Some(err);
                 }
             }
         }
@@ -401,6 +413,8 @@ impl Settler {
         }
         if failed > 0 && failed == tried {
             pass.failure = last_failure;
+        } else if tried == 0 {
+            pass.failure = scan_failure;
         }
         pass
     }
@@ -408,9 +422,13 @@ impl Settler {
     /// The safety net: beats in the fleet, writes back refusals left in the outbox, and returns
     /// the SKUs of this settler's share whose streams have events after their cursors.
     async fn scan(&self) -> Result<Vec<Sku>, SettleError> {
+        self.faults.check(FaultPoint::Scan)?;
         let share = self.fleet.beat(&self.store).await?;
         self.board.set_share(share);
-        self.write_back_rejections(None).await?;
+        // One refusal that cannot be written back must not keep the scan from finding work.
+        if let Err(err) = self.write_back_rejections(None).await {
+            tracing::warn!(error = %err, "cannot write refusals back to redis; the next scan retries");
+        }
         let cursors = self.store.settlement_cursors(share).await?;
         metrics::gauge!("flashgate_settler_scanned_skus").set(cursors.len() as f64);
         Ok(self.gate.skus_with_events(&cursors).await?)

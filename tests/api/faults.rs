@@ -354,3 +354,41 @@ async fn a_stock_decrease_postgres_cannot_take_in_full_is_clamped_and_the_sku_se
     .expect("count");
     assert_eq!(rejected, 1);
 }
+
+#[sqlx::test]
+async fn a_failing_safety_net_scan_does_not_stop_settling_what_the_process_knows(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    // Every scan of this settler fails (a cluster master down, say).
+    let settler = app
+        .settler()
+        .with_faults(Faults::inject(|point| point == FaultPoint::Scan));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = {
+        let (settler, stop) = (settler.clone(), stop.clone());
+        tokio::spawn(async move { settler.run(stop).await })
+    };
+    for n in 0..3 {
+        hold_id(&app, "sneaker", &format!("buyer-{n}")).await;
+    }
+    // Its gate tells it of the SKU, as a reserve in the same process does.
+    settler.hint(&sku("sneaker"));
+    let settled = async {
+        loop {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM reservations WHERE sku = 'sneaker' AND status = 'held'",
+            )
+            .fetch_one(app.store.pool())
+            .await
+            .expect("count");
+            if held == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), settled).await;
+    stop.cancel();
+    running.await.expect("settler");
+    assert!(outcome.is_ok(), "nothing was settled while the scan failed");
+}
