@@ -4,12 +4,13 @@
 -- while Postgres already has it terminal (Redis lost the transition, e.g. a failover to a replica
 -- that lagged): then Redis follows Postgres, as transition.lua would have moved it, except for
 -- stock, which resync loads from Postgres afterwards. The script may run any number of times.
--- A restored held or committed hold counts against its buyer's limit again, and its idempotency
--- record comes back so that a retry replays it instead of taking a second hold. The checks run
--- before the first write.
+-- A restored hold's idempotency record comes back so that a retry replays it instead of taking a
+-- second hold. Buyer counts are not touched here: resync sets them from Postgres afterwards
+-- (set_buyer_counts.lua), since a count Redis kept would otherwise be counted twice for a hold
+-- whose record merely expired. The checks run before the first write.
 --
--- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 buyers (set),
---       6 the live-hold counter of the client recorded in the hold (any key of the SKU if none)
+-- KEYS: 1 hold (hash), 2 idem (hash), 3 holds (zset), 4 buyers (set),
+--       5 the live-hold counter of the client recorded in the hold (any key of the SKU if none)
 -- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
 --       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s
 -- Returns: 'restored', 'followed' (a held hold moved to the Postgres status) or 'kept'
@@ -21,15 +22,12 @@ if status then
   end
   redis.call('HSET', KEYS[1], 'status', ARGV[9])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[12]))
-  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   if client then
-    if redis.call('DECR', KEYS[6]) <= 0 then redis.call('DEL', KEYS[6]) end
+    if redis.call('DECR', KEYS[5]) <= 0 then redis.call('DEL', KEYS[5]) end
   end
-  if ARGV[9] ~= 'committed' then
-    if redis.call('DECRBY', KEYS[2], ARGV[4]) <= 0 then redis.call('DEL', KEYS[2]) end
-  end
-  if redis.call('HGET', KEYS[3], 'id') == ARGV[1] then
-    redis.call('HSET', KEYS[3], 'status', ARGV[9])
+  if redis.call('HGET', KEYS[2], 'id') == ARGV[1] then
+    redis.call('HSET', KEYS[2], 'status', ARGV[9])
   end
   return 'followed'
 end
@@ -37,19 +35,16 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q'
   'price', ARGV[5], 'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9],
   'idem', ARGV[10])
 if ARGV[9] == 'held' then
-  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
 else
   -- A terminal hold lives as long as its idempotency record, as when it left 'held'.
   redis.call('EXPIRE', KEYS[1], ARGV[12])
 end
-redis.call('SADD', KEYS[5], ARGV[3])
-redis.call('EXPIRE', KEYS[5], ARGV[12])
-if ARGV[9] == 'held' or ARGV[9] == 'committed' then
-  redis.call('INCRBY', KEYS[2], ARGV[4])
-end
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('HSET', KEYS[3], 'fp', ARGV[11], 'id', ARGV[1], 'q', ARGV[4], 'price', ARGV[5],
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[12])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[2], 'fp', ARGV[11], 'id', ARGV[1], 'q', ARGV[4], 'price', ARGV[5],
     'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9])
-  redis.call('EXPIRE', KEYS[3], ARGV[12])
+  redis.call('EXPIRE', KEYS[2], ARGV[12])
 end
 return 'restored'

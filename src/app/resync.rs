@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{ReservationStatus, SaleState, Sku, ValidationError};
+use crate::domain::{BuyerId, ReservationStatus, SaleState, Sku, ValidationError};
 use crate::gate::{Fence, Gate, GateError, Hold, Restored};
 use crate::settler::{SettleError, Settler};
 use crate::store::{Store, StoreError};
@@ -151,7 +151,7 @@ async fn repair(
             report.rerecorded_holds += rerecorded;
             drain_fenced(gate, settler, sku, &mut report).await?;
         }
-        for row in store.reservations_of(sku).await? {
+        for row in store.reservations_of(sku, gate.idempotency_ttl()).await? {
             match gate
                 .restore_hold(&Hold::from_record(sku.clone(), row)?)
                 .await?
@@ -161,6 +161,15 @@ async fn repair(
                 Restored::Kept => {}
             }
         }
+        // Counts against buyers' limits, absolutely, from the holds Postgres now has: a count
+        // Redis kept would be counted twice for a hold whose record had merely expired.
+        let counts = store
+            .buyer_counts(sku)
+            .await?
+            .into_iter()
+            .map(|(buyer, count)| Ok((BuyerId::parse(&buyer)?, count)))
+            .collect::<Result<Vec<_>, ValidationError>>()?;
+        gate.set_buyer_counts(sku, &counts).await?;
         if report.restored_holds > 0 {
             // Restored holds keep their deadlines: this process's sweeper looks at once, and
             // learns from the sweep when the next one falls due.

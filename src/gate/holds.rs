@@ -284,7 +284,6 @@ impl Gate {
             .scripts
             .restore_hold
             .key(keys.hold(hold.id))
-            .key(keys.buyer(&hold.buyer))
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.buyers())
@@ -304,6 +303,25 @@ impl Gate {
             .invoke_async(&mut conn)
             .await?;
         parse_restore(&outcome)
+    }
+
+    /// Sets buyers' counts against their limit to `counts` (units of their held and committed
+    /// holds as Postgres records them; 0 deletes the key), with `lua/set_buyer_counts.lua`.
+    pub async fn set_buyer_counts(
+        &self,
+        sku: &Sku,
+        counts: &[(BuyerId, i64)],
+    ) -> Result<(), GateError> {
+        let keys = self.namespace().sku(sku);
+        let mut conn = self.connection().await?;
+        for chunk in counts.chunks(500) {
+            let mut call = self.inner.scripts.set_buyer_counts.prepare_invoke();
+            for (buyer, count) in chunk {
+                call.key(keys.buyer(buyer)).arg(*count);
+            }
+            let _: i64 = call.invoke_async(&mut conn).await?;
+        }
+        Ok(())
     }
 
     /// Writes a Postgres refusal back to Redis with `lua/reject.lua`; idempotent. Returns the

@@ -276,6 +276,11 @@ impl Gate {
         &self.inner.settings.namespace
     }
 
+    /// How long a created hold answers under its idempotency key, and a terminal one is kept.
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.inner.settings.idempotency_ttl
+    }
+
     /// Whether this gate talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.inner.source.is_cluster()

@@ -305,16 +305,11 @@ impl Gate {
         job: uuid::Uuid,
         lease: std::time::Duration,
     ) -> Result<Option<uuid::Uuid>, GateError> {
-        static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                "local running = redis.call('GET', KEYS[1]) \
-                 if running then return running end \
-                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-                 return false",
-            )
-        });
         let mut conn = self.connection().await?;
-        let running: Option<String> = CLAIM
+        let running: Option<String> = self
+            .inner
+            .scripts
+            .claim_resync
             .key(self.namespace().sku(sku).resync_running())
             .arg(job.to_string())
             .arg(lease.as_millis().max(1) as u64)
@@ -330,14 +325,11 @@ impl Gate {
 
     /// Forgets `job` as the SKU's running resync (if it still is).
     pub async fn release_resync(&self, sku: &Sku, job: uuid::Uuid) -> Result<(), GateError> {
-        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end \
-                 return 1",
-            )
-        });
         let mut conn = self.connection().await?;
-        let _: i64 = RELEASE
+        let _: i64 = self
+            .inner
+            .scripts
+            .release_resync
             .key(self.namespace().sku(sku).resync_running())
             .arg(job.to_string())
             .invoke_async(&mut conn)

@@ -19,6 +19,9 @@ pub struct Scripts {
     pub rerecord_hold: Script,
     pub due_holds: Script,
     pub halt_sale: Script,
+    pub set_buyer_counts: Script,
+    pub claim_resync: Script,
+    pub release_resync: Script,
 }
 
 impl Scripts {
@@ -35,6 +38,9 @@ impl Scripts {
             rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),
             halt_sale: Script::new(include_str!("../../lua/halt_sale.lua")),
+            set_buyer_counts: Script::new(include_str!("../../lua/set_buyer_counts.lua")),
+            claim_resync: Script::new(include_str!("../../lua/claim_resync.lua")),
+            release_resync: Script::new(include_str!("../../lua/release_resync.lua")),
         }
     }
 }

@@ -67,14 +67,36 @@ pub struct StoredReservation {
 }
 
 impl Store {
-    /// Every reservation of the SKU that a buyer may still ask about: all but the rejected.
+    /// The reservations of the SKU a buyer may still ask about: the held, and the committed,
+    /// released or expired that left `held` within `window` (the idempotency TTL, which is how
+    /// long Redis keeps a terminal hold). Older ones are not brought back to life.
     pub async fn reservations_of(
         &self,
         sku: &crate::domain::Sku,
+        window: std::time::Duration,
     ) -> Result<Vec<StoredReservation>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, buyer_id, idempotency_key, quantity, unit_price, currency, status, created_at, \
-               expires_at FROM reservations WHERE sku = $1 AND status <> 'rejected' ORDER BY created_event",
+               expires_at FROM reservations \
+             WHERE sku = $1 AND (status = 'held' \
+               OR (status <> 'rejected' AND updated_at > now() - make_interval(secs => $2))) \
+             ORDER BY created_event",
+        )
+        .bind(sku.as_str())
+        .bind(window.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Per buyer of the SKU, the units of their held and committed reservations: what counts
+    /// against their limit (0 for a buyer with none left).
+    pub async fn buyer_counts(
+        &self,
+        sku: &crate::domain::Sku,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT buyer_id, COALESCE(SUM(quantity) FILTER (WHERE status IN ('held', 'committed')), 0)::int8 \
+             FROM reservations WHERE sku = $1 GROUP BY buyer_id",
         )
         .bind(sku.as_str())
         .fetch_all(&self.pool)

@@ -392,3 +392,49 @@ async fn a_failing_safety_net_scan_does_not_stop_settling_what_the_process_knows
     running.await.expect("settler");
     assert!(outcome.is_ok(), "nothing was settled while the scan failed");
 }
+
+#[sqlx::test]
+async fn a_resync_past_the_idempotency_window_neither_recounts_buyers_nor_revives_old_holds(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    let id = hold_id(&app, "sneaker", "alice").await;
+    let committed = app.act(&id, "commit", &app.token("alice")).await;
+    assert_eq!(committed.status(), 200);
+    // Past the idempotency window: Redis forgot the hold and its key, as their TTLs do, and
+    // Postgres's row left `held` long ago.
+    let keys = app.namespace.sku(&sku("sneaker"));
+    let hold_key = keys.hold(flashgate::domain::ReservationId::parse(&id).expect("id"));
+    let idem_key = keys.idempotency(
+        &flashgate::domain::BuyerId::parse("alice").expect("buyer"),
+        &flashgate::domain::IdempotencyKey::parse("alice-key").expect("key"),
+    );
+    let mut conn = app.redis_connection().await;
+    let _: i64 = conn.del(&[&hold_key, &idem_key]).await.expect("DEL");
+    sqlx::query(
+        "UPDATE reservations SET updated_at = now() - interval '2 hours' WHERE sku = 'sneaker'",
+    )
+    .execute(app.store.pool())
+    .await
+    .expect("age the row");
+
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // Alice bought one of her two: she may hold one more (before: her count was 2).
+    let second = app.reserve("sneaker", "alice", "alice-second", 1).await;
+    assert_eq!(
+        second.status(),
+        201,
+        "{}",
+        second.text().await.unwrap_or_default()
+    );
+    let count: i64 = conn
+        .get(keys.buyer(&flashgate::domain::BuyerId::parse("alice").expect("buyer")))
+        .await
+        .expect("GET");
+    assert_eq!(count, 2);
+    // The old committed hold was not brought back to life.
+    let revived: bool = conn.exists(&hold_key).await.expect("EXISTS");
+    assert!(!revived, "a terminal hold past its window was restored");
+}
