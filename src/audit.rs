@@ -287,6 +287,42 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         ),
     });
 
+    // 5, the sale's state: Redis sells in the state Postgres records, except while a resync
+    // runs (it pauses the sale). A resync killed mid-way left it paused: the sweepers put it
+    // back within a scan interval; until then the audit says so.
+    let recorded = store.find_sku(sku).await?;
+    let live = gate.live_sale(sku).await?;
+    let mut problems = Vec::new();
+    if let (Some(recorded), Some(live)) = (&recorded, &live)
+        && recorded.state != live.state
+    {
+        let resyncing = match store.lock_resync(sku).await? {
+            Some(lock) => {
+                lock.release().await;
+                false
+            }
+            None => true,
+        };
+        if !resyncing {
+            problems.push(format!(
+                "redis has the sale {} while postgres records it {} (a resync that died mid-way \
+                 leaves it so until a sweeper puts it back)",
+                live.state.as_str(),
+                recorded.state.as_str()
+            ));
+        }
+    }
+    // Part of invariant 5 (Redis mirrors what Postgres settled): seven checks, one each.
+    if !problems.is_empty()
+        && let Some(mirror) = checks.iter_mut().rev().find(|c| c.invariant == 5)
+    {
+        if mirror.verdict == Verdict::Violated {
+            problems.insert(0, mirror.detail.clone());
+        }
+        mirror.verdict = Verdict::Violated;
+        mirror.detail = problems.join("; ");
+    }
+
     // 6. Every hold ends, or is held with a deadline in the future.
     let mut problems = Vec::new();
     if ledger.overdue > 0 {

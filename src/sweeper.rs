@@ -43,6 +43,15 @@ impl Default for SweeperSettings {
     }
 }
 
+/// Why a dead resync's pause could not be undone this time (the next scan tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Runs the expiry sweep.
 #[derive(Debug, Clone)]
 pub struct Sweeper {
@@ -115,6 +124,9 @@ impl Sweeper {
     /// The safety net: puts the earliest deadline of every SKU of this process's share on the
     /// board. `skus` keeps the last list Postgres gave.
     async fn scan(&self, skus: &mut Vec<Sku>) -> Result<(), GateError> {
+        if let Err(err) = self.recover_abandoned_pauses().await {
+            tracing::warn!(error = %err, "cannot look for sales a dead resync left paused");
+        }
         match self.store.settlement_skus(self.board.share()).await {
             Ok(current) => *skus = current,
             Err(err) => {
@@ -125,6 +137,35 @@ impl Sweeper {
             self.board.falls_due(&sku, due_in);
         }
         Ok(())
+    }
+
+    /// Puts back the state Postgres records for every sale a resync paused and no longer
+    /// holds: one killed between its pause and its restore. Run with every scan (and at start),
+    /// so a dead resync never leaves a sale paused longer than a scan interval. Returns the SKUs
+    /// put back.
+    pub async fn recover_abandoned_pauses(&self) -> Result<Vec<Sku>, RecoveryError> {
+        let mut recovered = Vec::new();
+        for sku in self.store.paused_by_a_resync().await? {
+            // Held: a resync is running, and puts the state back itself.
+            let Some(lock) = self.store.lock_resync(&sku).await? else {
+                continue;
+            };
+            let outcome = async {
+                if let Some(record) = self.store.find_sku(&sku).await? {
+                    self.gate.set_state(&sku, record.state).await?;
+                }
+                self.store.mark_resync_pause(&sku, false).await?;
+                Ok::<_, RecoveryError>(())
+            }
+            .await;
+            lock.release().await;
+            outcome?;
+            tracing::warn!(sku = %sku,
+                "a resync died with the sale paused; put back the state postgres records");
+            metrics::counter!("flashgate_abandoned_resync_pauses_total").increment(1);
+            recovered.push(sku);
+        }
+        Ok(recovered)
     }
 
     /// Expires every hold of `sku` that is past its deadline and puts the SKU's next deadline on

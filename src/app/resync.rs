@@ -90,7 +90,14 @@ pub async fn resync(
     let Some(lock) = store.lock_resync(sku).await? else {
         return Err(ResyncError::AlreadyRunning(sku.clone()));
     };
+    // Marked before the pause, cleared after the sale's state is back: a resync killed in
+    // between (SIGKILL, a crash) leaves the mark, and the sweepers put the state back
+    // (`Sweeper::recover_abandoned_pauses`).
+    store.mark_resync_pause(sku, true).await?;
     let outcome = resync_locked(gate, store, settler, sku, before.state).await;
+    if let Err(err) = store.mark_resync_pause(sku, false).await {
+        tracing::warn!(sku = %sku, error = %err, "cannot clear the resync's pause mark; the sweepers will");
+    }
     lock.release().await;
     outcome
 }

@@ -309,6 +309,33 @@ impl Store {
             == 1)
     }
 
+    /// Records that a resync is about to pause the sale in Redis (or, with `false`, that it
+    /// ended): a resync killed in between leaves the mark for [`Store::paused_by_a_resync`].
+    pub async fn mark_resync_pause(&self, sku: &Sku, paused: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE skus SET resync_paused_at = CASE WHEN $2 THEN now() END WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .bind(paused)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The SKUs a resync paused in Redis and has not (yet) put back: running ones, and ones a
+    /// killed resync left paused.
+    pub async fn paused_by_a_resync(&self) -> Result<Vec<Sku>, StoreError> {
+        let skus: Vec<String> = super::timed(
+            "paused_by_a_resync",
+            sqlx::query_scalar("SELECT sku FROM skus WHERE resync_paused_at IS NOT NULL")
+                .fetch_all(&self.pool),
+        )
+        .await?;
+        skus.iter()
+            .map(|sku| Sku::parse(sku).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+
     /// The SKUs waiting for a resync, with why and since when.
     pub async fn resync_required(
         &self,

@@ -438,3 +438,67 @@ async fn a_resync_past_the_idempotency_window_neither_recounts_buyers_nor_revive
     let revived: bool = conn.exists(&hold_key).await.expect("EXISTS");
     assert!(!revived, "a terminal hold past its window was restored");
 }
+
+#[sqlx::test]
+async fn a_resync_killed_with_the_sale_paused_is_undone_by_the_sweepers(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    // Another session holds the settlement cursor: the resync pauses the sale, then waits in
+    // its drain — where it is killed.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM settlement_cursor WHERE sku = 'sneaker' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let running = {
+        let (gate, store, settler) = (app.gate.clone(), app.store.clone(), app.settler());
+        tokio::spawn(async move {
+            flashgate::app::resync::resync(&gate, &store, &settler, &sku("sneaker")).await
+        })
+    };
+    let mut paused = false;
+    for n in 0..100 {
+        let probe = app
+            .reserve("sneaker", &format!("probe-{n}"), &format!("p-{n}"), 1)
+            .await;
+        if probe.status() == 409 {
+            let (_, code, _) = error_code(probe).await;
+            if code == "sale_paused" {
+                paused = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(paused, "the resync never paused the sale");
+    running.abort(); // kill -9
+    let _ = running.await;
+    holder.rollback().await.expect("rollback");
+    // The audit says what is wrong while it lasts.
+    let audit = app.audit("sneaker").await;
+    assert!(!audit.ok(), "{audit:?}");
+    assert!(
+        audit
+            .checks
+            .iter()
+            .any(|c| c.detail.contains("postgres records it open")),
+        "{audit:?}"
+    );
+
+    // A sweeper's scan finds the sale a dead resync left paused and puts back Postgres's state.
+    let _background = app.run_background(SweeperSettings {
+        interval: Duration::from_millis(50),
+        scan_interval: Duration::from_millis(200),
+        ..SweeperSettings::default()
+    });
+    let mut reopened = false;
+    for _ in 0..100 {
+        if app.reserve("sneaker", "bob", "bob-key", 1).await.status() == 201 {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "the sale stayed paused after its resync died");
+}
