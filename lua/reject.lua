@@ -1,13 +1,18 @@
 -- reject.lua — write back a hold that Postgres refused (docs/DESIGN.md §1).
 --
 -- Postgres refuses a hold Redis admitted only after Redis lost data or drifted. The hold becomes
--- 'rejected' and the buyer's count drops, but the units are NOT given back to Redis stock:
--- Postgres never had them. Idempotent: a second run finds the hold already rejected.
--- All checks run before the first write.
+-- 'rejected' and the buyer's count drops. Refused for stock, its units are NOT given back to
+-- Redis stock: Postgres never had them. Refused as a duplicate idempotency key (a key reused
+-- after Redis forgot it), Postgres still has the units the hold took from Redis stock: they are
+-- given back and announced, or they would never be sold. Idempotent: a second run finds the
+-- hold already rejected. All checks run before the first write.
 --
 -- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 the live-hold counter
---       of the client recorded in the hold (any key of the SKU when it records none)
--- ARGV: 1 hold id, 2 quantity, 3 idempotency ttl s (the rejected hold then expires)
+--       of the client recorded in the hold (any key of the SKU when it records none), 6 stock
+--       (string), 7 the sale-changed channel
+-- ARGV: 1 hold id, 2 quantity, 3 idempotency ttl s (the rejected hold then expires),
+--       4 '1' when Postgres has the units (a duplicate key), else '0',
+--       5 'PUBLISH' | 'SPUBLISH' (how to announce on KEYS[7]), 6 sku
 -- Returns: the hold's status before the call ('held', 'committed', ...), 'rejected' when it was
 -- already rejected, or 'missing'.
 
@@ -31,6 +36,10 @@ end
 if status == 'held' or status == 'committed' then
   local left = redis.call('DECRBY', KEYS[2], ARGV[2])
   if left <= 0 then redis.call('DEL', KEYS[2]) end
+end
+if ARGV[4] == '1' and (status == 'held' or status == 'committed') then
+  redis.call('INCRBY', KEYS[6], ARGV[2])
+  redis.call(ARGV[5], KEYS[7], ARGV[6])
 end
 if answers_for_this_hold then
   redis.call('HSET', KEYS[3], 'status', 'rejected')

@@ -69,6 +69,9 @@ pub struct RejectedHold {
     pub buyer: BuyerId,
     pub idempotency_key: IdempotencyKey,
     pub quantity: Quantity,
+    /// Postgres has the units the hold took from Redis stock (it was refused as a duplicate
+    /// idempotency key, not for stock): the write-back gives them back to Redis.
+    pub units_back: bool,
 }
 
 /// `HMGET hold status q buyer idem`.
@@ -335,6 +338,7 @@ impl Gate {
         let mut conn = self.connection().await?;
         // The client counter's key must be named in KEYS; refusals are rare, so one more read.
         let client: Option<String> = conn.hget(keys.hold(hold.id), "client").await?;
+        let (channel, publish) = self.announcement(sku);
         let before: String = self
             .inner
             .scripts
@@ -344,9 +348,14 @@ impl Gate {
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.client(client.as_deref().unwrap_or("")))
+            .key(keys.stock())
+            .key(&channel)
             .arg(hold.id.to_string())
             .arg(hold.quantity.get())
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .arg(if hold.units_back { "1" } else { "0" })
+            .arg(publish)
+            .arg(sku.as_str())
             .invoke_async(&mut conn)
             .await?;
         parse_reject(&before)

@@ -799,6 +799,7 @@ impl Settler {
                     .map_err(|e| SettleError::Invariant(e.to_string()))?,
                 quantity: Quantity::parse(i64::from(row.quantity))
                     .map_err(|e| SettleError::Invariant(e.to_string()))?,
+                units_back: row.reason == RejectionReason::DuplicateIdempotencyKey.as_str(),
             };
             self.gate.reject(&row.sku, &hold).await?;
             self.store.clear_rejection(row.reservation_id).await?;

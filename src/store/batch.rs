@@ -541,6 +541,7 @@ fn rejected(hold: &NewHold) -> Result<RejectedHold, StoreError> {
         idempotency_key: IdempotencyKey::from_decoded(hold.idempotency_key.clone())
             .map_err(|e| StoreError::Corrupt(format!("hold {}: {e}", hold.id)))?,
         quantity: hold.quantity,
+        units_back: false,
     })
 }
 

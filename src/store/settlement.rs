@@ -147,6 +147,8 @@ pub struct PendingRejection {
     pub buyer_id: String,
     pub idempotency_key: String,
     pub quantity: i32,
+    /// Why Postgres refused it (`RejectionReason::as_str`).
+    pub reason: String,
 }
 
 impl Store {
@@ -275,8 +277,8 @@ impl Store {
         &self,
         sku: Option<&Sku>,
     ) -> Result<Vec<PendingRejection>, StoreError> {
-        let rows: Vec<(Uuid, String, String, String, i32)> = sqlx::query_as(
-            "SELECT reservation_id, sku, buyer_id, idempotency_key, quantity FROM rejection_outbox \
+        let rows: Vec<(Uuid, String, String, String, i32, String)> = sqlx::query_as(
+            "SELECT reservation_id, sku, buyer_id, idempotency_key, quantity, reason FROM rejection_outbox \
              WHERE $1::text IS NULL OR sku = $1 ORDER BY created_at LIMIT 1000",
         )
         .bind(sku.map(Sku::as_str))
@@ -284,13 +286,14 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(
-                |(reservation_id, sku, buyer_id, idempotency_key, quantity)| {
+                |(reservation_id, sku, buyer_id, idempotency_key, quantity, reason)| {
                     Ok(PendingRejection {
                         reservation_id,
                         sku: parse_sku(&sku)?,
                         buyer_id,
                         idempotency_key,
                         quantity,
+                        reason,
                     })
                 },
             )

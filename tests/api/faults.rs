@@ -502,3 +502,32 @@ async fn a_resync_killed_with_the_sale_paused_is_undone_by_the_sweepers(pool: Pg
     }
     assert!(reopened, "the sale stayed paused after its resync died");
 }
+
+#[sqlx::test]
+async fn a_key_reused_after_redis_forgot_it_gives_its_units_back_when_postgres_refuses_it(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // Past the idempotency window Redis forgets the key; Postgres's unique key does not.
+    let keys = app.namespace.sku(&sku("sneaker"));
+    let idem_key = keys.idempotency(
+        &flashgate::domain::BuyerId::parse("alice").expect("buyer"),
+        &flashgate::domain::IdempotencyKey::parse("alice-key").expect("key"),
+    );
+    let mut conn = app.redis_connection().await;
+    let deleted: i64 = conn.del(&idem_key).await.expect("DEL");
+    assert_eq!(deleted, 1, "{idem_key}");
+    let reused = app.reserve("sneaker", "alice", "alice-key", 1).await;
+    assert_eq!(reused.status(), 201);
+    assert!(reused.headers().get("idempotent-replayed").is_none());
+    // Postgres refuses it as a duplicate key; its unit must come back to Redis, where it was
+    // taken, since Postgres never gave it out.
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    let audit = app.audit("sneaker").await;
+    assert_eq!(audit.pending_write_backs, 0);
+    assert_eq!(audit.redis_stock, Some(audit.available), "{audit:?}");
+    assert_eq!(audit.available, 9);
+}
