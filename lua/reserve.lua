@@ -13,7 +13,8 @@
 -- KEYS (all under the SKU's hash tag, so the script runs unchanged on Redis Cluster):
 --   1 meta      hash    state, starts_ms, ends_ms, limit, ttl_s, price, currency, halted
 --   2 stock     string  units a new hold may take
---   3 buyer     string  units this buyer holds or bought (invariant 4)
+--   3 buyer     string  units this buyer holds or bought (invariant 4); expires at the sale's
+--                       end plus the idempotency ttl
 --   4 idem      hash    the stored answer and request fingerprint for (buyer, key)
 --   5 rl        string  the buyer's GCRA theoretical arrival time, in microseconds
 --   6 hold      hash    the new hold's state
@@ -137,6 +138,11 @@ local expires_ms = now_ms + tonumber(meta[5]) * 1000
 local price, currency = meta[6], meta[7]
 redis.call('DECRBY', KEYS[2], qty)
 redis.call('INCRBY', KEYS[3], qty)
+-- A buyer's count is needed while the sale sells and its holds may be replayed: past its end
+-- plus the idempotency window nobody reads it, so it goes then. A sale without an end keeps it.
+if ends_ms > 0 then
+  redis.call('PEXPIREAT', KEYS[3], int(ends_ms + tonumber(ARGV[5]) * 1000))
+end
 redis.call('HSET', KEYS[6],
   'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])

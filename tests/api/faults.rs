@@ -531,3 +531,29 @@ async fn a_key_reused_after_redis_forgot_it_gives_its_units_back_when_postgres_r
     assert_eq!(audit.redis_stock, Some(audit.available), "{audit:?}");
     assert_eq!(audit.available, 9);
 }
+
+#[sqlx::test]
+async fn a_buyers_count_expires_at_the_sales_end_plus_the_idempotency_window(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let ends = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut body = sale_body(10, 2);
+    body["ends_at"] = serde_json::json!(ends.to_rfc3339());
+    app.open_sale("sneaker", &body).await;
+    hold_id(&app, "sneaker", "alice").await;
+    let key = app
+        .namespace
+        .sku(&sku("sneaker"))
+        .buyer(&flashgate::domain::BuyerId::parse("alice").expect("buyer"));
+    let mut conn = app.redis_connection().await;
+    let left_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    // The test gate's idempotency window is an hour: the count goes about two hours from now.
+    let expected = (ends + chrono::Duration::hours(1) - chrono::Utc::now()).num_milliseconds();
+    assert!(
+        (left_ms - expected).abs() < 60_000,
+        "the buyer's count lives {left_ms} ms, expected about {expected}"
+    );
+}
