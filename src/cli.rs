@@ -212,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
+            startup::check_migrations(&store).await?;
             let relay = startup::relay(&relay, &store).await?;
             let background = Settler::new(gate.clone(), store.clone(), settler.settings());
             let sweeper = settler.sweeper(gate.clone(), store.clone(), &background);
@@ -243,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
+            startup::check_migrations(&store).await?;
             let relay = startup::relay(&relay, &store).await?;
             let background = Settler::new(gate.clone(), store.clone(), settler.settings());
             let sweeper = settler.sweeper(gate, store, &background);
@@ -263,6 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown: stopping,
         } => {
             let store = startup::store(&database)?;
+            startup::check_migrations(&store).await?;
             let relay = startup::relay(&relay, &store).await?;
             let shutdown = CancellationToken::new();
             startup::cancel_on_signal(shutdown.clone());

@@ -22,6 +22,20 @@ use crate::store::Store;
 
 /// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting), with
 /// the configured statement and lock timeouts.
+/// Refuses to run against a database that lacks migrations this build needs: it would start,
+/// answer ready, and fail every write with 500. Postgres unreachable: checked no further (the
+/// gate serves from Redis meanwhile).
+pub async fn check_migrations(store: &Store) -> anyhow::Result<()> {
+    match store.pending_migrations().await {
+        Some(pending) if !pending.is_empty() => anyhow::bail!(
+            "the database lacks {} migration(s) this build needs ({}): run `flashgate migrate` first",
+            pending.len(),
+            pending.join(", ")
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn store(config: &DatabaseConfig) -> anyhow::Result<Store> {
     let events = config.event_filter().context("invalid FLASHGATE_EVENTS")?;
     Ok(Store::connect_lazy(

@@ -239,6 +239,33 @@ impl Store {
             })
     }
 
+    /// The embedded migrations this database has not applied (by version and description),
+    /// or `None` when Postgres cannot be asked right now.
+    pub async fn pending_migrations(&self) -> Option<Vec<String>> {
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(applied) => applied,
+                // No table: nothing was ever applied.
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                    Vec::new()
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot tell whether the migrations are applied");
+                    return None;
+                }
+            };
+        Some(
+            sqlx::migrate!()
+                .iter()
+                .filter(|migration| !applied.contains(&migration.version))
+                .map(|migration| format!("{} {}", migration.version, migration.description))
+                .collect(),
+        )
+    }
+
     /// The server's `max_connections`.
     pub async fn max_connections(&self) -> Result<i64, StoreError> {
         let raw: String = sqlx::query_scalar("SHOW max_connections")

@@ -349,3 +349,48 @@ fn migrate_waits_for_postgres_only_as_long_as_it_is_told() {
     assert!(slow >= Duration::from_secs(2), "{slow:?}");
     assert!(stderr.contains("trying again"), "{stderr}");
 }
+
+#[sqlx::test(migrations = false)]
+async fn serve_refuses_a_database_without_its_migrations(pool: PgPool) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .expect("database name");
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = flashgate()
+        .arg("serve")
+        .env("DATABASE_URL", format!("{server}/{database}"))
+        .env("REDIS_URL", redis_url())
+        .env(
+            "FLASHGATE_REDIS_NAMESPACE",
+            format!("fgproc-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .env("FLASHGATE_LISTEN", &listen)
+        .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+        .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Before, it started, answered /readyz 200, and every reserve 500.
+    let started = Instant::now();
+    let output = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break child.wait_with_output().expect("output");
+        }
+        if std::net::TcpStream::connect(&listen).is_ok() {
+            let _ = child.kill();
+            panic!("serve started on a database without its migrations");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "neither exited nor listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("flashgate migrate"), "{stderr}");
+}
