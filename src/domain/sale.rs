@@ -64,6 +64,16 @@ impl SaleDefinition {
         if self.name.trim().is_empty() || self.name.len() > 200 {
             return Err(ValidationError::new("name", "must be 1 to 200 characters"));
         }
+        // Postgres refuses NUL (a 500 before); control characters and bidirectional overrides
+        // would let a name rewrite a console line or a log line.
+        if self.name.chars().any(|c| {
+            c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        }) {
+            return Err(ValidationError::new(
+                "name",
+                "may not contain control characters or bidirectional overrides",
+            ));
+        }
         if self.price.amount().is_zero() {
             return Err(ValidationError::new("price", "must be more than 0"));
         }
@@ -109,6 +119,18 @@ impl SaleDefinition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_with_control_characters_or_bidi_overrides_are_refused() {
+        for name in ["a\0b", "line\nbreak", "evil\u{202E}txt", "iso\u{2066}late"] {
+            let mut definition = sale();
+            definition.name = name.into();
+            assert!(definition.validate().is_err(), "{name:?}");
+        }
+        let mut definition = sale();
+        definition.name = "Sneaker — édition limitée 🙂".into();
+        assert!(definition.validate().is_ok());
+    }
 
     fn sale() -> SaleDefinition {
         SaleDefinition {

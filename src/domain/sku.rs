@@ -47,6 +47,11 @@ impl Sku {
                 "may contain only letters, digits, '.', '_' and '-'",
             ));
         }
+        // `.` and `..` name path segments, not sales: a URL with them is rewritten by clients
+        // and proxies before it arrives.
+        if raw.bytes().all(|b| b == b'.') {
+            return Err(ValidationError::new("sku", "may not be only dots"));
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -71,6 +76,15 @@ impl std::str::FromStr for Sku {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_not_skus() {
+        for raw in [".", "..", "..."] {
+            assert!(Sku::parse(raw).is_err(), "{raw}");
+        }
+        assert!(Sku::parse("a.b").is_ok());
+        assert!(Sku::parse(".hidden").is_ok());
+    }
 
     #[test]
     fn accepts_codes_made_of_the_safe_alphabet() {

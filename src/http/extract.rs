@@ -194,9 +194,16 @@ impl<S: Send + Sync> FromRequestParts<S> for OptionalIdempotencyKey {
 }
 
 fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = parts.headers.get("idempotency-key") else {
+    let mut values = parts.headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    // Two keys: which one the client meant cannot be known, and a proxy might pick the other.
+    if values.next().is_some() {
+        return Err(ApiError::IdempotencyKeyInvalid(
+            crate::domain::ValidationError::new("Idempotency-Key", "must be sent once"),
+        ));
+    }
     let value = value.to_str().map_err(|_| {
         ApiError::IdempotencyKeyInvalid(crate::domain::ValidationError::new(
             "Idempotency-Key",

@@ -390,3 +390,27 @@ async fn the_console_cannot_be_framed_and_runs_no_inline_code_but_its_own(pool: 
         "an inline handler the policy would block"
     );
 }
+
+#[sqlx::test]
+async fn odd_requests_get_their_own_codes_never_a_500(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    // Two Idempotency-Key headers: which one was meant cannot be known.
+    let twice = app
+        .client
+        .post(app.url("/v1/skus/sneaker/reservations"))
+        .bearer_auth(app.token("alice"))
+        .header("Idempotency-Key", "one")
+        .header("Idempotency-Key", "two")
+        .json(&serde_json::json!({"quantity": 1}))
+        .send()
+        .await
+        .expect("reserve");
+    let (status, code, _) = crate::helpers::error_code(twice).await;
+    assert_eq!((status, code.as_str()), (400, "idempotency_key_invalid"));
+    // A NUL in a sale's name: Postgres refuses it, so the gate must first (before: 500).
+    let mut body = sale_body(10, 1);
+    body["name"] = serde_json::json!("bad\u{0}name");
+    let (status, code, _) = crate::helpers::error_code(app.put_sale("other", &body).await).await;
+    assert_eq!(status, 422, "{code}");
+}
