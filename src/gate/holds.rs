@@ -77,6 +77,30 @@ pub struct RejectedHold {
 /// `HMGET hold status q buyer idem`.
 type HoldFields = (Option<String>, Option<u32>, Option<String>, Option<String>);
 
+/// The summary of the hold under `key`, or `None` when the key is gone: a terminal hold whose
+/// TTL ran out between the scan that listed it and the read (an audit or resync must skip it,
+/// not fail on it).
+fn summary_of(prefix: &str, key: &str, row: HoldFields) -> Result<Option<HoldSummary>, GateError> {
+    let bad = || GateError::Protocol(format!("hold key {key} is malformed"));
+    let (status, quantity, buyer, idempotency_key) = match row {
+        (None, None, None, None) => return Ok(None),
+        (Some(status), Some(quantity), Some(buyer), Some(idempotency_key)) => {
+            (status, quantity, buyer, idempotency_key)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(Some(HoldSummary {
+        id: key
+            .strip_prefix(prefix)
+            .and_then(|raw| ReservationId::parse(raw).ok())
+            .ok_or_else(bad)?,
+        status: ReservationStatus::parse(&status).map_err(|_| bad())?,
+        quantity,
+        buyer,
+        idempotency_key,
+    }))
+}
+
 /// A hold's state as the audit reads it from Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HoldSummary {
@@ -376,20 +400,7 @@ impl Gate {
             }
             let rows: Vec<HoldFields> = pipe.query_async(&mut conn).await?;
             for (key, row) in chunk.iter().zip(rows) {
-                let bad = || GateError::Protocol(format!("hold key {key} is malformed"));
-                let (Some(status), Some(quantity), Some(buyer), Some(idempotency_key)) = row else {
-                    return Err(bad());
-                };
-                holds.push(HoldSummary {
-                    id: key
-                        .strip_prefix(&prefix)
-                        .and_then(|raw| ReservationId::parse(raw).ok())
-                        .ok_or_else(bad)?,
-                    status: ReservationStatus::parse(&status).map_err(|_| bad())?,
-                    quantity,
-                    buyer,
-                    idempotency_key,
-                });
+                holds.extend(summary_of(&prefix, key, row)?);
             }
         }
         Ok(holds)
@@ -405,5 +416,30 @@ impl Gate {
                 format!("({before_ms}"),
             )
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_gone_between_the_scan_and_the_read_is_skipped_not_an_error() {
+        let prefix = "fg:{A}:hold:";
+        let key = format!("{prefix}{}", ReservationId::generate(1));
+        assert!(matches!(
+            summary_of(prefix, &key, (None, None, None, None)),
+            Ok(None)
+        ));
+        let whole = (
+            Some("held".to_owned()),
+            Some(2),
+            Some("alice".to_owned()),
+            Some("k".to_owned()),
+        );
+        assert!(matches!(summary_of(prefix, &key, whole), Ok(Some(_))));
+        // Half a hold is still malformed.
+        let half = (Some("held".to_owned()), None, None, None);
+        assert!(summary_of(prefix, &key, half).is_err());
     }
 }
