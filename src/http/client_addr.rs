@@ -212,6 +212,32 @@ pub async fn resolve(
     next.run(request).await
 }
 
+/// Middleware, outermost: a request's `x-request-id` is kept only from a trusted proxy and only
+/// when it is 1–64 of `A-Z a-z 0-9 -`; otherwise it is dropped and a fresh one is made. Every log
+/// line of the request carries the id, so a client must not choose it (8,000 characters, or
+/// text made to look like another log line).
+pub async fn vet_request_id(
+    State(policy): State<std::sync::Arc<ClientAddrPolicy>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(value) = request.headers().get("x-request-id") {
+        let from_proxy = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| policy.trusted.trusts(peer.ip().to_canonical()));
+        let bytes = value.as_bytes();
+        let well_formed = (1..=64).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        if !(from_proxy && well_formed) {
+            request.headers_mut().remove("x-request-id");
+        }
+    }
+    next.run(request).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

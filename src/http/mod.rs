@@ -224,7 +224,8 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
             state.client_addr.clone(),
             client_addr::resolve,
         ))
-        // Every log line of a request carries its id; the id is kept from a proxy that set one.
+        // Every log line of a request carries its id; the id is kept from a trusted proxy that
+        // set a well-formed one (`client_addr::vet_request_id`).
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request
                 .headers()
@@ -235,6 +236,10 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(from_fn_with_state(
+            state.client_addr.clone(),
+            client_addr::vet_request_id,
+        ))
         .with_state(state)
 }
 

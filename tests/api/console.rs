@@ -124,7 +124,16 @@ async fn the_console_data_shows_both_stores_and_this_gates_outcomes(pool: PgPool
 
 #[sqlx::test]
 async fn every_answer_carries_a_request_id_kept_from_a_proxy(pool: PgPool) {
-    let app = spawn_app(pool).await;
+    // This machine is the gate's trusted proxy: only a proxy's id is kept (hostile.rs checks
+    // that a client's is not).
+    let app = crate::helpers::spawn_app_with(
+        pool,
+        crate::helpers::AppOptions {
+            trusted_proxies: "127.0.0.1/32".into(),
+            ..crate::helpers::AppOptions::default()
+        },
+    )
+    .await;
     let fresh = app.get("/healthz", None).await;
     let id = fresh.headers()["x-request-id"]
         .to_str()

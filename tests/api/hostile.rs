@@ -414,3 +414,31 @@ async fn odd_requests_get_their_own_codes_never_a_500(pool: PgPool) {
     let (status, code, _) = crate::helpers::error_code(app.put_sale("other", &body).await).await;
     assert_eq!(status, 422, "{code}");
 }
+
+#[sqlx::test]
+async fn a_request_id_is_kept_only_from_a_trusted_proxy_and_only_when_well_formed(pool: PgPool) {
+    let echoed = |app: &TestApp, id: &str| {
+        let (client, url, id) = (app.client.clone(), app.url("/healthz"), id.to_owned());
+        async move {
+            let response = client
+                .get(url)
+                .header("x-request-id", &id)
+                .send()
+                .await
+                .expect("healthz");
+            response.headers()["x-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        }
+    };
+    // This machine is no proxy of the default app: its id is replaced.
+    let untrusting = spawn_app(pool.clone()).await;
+    assert_ne!(echoed(&untrusting, "forged-id").await, "forged-id");
+    drop(untrusting);
+    let trusting = spawn_app_with(pool, options(AdmissionSettings::default())).await;
+    assert_eq!(echoed(&trusting, "req-42-abc").await, "req-42-abc");
+    let long = "a".repeat(65);
+    assert_ne!(echoed(&trusting, &long).await, long);
+    assert_ne!(echoed(&trusting, "has space").await, "has space");
+}
