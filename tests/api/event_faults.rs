@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use flashgate::events::AmqpSink;
 use secrecy::SecretString;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Message, PrivateRabbit, TestExchange};
@@ -209,18 +208,8 @@ async fn postgres_gone_mid_relay_loses_nothing(pool: PgPool) {
     let exchange = TestExchange::new().await;
     let mut received = exchange.queue("#").await;
     // The relay reaches Postgres only through a proxy the test cuts, as a restart would.
-    let options = pool.connect_options();
-    let upstream =
-        tokio::net::lookup_host(format!("{}:{}", options.get_host(), options.get_port()))
-            .await
-            .expect("resolve")
-            .next()
-            .expect("address");
-    let proxy = Proxy::start(upstream).await;
-    let through_proxy = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy_with((*options).clone().host("127.0.0.1").port(proxy.addr.port()));
+    let (proxy, through_proxy) =
+        crate::proxy::postgres_behind_proxy(&pool, Duration::from_millis(500)).await;
     let relay = flashgate::events::Relay::new(
         flashgate::store::Store::from_pool(through_proxy),
         flashgate::events::RelaySettings {

@@ -206,18 +206,8 @@ async fn a_statement_postgres_cancels_for_its_lock_timeout_is_answered_503_not_5
 
 #[sqlx::test]
 async fn a_same_key_retry_is_answered_from_redis_at_once_while_postgres_hangs(pool: PgPool) {
-    let options = pool.connect_options();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("address");
-    let proxy = crate::proxy::Proxy::start(upstream).await;
-    let through_proxy = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with((*options).clone().host("127.0.0.1").port(proxy.addr.port()));
+    let (proxy, through_proxy) =
+        crate::proxy::postgres_behind_proxy(&pool, Duration::from_secs(3)).await;
     let app = spawn_app(through_proxy).await;
     app.open_sale("sneaker", &sale_body(10, 1)).await;
     let first = hold_id(&app, "sneaker", "alice").await;

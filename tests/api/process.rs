@@ -89,6 +89,17 @@ fn flashgate_secret_prints_a_secret_serve_accepts() {
     assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()));
 }
 
+/// The URL of this test's own database, for a process the test runs.
+async fn database_url(pool: &PgPool) -> String {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("database name");
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    format!("{server}/{database}")
+}
+
 /// A running `flashgate serve` on this test's database and a fresh Redis namespace.
 struct Served {
     child: Child,
@@ -97,16 +108,10 @@ struct Served {
 
 impl Served {
     async fn start(pool: &PgPool, drain_delay_ms: u64) -> Self {
-        let database: String = sqlx::query_scalar("SELECT current_database()")
-            .fetch_one(pool)
-            .await
-            .expect("database name");
-        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
         let port = free_port();
         let child = flashgate()
             .arg("serve")
-            .env("DATABASE_URL", format!("{server}/{database}"))
+            .env("DATABASE_URL", database_url(pool).await)
             .env("REDIS_URL", redis_url())
             .env(
                 "FLASHGATE_REDIS_NAMESPACE",
@@ -271,18 +276,12 @@ fn services_sh_keeps_a_database_url_whose_database_does_not_exist_yet() {
 /// no colour escapes (it used to print the database error twice, once as a coloured log line).
 #[sqlx::test(migrations = false)]
 async fn a_cli_error_is_printed_once_in_plain_text(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("database name");
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
     // No migrations ran: the table is missing.
     let output = flashgate()
         .args([
             "sku", "upsert", "sneaker", "--name", "Sneaker", "--price", "1", "--stock", "1",
         ])
-        .env("DATABASE_URL", format!("{server}/{database}"))
+        .env("DATABASE_URL", database_url(&pool).await)
         .env("REDIS_URL", redis_url())
         .env(
             "FLASHGATE_REDIS_NAMESPACE",
@@ -352,16 +351,10 @@ fn migrate_waits_for_postgres_only_as_long_as_it_is_told() {
 
 #[sqlx::test(migrations = false)]
 async fn serve_refuses_a_database_without_its_migrations(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("database name");
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = flashgate()
         .arg("serve")
-        .env("DATABASE_URL", format!("{server}/{database}"))
+        .env("DATABASE_URL", database_url(&pool).await)
         .env("REDIS_URL", redis_url())
         .env(
             "FLASHGATE_REDIS_NAMESPACE",

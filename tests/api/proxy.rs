@@ -116,3 +116,24 @@ impl Drop for Proxy {
         self.acceptor.abort();
     }
 }
+
+/// A proxy in front of the test's Postgres, and a pool of at most four connections that reaches
+/// Postgres only through it (waiting at most `acquire_timeout` for one).
+pub async fn postgres_behind_proxy(
+    pool: &sqlx::PgPool,
+    acquire_timeout: Duration,
+) -> (Proxy, sqlx::PgPool) {
+    let options = pool.connect_options();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("address");
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with((*options).clone().host("127.0.0.1").port(proxy.addr.port()));
+    (proxy, through_proxy)
+}

@@ -12,11 +12,9 @@ use flashgate::store::Store;
 use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, sale_body, settler_settings, spawn_app};
-use crate::proxy::Proxy;
 
 fn sku(raw: &str) -> Sku {
     Sku::parse(raw).expect("sku")
@@ -276,18 +274,8 @@ async fn postgres_down_during_a_burst_then_back_loses_nothing(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.open_sale("hot", &sale_body(300, 1)).await;
     // The settler reaches Postgres only through a proxy the test can cut.
-    let options = pool.connect_options();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("address");
-    let proxy = Proxy::start(upstream).await;
-    let through_proxy = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy_with((*options).clone().host("127.0.0.1").port(proxy.addr.port()));
+    let (proxy, through_proxy) =
+        crate::proxy::postgres_behind_proxy(&pool, Duration::from_millis(500)).await;
     let settler = flashgate::settler::Settler::new(
         app.gate.clone(),
         Store::from_pool(through_proxy),
