@@ -20,8 +20,10 @@
 //!    racing the resync — is not in `available` yet, so the load is refused and the loop runs
 //!    again.
 //!
-//! A resync never leaves the sale paused: on failure or after [`DEADLINE`] the sale goes back to
-//! the state Postgres records. Over HTTP it runs as a background job (see [`start_job`]).
+//! On failure or after [`DEADLINE`] the sale goes back to the state Postgres records. A resync
+//! killed between its pause and that restore leaves `skus.resync_paused_at`, from which the
+//! sweepers restore the state once no resync holds the SKU's lock. One resync per SKU runs at a
+//! time (a Postgres advisory lock). Over HTTP it runs as a background job (see [`start_job`]).
 
 use std::collections::HashMap;
 

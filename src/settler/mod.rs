@@ -283,9 +283,11 @@ impl Settler {
     /// Settles until `shutdown` is cancelled. A batch under way is finished first.
     ///
     /// The loop sleeps until a SKU is posted on the board or the next scan is due. A SKU that
-    /// fails is benched on its own while the others go on; when everything fails (Postgres or
-    /// Redis down) the loop backs off with a jittered, capped exponential pause, deaf to posts
-    /// meanwhile: the gate keeps admitting from Redis, and the settler catches up when they return.
+    /// fails is benched with its own backoff while the others go on; a failed safety-net scan is
+    /// retried soon, and the SKUs already known are settled meanwhile. When every SKU tried fails
+    /// (Postgres or Redis down) the loop backs off with a jittered, capped exponential pause, deaf
+    /// to posts meanwhile: the gate keeps admitting from Redis, and the settler catches up when
+    /// they return.
     pub async fn run(&self, shutdown: CancellationToken) {
         let first = self.settings.idle_interval.max(Duration::from_millis(10));
         let mut backoff = isolation::backoff(first, self.settings.max_backoff);
