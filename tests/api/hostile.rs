@@ -442,3 +442,26 @@ async fn a_request_id_is_kept_only_from_a_trusted_proxy_and_only_when_well_forme
     assert_ne!(echoed(&trusting, &long).await, long);
     assert_ne!(echoed(&trusting, "has space").await, "has space");
 }
+
+#[sqlx::test]
+async fn the_sale_view_ignores_a_token_it_does_not_need(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    // The admin token is no buyer token: the public view answers anyway, a reserve refuses it.
+    assert_eq!(
+        app.get("/v1/skus/sneaker", Some(ADMIN_TOKEN))
+            .await
+            .status(),
+        200
+    );
+    let reserve = app
+        .client
+        .post(app.url("/v1/skus/sneaker/reservations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Idempotency-Key", "k")
+        .json(&serde_json::json!({"quantity": 1}))
+        .send()
+        .await
+        .expect("reserve");
+    assert_eq!(reserve.status(), 401);
+}
