@@ -65,7 +65,20 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    /// A `redis-server` of the test's own on a free port. The port is free when asked for, but
+    /// another test's outgoing connection may take it before the server binds it (the suite
+    /// opens thousands): a server that exits at once is started again on another port.
     pub fn start(args: &[&str]) -> Option<Self> {
+        for _ in 0..5 {
+            match Self::start_once(args)? {
+                Started::Up(server) => return Some(server),
+                Started::PortTaken => continue,
+            }
+        }
+        None
+    }
+
+    fn start_once(args: &[&str]) -> Option<Started> {
         let port = free_port();
         // Its own new folder: a replica writes the RDB of its full sync there, not into the
         // checkout, and a cluster node its nodes.conf. A folder named by the port alone was
@@ -93,17 +106,26 @@ impl PrivateRedis {
             .ok()?;
         let url = format!("redis://127.0.0.1:{port}");
         // Dropped on any early return below: stopped, its folder removed.
-        let server = Self { child, url, dir };
+        let mut server = Self { child, url, dir };
         let client = redis::Client::open(server.url.as_str()).ok()?;
         let started = Instant::now();
         while client.get_connection().is_err() {
+            if server.child.try_wait().ok().flatten().is_some() {
+                return Some(Started::PortTaken);
+            }
             if started.elapsed() > Duration::from_secs(10) {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(server)
+        Some(Started::Up(server))
     }
+}
+
+enum Started {
+    Up(PrivateRedis),
+    /// The server exited at once: most likely its port was taken meanwhile.
+    PortTaken,
 }
 
 impl Drop for PrivateRedis {
