@@ -8,6 +8,9 @@
 //!   `UPDATE inventory SET available = available - 1 WHERE sku = $1 AND available >= 1` per
 //!   buyer, 256 buyers at once over a pool of 64 connections (Postgres allows 100 here).
 //!
+//! `reservation_ids` (no store needed): minting a plain random id against a sealed one (the
+//! HMAC that lets a gate answer `hold_lost`), and checking a seal.
+//!
 //! `cargo bench --bench reserve` (needs Redis and Postgres; skips with a message otherwise).
 
 mod support;
@@ -107,5 +110,21 @@ where
     start.elapsed()
 }
 
-criterion_group!(benches, reserve);
+fn reservation_ids(c: &mut Criterion) {
+    use flashgate::domain::{ReservationId, ReservationSeal};
+    let seal = ReservationSeal::derive(b"a benchmark's buyer-token secret, 32+ bytes");
+    let sealed = seal.mint(7);
+    let mut group = c.benchmark_group("reservation_ids");
+    group.bench_function("generate_unsealed", |b| {
+        b.iter(|| ReservationId::generate(std::hint::black_box(7)))
+    });
+    group.bench_function("mint_sealed", |b| {
+        b.iter(|| seal.mint(std::hint::black_box(7)))
+    });
+    group.bench_function("check_seal", |b| {
+        b.iter(|| seal.minted(std::hint::black_box(sealed)))
+    });
+}
+
+criterion_group!(benches, reservation_ids, reserve);
 criterion_main!(benches);

@@ -72,13 +72,18 @@ pub struct SkuAudit {
     pub rejected: i64,
     /// Refusals not yet written back to Redis.
     pub pending_write_backs: i64,
+    /// Holds buyers were told about (201) that Redis lost before they settled: found when
+    /// their id came back (a read, commit or release answered `hold_lost`). No invariant can
+    /// hold them — neither store has them — so they are counted here instead.
+    pub lost_holds: i64,
     pub checks: Vec<Check>,
 }
 
 impl SkuAudit {
-    /// True when no invariant is violated (pending ones do not count).
+    /// True when no invariant is violated (pending ones do not count) and no hold a buyer was
+    /// told about was found lost.
     pub fn ok(&self) -> bool {
-        self.checks.iter().all(|c| c.verdict != Verdict::Violated)
+        self.lost_holds == 0 && self.checks.iter().all(|c| c.verdict != Verdict::Violated)
     }
 }
 
@@ -392,6 +397,7 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         oldest_unsettled_ms,
         rejected: ledger.rejected,
         pending_write_backs: ledger.outbox,
+        lost_holds: ledger.lost,
         checks,
     })
 }
@@ -415,6 +421,13 @@ pub fn render_table(audits: &[SkuAudit]) -> String {
                 .map_or("-".into(), |ms| format!("{ms} ms")),
             a.rejected,
         );
+        if a.lost_holds > 0 {
+            let _ = writeln!(
+                out,
+                "  LOST: {} hold(s) told 201 that Redis lost before they settled (answered hold_lost)",
+                a.lost_holds
+            );
+        }
         for c in &a.checks {
             let verdict = match c.verdict {
                 Verdict::Held => "held",

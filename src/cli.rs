@@ -7,7 +7,7 @@ use crate::config::{
     DatabaseConfig, HttpConfig, RedisConfig, RelayConfig, SettlerConfig, ShutdownConfig,
     TokenConfig,
 };
-use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku};
+use crate::domain::{BuyerId, Currency, Money, ReservationSeal, SaleDefinition, Sku};
 use crate::gate::GateError;
 use crate::settler::Settler;
 use crate::startup::{self, Application};
@@ -208,7 +208,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown: stopping,
         } => {
             startup::raise_file_limit();
-            let gate = startup::gate(&redis)?;
+            let seal = ReservationSeal::derive(
+                secrecy::ExposeSecret::expose_secret(&http.tokens.jwt_secret).as_bytes(),
+            );
+            let gate = startup::gate(&redis, Some(seal))?;
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
@@ -240,7 +243,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             relay,
             shutdown: stopping,
         } => {
-            let gate = startup::gate(&redis)?;
+            let gate = startup::gate(&redis, None)?;
             startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
@@ -342,7 +345,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ends_at,
             }
             .validate()?;
-            let (gate, store) = (startup::gate(&redis)?, startup::store(&database)?);
+            let (gate, store) = (startup::gate(&redis, None)?, startup::store(&database)?);
             let settler = Settler::new(gate.clone(), store.clone(), Default::default());
             let sales = crate::app::App {
                 gate: &gate,
@@ -390,7 +393,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             redis,
         } => {
             let store = startup::store(&database)?;
-            let gate = startup::gate(&redis)?;
+            let gate = startup::gate(&redis, None)?;
             if resync {
                 let settler = Settler::new(gate.clone(), store.clone(), Default::default());
                 let skus = match target.sku {
@@ -467,7 +470,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             redis,
         } => {
             let store = startup::store(&database)?;
-            let gate = startup::gate(&redis)?;
+            let gate = startup::gate(&redis, None)?;
             let skus = match sku {
                 Some(raw) => vec![Sku::parse(&raw)?],
                 None => store.settlement_skus(crate::store::Share::ALL).await?,
@@ -483,7 +486,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let broken = audits.iter().filter(|a| !a.ok()).count();
             if broken > 0 {
-                bail!("{broken} SKU(s) violate an invariant");
+                bail!("{broken} SKU(s) violate an invariant or lost holds told 201");
             }
             Ok(())
         }

@@ -171,6 +171,7 @@ impl RedisConfig {
                     timeout: Duration::from_millis(self.durability_timeout_ms.max(1)),
                 },
             },
+            reservation_seal: None,
         })
     }
 }

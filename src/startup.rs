@@ -15,8 +15,9 @@ use crate::sweeper::Sweeper;
 
 use crate::auth::{AdminToken, BuyerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, RelayConfig};
+use crate::domain::ReservationSeal;
 use crate::events::{AmqpSink, Relay, RelayStatus, WebhookSink};
-use crate::gate::{Gate, GateError};
+use crate::gate::{Gate, GateError, GateSettings};
 use crate::http::{self, Admission, AppState, ClientShedder, Listeners, Readiness, ServerSettings};
 use crate::store::Store;
 
@@ -95,9 +96,13 @@ pub async fn report_postgres_budget(store: &Store, pool_size: u32) {
     }
 }
 
-/// Builds the Redis gate (connections are made on first use).
-pub fn gate(config: &RedisConfig) -> anyhow::Result<Gate> {
-    let settings = config.gate_settings().context("invalid Redis settings")?;
+/// Builds the Redis gate (connections are made on first use). A gate that answers buyers seals
+/// the ids it mints (`seal`), so that a hold Redis lost is answered `hold_lost`.
+pub fn gate(config: &RedisConfig, seal: Option<ReservationSeal>) -> anyhow::Result<Gate> {
+    let settings = GateSettings {
+        reservation_seal: seal,
+        ..config.gate_settings().context("invalid Redis settings")?
+    };
     Gate::connect(&config.redis_settings(), settings).context("invalid REDIS_URL")
 }
 

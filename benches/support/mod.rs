@@ -80,6 +80,7 @@ impl BenchEnv {
                 sold_out_shortcut: true,
                 holds_per_client: 0,
                 durability: Default::default(),
+                reservation_seal: None,
             },
         )
         .ok()?;

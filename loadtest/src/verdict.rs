@@ -72,6 +72,14 @@ pub fn judge(
         negative.join(", "),
     ));
 
+    // Holds the gate itself found lost (an id it gave out came back and neither store had it).
+    let lost = audit["lost_holds"].as_i64().unwrap_or(0);
+    findings.push(finding(
+        "the gate found no hold lost",
+        lost == 0,
+        format!("{lost} hold(s) told 201 were answered hold_lost"),
+    ));
+
     // Invariant 3 as buyers see it: one key, one reservation, however often it was sent.
     let split = drive.buyers.iter().filter(|b| b.ids.len() > 1).count();
     findings.push(finding(

@@ -6,7 +6,7 @@ use crate::gate::{
     GateError, Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
 };
 use crate::settler::SettleError;
-use crate::store::StoreError;
+use crate::store::{MissingHold, StoreError};
 
 /// Longest a read or replay waits for Postgres to say whether the hold is settled; past it the
 /// answer says `settled: false`. A settled read takes about a millisecond.
@@ -26,6 +26,10 @@ pub enum HoldError {
     /// No such hold — or another buyer's, which answers the same so ids cannot be probed.
     #[error("no such reservation")]
     NotFound,
+    /// A gate of this deployment gave out this hold, and neither Redis nor Postgres has it:
+    /// Redis lost it before it settled (a flush, a rollback, a failover to a lagging replica).
+    #[error("the reservation was lost before it was recorded")]
+    Lost,
     /// The hold is in a state the call cannot move it from.
     #[error("the reservation is {0}")]
     HoldIs(ReservationStatus),
@@ -209,7 +213,29 @@ impl App<'_> {
     ) -> Result<Hold, HoldError> {
         match self.gate.hold(id).await? {
             Some(hold) if may_see(&hold.buyer) => Ok(hold),
-            _ => Err(HoldError::NotFound),
+            Some(_) => Err(HoldError::NotFound),
+            None if self.gate.minted(id) => Err(self.missing(id).await),
+            None => Err(HoldError::NotFound),
+        }
+    }
+
+    /// A hold a gate of this deployment minted that Redis does not have: forgotten after the
+    /// idempotency window if Postgres recorded it, else lost — said as such, counted and
+    /// recorded for the audit, never answered as an id nobody was given.
+    async fn missing(&self, id: ReservationId) -> HoldError {
+        match self.store.trace_missing_hold(id).await {
+            Ok(MissingHold::Recorded) => HoldError::NotFound,
+            Ok(MissingHold::Lost { first_report }) => {
+                if first_report {
+                    metrics::counter!("flashgate_lost_holds_total").increment(1);
+                    tracing::error!(
+                        reservation = %id,
+                        "a hold a buyer was told about is in neither Redis nor Postgres: Redis lost it before it settled"
+                    );
+                }
+                HoldError::Lost
+            }
+            Err(err) => err.into(),
         }
     }
 

@@ -71,6 +71,9 @@ pub struct ResyncReport {
     /// replaced), and how many of its entries sorted below the cursor and were dropped.
     pub stream_fenced: bool,
     pub dropped_events: usize,
+    /// Holds of the sale found lost so far (given out, in neither store; see the audit's
+    /// `lost_holds`). A lost hold is found when its id comes back, so later reads can add more.
+    pub lost_holds: i64,
     /// Redis stock after the resync (Postgres `available`).
     pub stock: i64,
     /// The sale's state after the resync (from Postgres).
@@ -149,6 +152,7 @@ async fn repair(
         rerecorded_holds: 0,
         stream_fenced: false,
         dropped_events: 0,
+        lost_holds: 0,
         stock: 0,
         // Until the load below: the sale is paused for the resync.
         state: SaleState::Paused,
@@ -188,6 +192,7 @@ async fn repair(
             store.record_resynced(&record).await?;
             report.stock = record.available;
             report.state = record.state;
+            report.lost_holds = store.lost_holds(sku).await?;
             tracing::info!(sku = %sku, ?report, "resynced redis and postgres");
             return Ok(report);
         }

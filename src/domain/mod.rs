@@ -19,7 +19,7 @@ pub use event_id::EventId;
 pub use idempotency_key::IdempotencyKey;
 pub use money::{Currency, Money};
 pub use quantity::Quantity;
-pub use reservation::{ReservationId, ReservationStatus};
+pub use reservation::{ReservationId, ReservationSeal, ReservationStatus};
 pub use sale::{SaleDefinition, SaleState};
 pub use sku::Sku;
 

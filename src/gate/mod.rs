@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 use deadpool_redis::PoolError;
 use redis::AsyncCommands;
 
-use crate::domain::Sku;
+use crate::domain::{ReservationId, ReservationSeal, Sku};
 use scripts::Scripts;
 
 /// Why the gate could not decide.
@@ -121,6 +121,9 @@ pub struct GateSettings {
     pub holds_per_client: u32,
     /// Whether a hold is answered only once a replica has it.
     pub durability: Durability,
+    /// Signs the ids of new holds so that a lost one can be recognised (see
+    /// [`ReservationSeal`]); `None` mints plain random ids (tools that never answer buyers).
+    pub reservation_seal: Option<ReservationSeal>,
 }
 
 /// When a reservation is answered `201` (`FLASHGATE_DURABILITY`).
@@ -279,6 +282,23 @@ impl Gate {
     /// How long a created hold answers under its idempotency key, and a terminal one is kept.
     pub fn idempotency_ttl(&self) -> Duration {
         self.inner.settings.idempotency_ttl
+    }
+
+    /// A fresh id for a hold on the SKU numbered `sku_number`: sealed when the gate has a seal.
+    fn mint_id(&self, sku_number: u32) -> ReservationId {
+        match &self.inner.settings.reservation_seal {
+            Some(seal) => seal.mint(sku_number),
+            None => ReservationId::generate(sku_number),
+        }
+    }
+
+    /// Whether `id` is one a gate of this deployment minted (always false without a seal).
+    pub fn minted(&self, id: ReservationId) -> bool {
+        self.inner
+            .settings
+            .reservation_seal
+            .as_ref()
+            .is_some_and(|seal| seal.minted(id))
     }
 
     /// Whether this gate talks to a Redis Cluster.

@@ -4,7 +4,7 @@ use redis::AsyncCommands;
 
 use super::contract::{Refusal, ReserveOutcome, parse_reserve};
 use super::{Durability, Gate, GateError};
-use crate::domain::{BuyerId, IdempotencyKey, Quantity, ReservationId, Sku};
+use crate::domain::{BuyerId, IdempotencyKey, Quantity, Sku};
 
 /// One buyer's request for a hold.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +40,7 @@ impl Gate {
         let Some(number) = self.sku_number(req.sku).await? else {
             return Ok(ReserveOutcome::Refused(Refusal::UnknownSku));
         };
-        let id = ReservationId::generate(number);
+        let id = self.mint_id(number);
         let keys = self.namespace().sku(req.sku);
         let (interval_us, burst) = match self.inner.settings.buyer_rate {
             Some(rate) => (rate.emission_interval_us(), rate.burst),

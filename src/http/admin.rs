@@ -138,11 +138,12 @@ async fn prewarm(
     Ok(Json(SkuView::from_change(changed)))
 }
 
-/// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated.
+/// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated or a hold buyers
+/// were told about was found lost (`lost_holds`).
 #[utoipa::path(get, path = "/v1/admin/skus/{sku}/audit", tag = "admin", params(("sku" = String, Path)),
     security(("adminToken" = [])),
     responses(
-        (status = 200, description = "the audit; `ok` is false when an invariant is violated", body = AuditView),
+        (status = 200, description = "the audit; `ok` is false when an invariant is violated or `lost_holds` is not 0", body = AuditView),
         (status = 404, description = "unknown_sku", body = ErrorBody),
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
@@ -165,7 +166,7 @@ async fn audit(
 /// An audit with its verdict.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct AuditView {
-    /// False when an invariant is violated.
+    /// False when an invariant is violated or a hold was found lost.
     ok: bool,
     #[serde(flatten)]
     audit: SkuAudit,

@@ -40,6 +40,11 @@ pub enum ApiError {
     UnknownSku(String),
     #[error("no such reservation")]
     ReservationNotFound,
+    /// Given out by this deployment, and in neither store: Redis lost it before it settled.
+    #[error(
+        "this reservation was lost before it was recorded (the gate's Redis lost it); the buyer does not have it"
+    )]
+    HoldLost,
     #[error("no such resync job (jobs are kept for the idempotency TTL)")]
     JobNotFound,
     /// The hold is not in a state this call can move it from.
@@ -100,6 +105,7 @@ pub const CODES: &[&str] = &[
     "forbidden",
     "unknown_sku",
     "reservation_not_found",
+    "hold_lost",
     "job_not_found",
     "held",
     "committed",
@@ -192,6 +198,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::UnknownSku(_) => "unknown_sku",
             Self::ReservationNotFound => "reservation_not_found",
+            Self::HoldLost => "hold_lost",
             Self::JobNotFound => "job_not_found",
             Self::HoldIs(status) => status.as_str(),
             Self::Refused(r) => match r {
@@ -231,6 +238,7 @@ impl ApiError {
             | Self::InvalidPath(_)
             | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::HoldLost => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Invalid(_) | Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -319,6 +327,7 @@ impl From<crate::app::HoldError> for ApiError {
             HoldError::UnknownSku(sku) => Self::UnknownSku(sku),
             HoldError::NotPrewarmed(sku) => Self::SaleNotPrewarmed(sku),
             HoldError::NotFound => Self::ReservationNotFound,
+            HoldError::Lost => Self::HoldLost,
             HoldError::HoldIs(status) => Self::HoldIs(status),
             HoldError::NotRecorded => Self::Unavailable("settlement"),
             HoldError::Gate(e) => e.into(),
@@ -574,6 +583,7 @@ mod tests {
             ApiError::Forbidden,
             ApiError::UnknownSku(String::new()),
             ApiError::ReservationNotFound,
+            ApiError::HoldLost,
             ApiError::JobNotFound,
             ApiError::HoldIs(ReservationStatus::Held),
             ApiError::HoldIs(ReservationStatus::Committed),
@@ -629,6 +639,7 @@ mod tests {
                 | ApiError::Forbidden
                 | ApiError::UnknownSku(_)
                 | ApiError::ReservationNotFound
+                | ApiError::HoldLost
                 | ApiError::JobNotFound
                 | ApiError::HoldIs(_)
                 | ApiError::Refused(_)

@@ -151,6 +151,7 @@ fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
         (status = 200, description = "the reservation", body = ReservationView),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, description = "reservation_not_found", body = ErrorBody),
+        (status = 410, description = "hold_lost: this deployment gave the hold out and Redis lost it before it settled; the buyer does not have it", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn show(
@@ -176,6 +177,7 @@ async fn show(
         (status = 409, description = "expired, released, rejected", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, description = "reservation_not_found", body = ErrorBody),
+        (status = 410, description = "hold_lost: this deployment gave the hold out and Redis lost it before it settled; the buyer does not have it", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(reservation = %id))]
@@ -204,6 +206,7 @@ async fn commit(
         (status = 409, description = "committed, expired, rejected", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, description = "reservation_not_found", body = ErrorBody),
+        (status = 410, description = "hold_lost: this deployment gave the hold out and Redis lost it before it settled; the buyer does not have it", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(reservation = %id))]

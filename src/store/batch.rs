@@ -526,6 +526,23 @@ async fn record_rejections(
     .bind(rejected.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    // Kept after the write-back, so that a refused hold Redis has forgotten is never taken for
+    // a lost one.
+    sqlx::query(
+        "INSERT INTO refused_holds (reservation_id, sku, reason) \
+         SELECT t.id, $1, t.reason FROM UNNEST($2::uuid[], $3::text[]) AS t(id, reason) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(sku.as_str())
+    .bind(
+        rejected
+            .iter()
+            .map(|(h, _)| h.id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rejected.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -9,6 +9,15 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::domain::{ReservationId, ReservationStatus};
 
+/// What Postgres says of a hold Redis does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingHold {
+    /// Postgres has it: Redis forgot it after the idempotency window (or a resync is due).
+    Recorded,
+    /// Neither store has it: Redis lost it before it settled.
+    Lost { first_report: bool },
+}
+
 impl Store {
     /// The status Postgres has recorded for a hold, or `None` while the settler has not
     /// reached it.
@@ -26,6 +35,47 @@ impl Store {
         status
             .map(|s| ReservationStatus::parse(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
+    }
+
+    /// Looks for a hold Redis does not have: whether Postgres recorded it (held, settled or
+    /// refused), else records it as lost — once; the answer says whether this was the first time.
+    pub async fn trace_missing_hold(&self, id: ReservationId) -> Result<MissingHold, StoreError> {
+        let (recorded, newly_lost): (bool, i64) = super::timed(
+            "trace_missing_hold",
+            sqlx::query_as(
+                "WITH recorded AS ( \
+                   SELECT EXISTS (SELECT 1 FROM reservations WHERE id = $1) \
+                       OR EXISTS (SELECT 1 FROM refused_holds WHERE reservation_id = $1) \
+                       OR EXISTS (SELECT 1 FROM rejection_outbox WHERE reservation_id = $1) AS yes), \
+                 lost AS ( \
+                   INSERT INTO lost_holds (reservation_id, sku) \
+                   SELECT $1, s.sku FROM skus s, recorded WHERE s.num = $2 AND NOT recorded.yes \
+                   ON CONFLICT DO NOTHING RETURNING 1) \
+                 SELECT (SELECT yes FROM recorded), (SELECT count(*) FROM lost)",
+            )
+            .bind(id.as_uuid())
+            .bind(i64::from(id.sku_number()))
+            .fetch_one(&self.pool),
+        )
+        .await?;
+        Ok(if recorded {
+            MissingHold::Recorded
+        } else {
+            MissingHold::Lost {
+                first_report: newly_lost > 0,
+            }
+        })
+    }
+
+    /// How many of the SKU's holds were found lost (and have not reached Postgres since).
+    pub async fn lost_holds(&self, sku: &crate::domain::Sku) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM lost_holds l WHERE l.sku = $1 \
+             AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.id = l.reservation_id)",
+        )
+        .bind(sku.as_str())
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// The statuses Postgres has recorded for these holds, in one query; a hold the settler

@@ -547,3 +547,91 @@ async fn a_buyers_count_expires_at_the_sales_end_plus_the_idempotency_window(poo
         "the buyer's count lives {left_ms} ms, expected about {expected}"
     );
 }
+
+#[sqlx::test]
+async fn a_hold_redis_lost_before_it_settled_is_answered_hold_lost_and_counted(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    let lost = hold_id(&app, "sneaker", "alice").await;
+    // Redis loses the hold before the settler read it: neither store has it now.
+    app.flush_redis();
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // On main: 404 reservation_not_found, as for an id nobody was ever given.
+    let alice = app.token("alice");
+    let (status, code, _) = error_code(
+        app.get(&format!("/v1/reservations/{lost}"), Some(&alice))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (410, "hold_lost"));
+    for action in ["commit", "release"] {
+        let (status, code, _) =
+            error_code(app.act(&lost, action, crate::helpers::ADMIN_TOKEN).await).await;
+        assert_eq!((status, code.as_str()), (410, "hold_lost"), "{action}");
+    }
+    let audit = app.audit("sneaker").await;
+    assert_eq!(
+        audit.lost_holds, 1,
+        "asked three times, lost once: {audit:?}"
+    );
+    assert!(
+        !audit.ok(),
+        "an audit that knows of a lost hold is not green"
+    );
+    let metrics = app
+        .get("/metrics", None)
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    assert!(metrics.contains("flashgate_lost_holds_total"), "{metrics}");
+
+    // An id this deployment never gave out stays unknown.
+    let never_given = flashgate::domain::ReservationId::generate(lost_sku_number(&lost));
+    let (status, code, _) = error_code(
+        app.get(&format!("/v1/reservations/{never_given}"), Some(&alice))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "reservation_not_found"));
+}
+
+#[sqlx::test]
+async fn a_refused_hold_redis_has_forgotten_is_not_taken_for_a_lost_one(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // The key comes back after Redis forgot it: Postgres refuses the second hold at settlement.
+    let keys = app.namespace.sku(&sku("sneaker"));
+    let alice = flashgate::domain::BuyerId::parse("alice").expect("buyer");
+    let idem_key = keys.idempotency(
+        &alice,
+        &flashgate::domain::IdempotencyKey::parse("alice-key").expect("key"),
+    );
+    let mut conn = app.redis_connection().await;
+    let _: i64 = conn.del(&idem_key).await.expect("DEL");
+    let refused = hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // Past the window Redis forgets the refused hold too.
+    let id = flashgate::domain::ReservationId::parse(&refused).expect("id");
+    let _: i64 = conn.del(keys.hold(id)).await.expect("DEL");
+    let (status, code, _) = error_code(
+        app.get(
+            &format!("/v1/reservations/{refused}"),
+            Some(&app.token("alice")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "reservation_not_found"));
+    assert_eq!(app.audit("sneaker").await.lost_holds, 0);
+}
+
+fn lost_sku_number(id: &str) -> u32 {
+    flashgate::domain::ReservationId::parse(id)
+        .expect("id")
+        .sku_number()
+}

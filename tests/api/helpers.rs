@@ -268,6 +268,9 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             sold_out_shortcut: true,
             holds_per_client: options.holds_per_client,
             durability: options.durability,
+            reservation_seal: Some(flashgate::domain::ReservationSeal::derive(
+                JWT_SECRET.as_bytes(),
+            )),
         },
     )
     .expect("gate");

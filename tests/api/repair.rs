@@ -324,6 +324,7 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
             sold_out_shortcut: true,
             holds_per_client: 0,
             durability: Default::default(),
+            reservation_seal: None,
         },
     )
     .expect("gate");

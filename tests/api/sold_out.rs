@@ -98,6 +98,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
             sold_out_shortcut: true,
             holds_per_client: 0,
             durability: Default::default(),
+            reservation_seal: None,
         },
     )
     .expect("gate");

@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             sold_out_shortcut: false,
             holds_per_client: 0,
             durability: Default::default(),
+            reservation_seal: None,
         },
     )?;
     let result = measure(&config, &store, &gate).await;
