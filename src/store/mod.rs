@@ -128,7 +128,9 @@ impl ResyncLock {
 /// stall settling or hold a request: Postgres cancels the statement and the caller retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatementLimits {
-    /// `statement_timeout`: longest one statement may run.
+    /// `statement_timeout`: longest one statement may run. Also the pool's
+    /// `idle_in_transaction_session_timeout`: a transaction nobody drives any more (its task
+    /// cancelled between statements) is ended by Postgres, and its locks released, after as long.
     pub statement_timeout: Duration,
     /// `lock_timeout`: longest one statement may wait for a lock (a row, the cursor).
     pub lock_timeout: Duration,
@@ -145,11 +147,10 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let mut options: PgConnectOptions = url.parse()?;
         if let Some(limits) = limits {
+            let statement_timeout = format!("{}ms", limits.statement_timeout.as_millis().max(1));
             options = options.options([
-                (
-                    "statement_timeout",
-                    format!("{}ms", limits.statement_timeout.as_millis().max(1)),
-                ),
+                ("statement_timeout", statement_timeout.clone()),
+                ("idle_in_transaction_session_timeout", statement_timeout),
                 (
                     "lock_timeout",
                     format!("{}ms", limits.lock_timeout.as_millis().max(1)),

@@ -1,6 +1,8 @@
 //! The event outbox (docs/DESIGN.md §11): events appended in the transaction that records their
 //! change, claimed by relays SKU by SKU, marked per sink, pruned after the retention period.
 
+use std::sync::LazyLock;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -143,17 +145,19 @@ pub(super) async fn append_and_advance(
 ) -> Result<usize, StoreError> {
     let count = drafts.len() as i64;
     let rows = number(sku, drafts, last_sequence)?;
-    let statement = format!(
-        "WITH recorded AS ({INSERT_EVENTS} RETURNING 1), \
-           numbered AS (UPDATE inventory SET last_event_seq = $8 + $9 \
-             WHERE sku = $1 AND last_event_seq = $8 RETURNING 1), \
-           advanced AS (UPDATE settlement_cursor SET last_event_id = $10, updated_at = now() \
-             WHERE sku = $1 AND last_event_id = $11 RETURNING 1) \
-         SELECT (SELECT count(*) FROM recorded), (SELECT count(*) FROM numbered), \
-           (SELECT count(*) FROM advanced)"
-    );
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH recorded AS ({INSERT_EVENTS} RETURNING 1), \
+               numbered AS (UPDATE inventory SET last_event_seq = $8 + $9 \
+                 WHERE sku = $1 AND last_event_seq = $8 RETURNING 1), \
+               advanced AS (UPDATE settlement_cursor SET last_event_id = $10, updated_at = now() \
+                 WHERE sku = $1 AND last_event_id = $11 RETURNING 1) \
+             SELECT (SELECT count(*) FROM recorded), (SELECT count(*) FROM numbered), \
+               (SELECT count(*) FROM advanced)"
+        )
+    });
     let (recorded, numbered, advanced): (i64, i64, i64) =
-        bind_events(sqlx::query(&statement), sku, &rows)
+        bind_events(sqlx::query(STATEMENT.as_str()), sku, &rows)
             .bind(last_sequence)
             .bind(count)
             .bind(through)

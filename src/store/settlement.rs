@@ -1,5 +1,7 @@
 //! The settler's bookkeeping: cursors, settlement transactions and the rejection outbox.
 
+use std::sync::LazyLock;
+
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -138,6 +140,11 @@ impl Share {
 
 /// The SQL condition that keeps a [`Share`]'s SKUs, with `$1` its index and `$2` its size.
 const IN_SHARE: &str = "($2 = 1 OR mod(abs(hashtext(sku)::bigint), $2) = $1)";
+static SKUS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT sku FROM settlement_cursor WHERE {IN_SHARE} ORDER BY sku"));
+static CURSORS: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT sku, last_event_id FROM settlement_cursor WHERE {IN_SHARE} ORDER BY sku")
+});
 
 /// A refusal waiting to be written back to Redis (`rejection_outbox`).
 #[derive(Debug, Clone)]
@@ -156,12 +163,10 @@ impl Store {
     pub async fn settlement_skus(&self, share: Share) -> Result<Vec<Sku>, StoreError> {
         let rows: Vec<String> = super::timed(
             "settlement_skus",
-            sqlx::query_scalar(&format!(
-                "SELECT sku FROM settlement_cursor WHERE {IN_SHARE} ORDER BY sku"
-            ))
-            .bind(i64::from(share.index))
-            .bind(i64::from(share.of))
-            .fetch_all(&self.pool),
+            sqlx::query_scalar(SKUS.as_str())
+                .bind(i64::from(share.index))
+                .bind(i64::from(share.of))
+                .fetch_all(&self.pool),
         )
         .await?;
         rows.iter().map(|s| parse_sku(s)).collect()
@@ -174,12 +179,10 @@ impl Store {
     ) -> Result<Vec<(Sku, EventId)>, StoreError> {
         let rows: Vec<(String, String)> = super::timed(
             "settlement_cursors",
-            sqlx::query_as(&format!(
-                "SELECT sku, last_event_id FROM settlement_cursor WHERE {IN_SHARE} ORDER BY sku"
-            ))
-            .bind(i64::from(share.index))
-            .bind(i64::from(share.of))
-            .fetch_all(&self.pool),
+            sqlx::query_as(CURSORS.as_str())
+                .bind(i64::from(share.index))
+                .bind(i64::from(share.of))
+                .fetch_all(&self.pool),
         )
         .await?;
         rows.iter()

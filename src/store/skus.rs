@@ -1,5 +1,7 @@
 //! Sales and their inventory rows.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -406,9 +408,8 @@ impl Store {
     }
 
     pub async fn list_skus(&self) -> Result<Vec<SkuRecord>, StoreError> {
-        let rows: Vec<SkuRow> = sqlx::query_as(&format!("{SELECT_SKU} ORDER BY s.num"))
-            .fetch_all(&self.pool)
-            .await?;
+        static LIST: LazyLock<String> = LazyLock::new(|| format!("{SELECT_SKU} ORDER BY s.num"));
+        let rows: Vec<SkuRow> = sqlx::query_as(LIST.as_str()).fetch_all(&self.pool).await?;
         rows.into_iter().map(SkuRecord::try_from).collect()
     }
 
@@ -416,7 +417,8 @@ impl Store {
     where
         E: sqlx::PgExecutor<'e>,
     {
-        let row: Option<SkuRow> = sqlx::query_as(&format!("{SELECT_SKU} WHERE s.sku = $1"))
+        static FETCH: LazyLock<String> = LazyLock::new(|| format!("{SELECT_SKU} WHERE s.sku = $1"));
+        let row: Option<SkuRow> = sqlx::query_as(FETCH.as_str())
             .bind(sku.as_str())
             .fetch_optional(executor)
             .await?;

@@ -68,13 +68,17 @@ async fn serve_and_settle_pools_carry_statement_and_lock_timeouts(pool: PgPool) 
     };
     let store =
         Store::connect_lazy(&format!("{server}/{database}"), 1, Some(limits)).expect("store");
-    let shown: (String, String) = sqlx::query_as(
-        "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')",
+    let shown: (String, String, String) = sqlx::query_as(
+        "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), \
+         current_setting('idle_in_transaction_session_timeout')",
     )
     .fetch_one(store.pool())
     .await
     .expect("settings");
-    assert_eq!(shown, ("7s".to_owned(), "1500ms".to_owned()));
+    assert_eq!(
+        shown,
+        ("7s".to_owned(), "1500ms".to_owned(), "7s".to_owned())
+    );
 
     // A row locked elsewhere now fails the statement after the lock timeout instead of hanging.
     sqlx::raw_sql(
@@ -516,4 +520,59 @@ async fn with_replica_durability_a_hold_is_answered_only_once_a_replica_has_it(p
         .await
         .expect("stock");
     assert_eq!(stock, 8, "two holds, each taken once");
+}
+
+/// A request deadline or a cancelled commit can drop a future while its `BEGIN` is on the wire.
+/// With sqlx 0.8.6 nothing then ends that transaction: the pool hands the connection on, and
+/// the next borrower's autocommit writes (a pause, a heartbeat) run inside it and are lost with it.
+#[sqlx::test]
+async fn a_begin_cancelled_on_the_wire_leaves_no_transaction_open_on_the_pooled_connection(
+    pool: PgPool,
+) {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .expect("database");
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    // One connection, so every borrower gets the one a cancelled begin touched.
+    let store = Store::connect_lazy(&format!("{server}/{database}"), 1, None).expect("store");
+    // Two autocommit statements get two transaction ids; inside a stale transaction, one.
+    let inside_a_transaction = async || {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let id: i64 = sqlx::query_scalar("SELECT txid_current()")
+                .fetch_one(store.pool())
+                .await
+                .expect("probe");
+            ids.push(id);
+        }
+        ids[0] == ids[1]
+    };
+    assert!(!inside_a_transaction().await);
+    let mut cancelled_on_the_wire = 0;
+    for attempt in 0..300 {
+        // Let the begin run for a few turns of the runtime — each one polls the socket — and
+        // drop it wherever it got to, as a deadline would: before its connection, with BEGIN
+        // on the wire, or done.
+        let turns = attempt % 30;
+        let outrun = async {
+            for _ in 0..turns {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            tx = store.pool().begin() => drop(tx),
+            () = outrun => cancelled_on_the_wire += 1,
+        }
+        assert!(
+            !inside_a_transaction().await,
+            "attempt {attempt}: the pool handed out a connection inside a transaction nobody owns"
+        );
+    }
+    assert!(
+        cancelled_on_the_wire > 0,
+        "no begin was cancelled in flight"
+    );
 }
