@@ -212,7 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 secrecy::ExposeSecret::expose_secret(&http.tokens.jwt_secret).as_bytes(),
             );
             let gate = startup::gate(&redis, Some(seal))?;
-            startup::check_redis(&gate, redis.allow_evicting_redis).await?;
+            let redis_check = startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
             startup::check_migrations(&store).await?;
@@ -233,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 settler: Some(settler),
                 sweeper: Some(sweeper),
                 relay: Some(relay),
+                redis_check,
             };
             startup::run(tasks, shutdown, stopping.settings()).await
         }
@@ -244,7 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown: stopping,
         } => {
             let gate = startup::gate(&redis, None)?;
-            startup::check_redis(&gate, redis.allow_evicting_redis).await?;
+            let redis_check = startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
             startup::check_migrations(&store).await?;
@@ -259,6 +260,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 settler: Some(background),
                 sweeper: Some(sweeper),
                 relay: Some(relay),
+                redis_check,
             };
             startup::run(tasks, shutdown, stopping.settings()).await
         }

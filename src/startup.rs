@@ -110,14 +110,56 @@ pub fn gate(config: &RedisConfig, seal: Option<ReservationSeal>) -> anyhow::Resu
 /// a cluster node behind a single-node client (or a single server behind the cluster client)
 /// and an evicting `maxmemory-policy` (unless `allow_evicting`), warns when Redis does not
 /// persist. A Redis that cannot be reached now is not a reason not to start: the gate answers
-/// 503 until it is back.
-pub async fn check_redis(gate: &Gate, allow_evicting: bool) -> anyhow::Result<()> {
+/// 503 until it is back, and the check is owed — [`RedisCheckOwed`] makes it when Redis first
+/// answers (run it with the process's [`Tasks`]).
+pub async fn check_redis(
+    gate: &Gate,
+    allow_evicting: bool,
+) -> anyhow::Result<Option<RedisCheckOwed>> {
+    if inspect_redis(gate, allow_evicting).await? {
+        return Ok(None);
+    }
+    tracing::warn!("cannot reach redis to check it at start; checking it when it answers");
+    Ok(Some(RedisCheckOwed {
+        gate: gate.clone(),
+        allow_evicting,
+    }))
+}
+
+/// The start-up check of a Redis that could not be reached at start.
+#[derive(Debug)]
+pub struct RedisCheckOwed {
+    gate: Gate,
+    allow_evicting: bool,
+}
+
+impl RedisCheckOwed {
+    /// Asks every [`REDIS_CHECK_RETRY`] until Redis answers, then checks it as at start: a
+    /// Redis that would have stopped the process at start stops it now (the error), before it
+    /// decided anything there.
+    async fn when_redis_answers(self) -> anyhow::Result<()> {
+        loop {
+            tokio::time::sleep(REDIS_CHECK_RETRY).await;
+            if inspect_redis(&self.gate, self.allow_evicting).await? {
+                tracing::info!("redis answers; the start-up check it owed has passed");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How often a check owed since start asks Redis again.
+const REDIS_CHECK_RETRY: Duration = Duration::from_secs(1);
+
+/// The start-up check: `Ok(true)` when made, `Ok(false)` when Redis could not be reached, an
+/// error when Redis is not fit to run the gate.
+async fn inspect_redis(gate: &Gate, allow_evicting: bool) -> anyhow::Result<bool> {
     let facts = match gate.server_facts().await {
         Ok(facts) => facts,
         Err(err @ GateError::Misconfigured(_)) => anyhow::bail!("{err}"),
         Err(err) => {
-            tracing::warn!(error = %err, "cannot check redis's eviction policy at start");
-            return Ok(());
+            tracing::debug!(error = %err, "cannot reach redis to check it");
+            return Ok(false);
         }
     };
     if facts.cluster_enabled == Some(true) && !gate.is_cluster() {
@@ -146,7 +188,7 @@ pub async fn check_redis(gate: &Gate, allow_evicting: bool) -> anyhow::Result<()
         Some(true) => tracing::info!(policy = ?facts.maxmemory_policy, "redis appendonly is on"),
         None => tracing::info!("redis refused CONFIG GET; its persistence is unknown"),
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A bound, ready-to-run API server.
@@ -280,6 +322,8 @@ pub struct Tasks {
     pub settler: Option<Settler>,
     pub sweeper: Option<Sweeper>,
     pub relay: Option<Relay>,
+    /// The start-up check of Redis, when Redis could not be reached at start.
+    pub redis_check: Option<RedisCheckOwed>,
 }
 
 /// Runs the API (when given), the settler, the expiry sweeper and the relay side by side until
@@ -300,6 +344,7 @@ pub async fn run(
         settler,
         sweeper,
         relay,
+        redis_check,
     } = tasks_to_run;
     let stop = CancellationToken::new();
     let readiness = app.as_ref().map(Application::readiness);
@@ -345,6 +390,20 @@ pub async fn run(
         tasks.spawn(async move {
             relay.run(stopping).await;
             ("relay", Ok(()))
+        });
+    }
+    if let Some(owed) = redis_check {
+        let stopping = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                checked = owed.when_redis_answers() => match checked {
+                    // Passed: nothing more to do, but a finished task stops the process.
+                    Ok(()) => stopping.cancelled().await,
+                    Err(err) => return ("redis check", Err(err)),
+                },
+                () = stopping.cancelled() => {}
+            }
+            ("redis check", Ok(()))
         });
     }
 

@@ -78,8 +78,20 @@ impl PrivateRedis {
         None
     }
 
+    /// A `redis-server` of the test's own on `port` (which the test chose and told others
+    /// about before the server existed).
+    pub fn start_on(port: u16, args: &[&str]) -> Option<Self> {
+        match Self::start_once_on(port, args)? {
+            Started::Up(server) => Some(server),
+            Started::PortTaken => None,
+        }
+    }
+
     fn start_once(args: &[&str]) -> Option<Started> {
-        let port = free_port();
+        Self::start_once_on(free_port(), args)
+    }
+
+    fn start_once_on(port: u16, args: &[&str]) -> Option<Started> {
         // Its own new folder: a replica writes the RDB of its full sync there, not into the
         // checkout, and a cluster node its nodes.conf. A folder named by the port alone was
         // reused when a later test got the same port, and the node loaded the slots of an earlier

@@ -230,6 +230,58 @@ fn serve_refuses_a_redis_that_may_evict_keys() {
     assert!(serve("true").is_none(), "allowed: it keeps running");
 }
 
+#[test]
+fn a_redis_unreachable_at_start_is_checked_when_it_first_answers() {
+    // Nothing listens on the port yet: serve starts (the gate answers 503 until Redis is there).
+    let port = free_port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = flashgate()
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .env("FLASHGATE_LISTEN", &listen)
+        .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+        .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("FLASHGATE_REDIS_TIMEOUT_MS", "200")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(child.try_wait().expect("wait").is_none(), "serve exited");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then the Redis comes up — one that would have stopped serve at start. On main the check
+    // never ran again and the gate went on writing into an evicting Redis.
+    let Some(_redis) = PrivateRedis::start_on(port, &["--maxmemory-policy", "allkeys-lru"]) else {
+        let _ = child.kill();
+        panic!("cannot start redis-server on port {port}");
+    };
+    let answered = Instant::now();
+    let exited = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if answered.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("serve kept running on an evicting redis");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!exited.success());
+    assert!(
+        stderr.contains("maxmemory-policy is allkeys-lru"),
+        "{stderr}"
+    );
+}
+
 /// Sources scripts/services.sh and calls `flashgate_services` with this `DATABASE_URL`; the
 /// process's output, stdout being the `DATABASE_URL` it left.
 fn services_sh(database_url: &str) -> std::process::Output {
