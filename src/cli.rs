@@ -103,8 +103,10 @@ pub enum Command {
         target: PrewarmTarget,
         /// Refresh a sale that is already live in Redis: its metadata, state and total are
         /// brought to Postgres's; its stock is never reset (units held but not yet settled
-        /// would be sold twice).
-        #[arg(long, conflicts_with = "resync")]
+        /// would be sold twice). With or without --resync: load a sale launched in another
+        /// FLASHGATE_REDIS_NAMESPACE into this one (refused otherwise: two live copies would
+        /// sell the same units) — only once nothing serves it from there.
+        #[arg(long)]
         force: bool,
         /// Repair a live sale after Redis lost data or drifted: pause it, drain the settler,
         /// restore lost holds and set Redis stock from Postgres, resume.
@@ -403,7 +405,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     None => store.settlement_skus(crate::store::Share::ALL).await?,
                 };
                 for sku in &skus {
-                    let report = crate::app::resync::resync(&gate, &store, &settler, sku).await?;
+                    let report =
+                        crate::app::resync::resync(&gate, &store, &settler, sku, force).await?;
                     println!(
                         "{}: resynced, {} events settled, {} holds restored, {} followed postgres, \
                          {} recorded again from redis, stock {}{}, {}",

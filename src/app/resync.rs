@@ -52,6 +52,8 @@ pub enum ResyncError {
     Settle(#[from] SettleError),
     #[error("reservation row is corrupt: {0}")]
     Corrupt(#[from] ValidationError),
+    #[error(transparent)]
+    NamespaceMismatch(#[from] super::NamespaceMismatch),
 }
 
 /// What a resync did.
@@ -87,11 +89,15 @@ pub async fn resync(
     store: &Store,
     settler: &Settler,
     sku: &Sku,
+    force: bool,
 ) -> Result<ResyncReport, ResyncError> {
     let before = store
         .find_sku(sku)
         .await?
         .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+    // From another namespace the sale looks lost entirely; "repairing" it there would make a
+    // second live copy (a fault run: 18 told 201 for 9 units).
+    super::same_namespace(&before, gate, force)?;
     let Some(lock) = store.lock_resync(sku).await? else {
         return Err(ResyncError::AlreadyRunning(sku.clone()));
     };
@@ -189,7 +195,9 @@ async fn repair(
             settler.board().falls_due(sku, std::time::Duration::ZERO);
         }
         if let Some(record) = load_if_settled(gate, store, sku).await? {
-            store.record_resynced(&record).await?;
+            store
+                .record_resynced(&record, gate.namespace().as_str())
+                .await?;
             report.stock = record.available;
             report.state = record.state;
             report.lost_holds = store.lost_holds(sku).await?;
@@ -300,17 +308,20 @@ impl ResyncJob {
     }
 }
 
-/// Records a new job for `sku` and runs the resync in the background; returns at once.
+/// Records a new job for `sku` and runs the resync in the background; returns at once. A sale
+/// launched in another Redis namespace is refused here, unless `force`, before any job starts.
 pub async fn start_job(
     gate: Gate,
     store: Store,
     settler: Settler,
     sku: Sku,
+    force: bool,
 ) -> Result<ResyncJob, ResyncError> {
-    store
+    let record = store
         .find_sku(&sku)
         .await?
         .ok_or_else(|| ResyncError::UnknownSku(sku.clone()))?;
+    super::same_namespace(&record, &gate, force)?;
     let mut job = ResyncJob {
         job: uuid::Uuid::new_v4(),
         sku: sku.clone(),
@@ -329,7 +340,7 @@ pub async fn start_job(
     gate.put_job(&sku, job.job, &job.record()?).await?;
     let started = job.clone();
     tokio::spawn(async move {
-        let outcome = resync(&gate, &store, &settler, &sku).await;
+        let outcome = resync(&gate, &store, &settler, &sku, force).await;
         if let Err(err) = gate.release_resync(&sku, job.job).await {
             tracing::warn!(sku = %sku, error = %err, "cannot clear the running resync; it lapses with its lease");
         }

@@ -20,6 +20,8 @@ pub enum SaleError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Settle(#[from] SettleError),
+    #[error(transparent)]
+    NamespaceMismatch(#[from] super::NamespaceMismatch),
 }
 
 /// A sale as the caller sees it after a change: its Postgres record, and whether it is live in
@@ -115,19 +117,26 @@ impl App<'_> {
     /// Postgres's through `adjust_sale.lua` and its stock is never reset — units held but not
     /// yet settled are missing from Postgres `available` and would be sold twice.
     ///
-    /// Order: 1. Redis loads the sale, 2. Postgres records that it was launched (the first time,
-    /// with its `sale.opened` event). Retry: loading is refused once live, and a forced load is
-    /// an absolute target; a refused load still records the launch, so a retry after a timeout
-    /// between the two steps completes it.
+    /// A sale launched in another Redis namespace is refused (`NamespaceMismatch`) unless
+    /// `force`: from this namespace it looks never loaded, and a second live copy would sell its
+    /// units twice.
+    ///
+    /// Order: 1. Redis loads the sale, 2. Postgres records that it was launched, and in which
+    /// namespace (the first time, with its `sale.opened` event). Retry: loading is refused once
+    /// live, and a forced load is an absolute target; a refused load still records the launch,
+    /// so a retry after a timeout between the two steps completes it.
     pub async fn prewarm(&self, sku: &Sku, force: bool) -> Result<SaleChanged, SaleError> {
         let record = self
             .store
             .find_sku(sku)
             .await?
             .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+        super::same_namespace(&record, self.gate, force)?;
         let loaded = self.gate.prewarm(&record, force).await;
         if matches!(loaded, Ok(_) | Err(GateError::SaleLive(_))) {
-            self.store.mark_launched(sku).await?;
+            self.store
+                .mark_launched(sku, self.gate.namespace().as_str())
+                .await?;
         }
         let event = loaded?;
         self.settled_view(sku, true, event).await

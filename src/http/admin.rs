@@ -110,18 +110,21 @@ async fn upsert(
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct PrewarmQuery {
+    /// Refresh a sale already live (never its stock), or load one launched in another Redis
+    /// namespace into this gate's.
     #[serde(default)]
     force: bool,
 }
 
-/// Load the sale into Redis; `force` refreshes a live one (never its stock).
+/// Load the sale into Redis; `force` refreshes a live one (never its stock). A sale launched in
+/// another Redis namespace is refused (409 `namespace_mismatch`) unless forced.
 #[utoipa::path(post, path = "/v1/admin/skus/{sku}/prewarm", tag = "admin", params(("sku" = String, Path), PrewarmQuery),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the sale, live", body = SkuView),
         (status = 400, description = "invalid_query", body = ErrorBody),
         (status = 404, description = "unknown_sku", body = ErrorBody),
-        (status = 409, description = "sale_live (without force)", body = ErrorBody),
+        (status = 409, description = "sale_live, namespace_mismatch (without force)", body = ErrorBody),
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
@@ -265,14 +268,25 @@ async fn set_state(
     Ok(Json(SkuView::from_change(changed)))
 }
 
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ResyncQuery {
+    /// Resync a sale launched in another Redis namespace into this gate's: only once nothing
+    /// serves it from there any more.
+    #[serde(default)]
+    force: bool,
+}
+
 /// Starts a resync job (pause, drain, restore, fenced load, resume; see `resync`) and answers
 /// `202 Accepted` at once with its status URL in `Location`: the repair can take longer than a
 /// request may, and a failed job puts the sale back in its previous state.
-#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resync", tag = "admin", params(("sku" = String, Path)),
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resync", tag = "admin", params(("sku" = String, Path), ResyncQuery),
     security(("adminToken" = [])),
     responses(
         (status = 202, description = "the job, running; `status_url` and Location name it", body = ResyncJob),
+        (status = 400, description = "invalid_query", body = ErrorBody),
         (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 409, description = "namespace_mismatch: the sale was launched in another Redis namespace (without force)", body = ErrorBody),
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
@@ -282,6 +296,7 @@ async fn resync(
     State(state): State<AppState>,
     _: Admin,
     AppPath(raw): AppPath<String>,
+    AppQuery(query): AppQuery<ResyncQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let sku = sku_param(&raw)?;
@@ -290,6 +305,7 @@ async fn resync(
         state.store.clone(),
         state.settler.clone(),
         sku.clone(),
+        query.force,
     )
     .await?;
     let location = format!("/v1/admin/skus/{sku}/resync/{}", job.job);

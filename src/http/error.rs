@@ -64,6 +64,8 @@ pub enum ApiError {
     SaleNotPrewarmed(String),
     #[error("sale {0} is already live in redis; pass force=true to overwrite its stock")]
     SaleLive(Sku),
+    #[error(transparent)]
+    NamespaceMismatch(crate::app::NamespaceMismatch),
     #[error("stock {requested} is below the {committed} units already reserved or sold")]
     StockBelowCommitted { requested: u32, committed: i64 },
     #[error("{0} is unavailable, retry shortly")]
@@ -122,6 +124,7 @@ pub const CODES: &[&str] = &[
     "client_limit_reached",
     "sale_not_prewarmed",
     "sale_live",
+    "namespace_mismatch",
     "stock_below_committed",
     "service_unavailable",
     "not_replicated",
@@ -214,6 +217,7 @@ impl ApiError {
             },
             Self::ClientShed { .. } => "rate_limited",
             Self::SaleLive(_) => "sale_live",
+            Self::NamespaceMismatch(_) => "namespace_mismatch",
             Self::SaleNotPrewarmed(_) => "sale_not_prewarmed",
             Self::StockBelowCommitted { .. } => "stock_below_committed",
             Self::Unavailable(_) => "service_unavailable",
@@ -262,6 +266,7 @@ impl ApiError {
             Self::ClientShed { .. } | Self::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::SaleLive(_)
+            | Self::NamespaceMismatch(_)
             | Self::SaleNotPrewarmed(_)
             | Self::StockBelowCommitted { .. }
             | Self::HoldIs(_) => StatusCode::CONFLICT,
@@ -352,6 +357,7 @@ impl From<crate::app::SaleError> for ApiError {
             SaleError::Gate(e) => e.into(),
             SaleError::Store(e) => e.into(),
             SaleError::Settle(e) => e.into(),
+            SaleError::NamespaceMismatch(e) => Self::NamespaceMismatch(e),
         }
     }
 }
@@ -397,6 +403,7 @@ impl From<crate::app::resync::ResyncError> for ApiError {
             ResyncError::Store(e) => e.into(),
             ResyncError::Settle(e) => e.into(),
             ResyncError::Corrupt(e) => Self::Internal(e.to_string()),
+            ResyncError::NamespaceMismatch(e) => Self::NamespaceMismatch(e),
         }
     }
 }
@@ -610,6 +617,11 @@ mod tests {
             },
             ApiError::SaleNotPrewarmed(String::new()),
             ApiError::SaleLive(Sku::parse("s").expect("sku")),
+            ApiError::NamespaceMismatch(crate::app::NamespaceMismatch {
+                sku: Sku::parse("s").expect("sku"),
+                launched_in: "a".into(),
+                ours: "b".into(),
+            }),
             ApiError::StockBelowCommitted {
                 requested: 0,
                 committed: 0,
@@ -646,6 +658,7 @@ mod tests {
                 | ApiError::ClientShed { .. }
                 | ApiError::SaleNotPrewarmed(_)
                 | ApiError::SaleLive(_)
+                | ApiError::NamespaceMismatch(_)
                 | ApiError::StockBelowCommitted { .. }
                 | ApiError::Unavailable(_)
                 | ApiError::NotReplicated

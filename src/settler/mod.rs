@@ -770,7 +770,20 @@ impl Settler {
     /// Postgres records it (for `/readyz`, the console, and every gate), and Redis refuses every
     /// reserve (`lua/halt_sale.lua`). Best effort: a failure is logged, and the next batch of
     /// the SKU tries again.
+    ///
+    /// A settler whose `FLASHGATE_REDIS_NAMESPACE` is not the one the sale was launched in
+    /// finds every stream "lost": it says so and halts nothing — a resync from there would make
+    /// a second live copy of the sale.
     async fn require_resync(&self, sku: &Sku, cursor: EventId) {
+        let ours = self.gate.namespace().as_str();
+        if let Ok(Some(record)) = self.store.find_sku(sku).await
+            && let Some(launched_in) = record.redis_namespace.filter(|ns| ns != ours)
+        {
+            tracing::error!(sku = %sku, launched_in = %launched_in, ours = %ours,
+                "this sale was launched in another redis namespace: wrong FLASHGATE_REDIS_NAMESPACE? \
+                 Not halting it, and do not resync it from here (that would sell its units twice)");
+            return;
+        }
         let reason = format!(
             "the event stream no longer holds the settlement cursor {cursor}: redis lost or \
              rolled back data"

@@ -31,6 +31,9 @@ pub struct SkuRecord {
     pub launched_at: Option<DateTime<Utc>>,
     /// Why the gate must not sell until a resync (the settler found the stream broken).
     pub resync_required: Option<String>,
+    /// The Redis namespace the sale was launched in (`None` before, or if launched before
+    /// this was recorded).
+    pub redis_namespace: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -51,6 +54,7 @@ struct SkuRow {
     sold: i64,
     launched_at: Option<DateTime<Utc>>,
     resync_required: Option<String>,
+    redis_namespace: Option<String>,
 }
 
 impl TryFrom<SkuRow> for SkuRecord {
@@ -81,13 +85,14 @@ impl TryFrom<SkuRow> for SkuRecord {
             sold: row.sold,
             launched_at: row.launched_at,
             resync_required: row.resync_required,
+            redis_namespace: row.redis_namespace,
         })
     }
 }
 
 const SELECT_SKU: &str = "SELECT s.sku, s.num, s.name, s.price, s.currency, s.per_buyer_limit, \
      s.hold_ttl_seconds, s.starts_at, s.ends_at, s.state, \
-     i.total, i.available, i.reserved, i.sold, s.launched_at, s.resync_required \
+     i.total, i.available, i.reserved, i.sold, s.launched_at, s.resync_required, s.redis_namespace \
      FROM skus s JOIN inventory i ON i.sku = s.sku";
 
 impl Store {
@@ -266,9 +271,9 @@ impl Store {
         Ok(record)
     }
 
-    /// Records that the sale was loaded into the gate: the first time, `sale.opened`. Returns
-    /// whether this call was the first.
-    pub async fn mark_launched(&self, sku: &Sku) -> Result<bool, StoreError> {
+    /// Records that the sale was loaded into the gate, in Redis namespace `namespace`: the
+    /// first time, `sale.opened`. Returns whether this call was the first.
+    pub async fn mark_launched(&self, sku: &Sku, namespace: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let first = sqlx::query(
             "UPDATE skus SET launched_at = now() WHERE sku = $1 AND launched_at IS NULL",
@@ -278,6 +283,14 @@ impl Store {
         .await?
         .rows_affected()
             == 1;
+        sqlx::query(
+            "UPDATE skus SET redis_namespace = $2 \
+             WHERE sku = $1 AND redis_namespace IS DISTINCT FROM $2",
+        )
+        .bind(sku.as_str())
+        .bind(namespace)
+        .execute(&mut *tx)
+        .await?;
         let mut recorded = 0;
         if first && let Some(record) = Self::fetch_sku(&mut *tx, sku).await? {
             recorded = super::outbox::append(
@@ -356,11 +369,17 @@ impl Store {
     /// Records that a resync loaded the gate from the sale's Postgres inventory (`record`): the
     /// sale no longer waits for one, and a `stock.changed` with `delta` 0 is a snapshot consumers
     /// can reconcile against.
-    pub async fn record_resynced(&self, record: &SkuRecord) -> Result<(), StoreError> {
+    pub async fn record_resynced(
+        &self,
+        record: &SkuRecord,
+        namespace: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE skus SET resync_required = NULL, resync_required_at = NULL WHERE sku = $1",
+            "UPDATE skus SET resync_required = NULL, resync_required_at = NULL, \
+             redis_namespace = $2 WHERE sku = $1",
         )
         .bind(record.sku.as_str())
+        .bind(namespace)
         .execute(&self.pool)
         .await?;
         self.record_events(

@@ -289,7 +289,8 @@ async fn a_resync_refuses_to_run_beside_another_of_the_same_sale(pool: PgPool) {
         .expect("free");
     let settler = app.settler();
     let refused =
-        flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku("sneaker")).await;
+        flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku("sneaker"), false)
+            .await;
     assert!(
         matches!(
             refused,
@@ -303,9 +304,10 @@ async fn a_resync_refuses_to_run_beside_another_of_the_same_sale(pool: PgPool) {
         201
     );
     elsewhere.release().await;
-    let report = flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku("sneaker"))
-        .await
-        .expect("resync");
+    let report =
+        flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku("sneaker"), false)
+            .await
+            .expect("resync");
     assert_eq!(report.stock, 8);
 }
 
@@ -444,7 +446,7 @@ async fn a_resync_killed_with_the_sale_paused_is_undone_by_the_sweepers(pool: Pg
     let running = {
         let (gate, store, settler) = (app.gate.clone(), app.store.clone(), app.settler());
         tokio::spawn(async move {
-            flashgate::app::resync::resync(&gate, &store, &settler, &sku("sneaker")).await
+            flashgate::app::resync::resync(&gate, &store, &settler, &sku("sneaker"), false).await
         })
     };
     let mut paused = false;
@@ -634,4 +636,50 @@ fn lost_sku_number(id: &str) -> u32 {
     flashgate::domain::ReservationId::parse(id)
         .expect("id")
         .sku_number()
+}
+
+#[sqlx::test]
+async fn a_sale_is_never_loaded_live_into_a_second_redis_namespace_unless_forced(pool: PgPool) {
+    let live = spawn_app(pool.clone()).await;
+    live.open_sale("sneaker", &sale_body(9, 1)).await;
+    hold_id(&live, "sneaker", "alice").await;
+    live.settler().drain(&sku("sneaker")).await.expect("drain");
+
+    // A gate started with the wrong FLASHGATE_REDIS_NAMESPACE sees nothing of the sale and
+    // says a resync is required. On main, following that advice loaded a second live copy
+    // there: 18 told 201 for 9 units.
+    let misconfigured = spawn_app(pool).await;
+    let (status, code, _) =
+        error_code(misconfigured.reserve("sneaker", "bob", "bob-key", 1).await).await;
+    assert_eq!((status, code.as_str()), (503, "resync_required"));
+    for refused in [
+        misconfigured.start_resync("sneaker", false).await,
+        misconfigured.prewarm("sneaker", false).await,
+    ] {
+        let (status, code, body) = error_code(refused).await;
+        assert_eq!((status, code.as_str()), (409, "namespace_mismatch"));
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("FLASHGATE_REDIS_NAMESPACE"), "{message}");
+        assert!(message.contains(live.namespace.as_str()), "{message}");
+    }
+    let (status, code, _) =
+        error_code(misconfigured.reserve("sneaker", "bob", "bob-key", 1).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (503, "resync_required"),
+        "no copy was made"
+    );
+    // The sale goes on where it was launched.
+    hold_id(&live, "sneaker", "carol").await;
+
+    // Forced — the operator moves the sale, once nothing serves it from the old namespace.
+    let job = misconfigured.resync_with("sneaker", true).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    hold_id(&misconfigured, "sneaker", "bob").await;
+    let (status, code, _) = error_code(live.prewarm("sneaker", false).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (409, "namespace_mismatch"),
+        "the sale now lives in the other namespace"
+    );
 }

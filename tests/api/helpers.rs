@@ -479,15 +479,24 @@ impl TestApp {
             .expect("reserve")
     }
 
-    /// Starts a resync job (`202` + `Location`) and polls its status URL until it ends; the job.
-    pub async fn resync(&self, sku: &str) -> Value {
-        let started = self
-            .client
-            .post(self.url(&format!("/v1/admin/skus/{sku}/resync")))
+    /// POST /v1/admin/skus/{sku}/resync[?force=true]: the answer, as it came.
+    pub async fn start_resync(&self, sku: &str, force: bool) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/admin/skus/{sku}/resync?force={force}")))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .expect("resync");
+            .expect("resync")
+    }
+
+    /// Starts a resync job (`202` + `Location`) and polls its status URL until it ends; the job.
+    pub async fn resync(&self, sku: &str) -> Value {
+        self.resync_with(sku, false).await
+    }
+
+    /// [`Self::resync`], forced when `force`.
+    pub async fn resync_with(&self, sku: &str, force: bool) -> Value {
+        let started = self.start_resync(sku, force).await;
         assert_eq!(started.status(), 202);
         let location = started.headers()["location"]
             .to_str()

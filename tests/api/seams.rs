@@ -390,7 +390,7 @@ async fn resync_racing_releases_leaves_both_stores_agreeing(pool: PgPool) {
     let resync = async {
         for _ in 0..5 {
             let resynced =
-                flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku).await;
+                flashgate::app::resync::resync(&app.gate, &app.store, &settler, &sku, false).await;
             assert!(resynced.is_ok(), "{resynced:?}");
         }
     };
