@@ -94,6 +94,7 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
         (status = 422, description = "invalid_request, invalid_body", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn upsert(
@@ -128,6 +129,7 @@ struct PrewarmQuery {
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn prewarm(
@@ -151,6 +153,7 @@ async fn prewarm(
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn audit(
@@ -194,6 +197,7 @@ struct RestockBody {
         (status = 422, description = "invalid_request, invalid_body", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn restock(
@@ -227,6 +231,7 @@ async fn restock(
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn pause(
@@ -246,6 +251,7 @@ async fn pause(
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn resume(
@@ -290,6 +296,7 @@ struct ResyncQuery {
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn resync(
@@ -329,6 +336,7 @@ async fn resync(
         (status = 422, description = "invalid_request (a malformed SKU)", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
 async fn resync_job(

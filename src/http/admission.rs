@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::ApiError;
 use super::client_addr::ClientAddr;
-use super::shedding::ClientShedder;
+use super::shedding::{AdminBackoff, ClientShedder};
 use crate::auth::BuyerTokens;
 use crate::domain::BuyerId;
 
@@ -113,6 +113,7 @@ pub struct Admission {
 #[derive(Debug)]
 struct Inner {
     shedder: Option<ClientShedder>,
+    admin_backoff: AdminBackoff,
     new_buyers: Lane,
     payers: Lane,
     clients: Arc<InFlight<ClientAddr>>,
@@ -177,6 +178,7 @@ impl Admission {
         Self {
             inner: Arc::new(Inner {
                 shedder,
+                admin_backoff: AdminBackoff::default(),
                 new_buyers: Lane::new(
                     "new_buyers",
                     settings.new_buyer_limit,
@@ -192,6 +194,11 @@ impl Admission {
 
     pub fn shedder(&self) -> Option<&ClientShedder> {
         self.inner.shedder.as_ref()
+    }
+
+    /// The per-client back-off of wrong admin tokens.
+    pub fn admin_backoff(&self) -> &AdminBackoff {
+        &self.inner.admin_backoff
     }
 }
 

@@ -137,6 +137,7 @@ const BACKLOG_CAP: usize = 10_000;
         (status = 200, description = "every sale", body = ConsoleNow),
         (status = 401, description = "unauthorized", body = super::error::ErrorBody),
         (status = 403, description = "forbidden", body = super::error::ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = super::error::ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = super::error::ErrorBody),
     ))]
 async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNow>, ApiError> {

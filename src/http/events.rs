@@ -68,6 +68,7 @@ struct EventsPage {
         (status = 400, description = "invalid_query", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
         (status = 404, description = "unknown_sku", body = ErrorBody),
         (status = 422, description = "invalid_request", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),

@@ -120,15 +120,22 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let client = client_of(parts).map(ClientAddr::ip);
+        let client = client_of(parts);
         let Some(token) = bearer(parts) else {
-            crate::auth::admin_auth_failed(client, "missing");
+            crate::auth::admin_auth_failed(client.map(ClientAddr::ip), "missing");
             return Err(ApiError::Unauthorized);
         };
+        let backoff = state.admission.admin_backoff();
+        if let Some(client) = client {
+            backoff.check(client)?;
+        }
         if state.admin.matches(token) {
             Ok(Self)
         } else {
-            crate::auth::admin_auth_failed(client, "wrong");
+            crate::auth::admin_auth_failed(client.map(ClientAddr::ip), "wrong");
+            if let Some(client) = client {
+                backoff.failed(client)?;
+            }
             Err(ApiError::Forbidden)
         }
     }

@@ -27,7 +27,7 @@ pub use client_addr::{ClientAddr, ClientAddrPolicy, ForwardedHeader, TrustedProx
 pub use error::ApiError;
 pub use health::Readiness;
 pub use server::ServerSettings;
-pub use shedding::ClientShedder;
+pub use shedding::{ADMIN_FAILURE_BURST, ADMIN_FAILURE_REFILL, AdminBackoff, ClientShedder};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -292,13 +292,18 @@ pub async fn serve(
             .clone()
             .keep_fresh(state.gate.clone(), state.store.clone()),
     );
-    if let Some(shedder) = state.admission.shedder().cloned() {
-        // The shedder's map only grows; prune it while the server runs.
+    {
+        // The shedders' maps only grow; prune them while the server runs.
+        let shedder = state.admission.shedder().cloned();
+        let admin_backoff = state.admission.admin_backoff().clone();
         background.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tick.tick().await;
-                shedder.forget_idle_clients();
+                if let Some(shedder) = &shedder {
+                    shedder.forget_idle_clients();
+                }
+                admin_backoff.forget_idle_clients();
             }
         });
     }
