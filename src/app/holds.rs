@@ -167,6 +167,10 @@ impl App<'_> {
                 hold.status = ReservationStatus::Committed;
                 Ok(hold)
             }
+            // Redis decided the commit, yet Postgres, settled through its event, still has the
+            // hold held: the event never reached Postgres (the stream was replaced under the
+            // cursor). Not a refusal — the commit stands in Redis: retry, after a resync.
+            ReservationStatus::Held => Err(HoldError::NotRecorded),
             other => Err(HoldError::HoldIs(other)),
         }
     }

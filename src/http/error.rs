@@ -380,7 +380,9 @@ impl From<crate::settler::SettleError> for ApiError {
             SettleError::Gate(e) => e.into(),
             SettleError::Store(e) => e.into(),
             SettleError::TimedOut(_) => Self::Unavailable("settlement"),
-            SettleError::StreamBroken { .. } => Self::Unavailable("settlement"),
+            SettleError::StreamBroken { .. } | SettleError::EventMissing { .. } => {
+                Self::Unavailable("settlement")
+            }
             // Shared by a group of commits: judged by its kind, logged once per commit.
             SettleError::Group(shared) if shared.is_transient() => {
                 tracing::warn!(error = %shared, "group commit could not settle");

@@ -67,6 +67,17 @@ pub enum SettleError {
         "the event stream of {sku} no longer holds the settlement cursor {cursor}; resync the SKU"
     )]
     StreamBroken { sku: Sku, cursor: EventId },
+    /// A decision's event is not in the stream after the cursor: Redis lost or replaced the
+    /// stream after the decision was taken. Postgres cannot get it until a resync.
+    #[error(
+        "event {event} of {sku} is not in the stream after the settlement cursor {cursor}: redis \
+         lost or replaced the stream; resync the SKU"
+    )]
+    EventMissing {
+        sku: Sku,
+        event: EventId,
+        cursor: EventId,
+    },
     /// The settlement of a group of commits failed; every commit of the group shares the cause.
     #[error(transparent)]
     Group(Arc<SettleError>),
@@ -82,7 +93,7 @@ impl SettleError {
         match self {
             Self::Gate(GateError::Unavailable(_) | GateError::NotReplicated) => true,
             Self::Store(err) => err.is_transient(),
-            Self::TimedOut(_) | Self::StreamBroken { .. } => true,
+            Self::TimedOut(_) | Self::StreamBroken { .. } | Self::EventMissing { .. } => true,
             Self::Group(shared) => shared.is_transient(),
             _ => false,
         }
@@ -505,10 +516,12 @@ impl Settler {
                             return Ok(());
                         }
                         // Still behind, and the stream has nothing after it: the event is gone
-                        // (Redis lost data). Nothing more can be applied.
-                        return Err(SettleError::Invariant(format!(
-                            "event {through} of {sku} is not in the stream after cursor {now}"
-                        )));
+                        // (Redis lost or replaced the stream). Nothing more can be applied.
+                        return Err(SettleError::EventMissing {
+                            sku: sku.clone(),
+                            event: through,
+                            cursor: now,
+                        });
                     }
                     BatchOutcome::Busy | BatchOutcome::Moved => {
                         tokio::time::sleep(pause).await;

@@ -683,3 +683,71 @@ async fn a_sale_is_never_loaded_live_into_a_second_redis_namespace_unless_forced
         "the sale now lives in the other namespace"
     );
 }
+
+#[sqlx::test]
+async fn a_commit_on_a_replaced_stream_answers_503_to_retry_never_held_or_500(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    let id = hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // A failover replaced the stream: the commit's event lands on a stream that no longer holds
+    // the settlement cursor, so Postgres cannot get it until a resync.
+    roll_back_stream(&app, "sneaker").await;
+    let answer = app.act(&id, "commit", &app.token("alice")).await;
+    let retry_after = answer.headers().get("retry-after").cloned();
+    let (status, code, body) = error_code(answer).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        code == "service_unavailable" || code == "resync_required",
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    // After the resync the same commit goes through.
+    let job = app.resync("sneaker").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let committed = app.act(&id, "commit", &app.token("alice")).await;
+    assert_eq!(committed.status(), 200);
+}
+
+#[sqlx::test]
+async fn a_commit_judged_settled_on_a_stream_replaced_under_the_cursor_answers_503(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    let id = hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // The stream a failover left behind sorts below the cursor Postgres has: the commit's event
+    // is judged settled and never applied. On main: 409 `held`, a refusal the payment service
+    // would act on, though the commit stands in Redis.
+    sqlx::query(
+        "UPDATE settlement_cursor SET last_event_id = '99999999999999-0' WHERE sku = 'sneaker'",
+    )
+    .execute(app.store.pool())
+    .await
+    .expect("cursor");
+    let answer = app.act(&id, "commit", &app.token("alice")).await;
+    assert!(answer.headers().get("retry-after").is_some());
+    let (status, code, body) = error_code(answer).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (503, "service_unavailable"),
+        "{body}"
+    );
+}
+
+#[sqlx::test]
+async fn a_decision_whose_event_left_the_stream_is_retryable_not_an_internal_error(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    hold_id(&app, "sneaker", "alice").await;
+    app.settler().drain(&sku("sneaker")).await.expect("drain");
+    // A commit's event that the stream no longer has (Redis replaced it after the decision):
+    // on main "settlement invariant broken", answered 500.
+    let gone = flashgate::domain::EventId::parse("99999999999999-0").expect("event id");
+    let settled = app.settler().settle_through(&sku("sneaker"), gone).await;
+    let Err(err) = settled else {
+        panic!("an event the stream does not have was judged settled");
+    };
+    assert!(matches!(err, SettleError::EventMissing { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert_eq!(flashgate::http::ApiError::from(err).status().as_u16(), 503);
+}
