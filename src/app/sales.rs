@@ -22,7 +22,16 @@ pub enum SaleError {
     Settle(#[from] SettleError),
     #[error(transparent)]
     NamespaceMismatch(#[from] super::NamespaceMismatch),
+    /// Another change or prewarm of the sale held it longer than this one could wait.
+    #[error("another change of sale {0} is under way; retry shortly")]
+    ChangeUnderWay(Sku),
 }
+
+/// Longest a change of a sale waits for the one before it.
+const CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a change of a sale may hold the sale before the next may start (its holder died):
+/// past every timeout a change runs under.
+const CHANGE_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A sale as the caller sees it after a change: its Postgres record, and whether it is live in
 /// Redis.
@@ -46,28 +55,31 @@ impl App<'_> {
     /// Retry: every value is an absolute target, so running it again moves nothing more.
     /// A timeout: the change may or may not be made in either store; send the same request again.
     pub async fn upsert(&self, sku: &Sku, sale: &SaleDefinition) -> Result<SaleChanged, SaleError> {
-        let adjusted = self
-            .gate
-            .adjust_sale(
-                sku,
-                StockChange::Total(sale.stock),
-                None,
-                &definition_meta(sale),
-            )
-            .await?;
-        let (live, event) = match adjusted {
-            Adjusted::NotLive => (false, None),
-            Adjusted::BelowHeld { total, stock } => {
-                return Err(SaleError::StockBelowCommitted {
-                    requested: sale.stock,
-                    committed: total - stock,
-                });
-            }
-            Adjusted::Done { event, .. } => (true, event),
-            Adjusted::Replayed { .. } => (true, None),
-        };
-        self.store.upsert_sku(sku, sale, !live).await?;
-        self.settled_view(sku, live, event).await
+        self.serialised(sku, async {
+            let adjusted = self
+                .gate
+                .adjust_sale(
+                    sku,
+                    StockChange::Total(sale.stock),
+                    None,
+                    &definition_meta(sale),
+                )
+                .await?;
+            let (live, event) = match adjusted {
+                Adjusted::NotLive => (false, None),
+                Adjusted::BelowHeld { total, stock } => {
+                    return Err(SaleError::StockBelowCommitted {
+                        requested: sale.stock,
+                        committed: total - stock,
+                    });
+                }
+                Adjusted::Done { event, .. } => (true, event),
+                Adjusted::Replayed { .. } => (true, None),
+            };
+            self.store.upsert_sku(sku, sale, !live).await?;
+            self.settled_view(sku, live, event).await
+        })
+        .await
     }
 
     /// Adds `units` to the sale.
@@ -85,29 +97,32 @@ impl App<'_> {
         units: u32,
         operation: Option<&IdempotencyKey>,
     ) -> Result<SaleChanged, SaleError> {
-        match self
-            .gate
-            .adjust_sale(sku, StockChange::Add(units), operation, &[])
-            .await?
-        {
-            Adjusted::NotLive => {
-                let record = self
-                    .store
-                    .restock(sku, units)
-                    .await?
-                    .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
-                Ok(SaleChanged {
-                    record,
-                    live: false,
-                })
+        self.serialised(sku, async {
+            match self
+                .gate
+                .adjust_sale(sku, StockChange::Add(units), operation, &[])
+                .await?
+            {
+                Adjusted::NotLive => {
+                    let record = self
+                        .store
+                        .restock(sku, units)
+                        .await?
+                        .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+                    Ok(SaleChanged {
+                        record,
+                        live: false,
+                    })
+                }
+                Adjusted::Done { event, .. } => self.settled_view(sku, true, event).await,
+                Adjusted::Replayed { .. } => self.settled_view(sku, true, None).await,
+                // Adding units cannot take stock below zero: the script broke its contract.
+                Adjusted::BelowHeld { .. } => Err(SaleError::Gate(GateError::Protocol(
+                    "adjust_sale.lua refused an addition".into(),
+                ))),
             }
-            Adjusted::Done { event, .. } => self.settled_view(sku, true, event).await,
-            Adjusted::Replayed { .. } => self.settled_view(sku, true, None).await,
-            // Adding units cannot take stock below zero: the script broke its contract.
-            Adjusted::BelowHeld { .. } => Err(SaleError::Gate(GateError::Protocol(
-                "adjust_sale.lua refused an addition".into(),
-            ))),
-        }
+        })
+        .await
     }
 
     /// Opens the sale in Redis from Postgres (`flashgate prewarm`).
@@ -126,20 +141,23 @@ impl App<'_> {
     /// live, and a forced load is an absolute target; a refused load still records the launch,
     /// so a retry after a timeout between the two steps completes it.
     pub async fn prewarm(&self, sku: &Sku, force: bool) -> Result<SaleChanged, SaleError> {
-        let record = self
-            .store
-            .find_sku(sku)
-            .await?
-            .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
-        super::same_namespace(&record, self.gate, force)?;
-        let loaded = self.gate.prewarm(&record, force).await;
-        if matches!(loaded, Ok(_) | Err(GateError::SaleLive(_))) {
-            self.store
-                .mark_launched(sku, self.gate.namespace().as_str())
-                .await?;
-        }
-        let event = loaded?;
-        self.settled_view(sku, true, event).await
+        self.serialised(sku, async {
+            let record = self
+                .store
+                .find_sku(sku)
+                .await?
+                .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+            super::same_namespace(&record, self.gate, force)?;
+            let loaded = self.gate.prewarm(&record, force).await;
+            if matches!(loaded, Ok(_) | Err(GateError::SaleLive(_))) {
+                self.store
+                    .mark_launched(sku, self.gate.namespace().as_str())
+                    .await?;
+            }
+            let event = loaded?;
+            self.settled_view(sku, true, event).await
+        })
+        .await
     }
 
     /// Pauses (new holds refused `sale_paused`; existing holds may still be paid or released)
@@ -150,13 +168,48 @@ impl App<'_> {
     /// gate's sold-out shortcut). Retry: the state is an absolute target. A timeout: Postgres
     /// may have the state and Redis not yet; send it again.
     pub async fn set_state(&self, sku: &Sku, state: SaleState) -> Result<SaleChanged, SaleError> {
-        let record = self
-            .store
-            .set_sale_state(sku, state)
+        self.serialised(sku, async {
+            let record = self
+                .store
+                .set_sale_state(sku, state)
+                .await?
+                .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+            let live = self.gate.set_state(sku, state).await?;
+            Ok(SaleChanged { record, live })
+        })
+        .await
+    }
+
+    /// Runs one change of the sale under its change lease (`Gate::claim_sale_change`): a
+    /// prewarm reads Postgres and loads Redis, a change asks Redis whether the sale is live and
+    /// then writes Postgres alone if not. Interleaved, a prewarm loaded what it read before the
+    /// change committed: a test saw Redis selling 10 units of a sale Postgres had cut to 4.
+    /// Waits up to [`CHANGE_WAIT`] for the change before it (else 503, retry); the lease lapses
+    /// after [`CHANGE_LEASE`] if its holder died.
+    async fn serialised<T>(
+        &self,
+        sku: &Sku,
+        change: impl std::future::Future<Output = Result<T, SaleError>>,
+    ) -> Result<T, SaleError> {
+        let holder = uuid::Uuid::new_v4();
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        while !self
+            .gate
+            .claim_sale_change(sku, holder, CHANGE_LEASE)
             .await?
-            .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
-        let live = self.gate.set_state(sku, state).await?;
-        Ok(SaleChanged { record, live })
+        {
+            if started.elapsed() > CHANGE_WAIT {
+                return Err(SaleError::ChangeUnderWay(sku.clone()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+        let changed = change.await;
+        if let Err(err) = self.gate.release_sale_change(sku, holder).await {
+            tracing::warn!(sku = %sku, error = %err, "cannot end the sale's change lease; it lapses");
+        }
+        changed
     }
 
     /// The sale's Postgres record once the settler has applied `event` (when given).

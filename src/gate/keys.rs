@@ -115,6 +115,11 @@ impl SkuKeys {
     pub fn resync_running(&self) -> String {
         self.key("resync:running")
     }
+    /// Who is changing the sale right now (a lease): changes and prewarms of one sale wait
+    /// for each other.
+    pub fn sale_change(&self) -> String {
+        self.key("sale-change")
+    }
     /// The record of one admin operation on the sale (a restock under an `Idempotency-Key`).
     pub fn admin_operation(&self, key: &IdempotencyKey) -> String {
         self.key(&format!("admin:{key}"))
@@ -152,6 +157,7 @@ mod tests {
             keys.sale_changed(),
             keys.resync_job(uuid::Uuid::new_v4()),
             keys.resync_running(),
+            keys.sale_change(),
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }

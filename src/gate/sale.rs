@@ -305,17 +305,9 @@ impl Gate {
         job: uuid::Uuid,
         lease: std::time::Duration,
     ) -> Result<Option<uuid::Uuid>, GateError> {
-        let mut conn = self.connection().await?;
-        let running: Option<String> = self
-            .inner
-            .scripts
-            .claim_resync
-            .key(self.namespace().sku(sku).resync_running())
-            .arg(job.to_string())
-            .arg(lease.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        running
+        let key = self.namespace().sku(sku).resync_running();
+        self.claim_lease(key, job, lease)
+            .await?
             .map(|raw| {
                 uuid::Uuid::parse_str(&raw)
                     .map_err(|e| GateError::Protocol(format!("running resync {raw:?}: {e}")))
@@ -325,13 +317,60 @@ impl Gate {
 
     /// Forgets `job` as the SKU's running resync (if it still is).
     pub async fn release_resync(&self, sku: &Sku, job: uuid::Uuid) -> Result<(), GateError> {
+        self.release_lease(self.namespace().sku(sku).resync_running(), job)
+            .await
+    }
+
+    /// Takes the sale's change lease for `holder`, for at most `lease`: whether it got it. The
+    /// changes and prewarms of one sale read one store and write the other; under the lease,
+    /// from any gate or command, they cannot interleave.
+    pub async fn claim_sale_change(
+        &self,
+        sku: &Sku,
+        holder: uuid::Uuid,
+        lease: std::time::Duration,
+    ) -> Result<bool, GateError> {
+        let key = self.namespace().sku(sku).sale_change();
+        Ok(self.claim_lease(key, holder, lease).await?.is_none())
+    }
+
+    /// Ends `holder`'s change lease of the sale (if it still holds it).
+    pub async fn release_sale_change(
+        &self,
+        sku: &Sku,
+        holder: uuid::Uuid,
+    ) -> Result<(), GateError> {
+        self.release_lease(self.namespace().sku(sku).sale_change(), holder)
+            .await
+    }
+
+    /// `lua/claim_lease.lua`: `None` when `holder` now holds the lease, else the holder's id.
+    async fn claim_lease(
+        &self,
+        key: String,
+        holder: uuid::Uuid,
+        lease: std::time::Duration,
+    ) -> Result<Option<String>, GateError> {
+        let mut conn = self.connection().await?;
+        Ok(self
+            .inner
+            .scripts
+            .claim_lease
+            .key(key)
+            .arg(holder.to_string())
+            .arg(lease.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    async fn release_lease(&self, key: String, holder: uuid::Uuid) -> Result<(), GateError> {
         let mut conn = self.connection().await?;
         let _: i64 = self
             .inner
             .scripts
-            .release_resync
-            .key(self.namespace().sku(sku).resync_running())
-            .arg(job.to_string())
+            .release_lease
+            .key(key)
+            .arg(holder.to_string())
             .invoke_async(&mut conn)
             .await?;
         Ok(())

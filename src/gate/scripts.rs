@@ -20,8 +20,8 @@ pub struct Scripts {
     pub due_holds: Script,
     pub halt_sale: Script,
     pub set_buyer_counts: Script,
-    pub claim_resync: Script,
-    pub release_resync: Script,
+    pub claim_lease: Script,
+    pub release_lease: Script,
 }
 
 impl Scripts {
@@ -39,8 +39,8 @@ impl Scripts {
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),
             halt_sale: Script::new(include_str!("../../lua/halt_sale.lua")),
             set_buyer_counts: Script::new(include_str!("../../lua/set_buyer_counts.lua")),
-            claim_resync: Script::new(include_str!("../../lua/claim_resync.lua")),
-            release_resync: Script::new(include_str!("../../lua/release_resync.lua")),
+            claim_lease: Script::new(include_str!("../../lua/claim_lease.lua")),
+            release_lease: Script::new(include_str!("../../lua/release_lease.lua")),
         }
     }
 }

@@ -358,6 +358,7 @@ impl From<crate::app::SaleError> for ApiError {
             SaleError::Store(e) => e.into(),
             SaleError::Settle(e) => e.into(),
             SaleError::NamespaceMismatch(e) => Self::NamespaceMismatch(e),
+            SaleError::ChangeUnderWay(_) => Self::Unavailable("another change of this sale"),
         }
     }
 }

@@ -576,3 +576,40 @@ async fn a_begin_cancelled_on_the_wire_leaves_no_transaction_open_on_the_pooled_
         "no begin was cancelled in flight"
     );
 }
+
+/// A sale's change racing its prewarm: on main the prewarm could load the total it read before
+/// the change committed in Postgres, leaving Redis selling units Postgres no longer has (or
+/// missing ones it added). Changes and prewarms of one sale are now serialised.
+#[sqlx::test]
+async fn a_change_racing_the_prewarm_leaves_both_stores_with_the_same_total(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let skus: Vec<String> = (0..40).map(|n| format!("race-{n}")).collect();
+    for sku in &skus {
+        let created = app.put_sale(sku, &sale_body(10, 1)).await;
+        assert_eq!(created.status(), 200);
+    }
+    let races = skus.iter().map(|sku| {
+        let app = &app;
+        async move {
+            let smaller = sale_body(4, 1);
+            let (warmed, changed) =
+                tokio::join!(app.prewarm(sku, false), app.put_sale(sku, &smaller));
+            assert_eq!(warmed.status(), 200, "{sku}");
+            assert_eq!(changed.status(), 200, "{sku}");
+        }
+    });
+    futures::future::join_all(races).await;
+    let mut apart = Vec::new();
+    for sku in &skus {
+        let sku = Sku::parse(sku).expect("sku");
+        app.settler().drain(&sku).await.expect("drain");
+        let audit = app.audit(sku.as_str()).await;
+        if audit.redis_stock != Some(audit.available) || audit.total != 4 {
+            apart.push(format!(
+                "{sku}: postgres total {} available {}, redis stock {:?}",
+                audit.total, audit.available, audit.redis_stock
+            ));
+        }
+    }
+    assert!(apart.is_empty(), "{apart:#?}");
+}
