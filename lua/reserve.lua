@@ -3,8 +3,8 @@
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
 -- this order: idempotency, per-buyer rate limit, sale halted for a resync, sale state and
--- window, per-buyer limit,
--- per-client live-hold limit (opt-in anti-scalping), stock.
+-- window, per-buyer limit, per-buyer hold quota, per-client live-hold limit (opt-in
+-- anti-scalping), stock.
 -- Clocks come from Redis TIME so that gate instances with skewed clocks agree.
 --
 -- The script is idempotent by its own checks: if the client resends it after a dropped
@@ -24,12 +24,14 @@
 --                       sold-out shortcut: its ttl is renewed on every addition, so it holds every
 --                       buyer whose hold may still be replayed, and no more once the sale is quiet)
 --  10 client    string  live holds of this client address on this SKU (anti-scalping)
+--  11 quota     string  holds this buyer took on this SKU in the current quota window
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
 --   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
 --   7 rate-limit burst   8 idempotency key   9 sku
 --  10 client address ('' = unknown)          11 live holds per client (0 = no limit)
 --  12 '1' when the caller WAITs for a replica (FLASHGATE_DURABILITY=replica)
+--  13 holds per buyer per quota window (0 = no quota)   14 quota window ms
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
@@ -109,6 +111,18 @@ if not refusal then
   end
 end
 
+-- 4b. Holds this buyer took in the quota window, whatever became of them: releasing and
+-- reserving again (churn) cannot grow both stores without bound.
+local quota = tonumber(ARGV[13])
+if not refusal and quota > 0 then
+  local taken = tonumber(redis.call('GET', KEYS[11]) or '0')
+  if taken >= quota then
+    local left_ms = redis.call('PTTL', KEYS[11])
+    if left_ms < 0 then left_ms = tonumber(ARGV[14]) end
+    refusal = {'refused', 'hold_quota_reached', int(left_ms)}
+  end
+end
+
 -- 5. Live holds of this client address (opt-in): one client with many buyer ids cannot sweep
 -- the sale. Counted in holds, not units: the per-buyer limit already bounds units per hold.
 local client_limit = tonumber(ARGV[11])
@@ -150,6 +164,9 @@ if track_client then
   redis.call('HSET', KEYS[6], 'client', ARGV[10])
   redis.call('INCR', KEYS[10])
   redis.call('PEXPIRE', KEYS[10], int(expires_ms - now_ms + 60000))
+end
+if quota > 0 and redis.call('INCR', KEYS[11]) == 1 then
+  redis.call('PEXPIRE', KEYS[11], ARGV[14])
 end
 redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
 redis.call('SADD', KEYS[9], ARGV[2])

@@ -8,7 +8,9 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::domain::ValidationError;
-use crate::gate::{BreakerSettings, BuyerRate, Durability, GateSettings, Namespace, RedisSettings};
+use crate::gate::{
+    BreakerSettings, BuyerRate, Durability, GateSettings, HoldQuota, Namespace, RedisSettings,
+};
 
 /// `FLASHGATE_DURABILITY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +114,18 @@ pub struct RedisConfig {
     /// the reserve script; 0 turns the limit off. Against one client scalping with many buyer ids.
     #[arg(long, env = "FLASHGATE_HOLDS_PER_CLIENT", default_value_t = 0)]
     pub holds_per_client: u32,
+    /// Most holds one buyer may take on one SKU per quota window, whatever became of them
+    /// (released, expired, committed): reserve→release churn cannot grow Redis and Postgres
+    /// without bound. Past it: 429 `hold_quota_reached` + Retry-After. 0 turns it off.
+    #[arg(long, env = "FLASHGATE_BUYER_HOLD_QUOTA", default_value_t = 100)]
+    pub buyer_hold_quota: u32,
+    /// The window of FLASHGATE_BUYER_HOLD_QUOTA, in seconds.
+    #[arg(
+        long,
+        env = "FLASHGATE_BUYER_HOLD_QUOTA_WINDOW_SECONDS",
+        default_value_t = 3600
+    )]
+    pub buyer_hold_quota_window_seconds: u64,
     /// `master`: answer a hold as soon as Redis decided it. `replica`: only once `WAIT`
     /// confirms a replica has it (else 503 `not_replicated`; the retry replays it).
     #[arg(long, env = "FLASHGATE_DURABILITY", value_enum, default_value_t = DurabilityMode::Master)]
@@ -165,6 +179,10 @@ impl RedisConfig {
             buyer_rate,
             sold_out_shortcut: self.sold_out_shortcut,
             holds_per_client: self.holds_per_client,
+            hold_quota: (self.buyer_hold_quota > 0).then(|| HoldQuota {
+                holds: self.buyer_hold_quota,
+                window: Duration::from_secs(self.buyer_hold_quota_window_seconds.max(1)),
+            }),
             durability: match self.durability {
                 DurabilityMode::Master => Durability::Master,
                 DurabilityMode::Replica => Durability::Replica {

@@ -79,6 +79,7 @@ impl BenchEnv {
                 buyer_rate,
                 sold_out_shortcut: true,
                 holds_per_client: 0,
+                hold_quota: None,
                 durability: Default::default(),
                 reservation_seal: None,
             },

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{BuyerRate, GateError, Hold, ReserveRequest, optional_millis};
+use super::{BuyerRate, GateError, Hold, HoldQuota, ReserveRequest, optional_millis};
 use crate::domain::{EventId, ReservationId, ReservationStatus, SaleState};
 
 /// A stream id a script or Redis answered with.
@@ -62,12 +62,23 @@ pub enum Refusal {
     SoldOut { available: u32 },
     #[error("this client address already has {limit} live holds on this sale")]
     ClientLimitReached { limit: u32 },
+    /// The buyer took `limit` holds on this sale within the quota window (see
+    /// `FLASHGATE_BUYER_HOLD_QUOTA`).
+    #[error(
+        "this buyer took {limit} holds on this sale within {window:?}; retry after {retry_after:?}"
+    )]
+    HoldQuotaReached {
+        limit: u32,
+        window: Duration,
+        retry_after: Duration,
+    },
 }
 
 pub(super) fn parse_reserve(
     reply: &[String],
     req: ReserveRequest<'_>,
     rate: Option<BuyerRate>,
+    quota: Option<HoldQuota>,
 ) -> Result<ReserveOutcome, GateError> {
     let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
     // `{tag, id, q, price, cur, created, expires, status, ...}`: the hold's own field names,
@@ -113,6 +124,11 @@ pub(super) fn parse_reserve(
                 "buyer_limit_reached" => Refusal::BuyerLimitReached { limit: small },
                 "sold_out" => Refusal::SoldOut { available: small },
                 "client_limit_reached" => Refusal::ClientLimitReached { limit: small },
+                "hold_quota_reached" => Refusal::HoldQuotaReached {
+                    limit: quota.map_or(0, |q| q.holds),
+                    window: quota.map_or(Duration::ZERO, |q| q.window),
+                    retry_after: Duration::from_millis(detail),
+                },
                 _ => return Err(bad()),
             }))
         }

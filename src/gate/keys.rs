@@ -86,6 +86,10 @@ impl SkuKeys {
     pub fn rate_limit(&self, buyer: &BuyerId) -> String {
         self.key(&format!("rl:{buyer}"))
     }
+    /// Holds the buyer took on the SKU in the current quota window (`FLASHGATE_BUYER_HOLD_QUOTA`).
+    pub fn hold_quota(&self, buyer: &BuyerId) -> String {
+        self.key(&format!("quota:{buyer}"))
+    }
     pub fn hold(&self, id: ReservationId) -> String {
         self.key(&format!("hold:{id}"))
     }

@@ -119,6 +119,9 @@ pub struct GateSettings {
     pub sold_out_shortcut: bool,
     /// Most live holds one client address may have on one SKU; 0 for no limit.
     pub holds_per_client: u32,
+    /// Most holds one buyer may take on one SKU per window, whatever became of them; `None`
+    /// for no quota.
+    pub hold_quota: Option<HoldQuota>,
     /// Whether a hold is answered only once a replica has it.
     pub durability: Durability,
     /// Signs the ids of new holds so that a lost one can be recognised (see
@@ -135,6 +138,14 @@ pub enum Durability {
     /// Only after `WAIT` confirms at least one replica has it, within `timeout`; else 503 and
     /// the retry replays the stored answer.
     Replica { timeout: Duration },
+}
+
+/// At most `holds` holds per buyer per SKU in each `window` (a fixed window from the buyer's
+/// first hold in it): reserve→release churn cannot grow both stores without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldQuota {
+    pub holds: u32,
+    pub window: Duration,
 }
 
 /// A GCRA quota: `per_second` requests a second on average, bursts of up to `burst`.

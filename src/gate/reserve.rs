@@ -47,6 +47,7 @@ impl Gate {
             None => (0, 0),
         };
         let client = req.client.unwrap_or("");
+        let quota = self.inner.settings.hold_quota;
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
@@ -62,6 +63,7 @@ impl Gate {
             .key(keys.events())
             .key(keys.buyers())
             .key(keys.client(client))
+            .key(keys.hold_quota(req.buyer))
             .arg(id.to_string())
             .arg(req.buyer.as_str())
             .arg(req.quantity.get())
@@ -76,9 +78,16 @@ impl Gate {
             .arg(u8::from(
                 self.inner.settings.durability != Durability::Master,
             ))
+            .arg(quota.map_or(0, |q| q.holds))
+            .arg(quota.map_or(0, |q| q.window.as_millis().max(1) as u64))
             .invoke_async(&mut conn)
             .await?;
-        let outcome = parse_reserve(&reply, req, self.inner.settings.buyer_rate)?;
+        let outcome = parse_reserve(
+            &reply,
+            req,
+            self.inner.settings.buyer_rate,
+            self.inner.settings.hold_quota,
+        )?;
         if let Durability::Replica { timeout } = self.inner.settings.durability
             && matches!(
                 outcome,

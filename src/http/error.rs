@@ -122,6 +122,7 @@ pub const CODES: &[&str] = &[
     "buyer_limit_reached",
     "sold_out",
     "client_limit_reached",
+    "hold_quota_reached",
     "sale_not_prewarmed",
     "sale_live",
     "namespace_mismatch",
@@ -214,6 +215,7 @@ impl ApiError {
                 Refusal::BuyerLimitReached { .. } => "buyer_limit_reached",
                 Refusal::SoldOut { .. } => "sold_out",
                 Refusal::ClientLimitReached { .. } => "client_limit_reached",
+                Refusal::HoldQuotaReached { .. } => "hold_quota_reached",
             },
             Self::ClientShed { .. } => "rate_limited",
             Self::SaleLive(_) => "sale_live",
@@ -254,7 +256,9 @@ impl ApiError {
             }
             Self::Refused(r) => match r {
                 Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-                Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::RateLimited { .. } | Refusal::HoldQuotaReached { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 Refusal::UnknownSku => StatusCode::NOT_FOUND,
                 Refusal::ResyncRequired => StatusCode::SERVICE_UNAVAILABLE,
                 Refusal::SaleNotOpen { .. }
@@ -487,6 +491,19 @@ impl IntoResponse for ApiError {
             Self::Refused(Refusal::SoldOut { available }) => {
                 body.insert("available".into(), json!(available));
             }
+            Self::Refused(Refusal::HoldQuotaReached {
+                limit,
+                window,
+                retry_after,
+            }) => {
+                body.insert("limit".into(), json!(limit));
+                body.insert("window_seconds".into(), json!(window.as_secs()));
+                body.insert(
+                    "retry_after_seconds".into(),
+                    json!(ceil_seconds(*retry_after).max(1)),
+                );
+                rate_limit_headers(&mut headers, "holds", *retry_after, *limit, *window);
+            }
             Self::Refused(
                 Refusal::BuyerLimitReached { limit } | Refusal::ClientLimitReached { limit },
             ) => {
@@ -613,6 +630,11 @@ mod tests {
             ApiError::Refused(Refusal::BuyerLimitReached { limit: 1 }),
             ApiError::Refused(Refusal::SoldOut { available: 0 }),
             ApiError::Refused(Refusal::ClientLimitReached { limit: 1 }),
+            ApiError::Refused(Refusal::HoldQuotaReached {
+                limit: 1,
+                window: Duration::ZERO,
+                retry_after: Duration::ZERO,
+            }),
             ApiError::ClientShed {
                 retry_after: Duration::ZERO,
                 burst: 0,

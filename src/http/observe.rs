@@ -49,7 +49,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
             (201, _) => Some(Outcome::Held),
             (_, Some("sold_out")) => Some(Outcome::SoldOut),
             (_, Some("rate_limited")) if status == 429 && is_shed(&response) => Some(Outcome::Shed),
-            (_, Some("rate_limited")) => Some(Outcome::RateLimited),
+            (_, Some("rate_limited" | "hold_quota_reached")) => Some(Outcome::RateLimited),
             (_, Some("overloaded")) => Some(Outcome::Shed),
             (409, Some(_)) => Some(Outcome::Refused),
             _ => None,

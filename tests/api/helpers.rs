@@ -177,6 +177,8 @@ pub struct AppOptions {
     /// Serve the operators' routes on a listener of their own (`FLASHGATE_ADMIN_LISTEN`).
     pub operations_listener: bool,
     pub holds_per_client: u32,
+    /// `FLASHGATE_BUYER_HOLD_QUOTA` (off unless a test sets it).
+    pub hold_quota: Option<flashgate::gate::HoldQuota>,
     pub request_timeout: Duration,
     pub durability: flashgate::gate::Durability,
     /// The pace of the app's own settler (the one its handlers post work to).
@@ -214,6 +216,7 @@ impl Default for AppOptions {
             },
             operations_listener: false,
             holds_per_client: 0,
+            hold_quota: None,
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
             settler: settler_settings(),
@@ -279,6 +282,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             buyer_rate: options.buyer_rate,
             sold_out_shortcut: true,
             holds_per_client: options.holds_per_client,
+            hold_quota: options.hold_quota,
             durability: options.durability,
             reservation_seal: Some(flashgate::domain::ReservationSeal::derive(
                 JWT_SECRET.as_bytes(),

@@ -508,3 +508,50 @@ async fn admin_token_guessing_backs_off_per_client_and_compares_nothing_meanwhil
     let operator = admin_call("198.51.100.1", ADMIN_TOKEN).await.expect("send");
     assert_eq!(operator.status(), 200);
 }
+
+#[sqlx::test]
+async fn reserve_release_churn_is_bounded_per_buyer_and_sale(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            hold_quota: Some(flashgate::gate::HoldQuota {
+                holds: 5,
+                window: Duration::from_secs(3600),
+            }),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    app.open_sale("sneaker", &sale_body(100, 1)).await;
+    app.open_sale("boot", &sale_body(100, 1)).await;
+    let alice = app.token("alice");
+    // On main: 100 reserve→release cycles by one buyer in 20 s, each leaving ≈ 940 B in Redis
+    // for a day and a row in Postgres.
+    for cycle in 0..5 {
+        let held = app
+            .reserve("sneaker", "alice", &format!("cycle-{cycle}"), 1)
+            .await;
+        assert_eq!(held.status(), 201, "cycle {cycle}");
+        let id = held.json::<serde_json::Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        assert_eq!(app.act(&id, "release", &alice).await.status(), 200);
+    }
+    let refused = app.reserve("sneaker", "alice", "cycle-5", 1).await;
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after > 3000 && retry_after <= 3600, "{retry_after}");
+    let (status, code, body) = error_code(refused).await;
+    assert_eq!((status, code.as_str()), (429, "hold_quota_reached"));
+    assert_eq!(body["limit"], 5);
+    // A replay of a key the buyer used is still answered; other buyers and sales are untouched.
+    let replay = app.reserve("sneaker", "alice", "cycle-4", 1).await;
+    assert_eq!(replay.status(), 201);
+    assert!(replay.headers().get("idempotent-replayed").is_some());
+    assert_eq!(app.reserve("sneaker", "bob", "b", 1).await.status(), 201);
+    assert_eq!(app.reserve("boot", "alice", "a", 1).await.status(), 201);
+}

@@ -323,6 +323,7 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
             buyer_rate: None,
             sold_out_shortcut: true,
             holds_per_client: 0,
+            hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
         },

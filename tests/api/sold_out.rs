@@ -97,6 +97,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
             }),
             sold_out_shortcut: true,
             holds_per_client: 0,
+            hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
         },

@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             buyer_rate: None,
             sold_out_shortcut: false,
             holds_per_client: 0,
+            hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
         },
