@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 
 use crate::domain::{BuyerId, ReservationStatus, SaleState, Sku, ValidationError};
-use crate::gate::{Fence, Gate, GateError, Hold, Restored};
+use crate::gate::{Fence, Gate, GateError, Hold, HoldSummary, Restored};
 use crate::settler::{SettleError, Settler};
 use crate::store::{Store, StoreError};
 
@@ -165,21 +165,13 @@ async fn repair(
     };
     for _ in 0..ATTEMPTS {
         drain_fenced(gate, settler, sku, &mut report).await?;
-        let rerecorded = rerecord_redis_only(gate, store, sku).await?;
+        let in_redis = gate.hold_summaries(sku).await?;
+        let rerecorded = rerecord_redis_only(gate, store, sku, &in_redis).await?;
         if rerecorded > 0 {
             report.rerecorded_holds += rerecorded;
             drain_fenced(gate, settler, sku, &mut report).await?;
         }
-        for row in store.reservations_of(sku, gate.idempotency_ttl()).await? {
-            match gate
-                .restore_hold(&Hold::from_record(sku.clone(), row)?)
-                .await?
-            {
-                Restored::Restored => report.restored_holds += 1,
-                Restored::Followed => report.followed_holds += 1,
-                Restored::Kept => {}
-            }
-        }
+        restore_from_postgres(gate, store, sku, &in_redis, &mut report).await?;
         // Counts against buyers' limits, absolutely, from the holds Postgres now has: a count
         // Redis kept would be counted twice for a hold whose record had merely expired.
         let counts = store
@@ -235,11 +227,16 @@ async fn drain_fenced(
 
 /// Step 2: records again the holds Redis decided that Postgres lacks or has behind. Returns how
 /// many were recorded.
-async fn rerecord_redis_only(gate: &Gate, store: &Store, sku: &Sku) -> Result<usize, ResyncError> {
+async fn rerecord_redis_only(
+    gate: &Gate,
+    store: &Store,
+    sku: &Sku,
+    in_redis: &[HoldSummary],
+) -> Result<usize, ResyncError> {
     let in_postgres: HashMap<uuid::Uuid, ReservationStatus> =
         store.reservation_statuses(sku).await?.into_iter().collect();
     let mut recorded = 0;
-    for hold in gate.hold_summaries(sku).await? {
+    for hold in in_redis {
         let (behind, with_reservation) = match in_postgres.get(&hold.id.as_uuid()) {
             None => (true, true),
             Some(ReservationStatus::Held) => (hold.status != ReservationStatus::Held, false),
@@ -259,6 +256,55 @@ async fn rerecord_redis_only(gate: &Gate, store: &Store, sku: &Sku) -> Result<us
     }
     Ok(recorded)
 }
+
+/// Step 3: puts back what Redis lost of the holds Postgres has (live ones, and terminal ones
+/// within the idempotency window), and moves holds Redis still has `held` that Postgres has
+/// terminal. `in_redis` (read once, after the drain) tells which rows Redis already agrees with:
+/// those cost nothing — the common resync, after a drift, touches only the few that differ —
+/// and the rest are restored in batches of [`RESTORE_CONCURRENCY`], pipelined on the connection. On
+/// the build before, every row cost two sequential round trips, also those Redis had: 20,000
+/// reservations kept the sale paused for seconds.
+async fn restore_from_postgres(
+    gate: &Gate,
+    store: &Store,
+    sku: &Sku,
+    in_redis: &[HoldSummary],
+    report: &mut ResyncReport,
+) -> Result<(), ResyncError> {
+    let redis_status: HashMap<uuid::Uuid, ReservationStatus> = in_redis
+        .iter()
+        .map(|hold| (hold.id.as_uuid(), hold.status))
+        .collect();
+    // What `restore_hold.lua` answers `kept` for, decided without asking it.
+    let agrees = |postgres: &str, id: &uuid::Uuid| match redis_status.get(id) {
+        Some(ReservationStatus::Held) => postgres == ReservationStatus::Held.as_str(),
+        Some(_) => true,
+        None => false,
+    };
+    let differing: Vec<Hold> = store
+        .reservations_of(sku, gate.idempotency_ttl())
+        .await?
+        .into_iter()
+        .filter(|row| !agrees(&row.status, &row.id))
+        .map(|row| Hold::from_record(sku.clone(), row))
+        .collect::<Result<_, ValidationError>>()?;
+    for batch in differing.chunks(RESTORE_CONCURRENCY) {
+        let outcomes =
+            futures::future::try_join_all(batch.iter().map(|hold| gate.restore_hold(hold))).await?;
+        for outcome in outcomes {
+            match outcome {
+                Restored::Restored => report.restored_holds += 1,
+                Restored::Followed => report.followed_holds += 1,
+                Restored::Kept => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Holds restored at once (one batch pipelined on the connection): each is its own script, touching its own keys and commutative
+/// counters, so their order does not matter.
+const RESTORE_CONCURRENCY: usize = 64;
 
 /// The fenced last step: reads Postgres `available` together with the settlement cursor, and
 /// loads it into Redis only if the SKU's stream ends exactly at that cursor. Returns the record
