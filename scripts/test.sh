@@ -56,7 +56,7 @@ fi
 echo "== the operator's console in headless Chromium: sign in, numbers move, pause, resume"
 if FLASHGATE_PROFILE=debug ./scripts/browser-test.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
 
-echo "== schemathesis: requests generated from /openapi.json; no 5xx, nothing undocumented"
+echo "== schemathesis: requests generated from /openapi.json, every check"
 if FLASHGATE_PROFILE=debug ./scripts/schemathesis.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
 
 echo "== docker compose files parse (when a compose client is installed)"

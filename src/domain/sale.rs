@@ -61,7 +61,8 @@ impl SaleDefinition {
 
     /// Checks the parts that only make sense together; the parts themselves are already typed.
     pub fn validate(self) -> Result<Self, ValidationError> {
-        if self.name.trim().is_empty() || self.name.len() > 200 {
+        // Characters, as a JSON Schema `maxLength` counts them, not bytes.
+        if self.name.trim().is_empty() || self.name.chars().count() > 200 {
             return Err(ValidationError::new("name", "must be 1 to 200 characters"));
         }
         // Postgres refuses NUL (a 500 before); control characters and bidirectional overrides
@@ -119,6 +120,18 @@ impl SaleDefinition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_names_length_counts_characters_as_json_schema_does() {
+        let mut definition = sale();
+        definition.name = "靴".repeat(200);
+        assert!(
+            definition.clone().validate().is_ok(),
+            "200 characters, 600 bytes"
+        );
+        definition.name = "靴".repeat(201);
+        assert!(definition.validate().is_err());
+    }
 
     #[test]
     fn names_with_control_characters_or_bidi_overrides_are_refused() {

@@ -7,7 +7,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::extract::{Admin, AppJson, AppPath, AppQuery, OptionalIdempotencyKey};
+use super::extract::{
+    Admin, AppJson, AppPath, AppQuery, OptionalIdempotencyKey, OptionalIdempotencyKeyParam, SkuPath,
+};
 use super::skus::SkuView;
 use super::{ApiError, AppState};
 use crate::app::resync::ResyncJob;
@@ -30,25 +32,59 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaleBody {
+    /// 1–200 characters, not only spaces, without control characters or bidirectional
+    /// overrides.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u202A-\u202E\u2066-\u2069]*[^\s\x00-\x1F\x7F-\x9F\u202A-\u202E\u2066-\u2069][^\x00-\x1F\x7F-\x9F\u202A-\u202E\u2066-\u2069]*$"
+    )]
     pub name: String,
-    /// A decimal string such as `"199.99"`; JSON numbers are refused so no float touches money.
+    /// A decimal string such as `"199.99"`, more than 0 and at most 1,000,000,000, with at most
+    /// 4 decimal places and no more than the currency allows; JSON numbers are refused so no
+    /// float touches money.
+    #[schema(
+        pattern = r"^(0*[1-9][0-9]{0,8}(\.[0-9]{1,4})?|0*1000000000(\.0{1,4})?|0+\.([1-9][0-9]{0,3}|0[1-9][0-9]{0,2}|00[1-9][0-9]?|000[1-9]))$"
+    )]
     pub price: String,
-    /// ISO 4217; the price may have no more decimal places than it allows.
+    /// An ISO 4217 code; the price may have no more decimal places than it allows.
     #[serde(default = "default_currency")]
-    #[schema(default = "USD")]
+    #[schema(default = "USD", schema_with = currency_schema)]
     pub currency: String,
     /// Units on sale in total.
+    #[schema(maximum = 100_000_000)]
+    #[serde(deserialize_with = "super::extract::whole_number")]
     pub stock: u32,
-    #[serde(default = "default_per_buyer_limit")]
+    #[serde(
+        default = "default_per_buyer_limit",
+        deserialize_with = "super::extract::whole_number"
+    )]
     #[schema(default = 1, minimum = 1)]
     pub per_buyer_limit: u32,
-    #[serde(default = "default_hold_ttl_seconds")]
-    #[schema(default = 300, minimum = 1)]
+    #[serde(
+        default = "default_hold_ttl_seconds",
+        deserialize_with = "super::extract::whole_number"
+    )]
+    #[schema(default = 300, minimum = 1, maximum = 604_800)]
     pub hold_ttl_seconds: u32,
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// The currency's schema: the ISO 4217 codes the server knows, so a generated client offers
+/// exactly those.
+fn currency_schema() -> utoipa::openapi::schema::Object {
+    use iso_currency::IntoEnumIterator as _;
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(
+            "An ISO 4217 code; the price may have no more decimal places than it allows.",
+        ))
+        .default(Some(serde_json::json!(SaleDefinition::DEFAULT_CURRENCY)))
+        .enum_values(Some(iso_currency::Currency::iter().map(|c| c.code())))
+        .build()
 }
 
 // Left out, these fields default as in `flashgate sku upsert`.
@@ -84,7 +120,7 @@ fn sku_param(raw: &str) -> Result<Sku, ApiError> {
 
 /// Creates or changes a sale, live or not (see `app::App::upsert`): an absolute target, so a
 /// retry after a timeout is safe.
-#[utoipa::path(put, path = "/v1/admin/skus/{sku}", tag = "admin", params(("sku" = String, Path)), request_body = SaleBody,
+#[utoipa::path(put, path = "/v1/admin/skus/{sku}", tag = "admin", params(SkuPath), request_body = SaleBody,
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the sale", body = SkuView),
@@ -119,7 +155,7 @@ struct PrewarmQuery {
 
 /// Load the sale into Redis; `force` refreshes a live one (never its stock). A sale launched in
 /// another Redis namespace is refused (409 `namespace_mismatch`) unless forced.
-#[utoipa::path(post, path = "/v1/admin/skus/{sku}/prewarm", tag = "admin", params(("sku" = String, Path), PrewarmQuery),
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/prewarm", tag = "admin", params(SkuPath, PrewarmQuery),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the sale, live", body = SkuView),
@@ -145,7 +181,7 @@ async fn prewarm(
 
 /// Invariants 1–7 for one SKU; 200 with `"ok": false` when one is violated or a hold buyers
 /// were told about was found lost (`lost_holds`).
-#[utoipa::path(get, path = "/v1/admin/skus/{sku}/audit", tag = "admin", params(("sku" = String, Path)),
+#[utoipa::path(get, path = "/v1/admin/skus/{sku}/audit", tag = "admin", params(SkuPath),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the audit; `ok` is false when an invariant is violated or `lost_holds` is not 0", body = AuditView),
@@ -181,13 +217,14 @@ struct AuditView {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestockBody {
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 100_000_000)]
+    #[serde(deserialize_with = "super::extract::whole_number")]
     quantity: u32,
 }
 
 /// Adds units to the sale (see `app::App::restock`). With an `Idempotency-Key` a retry after
 /// a timeout answers the first result instead of adding the units twice.
-#[utoipa::path(post, path = "/v1/admin/skus/{sku}/restock", tag = "admin", params(("sku" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = RestockBody,
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/restock", tag = "admin", params(SkuPath, OptionalIdempotencyKeyParam), request_body = RestockBody,
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the sale", body = SkuView),
@@ -223,7 +260,7 @@ async fn restock(
 }
 
 /// Pause: new holds are refused `sale_paused`; existing holds may still be paid.
-#[utoipa::path(post, path = "/v1/admin/skus/{sku}/pause", tag = "admin", params(("sku" = String, Path)),
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/pause", tag = "admin", params(SkuPath),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the sale", body = SkuView),
@@ -243,7 +280,7 @@ async fn pause(
 }
 
 /// Resume a paused sale.
-#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resume", tag = "admin", params(("sku" = String, Path)),
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resume", tag = "admin", params(SkuPath),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "the sale", body = SkuView),
@@ -286,7 +323,7 @@ struct ResyncQuery {
 /// Starts a resync job (pause, drain, restore, fenced load, resume; see `resync`) and answers
 /// `202 Accepted` at once with its status URL in `Location`: the repair can take longer than a
 /// request may, and a failed job puts the sale back in its previous state.
-#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resync", tag = "admin", params(("sku" = String, Path), ResyncQuery),
+#[utoipa::path(post, path = "/v1/admin/skus/{sku}/resync", tag = "admin", params(SkuPath, ResyncQuery),
     security(("adminToken" = [])),
     responses(
         (status = 202, description = "the job, running; `status_url` and Location name it", body = ResyncJob),
@@ -328,7 +365,7 @@ async fn resync(
 }
 
 /// A resync job's state: `running`, then `succeeded` with its report or `failed` with its error.
-#[utoipa::path(get, path = "/v1/admin/skus/{sku}/resync/{job}", tag = "admin", params(("sku" = String, Path), ("job" = String, Path, format = Uuid)),
+#[utoipa::path(get, path = "/v1/admin/skus/{sku}/resync/{job}", tag = "admin", params(SkuPath, ("job" = String, Path, format = Uuid)),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "running, succeeded (with its report) or failed (with its error)", body = ResyncJob),

@@ -28,7 +28,11 @@ const MAX_LIMIT: i64 = 1000;
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
     /// The SKU whose events to list.
-    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    #[param(
+        pattern = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 64
+    )]
     sku: String,
     /// Only events with a larger sequence (0: from the first kept).
     #[serde(default)]

@@ -221,3 +221,74 @@ fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
         .map(Some)
         .map_err(ApiError::IdempotencyKeyInvalid)
 }
+
+/// The `{sku}` path segment as the OpenAPI document states it — every constraint
+/// [`crate::domain::Sku::parse`] enforces, so generated clients check before sending. The
+/// handlers read it with [`AppPath`]; this type only documents it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct SkuPath {
+    /// 1–64 letters, digits, `.`, `_` and `-`, not only dots.
+    #[param(
+        pattern = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 64
+    )]
+    sku: String,
+}
+
+/// The required `Idempotency-Key` header as the OpenAPI document states it (read by
+/// [`IdempotencyKeyHeader`]). The bare form: 1–255 printable ASCII characters, not starting
+/// with `"` (that begins the structured-field string form, `"abc"`, also accepted) and without
+/// spaces at either end (they are trimmed).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKeyParam {
+    /// The same key and body replay the stored answer.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = r"^[!#-~]([ -~]{0,253}[!-~])?$",
+        min_length = 1,
+        max_length = 255
+    )]
+    key: String,
+}
+
+/// An optional `Idempotency-Key` (admin mutations), as [`IdempotencyKeyParam`] states it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct OptionalIdempotencyKeyParam {
+    /// Under a key, a retry answers the first result instead of doing it twice.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = r"^[!#-~]([ -~]{0,253}[!-~])?$",
+        min_length = 1,
+        max_length = 255
+    )]
+    key: Option<String>,
+}
+
+/// A whole number from a JSON body, also when written as a float with no fraction (`99.0`):
+/// JSON Schema calls that an integer, so a client generated from the OpenAPI document may send
+/// it. Anything else — a fraction, a string, out of `T`'s range — is refused as `invalid_body`.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = match (number.as_i64(), number.as_f64()) {
+        (Some(n), _) => Some(n),
+        // Within ±2^53 a float with no fraction is an exact integer.
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Some(f as i64),
+        _ => None,
+    };
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {number}")))
+}

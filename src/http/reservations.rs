@@ -10,7 +10,9 @@ use utoipa_axum::routes;
 
 use super::client_addr::ClientAddr;
 use super::error::ErrorBody;
-use super::extract::{AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader};
+use super::extract::{
+    AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader, IdempotencyKeyParam, SkuPath,
+};
 use super::observe::SaleOf;
 use super::{ApiError, AppState};
 use crate::domain::{
@@ -34,6 +36,8 @@ pub fn payments() -> OpenApiRouter<AppState> {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 struct ReserveBody {
     /// Signed so that `0` and `-1` are refused by `Quantity::parse` with a clear message.
+    #[schema(minimum = 1, maximum = 10_000)]
+    #[serde(deserialize_with = "super::extract::whole_number")]
     quantity: i64,
 }
 
@@ -85,7 +89,7 @@ impl ReservationView {
 
 /// Reserve units of a sale (one atomic decision in Redis).
 #[utoipa::path(post, path = "/v1/skus/{sku}/reservations", tag = "buyers",
-    params(("sku" = String, Path), ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters; the same key and body replay the stored answer")),
+    params(SkuPath, IdempotencyKeyParam),
     request_body = ReserveBody,
     security(("buyerToken" = [])),
     responses(
@@ -97,7 +101,7 @@ impl ReservationView {
         (status = 413, description = "body_too_large", body = ErrorBody),
         (status = 415, description = "unsupported_media_type", body = ErrorBody),
         (status = 422, description = "invalid_request, invalid_body, idempotency_key_reused", body = ErrorBody),
-        (status = 429, description = "rate_limited (the buyer's rate, or per-client shedding); Retry-After", body = ErrorBody),
+        (status = 429, description = "rate_limited (the buyer's rate, or per-client shedding), hold_quota_reached (the buyer's holds on the sale in the quota window), too_many_in_flight; Retry-After", body = ErrorBody),
         (status = 503, description = "service_unavailable, overloaded, request_timeout, not_replicated; Retry-After", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(sku = %sku_raw, buyer = %buyer))]

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::AppPath;
+use super::extract::{AppPath, SkuPath};
 use super::{ApiError, AppState};
 use crate::domain::{Currency, Money, SaleState, Sku, timestamp};
 use crate::store::SkuRecord;
@@ -87,7 +87,7 @@ fn window_contains(
 }
 
 /// A sale as buyers see it: live availability and window.
-#[utoipa::path(get, path = "/v1/skus/{sku}", tag = "buyers", params(("sku" = String, Path)),
+#[utoipa::path(get, path = "/v1/skus/{sku}", tag = "buyers", params(SkuPath),
     responses(
         (status = 200, description = "the sale", body = SkuView),
         (status = 404, description = "unknown_sku", body = super::error::ErrorBody),
