@@ -397,7 +397,7 @@ pub async fn audit_sku(gate: &Gate, store: &Store, sku: &Sku) -> Result<SkuAudit
         oldest_unsettled_ms,
         rejected: ledger.rejected,
         pending_write_backs: ledger.outbox,
-        lost_holds: ledger.lost,
+        lost_holds: store.lost_holds(sku).await?,
         checks,
     })
 }

@@ -259,11 +259,11 @@ async fn rerecord_redis_only(
 
 /// Step 3: puts back what Redis lost of the holds Postgres has (live ones, and terminal ones
 /// within the idempotency window), and moves holds Redis still has `held` that Postgres has
-/// terminal. `in_redis` (read once, after the drain) tells which rows Redis already agrees with:
-/// those cost nothing — the common resync, after a drift, touches only the few that differ —
-/// and the rest are restored in batches of [`RESTORE_CONCURRENCY`], pipelined on the connection. On
-/// the build before, every row cost two sequential round trips, also those Redis had: 20,000
-/// reservations kept the sale paused for seconds.
+/// terminal. `in_redis` (read once, after the drain) tells which rows Redis already agrees
+/// with: those cost nothing — the common resync, after a drift, touches only the few that
+/// differ — and the rest are restored in batches of [`RESTORE_CONCURRENCY`], pipelined on the
+/// connection. On the build before, every row cost two sequential round trips, also those
+/// Redis had: 20,000 reservations kept the sale paused for seconds.
 async fn restore_from_postgres(
     gate: &Gate,
     store: &Store,
@@ -302,8 +302,8 @@ async fn restore_from_postgres(
     Ok(())
 }
 
-/// Holds restored at once (one batch pipelined on the connection): each is its own script, touching its own keys and commutative
-/// counters, so their order does not matter.
+/// Holds restored at once (one batch pipelined on the connection): each is its own script,
+/// touching its own keys and commutative counters, so their order does not matter.
 const RESTORE_CONCURRENCY: usize = 64;
 
 /// The fenced last step: reads Postgres `available` together with the settlement cursor, and

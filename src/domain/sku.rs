@@ -30,6 +30,9 @@ impl TryFrom<String> for Sku {
 
 impl Sku {
     pub const MAX_LEN: usize = 64;
+    /// What [`Sku::parse`] accepts besides the length, as a regular expression (for the OpenAPI
+    /// document): the allowed characters, and not only dots.
+    pub const PATTERN: &'static str = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$";
 
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         if raw.is_empty() || raw.len() > Self::MAX_LEN {

@@ -9,7 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::extract::{Admin, AppQuery};
+use super::extract::{Admin, AppQuery, SkuQuery};
 use super::{ApiError, AppState};
 use crate::domain::Sku;
 
@@ -27,12 +27,8 @@ const MAX_LIMIT: i64 = 1000;
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
-    /// The SKU whose events to list.
-    #[param(
-        pattern = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$",
-        min_length = 1,
-        max_length = 64
-    )]
+    /// The SKU whose events to list (documented by `SkuQuery`).
+    #[param(ignore)]
     sku: String,
     /// Only events with a larger sequence (0: from the first kept).
     #[serde(default)]
@@ -65,7 +61,7 @@ struct EventsPage {
 /// A SKU's events after a sequence number, oldest first (kept for FLASHGATE_OUTBOX_RETENTION).
 /// To replay a range a consumer missed: start at the last sequence it applied and follow
 /// `next_after` until `more` is false.
-#[utoipa::path(get, path = "/v1/admin/events", tag = "admin", params(EventsQuery),
+#[utoipa::path(get, path = "/v1/admin/events", tag = "admin", params(SkuQuery, EventsQuery),
     security(("adminToken" = [])),
     responses(
         (status = 200, description = "a page of events", body = EventsPage),

@@ -7,7 +7,10 @@ use axum::http::{StatusCode, header};
 
 use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
-use crate::domain::{BuyerId, IdempotencyKey};
+use crate::domain::{BuyerId, IdempotencyKey, Sku};
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 
 /// `axum::Json`, but a bad body is answered with an [`ApiError`].
 #[derive(Debug)]
@@ -222,53 +225,94 @@ fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
         .map_err(ApiError::IdempotencyKeyInvalid)
 }
 
-/// The `{sku}` path segment as the OpenAPI document states it — every constraint
-/// [`crate::domain::Sku::parse`] enforces, so generated clients check before sending. The
-/// handlers read it with [`AppPath`]; this type only documents it.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct SkuPath {
-    /// 1–64 letters, digits, `.`, `_` and `-`, not only dots.
-    #[param(
-        pattern = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$",
-        min_length = 1,
-        max_length = 64
-    )]
-    sku: String,
+/// The `{sku}` path segment, as the OpenAPI document states it (the handlers read it with
+/// [`AppPath`]; this type only documents it).
+pub struct SkuPath;
+
+impl utoipa::IntoParams for SkuPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![sku_parameter(ParameterIn::Path)]
+    }
 }
 
-/// The required `Idempotency-Key` header as the OpenAPI document states it (read by
-/// [`IdempotencyKeyHeader`]). The bare form: 1–255 printable ASCII characters, not starting
-/// with `"` (that begins the structured-field string form, `"abc"`, also accepted) and without
-/// spaces at either end (they are trimmed).
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct IdempotencyKeyParam {
-    /// The same key and body replay the stored answer.
-    #[param(
-        rename = "Idempotency-Key",
-        pattern = r"^[!#-~]([ -~]{0,253}[!-~])?$",
-        min_length = 1,
-        max_length = 255
-    )]
-    key: String,
+/// The `sku` query parameter (`GET /v1/admin/events`), stated as [`SkuPath`] is.
+pub struct SkuQuery;
+
+impl utoipa::IntoParams for SkuQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![sku_parameter(ParameterIn::Query)]
+    }
 }
 
-/// An optional `Idempotency-Key` (admin mutations), as [`IdempotencyKeyParam`] states it.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct OptionalIdempotencyKeyParam {
-    /// Under a key, a retry answers the first result instead of doing it twice.
-    #[param(
-        rename = "Idempotency-Key",
-        pattern = r"^[!#-~]([ -~]{0,253}[!-~])?$",
-        min_length = 1,
-        max_length = 255
-    )]
-    key: Option<String>,
+/// Every constraint [`Sku::parse`] enforces, so generated clients check before sending.
+fn sku_parameter(location: ParameterIn) -> Parameter {
+    parameter(
+        "sku",
+        location,
+        true,
+        "1-64 letters, digits, '.', '_' and '-', not only dots",
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(Sku::PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(Sku::MAX_LEN)),
+    )
+}
+
+/// The required `Idempotency-Key` header, as the OpenAPI document states it (read by
+/// [`IdempotencyKeyHeader`]).
+pub struct IdempotencyKeyParam;
+
+impl utoipa::IntoParams for IdempotencyKeyParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![idempotency_key_parameter(true)]
+    }
+}
+
+/// An optional `Idempotency-Key` (admin mutations; read by [`OptionalIdempotencyKey`]).
+pub struct OptionalIdempotencyKeyParam;
+
+impl utoipa::IntoParams for OptionalIdempotencyKeyParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![idempotency_key_parameter(false)]
+    }
+}
+
+/// The bare form of a key [`IdempotencyKey::parse`] accepts: 1–255 printable ASCII characters,
+/// not starting with `"` (that begins the structured-field string form, `"abc"`, also
+/// accepted) and without spaces at either end (they are trimmed).
+fn idempotency_key_parameter(required: bool) -> Parameter {
+    parameter(
+        "Idempotency-Key",
+        ParameterIn::Header,
+        required,
+        "1-255 printable ASCII characters; the same key and body replay the stored answer",
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^[!#-~]([ -~]{0,253}[!-~])?$"))
+            .min_length(Some(1))
+            .max_length(Some(IdempotencyKey::MAX_LEN)),
+    )
+}
+
+fn parameter(
+    name: &str,
+    location: ParameterIn,
+    required: bool,
+    description: &str,
+    schema: ObjectBuilder,
+) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(location)
+        .required(if required {
+            Required::True
+        } else {
+            Required::False
+        })
+        .description(Some(description))
+        .schema(Some(schema.build()))
+        .build()
 }
 
 /// A whole number from a JSON body, also when written as a float with no fraction (`99.0`):

@@ -26,8 +26,6 @@ pub struct Ledger {
     pub overdue: i64,
     /// Refusals not yet written back to Redis.
     pub outbox: i64,
-    /// Holds found lost (given out, in neither store) that have not reached Postgres since.
-    pub lost: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -44,7 +42,6 @@ struct LedgerRow {
     duplicate_keys: i64,
     overdue: i64,
     outbox: i64,
-    lost: i64,
 }
 
 impl Store {
@@ -64,9 +61,7 @@ impl Store {
                   GROUP BY buyer_id, idempotency_key HAVING count(*) > 1) d) AS duplicate_keys, \
                (SELECT count(*) FROM reservations WHERE sku = $1 AND status = 'held' \
                   AND expires_at < now() - make_interval(secs => $2)) AS overdue, \
-               (SELECT count(*) FROM rejection_outbox WHERE sku = $1) AS outbox, \
-               (SELECT count(*) FROM lost_holds l WHERE l.sku = $1 \
-                  AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.id = l.reservation_id)) AS lost \
+               (SELECT count(*) FROM rejection_outbox WHERE sku = $1) AS outbox \
              FROM skus s JOIN inventory i ON i.sku = s.sku JOIN settlement_cursor c ON c.sku = s.sku \
              WHERE s.sku = $1",
         )
@@ -89,7 +84,6 @@ impl Store {
                 duplicate_keys: row.duplicate_keys,
                 overdue: row.overdue,
                 outbox: row.outbox,
-                lost: row.lost,
             })
         })
         .transpose()

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Message, PrivateRabbit, TestExchange};
-use crate::helpers::{TestApp, sale_body, spawn_app};
+use crate::helpers::{TestApp, database_url, sale_body, spawn_app};
 use crate::proxy::Proxy;
 
 /// What a deduplicating consumer made of the messages.
@@ -118,17 +118,11 @@ async fn commit_buyers(app: &TestApp, code: &str, buyers: std::ops::Range<usize>
     }
 }
 
-fn database_url(database: &str) -> String {
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
-    format!("{server}/{database}")
-}
-
 /// `flashgate relay` on the test's database, publishing to `url`/`exchange` in small batches.
-fn relay_process(database: &str, url: &str, exchange: &str) -> std::process::Child {
+fn relay_process(database_url: &str, url: &str, exchange: &str) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
         .arg("relay")
-        .env("DATABASE_URL", database_url(database))
+        .env("DATABASE_URL", database_url)
         .env("FLASHGATE_AMQP_URL", url)
         .env("FLASHGATE_AMQP_EXCHANGE", exchange)
         .env("FLASHGATE_RELAY_BATCH", "20")
@@ -156,10 +150,7 @@ async fn broker_addr(url: &str) -> std::net::SocketAddr {
 
 #[sqlx::test]
 async fn a_relay_killed_with_sigkill_mid_batch_loses_nothing(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("database");
+    let database = database_url(&pool).await;
     let app = spawn_app(pool).await;
     let exchange = TestExchange::new().await;
     let mut received = exchange.queue("#").await;

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::TestExchange;
 use crate::helpers::{
-    ADMIN_TOKEN, AppOptions, TestApp, error_code, sale_body, spawn_app, spawn_app_with,
+    ADMIN_TOKEN, AppOptions, TestApp, database_url, error_code, sale_body, spawn_app,
+    spawn_app_with,
 };
 use crate::proxy::Proxy;
 
@@ -719,19 +720,14 @@ fn order_consumer() -> std::path::PathBuf {
 
 #[sqlx::test]
 async fn the_example_consumer_creates_one_order_per_commit_however_often_it_is_sent(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("database");
+    let database = database_url(&pool).await;
     let app = spawn_app(pool).await;
     let exchange = TestExchange::new().await;
     let queue = format!("{}.orders", exchange.name);
     let consume = |queue: &str| {
-        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
         std::process::Command::new(order_consumer())
             .args(["--amqp-url", &exchange.url, "--exchange", &exchange.name])
-            .args(["--database-url", &format!("{server}/{database}")])
+            .args(["--database-url", &database])
             .args(["--queue", queue, "--exit-when-idle-seconds", "3"])
             .output()
             .expect("run the example consumer")

@@ -26,6 +26,18 @@ pub const JWT_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// The test Redis: one URL, or a cluster's seed nodes (all its masters) when [`on_cluster`].
+/// The URL of this test's own database (`#[sqlx::test]` made it), for a process or a pool the
+/// test builds itself.
+pub async fn database_url(pool: &PgPool) -> String {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("database name");
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    format!("{server}/{database}")
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }

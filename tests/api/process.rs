@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, PrivateRedis, free_port, redis_url};
+use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, PrivateRedis, database_url, free_port, redis_url};
 
 fn flashgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
@@ -87,17 +87,6 @@ fn flashgate_secret_prints_a_secret_serve_accepts() {
     let secret = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     assert!(output.status.success());
     assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()));
-}
-
-/// The URL of this test's own database, for a process the test runs.
-async fn database_url(pool: &PgPool) -> String {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .expect("database name");
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
-    format!("{server}/{database}")
 }
 
 /// A running `flashgate serve` on this test's database and a fresh Redis namespace.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{sale_body, spawn_app};
+use crate::helpers::{database_url, sale_body, spawn_app};
 
 #[sqlx::test]
 async fn a_poison_sku_does_not_stop_the_settler_for_the_others(pool: PgPool) {
@@ -56,18 +56,12 @@ async fn a_poison_sku_does_not_stop_the_settler_for_the_others(pool: PgPool) {
 
 #[sqlx::test]
 async fn serve_and_settle_pools_carry_statement_and_lock_timeouts(pool: PgPool) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("database");
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    let url = database_url(&pool).await;
     let limits = StatementLimits {
         statement_timeout: Duration::from_millis(7_000),
         lock_timeout: Duration::from_millis(1_500),
     };
-    let store =
-        Store::connect_lazy(&format!("{server}/{database}"), 1, Some(limits)).expect("store");
+    let store = Store::connect_lazy(&url, 1, Some(limits)).expect("store");
     let shown: (String, String, String) = sqlx::query_as(
         "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), \
          current_setting('idle_in_transaction_session_timeout')",
@@ -529,14 +523,9 @@ async fn with_replica_durability_a_hold_is_answered_only_once_a_replica_has_it(p
 async fn a_begin_cancelled_on_the_wire_leaves_no_transaction_open_on_the_pooled_connection(
     pool: PgPool,
 ) {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .expect("database");
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let server = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+    let url = database_url(&pool).await;
     // One connection, so every borrower gets the one a cancelled begin touched.
-    let store = Store::connect_lazy(&format!("{server}/{database}"), 1, None).expect("store");
+    let store = Store::connect_lazy(&url, 1, None).expect("store");
     // Two autocommit statements get two transaction ids; inside a stale transaction, one.
     let inside_a_transaction = async || {
         let mut ids = Vec::new();
