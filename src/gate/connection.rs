@@ -376,11 +376,8 @@ impl Source {
                 redis.urls.len()
             )));
         }
-        let connection = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(redis.timeout))
-            .set_response_timeout(Some(redis.timeout));
         let url = redis.urls.first().map(String::as_str).unwrap_or_default();
-        let manager = Manager::new_with_config(url, connection)?;
+        let manager = Manager::new_with_config(url, single_config(redis))?;
         let pool = Pool::builder(manager)
             .max_size(redis.pool_size)
             .wait_timeout(Some(redis.timeout))
@@ -426,6 +423,117 @@ impl Source {
             }
         }
     }
+}
+
+/// Connections a request holds alone, for `FLASHGATE_DURABILITY=replica`.
+///
+/// `WAIT` counts only the writes of the connection it is sent on, and Redis reads nothing more
+/// from that connection until the replicas confirm or the timeout passes. On the connection every
+/// request shares, one buyer's wait for a lost replica held every read and commit of the gate
+/// behind it; so a durable decision and its `WAIT` run on a connection of their own.
+pub(super) struct DedicatedPool(deadpool::managed::Pool<DedicatedManager>);
+
+impl std::fmt::Debug for DedicatedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DedicatedPool")
+    }
+}
+
+/// A connection of a [`DedicatedPool`], returned to it when dropped.
+pub(super) type DedicatedConnection = deadpool::managed::Object<DedicatedManager>;
+
+pub(super) enum DedicatedManager {
+    Single(Box<Manager>),
+    Cluster(Box<ClusterClient>),
+}
+
+impl deadpool::managed::Manager for DedicatedManager {
+    type Type = RedisConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<RedisConnection, redis::RedisError> {
+        match self {
+            Self::Single(manager) => Ok(RedisConnection::Single(manager.create().await?)),
+            Self::Cluster(client) => Ok(RedisConnection::Cluster(
+                client.get_async_connection().await?,
+            )),
+        }
+    }
+
+    /// A `PING` on every take would add a round trip to each durable reserve: a connection
+    /// taken within the last second is handed out as it is, and one that failed meanwhile was
+    /// discarded (see [`DedicatedPool::discard_if_broken`]).
+    async fn recycle(
+        &self,
+        conn: &mut RedisConnection,
+        metrics: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
+        if metrics.last_used() >= Duration::from_secs(1) {
+            redis::cmd("PING").query_async::<()>(conn).await?;
+        }
+        Ok(())
+    }
+}
+
+impl DedicatedPool {
+    /// As many connections as `FLASHGATE_REDIS_POOL_SIZE`, made on first use. Their answers
+    /// may take `wait` (the `WAIT` timeout) longer than other commands': a replica slow to
+    /// confirm is answered `not_replicated`, not taken for Redis being down.
+    pub(super) fn new(redis: &RedisSettings, wait: Duration) -> Result<Self, GateError> {
+        let answered_within = redis.timeout + wait;
+        let manager = if redis.cluster {
+            let client = cluster_builder(redis)
+                .response_timeout(answered_within)
+                .build()
+                .map_err(|e| GateError::Misconfigured(format!("REDIS_URL: {e}")))?;
+            DedicatedManager::Cluster(Box::new(client))
+        } else {
+            let url = redis.urls.first().map(String::as_str).unwrap_or_default();
+            let config = single_config(redis).set_response_timeout(Some(answered_within));
+            DedicatedManager::Single(Box::new(Manager::new_with_config(url, config)?))
+        };
+        let pool = deadpool::managed::Pool::builder(manager)
+            .max_size(redis.pool_size)
+            .wait_timeout(Some(redis.timeout))
+            .create_timeout(Some(redis.timeout))
+            .recycle_timeout(Some(redis.timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| GateError::Unavailable(e.to_string()))?;
+        Ok(Self(pool))
+    }
+
+    /// A connection no other request uses until it is dropped. Every one of them busy until the
+    /// wait timed out means replicas are not confirming: answered as [`GateError::NotReplicated`],
+    /// which a client retries under the same key.
+    pub(super) async fn get(&self) -> Result<DedicatedConnection, GateError> {
+        use deadpool::managed::PoolError;
+        match self.0.get().await {
+            Ok(conn) => Ok(conn),
+            Err(PoolError::Timeout(deadpool::managed::TimeoutType::Wait)) => {
+                Err(GateError::NotReplicated)
+            }
+            Err(PoolError::Backend(err)) => Err(err.into()),
+            Err(other) => Err(GateError::Unavailable(other.to_string())),
+        }
+    }
+}
+
+impl DedicatedPool {
+    /// Drops `lease` instead of returning it to the pool when `err` says its connection failed
+    /// (a connection that answered, even with an error reply, goes back).
+    pub(super) fn discard_if_broken(lease: Option<DedicatedConnection>, err: &GateError) {
+        if let (Some(lease), GateError::Unavailable(_)) = (lease, err) {
+            drop(deadpool::managed::Object::take(lease));
+        }
+    }
+}
+
+/// The connect and response timeouts of one server's connections.
+fn single_config(redis: &RedisSettings) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(redis.timeout))
+        .set_response_timeout(Some(redis.timeout))
 }
 
 /// The cluster client of these settings: the same connect and response timeouts as one server.

@@ -62,8 +62,9 @@ pub enum GateError {
     /// `prewarm` would overwrite a sale that is already live in Redis.
     #[error("sale {0} is already live in redis; force it to overwrite the live stock")]
     SaleLive(Sku),
-    /// `FLASHGATE_DURABILITY=replica`: no replica confirmed the decision in time. The hold
-    /// exists on the master; a retry with the same key replays it once a replica has it.
+    /// `FLASHGATE_DURABILITY=replica`: no replica confirmed the decision in time (or every
+    /// connection that waits for replicas was still waiting). The hold may exist on the master;
+    /// a retry with the same key replays it once a replica has it, or decides it afresh.
     #[error("no replica confirmed the decision in time")]
     NotReplicated,
     /// Redis is not what the settings say: a cluster node reached by a single-node client
@@ -239,6 +240,8 @@ struct GateInner {
     sku_numbers: RwLock<SkuNumbers>,
     /// The connection requests currently share, and when it was taken from the pool.
     shared: Mutex<Option<(RedisConnection, Instant)>>,
+    /// Connections a durable reserve holds alone for its `WAIT` (`FLASHGATE_DURABILITY=replica`).
+    dedicated: Option<connection::DedicatedPool>,
     shortcut: shortcut::SoldOutShortcut,
     breaker: Arc<breaker::CircuitBreaker>,
 }
@@ -256,6 +259,12 @@ impl Gate {
     /// Builds the pool; no connection is made until the first command.
     pub fn connect(redis: &RedisSettings, settings: GateSettings) -> Result<Self, GateError> {
         let source = connection::Source::new(redis)?;
+        let dedicated = match settings.durability {
+            Durability::Master => None,
+            Durability::Replica { timeout } => {
+                Some(connection::DedicatedPool::new(redis, timeout)?)
+            }
+        };
         let shortcut = shortcut::SoldOutShortcut::new(
             settings.sold_out_shortcut,
             redis.cluster.then(|| settings.namespace.clone()),
@@ -276,6 +285,7 @@ impl Gate {
             scripts: Scripts::load(),
             sku_numbers: RwLock::default(),
             shared: Mutex::new(None),
+            dedicated,
             shortcut,
             breaker: Arc::new(breaker::CircuitBreaker::new(redis.breaker)),
         });
@@ -362,6 +372,30 @@ impl Gate {
         *self.inner.shared.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((conn.clone(), Instant::now()));
         Ok(guard(conn))
+    }
+
+    /// A connection no other request uses while the returned lease lives, for decisions
+    /// followed by `WAIT` (see [`connection::DedicatedPool`]); the shared one without replica
+    /// durability.
+    async fn dedicated_connection(
+        &self,
+    ) -> Result<(GuardedConnection, Option<connection::DedicatedConnection>), GateError> {
+        let Some(dedicated) = &self.inner.dedicated else {
+            return Ok((self.connection().await?, None));
+        };
+        self.inner.breaker.admit()?;
+        let lease = match dedicated.get().await {
+            Ok(lease) => lease,
+            Err(err) => {
+                if matches!(err, GateError::Unavailable(_)) {
+                    self.inner.breaker.record_failure();
+                }
+                return Err(err);
+            }
+        };
+        let conn =
+            GuardedConnection::new(RedisConnection::clone(&lease), self.inner.breaker.clone());
+        Ok((conn, Some(lease)))
     }
 
     /// A connection to the same Redis outside the circuit breaker, for tools and tests that

@@ -48,60 +48,71 @@ impl Gate {
         };
         let client = req.client.unwrap_or("");
         let quota = self.inner.settings.hold_quota;
-        let mut conn = self.connection().await?;
-        let reply: Vec<String> = self
-            .inner
-            .scripts
-            .reserve
-            .key(keys.meta())
-            .key(keys.stock())
-            .key(keys.buyer(req.buyer))
-            .key(keys.idempotency(req.buyer, req.idempotency_key))
-            .key(keys.rate_limit(req.buyer))
-            .key(keys.hold(id))
-            .key(keys.holds())
-            .key(keys.events())
-            .key(keys.buyers())
-            .key(keys.client(client))
-            .key(keys.hold_quota(req.buyer))
-            .arg(id.to_string())
-            .arg(req.buyer.as_str())
-            .arg(req.quantity.get())
-            .arg(req.fingerprint())
-            .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
-            .arg(interval_us)
-            .arg(burst)
-            .arg(req.idempotency_key.as_str())
-            .arg(req.sku.as_str())
-            .arg(client)
-            .arg(self.inner.settings.holds_per_client)
-            .arg(u8::from(
-                self.inner.settings.durability != Durability::Master,
-            ))
-            .arg(quota.map_or(0, |q| q.holds))
-            .arg(quota.map_or(0, |q| q.window.as_millis().max(1) as u64))
-            .invoke_async(&mut conn)
-            .await?;
-        let outcome = parse_reserve(
-            &reply,
-            req,
-            self.inner.settings.buyer_rate,
-            self.inner.settings.hold_quota,
-        )?;
-        if let Durability::Replica { timeout } = self.inner.settings.durability
-            && matches!(
-                outcome,
-                ReserveOutcome::Created(_) | ReserveOutcome::Replayed(_)
-            )
-        {
-            // WAIT covers every write this connection sent before it, the decision included
-            // (a replay wrote too, see reserve.lua), so 1 means a replica has the hold.
-            let replicas = conn.wait_for_replicas(&keys.stock(), 1, timeout).await?;
-            if replicas < 1 {
-                metrics::counter!("flashgate_not_replicated_total").increment(1);
-                return Err(GateError::NotReplicated);
+        let (mut conn, dedicated) = self.dedicated_connection().await?;
+        let decided = async {
+            let reply: Vec<String> = self
+                .inner
+                .scripts
+                .reserve
+                .key(keys.meta())
+                .key(keys.stock())
+                .key(keys.buyer(req.buyer))
+                .key(keys.idempotency(req.buyer, req.idempotency_key))
+                .key(keys.rate_limit(req.buyer))
+                .key(keys.hold(id))
+                .key(keys.holds())
+                .key(keys.events())
+                .key(keys.buyers())
+                .key(keys.client(client))
+                .key(keys.hold_quota(req.buyer))
+                .arg(id.to_string())
+                .arg(req.buyer.as_str())
+                .arg(req.quantity.get())
+                .arg(req.fingerprint())
+                .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+                .arg(interval_us)
+                .arg(burst)
+                .arg(req.idempotency_key.as_str())
+                .arg(req.sku.as_str())
+                .arg(client)
+                .arg(self.inner.settings.holds_per_client)
+                .arg(u8::from(
+                    self.inner.settings.durability != Durability::Master,
+                ))
+                .arg(quota.map_or(0, |q| q.holds))
+                .arg(quota.map_or(0, |q| q.window.as_millis().max(1) as u64))
+                .invoke_async(&mut conn)
+                .await?;
+            let outcome = parse_reserve(
+                &reply,
+                req,
+                self.inner.settings.buyer_rate,
+                self.inner.settings.hold_quota,
+            )?;
+            if let Durability::Replica { timeout } = self.inner.settings.durability
+                && matches!(
+                    outcome,
+                    ReserveOutcome::Created(_) | ReserveOutcome::Replayed(_)
+                )
+            {
+                // WAIT covers every write this connection sent before it, the decision included
+                // (a replay wrote too, see reserve.lua), so 1 means a replica has the hold.
+                let replicas = conn.wait_for_replicas(&keys.stock(), 1, timeout).await?;
+                if replicas < 1 {
+                    metrics::counter!("flashgate_not_replicated_total").increment(1);
+                    return Err(GateError::NotReplicated);
+                }
             }
+            Ok(outcome)
         }
+        .await;
+        let outcome = match decided {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                super::connection::DedicatedPool::discard_if_broken(dedicated, &err);
+                return Err(err);
+            }
+        };
         if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
             && self.inner.shortcut.enabled()
             && !self.inner.shortcut.is_on(req.sku)

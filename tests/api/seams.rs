@@ -602,3 +602,81 @@ async fn a_change_racing_the_prewarm_leaves_both_stores_with_the_same_total(pool
     }
     assert!(apart.is_empty(), "{apart:#?}");
 }
+
+/// `WAIT` blocks the connection it is sent on until replicas confirm or its timeout passes, so
+/// it must not be sent on the connection every request of the gate shares: one buyer's reserve
+/// waiting on a lost replica held every read and commit of the gate behind it (1.4 s of a 1.5 s
+/// timeout, measured).
+#[sqlx::test]
+async fn a_reserve_waiting_for_a_replica_holds_up_no_other_request(pool: PgPool) {
+    use crate::helpers::{AppOptions, PrivateRedis, spawn_app_with};
+    let master = PrivateRedis::start(&[]).expect("redis-server");
+    let port = master.url.rsplit(':').next().expect("port").to_owned();
+    let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &port]).expect("replica");
+    replicas_online(&master.url, 1).await;
+    let wait = Duration::from_secs(8);
+    let options = AppOptions {
+        durability: flashgate::gate::Durability::Replica { timeout: wait },
+        ..AppOptions::on_server(master.url.clone())
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let mut ids = Vec::new();
+    for key in ["k1", "k2"] {
+        let held = app.reserve("sneaker", "alice", key, 1).await;
+        assert_eq!(held.status(), 201);
+        let body: serde_json::Value = held.json().await.expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    drop(replica);
+    replicas_online(&master.url, 0).await;
+
+    let mut probe = redis::Client::open(master.url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let blocked_clients = async |probe: &mut redis::aio::MultiplexedConnection| {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(probe)
+            .await
+            .expect("INFO");
+        info.lines()
+            .find_map(|line| line.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .expect("blocked_clients")
+    };
+    let waiting = app.reserve("sneaker", "bob", "b1", 1);
+    let others = async {
+        while blocked_clients(&mut probe).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let alice = app.token("alice");
+        let path = format!("/v1/reservations/{}", ids[0]);
+        let read = tokio::time::timeout(wait / 2, app.get(&path, Some(&alice))).await;
+        let commit = tokio::time::timeout(wait / 2, app.act(&ids[1], "commit", &alice)).await;
+        let still_waiting = blocked_clients(&mut probe).await;
+        (
+            read.map(|r| r.status()),
+            commit.map(|r| r.status()),
+            still_waiting,
+        )
+    };
+    let (waited, (read, commit, still_waiting)) = tokio::join!(waiting, others);
+    assert_eq!(
+        read.ok(),
+        Some(reqwest::StatusCode::OK),
+        "a read waited behind WAIT"
+    );
+    assert_eq!(
+        commit.ok(),
+        Some(reqwest::StatusCode::OK),
+        "a commit waited behind WAIT"
+    );
+    assert_eq!(
+        still_waiting, 1,
+        "bob's reserve was still waiting for a replica"
+    );
+    assert_eq!(waited.status(), 503, "no replica confirmed bob's hold");
+}
