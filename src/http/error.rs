@@ -89,6 +89,13 @@ pub enum ApiError {
     InvalidPath(String),
     #[error("invalid query string: {0}")]
     InvalidQuery(String),
+    /// hyper refused the request head before any handler ran (see `server::Tracked`).
+    #[error("the request head is larger than the gate accepts (32 KiB)")]
+    HeadTooLarge,
+    #[error("the request target is too long")]
+    UriTooLong,
+    #[error("the request is not valid HTTP/1.1")]
+    MalformedRequest,
     #[error("internal error")]
     Internal(String),
 }
@@ -137,6 +144,9 @@ pub const CODES: &[&str] = &[
     "method_not_allowed",
     "invalid_path",
     "invalid_query",
+    "header_too_large",
+    "uri_too_long",
+    "malformed_request",
     "internal_error",
 ];
 
@@ -232,6 +242,9 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidPath(_) => "invalid_path",
             Self::InvalidQuery(_) => "invalid_query",
+            Self::HeadTooLarge => "header_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::MalformedRequest => "malformed_request",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -242,7 +255,10 @@ impl ApiError {
             | Self::IdempotencyKeyMissing
             | Self::IdempotencyKeyInvalid(_)
             | Self::InvalidPath(_)
-            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidQuery(_)
+            | Self::MalformedRequest => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::HoldLost => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -451,14 +467,26 @@ fn rate_limit_headers(
     );
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let message = if status.is_server_error() {
+impl ApiError {
+    /// The error hyper answered a request head it could not parse with (its status), whose
+    /// empty body the connection replaces with this error's.
+    pub fn refused_before_routing(status: u16) -> Option<Self> {
+        match status {
+            400 => Some(Self::MalformedRequest),
+            414 => Some(Self::UriTooLong),
+            431 => Some(Self::HeadTooLarge),
+            _ => None,
+        }
+    }
+
+    /// The body's two fields every error has: its code and a message for a human (a 5xx says
+    /// nothing of its cause).
+    fn base_body(&self) -> Map<String, Value> {
+        let message = if self.status().is_server_error() {
             if let Self::Internal(detail) = &self {
                 tracing::error!(%detail, "internal error");
             }
-            match &self {
+            match self {
                 Self::Unavailable(_)
                 | Self::Overloaded
                 | Self::RequestTimeout
@@ -472,6 +500,19 @@ impl IntoResponse for ApiError {
         let mut body = Map::new();
         body.insert("error".into(), json!(self.code()));
         body.insert("message".into(), json!(message));
+        body
+    }
+
+    /// The JSON body of an error that has no fields beyond its code and message.
+    pub fn plain_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.base_body()).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = self.base_body();
         let mut headers = HeaderMap::new();
         match &self {
             Self::Invalid(e) | Self::IdempotencyKeyInvalid(e) => {
@@ -661,6 +702,9 @@ mod tests {
             ApiError::MethodNotAllowed,
             ApiError::InvalidPath(String::new()),
             ApiError::InvalidQuery(String::new()),
+            ApiError::HeadTooLarge,
+            ApiError::UriTooLong,
+            ApiError::MalformedRequest,
             ApiError::Internal(String::new()),
         ];
         for error in &all {
@@ -695,6 +739,9 @@ mod tests {
                 | ApiError::MethodNotAllowed
                 | ApiError::InvalidPath(_)
                 | ApiError::InvalidQuery(_)
+                | ApiError::HeadTooLarge
+                | ApiError::UriTooLong
+                | ApiError::MalformedRequest
                 | ApiError::Internal(_) => {}
             }
         }

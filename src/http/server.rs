@@ -162,6 +162,7 @@ pub async fn serve(
         let io = TokioIo::new(Tracked {
             inner: stream,
             activity: activity.clone(),
+            rewritten: None,
         });
         let service = {
             let (app, activity) = (app.clone(), activity.clone());
@@ -484,6 +485,84 @@ async fn watchdog(activity: &Activity, settings: ServerSettings) -> &'static str
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// hyper's answer to a head it could not parse, rewritten, while it is being written.
+    rewritten: Option<Rewritten>,
+}
+
+/// The answer hyper wrote itself, in the gate's error shape: its bytes, how many are written,
+/// and how many of hyper's bytes they stand for.
+struct Rewritten {
+    bytes: Vec<u8>,
+    written: usize,
+    stands_for: usize,
+}
+
+/// hyper answers a request head it cannot parse (400, 414, 431) itself, with an empty body, and
+/// has no hook to change that answer. It is the only answer on this server without a content
+/// type, written as one head with nothing after it, and the last on its connection; given such a
+/// head, this returns it with the JSON error body every other refusal has.
+fn rewrite_parse_refusal(head: &[u8]) -> Option<Vec<u8>> {
+    let status: u16 = std::str::from_utf8(head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let error = super::error::ApiError::refused_before_routing(status)?;
+    let text = std::str::from_utf8(head.strip_suffix(b"\r\n\r\n")?).ok()?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next()?;
+    let fields: Vec<&str> = lines.collect();
+    let is = |line: &&str, name: &str| {
+        line.split_once(':')
+            .is_some_and(|(field, _)| field.trim().eq_ignore_ascii_case(name))
+    };
+    let empty = fields.iter().any(|line| {
+        is(line, "content-length") && line.split_once(':').is_some_and(|(_, v)| v.trim() == "0")
+    });
+    if !empty || fields.iter().any(|line| is(line, "content-type")) {
+        return None;
+    }
+    let body = error.plain_body();
+    let mut answer = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for line in fields.iter().filter(|line| !is(line, "content-length")) {
+        answer.push_str(line);
+        answer.push_str("\r\n");
+    }
+    answer.push_str("\r\n");
+    let mut bytes = answer.into_bytes();
+    bytes.extend_from_slice(&body);
+    Some(bytes)
+}
+
+impl Tracked {
+    /// Writes `buf`, rewritten first if it is hyper's answer to a head it could not parse.
+    fn write_answer(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.rewritten.is_none()
+            && let Some(bytes) = rewrite_parse_refusal(buf)
+        {
+            self.rewritten = Some(Rewritten {
+                bytes,
+                written: 0,
+                stands_for: buf.len(),
+            });
+        }
+        let Some(rewritten) = self.rewritten.as_mut() else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        // hyper offers the same bytes again after `Pending`: they are answered from the rewrite.
+        while rewritten.written < rewritten.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &rewritten.bytes[rewritten.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => rewritten.written += n,
+                other => return other,
+            }
+        }
+        let stands_for = rewritten.stands_for;
+        self.rewritten = None;
+        Poll::Ready(Ok(stands_for))
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -507,7 +586,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.write_answer(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -523,6 +602,13 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // hyper's own answer is a head alone: one slice.
+        let mut filled = bufs.iter().filter(|buf| !buf.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next())
+            && (self.rewritten.is_some() || only.starts_with(b"HTTP/1.1 4"))
+        {
+            return self.write_answer(cx, only);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -534,6 +620,26 @@ impl AsyncWrite for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hypers_own_empty_refusals_are_rewritten() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sat, 05 Dec 2026 16:36:13 GMT\r\n\r\n";
+        let rewritten =
+            String::from_utf8(rewrite_parse_refusal(hyper).expect("rewritten")).expect("utf-8");
+        let (head, body) = rewritten.split_once("\r\n\r\n").expect("head");
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("connection: close") && head.contains("date: Sat"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(!head.contains("content-length: 0"));
+        assert!(body.contains("\"header_too_large\""), "{body}");
+        // The gate's own answers carry a content type (and usually a body): left alone.
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+        assert!(rewrite_parse_refusal(ours).is_none());
+        let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(rewrite_parse_refusal(with_body).is_none());
+        let other_status = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+        assert!(rewrite_parse_refusal(other_status).is_none());
+    }
 
     #[test]
     fn the_connection_cap_fits_the_file_limit() {

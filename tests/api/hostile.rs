@@ -555,3 +555,65 @@ async fn reserve_release_churn_is_bounded_per_buyer_and_sale(pool: PgPool) {
     assert_eq!(app.reserve("sneaker", "bob", "b", 1).await.status(), 201);
     assert_eq!(app.reserve("boot", "alice", "a", 1).await.status(), 201);
 }
+
+/// Everything the connection reads until the gate closes it (or 2 s pass).
+async fn answer_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Requests hyper refuses before any handler runs (a head too large, bytes no header may hold,
+/// a request line that is no request line) are answered in the same JSON error shape as every
+/// other refusal; before, hyper answered them with an empty body.
+#[sqlx::test]
+async fn requests_refused_before_routing_get_the_json_error_shape(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let address = app.address.trim_start_matches("http://");
+    let cases = [
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: gate\r\nX-Filler: {}\r\n\r\n",
+                "a".repeat(100 * 1024)
+            ),
+            431,
+            "header_too_large",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: gate\r\nX-Bad: a\u{1}b\r\n\r\n".to_owned(),
+            400,
+            "malformed_request",
+        ),
+        ("NONSENSE\r\n\r\n".to_owned(), 400, "malformed_request"),
+    ];
+    for (request, status, code) in cases {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        let _ = stream.write_all(request.as_bytes()).await;
+        let answer = answer_until_closed(&mut stream).await;
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let error: serde_json::Value = serde_json::from_str(body).expect("json body");
+        assert_eq!(error["error"], code, "{body}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // The gate serves on.
+    let mut fresh = TcpStream::connect(address).await.expect("connect");
+    assert!(
+        round_trip(&mut fresh, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
