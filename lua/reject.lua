@@ -9,7 +9,8 @@
 --
 -- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 the live-hold counter
 --       of the client recorded in the hold (any key of the SKU when it records none), 6 stock
---       (string), 7 the sale-changed channel
+--       (string), 7 the sale-changed channel, 8 and 9 the counters of the /56 and /48 it records
+--       for an IPv6 client (any key of the SKU if none)
 -- ARGV: 1 hold id, 2 quantity, 3 idempotency ttl s (the rejected hold then expires),
 --       4 '1' when Postgres has the units (a duplicate key), else '0',
 --       5 'PUBLISH' | 'SPUBLISH' (how to announce on KEYS[7]), 6 sku
@@ -31,7 +32,11 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 -- Units held or bought stop counting against the buyer's limit. Released or expired units were
 -- already subtracted when they left.
 if status == 'held' and client then
-  if redis.call('DECR', KEYS[5]) <= 0 then redis.call('DEL', KEYS[5]) end
+  local counters, tier = {KEYS[5], KEYS[8], KEYS[9]}, 0
+  for _ in string.gmatch(client, '%S+') do
+    tier = tier + 1
+    if redis.call('DECR', counters[tier]) <= 0 then redis.call('DEL', counters[tier]) end
+  end
 end
 if status == 'held' or status == 'committed' then
   local left = redis.call('DECRBY', KEYS[2], ARGV[2])

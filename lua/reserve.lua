@@ -23,23 +23,28 @@
 --   9 buyers    set     every buyer who got a hold on this SKU within the idempotency ttl (for the
 --                       sold-out shortcut: its ttl is renewed on every addition, so it holds every
 --                       buyer whose hold may still be replayed, and no more once the sale is quiet)
---  10 client    string  live holds of this client address on this SKU (anti-scalping)
+--  10 client    string  live holds of this client (an IPv4 address or an IPv6 /64) on this SKU
+--                       (anti-scalping)
 --  11 quota     string  holds this buyer took on this SKU in the current quota window
+--  12 client56  string  live holds of an IPv6 client's /56 (any key of the SKU for IPv4)
+--  13 client48  string  live holds of an IPv6 client's /48 (any key of the SKU for IPv4)
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
 --   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
 --   7 rate-limit burst   8 idempotency key   9 sku
---  10 client address ('' = unknown)          11 live holds per client (0 = no limit)
+--  10 the client's tiers, narrowest first, space-separated: an IPv4 address, or an IPv6 /64,
+--     /56 and /48 ('' = unknown)             11 live holds per client (0 = no limit)
 --  12 '1' when the caller WAITs for a replica (FLASHGATE_DURABILITY=replica)
 --  13 holds per buyer per quota window (0 = no quota)   14 quota window ms
+--  15 live holds per /56, 16 per /48 (0 = no limit at that tier)
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
 --   {'refused',  code, detail}   detail: retry-after us, units left, limit, or opening ms
 --
--- The client counter is released by transition.lua and reject.lua when the hold leaves 'held'
--- (the hold records its client); its TTL, renewed on every new hold, bounds it if that never
--- happens (a hold lost with Redis data).
+-- The client counters are released by transition.lua and reject.lua when the hold leaves 'held'
+-- (the hold records its client's tiers, and each script releases one counter per tier); their
+-- TTL, renewed on every new hold, bounds them if that never happens (a hold lost with Redis data).
 
 local qty = tonumber(ARGV[3])
 
@@ -123,14 +128,26 @@ if not refusal and quota > 0 then
   end
 end
 
--- 5. Live holds of this client address (opt-in): one client with many buyer ids cannot sweep
--- the sale. Counted in holds, not units: the per-buyer limit already bounds units per hold.
-local client_limit = tonumber(ARGV[11])
-local track_client = client_limit > 0 and ARGV[10] ~= ''
+-- 5. Live holds of this client (opt-in): one client with many buyer ids cannot sweep the sale.
+-- Counted in holds, not units: the per-buyer limit already bounds units per hold. An IPv6
+-- client is counted at its /64, /56 and /48, each with its own cap: one subscriber usually has
+-- a whole /56 (or /48) to rotate through.
+local client_keys = {KEYS[10], KEYS[12], KEYS[13]}
+local client_limits = {tonumber(ARGV[11]), tonumber(ARGV[15]), tonumber(ARGV[16])}
+local client_tiers = 0
+if client_limits[1] + client_limits[2] + client_limits[3] > 0 then
+  for _ in string.gmatch(ARGV[10], '%S+') do client_tiers = client_tiers + 1 end
+end
+local track_client = false
+for tier = 1, client_tiers do
+  if client_limits[tier] > 0 then track_client = true end
+end
 if not refusal and track_client then
-  local live = tonumber(redis.call('GET', KEYS[10]) or '0')
-  if live >= client_limit then
-    refusal = {'refused', 'client_limit_reached', int(client_limit)}
+  for tier = 1, client_tiers do
+    local limit = client_limits[tier]
+    if not refusal and limit > 0 and tonumber(redis.call('GET', client_keys[tier]) or '0') >= limit then
+      refusal = {'refused', 'client_limit_reached', int(limit)}
+    end
   end
 end
 
@@ -162,8 +179,10 @@ redis.call('HSET', KEYS[6],
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])
 if track_client then
   redis.call('HSET', KEYS[6], 'client', ARGV[10])
-  redis.call('INCR', KEYS[10])
-  redis.call('PEXPIRE', KEYS[10], int(expires_ms - now_ms + 60000))
+  for tier = 1, client_tiers do
+    redis.call('INCR', client_keys[tier])
+    redis.call('PEXPIRE', client_keys[tier], int(expires_ms - now_ms + 60000))
+  end
 end
 if quota > 0 and redis.call('INCR', KEYS[11]) == 1 then
   redis.call('PEXPIRE', KEYS[11], ARGV[14])

@@ -10,7 +10,8 @@
 -- whose record merely expired. The checks run before the first write.
 --
 -- KEYS: 1 hold (hash), 2 idem (hash), 3 holds (zset), 4 buyers (set),
---       5 the live-hold counter of the client recorded in the hold (any key of the SKU if none)
+--       5 the live-hold counter of the client recorded in the hold (any key of the SKU if none),
+--       6 and 7 the counters of the /56 and /48 it records for an IPv6 client (likewise)
 -- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
 --       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s
 -- Returns: 'restored', 'followed' (a held hold moved to the Postgres status) or 'kept'
@@ -24,7 +25,11 @@ if status then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[12]))
   redis.call('ZREM', KEYS[3], ARGV[1])
   if client then
-    if redis.call('DECR', KEYS[5]) <= 0 then redis.call('DEL', KEYS[5]) end
+    local counters, tier = {KEYS[5], KEYS[6], KEYS[7]}, 0
+    for _ in string.gmatch(client, '%S+') do
+      tier = tier + 1
+      if redis.call('DECR', counters[tier]) <= 0 then redis.call('DEL', counters[tier]) end
+    end
   end
   if redis.call('HGET', KEYS[2], 'id') == ARGV[1] then
     redis.call('HSET', KEYS[2], 'status', ARGV[9])

@@ -7,7 +7,8 @@
 --
 -- KEYS: 1 hold (hash), 2 stock (string), 3 buyer (string), 4 idem (hash), 5 holds (zset),
 --       6 events (stream), 7 the live-hold counter of the client recorded in the hold (any key
---       of the SKU when the hold records none), 8 the sale-changed channel
+--       of the SKU when the hold records none), 8 the sale-changed channel, 9 and 10 the
+--       counters of the /56 and /48 it records for an IPv6 client (any key of the SKU if none)
 -- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 'PUBLISH' | 'SPUBLISH' (how to
 --       announce on KEYS[8]), 4 sku (announced when units come back, so that every gate
 --       instance drops its sold-out shortcut for the SKU at once), 5 idempotency ttl s (a terminal hold lives
@@ -48,7 +49,11 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 redis.call('ZREM', KEYS[5], ARGV[1])
 -- Out of 'held' whatever the target: the hold no longer counts against its client's live holds.
 if hold[4] then
-  if redis.call('DECR', KEYS[7]) <= 0 then redis.call('DEL', KEYS[7]) end
+  local counters, tier = {KEYS[7], KEYS[9], KEYS[10]}, 0
+  for _ in string.gmatch(hold[4], '%S+') do
+    tier = tier + 1
+    if redis.call('DECR', counters[tier]) <= 0 then redis.call('DEL', counters[tier]) end
+  end
 end
 if target ~= 'committed' then
   -- The units go back on sale and stop counting against the buyer's limit.

@@ -9,7 +9,8 @@ use secrecy::SecretString;
 
 use crate::domain::ValidationError;
 use crate::gate::{
-    BreakerSettings, BuyerRate, Durability, GateSettings, HoldQuota, Namespace, RedisSettings,
+    BreakerSettings, BuyerRate, ClientHoldCaps, Durability, GateSettings, HoldQuota, Namespace,
+    RedisSettings,
 };
 
 /// `FLASHGATE_DURABILITY`.
@@ -114,6 +115,14 @@ pub struct RedisConfig {
     /// the reserve script; 0 turns the limit off. Against one client scalping with many buyer ids.
     #[arg(long, env = "FLASHGATE_HOLDS_PER_CLIENT", default_value_t = 0)]
     pub holds_per_client: u32,
+    /// Most live holds one IPv6 /56 may have on one SKU (a household's usual delegation holds
+    /// 256 /64s); default 4 × `FLASHGATE_HOLDS_PER_CLIENT`; 0 turns this tier off.
+    #[arg(long, env = "FLASHGATE_HOLDS_PER_CLIENT_56")]
+    pub holds_per_client_56: Option<u32>,
+    /// Most live holds one IPv6 /48 may have on one SKU; default 16 ×
+    /// `FLASHGATE_HOLDS_PER_CLIENT`; 0 turns this tier off.
+    #[arg(long, env = "FLASHGATE_HOLDS_PER_CLIENT_48")]
+    pub holds_per_client_48: Option<u32>,
     /// Most holds one buyer may take on one SKU per quota window, whatever became of them
     /// (released, expired, committed): reserve→release churn cannot grow Redis and Postgres
     /// without bound. Past it: 429 `hold_quota_reached` + Retry-After. 0 turns it off.
@@ -178,7 +187,14 @@ impl RedisConfig {
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_seconds.max(1)),
             buyer_rate,
             sold_out_shortcut: self.sold_out_shortcut,
-            holds_per_client: self.holds_per_client,
+            holds_per_client: {
+                let defaults = ClientHoldCaps::per_client(self.holds_per_client);
+                ClientHoldCaps {
+                    per_56: self.holds_per_client_56.unwrap_or(defaults.per_56),
+                    per_48: self.holds_per_client_48.unwrap_or(defaults.per_48),
+                    ..defaults
+                }
+            },
             hold_quota: (self.buyer_hold_quota > 0).then(|| HoldQuota {
                 holds: self.buyer_hold_quota,
                 window: Duration::from_secs(self.buyer_hold_quota_window_seconds.max(1)),

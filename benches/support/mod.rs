@@ -78,7 +78,7 @@ impl BenchEnv {
                 idempotency_ttl: Duration::from_secs(3600),
                 buyer_rate,
                 sold_out_shortcut: true,
-                holds_per_client: 0,
+                holds_per_client: Default::default(),
                 hold_quota: None,
                 durability: Default::default(),
                 reservation_seal: None,

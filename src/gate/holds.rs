@@ -195,6 +195,7 @@ impl Gate {
     ) -> Result<TransitionOutcome, GateError> {
         let keys = self.namespace().sku(&hold.sku);
         let (channel, announce) = self.announcement(&hold.sku);
+        let [client, client56, client48] = keys.client_counters(hold.client.as_deref());
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
@@ -206,9 +207,11 @@ impl Gate {
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.events())
-            .key(keys.client(hold.client.as_deref().unwrap_or("")))
+            .key(client)
             .arg(hold.id.to_string())
             .key(channel)
+            .key(client56)
+            .key(client48)
             .arg(action.as_str())
             .arg(announce)
             .arg(hold.sku.as_str())
@@ -304,7 +307,7 @@ impl Gate {
     pub async fn restore_hold(&self, hold: &Hold) -> Result<Restored, GateError> {
         let keys = self.namespace().sku(&hold.sku);
         let mut conn = self.connection().await?;
-        // The client counter's key must be named in KEYS; resync is rare, so one more read.
+        // The client counters' keys must be named in KEYS; resync is rare, so one more read.
         let client: Option<String> = conn.hget(keys.hold(hold.id), "client").await?;
         let outcome: String = self
             .inner
@@ -314,7 +317,7 @@ impl Gate {
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.buyers())
-            .key(keys.client(client.as_deref().unwrap_or("")))
+            .key(&keys.client_counters(client.as_deref())[..])
             .arg(hold.id.to_string())
             .arg(hold.sku.as_str())
             .arg(hold.buyer.as_str())
@@ -360,8 +363,9 @@ impl Gate {
     ) -> Result<Option<ReservationStatus>, GateError> {
         let keys = self.namespace().sku(sku);
         let mut conn = self.connection().await?;
-        // The client counter's key must be named in KEYS; refusals are rare, so one more read.
+        // The client counters' keys must be named in KEYS; refusals are rare, so one more read.
         let client: Option<String> = conn.hget(keys.hold(hold.id), "client").await?;
+        let [client, client56, client48] = keys.client_counters(client.as_deref());
         let (channel, publish) = self.announcement(sku);
         let before: String = self
             .inner
@@ -371,9 +375,11 @@ impl Gate {
             .key(keys.buyer(&hold.buyer))
             .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
-            .key(keys.client(client.as_deref().unwrap_or("")))
+            .key(client)
             .key(keys.stock())
             .key(&channel)
+            .key(client56)
+            .key(client48)
             .arg(hold.id.to_string())
             .arg(hold.quantity.get())
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))

@@ -128,10 +128,17 @@ impl SkuKeys {
     pub fn admin_operation(&self, key: &IdempotencyKey) -> String {
         self.key(&format!("admin:{key}"))
     }
-    /// Live holds of one client address on the SKU (`FLASHGATE_HOLDS_PER_CLIENT`). The address
-    /// is an IPv4 address or an IPv6 /64, which carries no braces to steal the hash tag.
+    /// Live holds of one client tier on the SKU (`FLASHGATE_HOLDS_PER_CLIENT*`): an IPv4
+    /// address or an IPv6 /64, /56 or /48, which carry no braces to steal the hash tag.
     pub fn client(&self, client: &str) -> String {
         self.key(&format!("client:{client}"))
+    }
+    /// The live-hold counters of the client tiers a hold records (its `client` field: tiers
+    /// narrowest first, space-separated), in the order the scripts take them. A tier the hold
+    /// does not record is named by a key of the SKU the scripts leave alone.
+    pub fn client_counters(&self, recorded: Option<&str>) -> [String; 3] {
+        let mut tiers = recorded.unwrap_or("").split_whitespace();
+        std::array::from_fn(|_| self.client(tiers.next().unwrap_or("")))
     }
 }
 

@@ -118,8 +118,8 @@ pub struct GateSettings {
     pub buyer_rate: Option<BuyerRate>,
     /// Answer `sold_out` in process once a SKU is sold out (see `gate::shortcut`).
     pub sold_out_shortcut: bool,
-    /// Most live holds one client address may have on one SKU; 0 for no limit.
-    pub holds_per_client: u32,
+    /// Most live holds one client may have on one SKU, per tier.
+    pub holds_per_client: ClientHoldCaps,
     /// Most holds one buyer may take on one SKU per window, whatever became of them; `None`
     /// for no quota.
     pub hold_quota: Option<HoldQuota>,
@@ -128,6 +128,29 @@ pub struct GateSettings {
     /// Signs the ids of new holds so that a lost one can be recognised (see
     /// [`ReservationSeal`]); `None` mints plain random ids (tools that never answer buyers).
     pub reservation_seal: Option<ReservationSeal>,
+}
+
+/// Most live holds on one SKU per client tier (`FLASHGATE_HOLDS_PER_CLIENT`, `_56`, `_48`); 0
+/// for no cap at a tier. An IPv4 client is counted at its address only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientHoldCaps {
+    /// Per IPv4 address or IPv6 /64.
+    pub per_client: u32,
+    /// Per IPv6 /56: the delegation a household usually gets (256 /64s to rotate through).
+    pub per_56: u32,
+    /// Per IPv6 /48: a site's delegation.
+    pub per_48: u32,
+}
+
+impl ClientHoldCaps {
+    /// The caps of one client, with the looser tiers' defaults: 4× per /56 and 16× per /48.
+    pub fn per_client(limit: u32) -> Self {
+        Self {
+            per_client: limit,
+            per_56: limit.saturating_mul(4),
+            per_48: limit.saturating_mul(16),
+        }
+    }
 }
 
 /// When a reservation is answered `201` (`FLASHGATE_DURABILITY`).

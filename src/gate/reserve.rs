@@ -13,7 +13,9 @@ pub struct ReserveRequest<'a> {
     pub buyer: &'a BuyerId,
     pub quantity: Quantity,
     pub idempotency_key: &'a IdempotencyKey,
-    /// The client address the request came from (for `FLASHGATE_HOLDS_PER_CLIENT`), if known.
+    /// The client the request came from, as the tiers it is counted at (for
+    /// `FLASHGATE_HOLDS_PER_CLIENT*`: an IPv4 address, or an IPv6 /64, /56 and /48, narrowest
+    /// first and space-separated), if known.
     pub client: Option<&'a str>,
 }
 
@@ -47,6 +49,8 @@ impl Gate {
             None => (0, 0),
         };
         let client = req.client.unwrap_or("");
+        let [client_key, client56_key, client48_key] = keys.client_counters(req.client);
+        let caps = self.inner.settings.holds_per_client;
         let quota = self.inner.settings.hold_quota;
         let (mut conn, dedicated) = self.dedicated_connection().await?;
         let decided = async {
@@ -63,8 +67,10 @@ impl Gate {
                 .key(keys.holds())
                 .key(keys.events())
                 .key(keys.buyers())
-                .key(keys.client(client))
+                .key(client_key)
                 .key(keys.hold_quota(req.buyer))
+                .key(client56_key)
+                .key(client48_key)
                 .arg(id.to_string())
                 .arg(req.buyer.as_str())
                 .arg(req.quantity.get())
@@ -75,12 +81,14 @@ impl Gate {
                 .arg(req.idempotency_key.as_str())
                 .arg(req.sku.as_str())
                 .arg(client)
-                .arg(self.inner.settings.holds_per_client)
+                .arg(caps.per_client)
                 .arg(u8::from(
                     self.inner.settings.durability != Durability::Master,
                 ))
                 .arg(quota.map_or(0, |q| q.holds))
                 .arg(quota.map_or(0, |q| q.window.as_millis().max(1) as u64))
+                .arg(caps.per_56)
+                .arg(caps.per_48)
                 .invoke_async(&mut conn)
                 .await?;
             let outcome = parse_reserve(

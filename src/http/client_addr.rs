@@ -98,6 +98,19 @@ impl ClientAddr {
     pub fn ip(self) -> IpAddr {
         self.0
     }
+
+    /// The tiers the client's holds are counted at (`FLASHGATE_HOLDS_PER_CLIENT*`), narrowest
+    /// first and space-separated: an IPv4 address alone, an IPv6 client's /64, /56 and /48.
+    pub fn tiers(self) -> String {
+        match self.0 {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let prefix =
+                    |bits: u32| Ipv6Addr::from(u128::from(v6) & (u128::MAX << (128 - bits)));
+                format!("{self} {}/56 {}/48", prefix(56), prefix(48))
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for ClientAddr {
@@ -376,6 +389,11 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, other);
         assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            ClientAddr::of(ip("2001:db8:1:2ff:5::9")).tiers(),
+            "2001:db8:1:2ff::/64 2001:db8:1:200::/56 2001:db8:1::/48"
+        );
+        assert_eq!(ClientAddr::of(ip("203.0.113.9")).tiers(), "203.0.113.9");
         assert_eq!(ClientAddr::of(ip("::ffff:1.2.3.4")).to_string(), "1.2.3.4");
     }
 }

@@ -115,7 +115,7 @@ async fn reserve(
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&sku_raw).map_err(|_| ApiError::UnknownSku(sku_raw.clone()))?;
     let quantity = Quantity::parse(body.quantity)?;
-    let client = client.map(|axum::Extension(client)| client.to_string());
+    let client = client.map(|axum::Extension(client)| client.tiers());
     let reserved = state
         .app()
         .reserve(ReserveRequest {

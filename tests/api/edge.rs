@@ -389,3 +389,69 @@ async fn one_client_address_cannot_sweep_a_sale_with_many_buyer_ids(pool: PgPool
     app.settler().drain(&sku).await.expect("drain");
     assert!(app.audit("sneaker").await.ok());
 }
+
+/// One subscriber usually has a whole IPv6 /56 (or /48): with a cap per /64 only, six /64s of one
+/// /56 got six holds under a cap of 2. Each client is also counted at its /56 (4× the cap by
+/// default) and /48 (16×), and a hold that leaves `held` frees its place at every tier.
+#[sqlx::test]
+async fn one_subscriber_cannot_rotate_through_its_ipv6_prefix(pool: PgPool) {
+    let options = AppOptions {
+        holds_per_client: 1,
+        trusted_proxies: "127.0.0.1/32".into(),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(pool, options).await;
+    app.open_sale("sneaker", &sale_body(40, 1)).await;
+    let reserve = async |address: String, buyer: String| {
+        app.reserve_via(&address, "sneaker", &buyer, "k").await
+    };
+
+    // Four /64s of one /56: one hold each; the fifth /64 finds the /56 full.
+    let mut first_hold = None;
+    for net in 0..4 {
+        let held = reserve(format!("2001:db8:5:1{net}::1"), format!("h-{net}")).await;
+        assert_eq!(held.status(), 201, "/64 number {net}");
+        let body: Value = held.json().await.expect("json");
+        first_hold.get_or_insert(body["id"].as_str().expect("id").to_owned());
+    }
+    let fifth = reserve("2001:db8:5:14::1".into(), "h-4".into()).await;
+    let (status, code, body) = error_code(fifth).await;
+    assert_eq!((status, code.as_str()), (409, "client_limit_reached"));
+    assert_eq!(body["limit"], 4, "the /56's cap");
+
+    // Other /56s of the same /48 fill it to 16 holds; the 17th /64 finds the /48 full.
+    for net in 1..4 {
+        for sub in 0..4 {
+            let address = format!("2001:db8:5:{net}{sub:02x}::1");
+            let held = reserve(address.clone(), format!("h-{net}-{sub}")).await;
+            assert_eq!(held.status(), 201, "{address}");
+        }
+    }
+    let seventeenth = reserve("2001:db8:5:400::1".into(), "h-17".into()).await;
+    let (status, code, body) = error_code(seventeenth).await;
+    assert_eq!((status, code.as_str()), (409, "client_limit_reached"));
+    assert_eq!(body["limit"], 16, "the /48's cap");
+    assert_eq!(
+        reserve("2001:db8:6::1".into(), "elsewhere".into())
+            .await
+            .status(),
+        201,
+        "another /48 is another site"
+    );
+
+    // A released hold frees its /64, its /56 and its /48 alike.
+    let id = first_hold.expect("a hold");
+    assert_eq!(
+        app.act(&id, "release", &app.token("h-0")).await.status(),
+        200
+    );
+    assert_eq!(
+        reserve("2001:db8:5:14::1".into(), "h-4".into())
+            .await
+            .status(),
+        201
+    );
+    let sku = flashgate::domain::Sku::parse("sneaker").expect("sku");
+    app.settler().drain(&sku).await.expect("drain");
+    assert!(app.audit("sneaker").await.ok());
+}

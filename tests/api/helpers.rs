@@ -293,7 +293,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             idempotency_ttl: Duration::from_secs(3600),
             buyer_rate: options.buyer_rate,
             sold_out_shortcut: true,
-            holds_per_client: options.holds_per_client,
+            holds_per_client: flashgate::gate::ClientHoldCaps::per_client(options.holds_per_client),
             hold_quota: options.hold_quota,
             durability: options.durability,
             reservation_seal: Some(flashgate::domain::ReservationSeal::derive(

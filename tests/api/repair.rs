@@ -322,7 +322,7 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
             idempotency_ttl: std::time::Duration::from_secs(3600),
             buyer_rate: None,
             sold_out_shortcut: true,
-            holds_per_client: 0,
+            holds_per_client: Default::default(),
             hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,

@@ -96,7 +96,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
                 burst: 1000,
             }),
             sold_out_shortcut: true,
-            holds_per_client: 0,
+            holds_per_client: Default::default(),
             hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,

@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
             idempotency_ttl: Duration::from_secs(600),
             buyer_rate: None,
             sold_out_shortcut: false,
-            holds_per_client: 0,
+            holds_per_client: Default::default(),
             hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
