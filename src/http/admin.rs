@@ -18,7 +18,7 @@ use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(upsert))
+        .routes(routes!(upsert, show))
         .routes(routes!(prewarm))
         .routes(routes!(audit))
         .routes(routes!(restock))
@@ -142,6 +142,27 @@ async fn upsert(
     let sku = sku_param(&raw)?;
     let changed = state.app().upsert(&sku, &body.into_definition()?).await?;
     Ok(Json(SkuView::from_change(changed)))
+}
+
+/// A sale as operators see it: also before it is launched (buyers get 404 until then).
+#[utoipa::path(get, path = "/v1/admin/skus/{sku}", tag = "admin", params(SkuPath),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    _: Admin,
+    AppPath(raw): AppPath<String>,
+) -> Result<Json<SkuView>, ApiError> {
+    super::skus::sale_view(&state, raw, super::skus::Audience::Operators)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]

@@ -86,11 +86,13 @@ fn window_contains(
     starts_at.is_none_or(|s| s <= now) && ends_at.is_none_or(|e| now < e)
 }
 
-/// A sale as buyers see it: live availability and window.
+/// A sale as buyers see it: live availability and window. A sale never launched (created, not
+/// yet pre-warmed) is not announced: its price, stock and start stay private until then (404,
+/// as for a SKU nobody created). Operators see it with `GET /v1/admin/skus/{sku}`.
 #[utoipa::path(get, path = "/v1/skus/{sku}", tag = "buyers", params(SkuPath),
     responses(
         (status = 200, description = "the sale", body = SkuView),
-        (status = 404, description = "unknown_sku", body = super::error::ErrorBody),
+        (status = 404, description = "unknown_sku (also a sale not launched yet)", body = super::error::ErrorBody),
         (status = 429, description = "rate_limited (per-client shedding); Retry-After", body = super::error::ErrorBody),
         (status = 503, description = "service_unavailable, overloaded, request_timeout; Retry-After", body = super::error::ErrorBody),
     ))]
@@ -98,11 +100,29 @@ async fn show(
     State(state): State<AppState>,
     AppPath(raw): AppPath<String>,
 ) -> Result<Json<SkuView>, ApiError> {
+    sale_view(&state, raw, Audience::Buyers).await.map(Json)
+}
+
+/// Who a sale is shown to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Audience {
+    /// Launched sales only.
+    Buyers,
+    /// Every sale, drafts included.
+    Operators,
+}
+
+/// The sale `raw` names: live from Redis when it is, else as Postgres records it.
+pub(super) async fn sale_view(
+    state: &AppState,
+    raw: String,
+    audience: Audience,
+) -> Result<SkuView, ApiError> {
     let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw.clone()))?;
     if let Some(live) = state.gate.live_sale(&sku).await? {
         let open = live.state == SaleState::Open
             && window_contains(live.starts_at, live.ends_at, Utc::now());
-        return Ok(Json(SkuView {
+        return Ok(SkuView {
             sku,
             name: live.name,
             price: live.price,
@@ -116,12 +136,13 @@ async fn show(
             state: live.state,
             live: true,
             open,
-        }));
+        });
     }
     let record = state
         .store
         .find_sku(&sku)
         .await?
+        .filter(|record| audience == Audience::Operators || record.launched_at.is_some())
         .ok_or(ApiError::UnknownSku(raw))?;
-    Ok(Json(SkuView::from_record(record)))
+    Ok(SkuView::from_record(record))
 }

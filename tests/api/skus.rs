@@ -10,11 +10,24 @@ async fn a_sku_shows_live_availability(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.put_sale("sneaker", &sale_body(10, 5)).await;
 
-    let cold: Value = app.get_json("/v1/skus/sneaker", None).await;
+    // Created, not launched: buyers learn nothing of it (price, stock, start) until the
+    // prewarm; before, it answered 200 with all three. Operators see it.
+    let cold = app.get("/v1/skus/sneaker", None).await;
+    let (status, code, _) = error_code(cold).await;
+    assert_eq!((status, code.as_str()), (404, "unknown_sku"));
+    let draft: Value = app
+        .get_json("/v1/admin/skus/sneaker", Some(crate::helpers::ADMIN_TOKEN))
+        .await;
     assert_eq!(
-        (cold["live"].clone(), cold["open"].clone()),
-        (false.into(), false.into())
+        (
+            draft["live"].clone(),
+            draft["open"].clone(),
+            draft["total"].clone()
+        ),
+        (false.into(), false.into(), 10.into())
     );
+    let anonymous = app.get("/v1/admin/skus/sneaker", None).await;
+    assert_eq!(anonymous.status(), 401);
 
     app.prewarm("sneaker", false).await;
     app.reserve("sneaker", "alice", "k", 3).await;
