@@ -1,7 +1,7 @@
 //! A buyer's calls: reserve, read, commit, release.
 
 use super::App;
-use crate::domain::{BuyerId, ReservationId, ReservationStatus};
+use crate::domain::{BuyerId, ReservationId, ReservationStatus, Sku};
 use crate::gate::{
     GateError, Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
 };
@@ -11,6 +11,14 @@ use crate::store::{MissingHold, StoreError};
 /// Longest a read or replay waits for Postgres to say whether the hold is settled; past it the
 /// answer says `settled: false`. A settled read takes about a millisecond.
 const SETTLED_LOOKUP_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Where a hold was found.
+enum Found {
+    /// In Redis, which decides its next move.
+    Live(Hold),
+    /// Only in Postgres, which has it out of `held`: nothing moves it any more.
+    Settled(Hold),
+}
 
 /// Why a buyer's call was not done.
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +119,13 @@ impl App<'_> {
         id: ReservationId,
         may_see: impl FnOnce(&BuyerId) -> bool,
     ) -> Result<(Hold, bool), HoldError> {
-        let hold = self.owned(id, may_see).await?;
-        let settled = self.is_settled(&hold).await;
-        Ok((hold, settled))
+        match self.owned(id, may_see).await? {
+            Found::Live(hold) => {
+                let settled = self.is_settled(&hold).await;
+                Ok((hold, settled))
+            }
+            Found::Settled(hold) => Ok((hold, true)),
+        }
     }
 
     /// Payment captured: `held` → `committed`, answered only once Postgres has it.
@@ -130,7 +142,11 @@ impl App<'_> {
         id: ReservationId,
         may_act: impl FnOnce(&BuyerId) -> bool,
     ) -> Result<Hold, HoldError> {
-        let mut hold = self.owned(id, may_act).await?;
+        let mut hold = match self.owned(id, may_act).await? {
+            Found::Live(hold) => hold,
+            Found::Settled(hold) if hold.status == ReservationStatus::Committed => return Ok(hold),
+            Found::Settled(hold) => return Err(HoldError::HoldIs(hold.status)),
+        };
         let through = match self.gate.transition(&hold, Transition::Commit).await? {
             TransitionOutcome::Changed {
                 to: ReservationStatus::Committed,
@@ -186,7 +202,13 @@ impl App<'_> {
         id: ReservationId,
         may_act: impl FnOnce(&BuyerId) -> bool,
     ) -> Result<(Hold, bool), HoldError> {
-        let mut hold = self.owned(id, may_act).await?;
+        let mut hold = match self.owned(id, may_act).await? {
+            Found::Live(hold) => hold,
+            Found::Settled(hold) if hold.status == ReservationStatus::Released => {
+                return Ok((hold, true));
+            }
+            Found::Settled(hold) => return Err(HoldError::HoldIs(hold.status)),
+        };
         let fresh = match self.gate.transition(&hold, Transition::Release).await? {
             TransitionOutcome::Changed {
                 to: ReservationStatus::Released,
@@ -210,17 +232,42 @@ impl App<'_> {
         Ok((hold, settled))
     }
 
+    /// The hold `id`, if `may_see` allows its buyer: from Redis while Redis keeps it, else, for
+    /// an id this deployment gave out, from Postgres once it left `held` there (Redis lets a
+    /// settled released or expired hold go after [`crate::gate::SETTLED_HOLD_GRACE`], and every
+    /// other after the idempotency window). Ids nobody was given never reach Postgres.
     async fn owned(
         &self,
         id: ReservationId,
         may_see: impl FnOnce(&BuyerId) -> bool,
-    ) -> Result<Hold, HoldError> {
-        match self.gate.hold(id).await? {
-            Some(hold) if may_see(&hold.buyer) => Ok(hold),
-            Some(_) => Err(HoldError::NotFound),
-            None if self.gate.minted(id) => Err(self.missing(id).await),
-            None => Err(HoldError::NotFound),
+    ) -> Result<Found, HoldError> {
+        let hold = match self.gate.hold(id).await? {
+            Some(hold) => Found::Live(hold),
+            None if self.gate.minted(id) => match self.settled(id).await? {
+                Some(hold) => Found::Settled(hold),
+                None => return Err(self.missing(id).await),
+            },
+            None => return Err(HoldError::NotFound),
+        };
+        let buyer = match &hold {
+            Found::Live(hold) | Found::Settled(hold) => &hold.buyer,
+        };
+        if may_see(buyer) {
+            Ok(hold)
+        } else {
+            Err(HoldError::NotFound)
         }
+    }
+
+    /// The hold as Postgres recorded it once it left `held` there, if it did.
+    async fn settled(&self, id: ReservationId) -> Result<Option<Hold>, HoldError> {
+        let Some(settled) = self.store.settled_reservation(id).await? else {
+            return Ok(None);
+        };
+        let hold = Sku::parse(&settled.sku)
+            .and_then(|sku| Hold::from_record(sku, settled.row))
+            .map_err(|e| StoreError::Corrupt(format!("reservation {id}: {e}")))?;
+        Ok(Some(hold))
     }
 
     /// A hold a gate of this deployment minted that Redis does not have: forgotten after the

@@ -166,7 +166,38 @@ impl Hold {
     }
 }
 
+/// How long Redis keeps a released or expired hold's record once Postgres has it: a retry or a
+/// read right after the release is still answered from Redis; later ones from Postgres.
+pub const SETTLED_HOLD_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Gate {
+    /// Shortens to [`SETTLED_HOLD_GRACE`] what Redis keeps of these holds, which Postgres has
+    /// moved out of `held` (released or expired): their records would otherwise stay for the
+    /// whole idempotency window (~330 B each), so reserve→release churn grew Redis by a record
+    /// per cycle. The idempotency record stays: a same-key retry is still answered for the whole
+    /// window. `LT` never lengthens a record's life. One pipelined call.
+    pub async fn forget_settled_holds(
+        &self,
+        sku: &Sku,
+        holds: &[ReservationId],
+    ) -> Result<(), GateError> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let keys = self.namespace().sku(sku);
+        let mut pipe = redis::pipe();
+        for id in holds {
+            pipe.cmd("EXPIRE")
+                .arg(keys.hold(*id))
+                .arg(SETTLED_HOLD_GRACE.as_secs())
+                .arg("LT")
+                .ignore();
+        }
+        let mut conn = self.connection().await?;
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
     /// The hold named `id`, if Redis has it.
     pub async fn hold(&self, id: ReservationId) -> Result<Option<Hold>, GateError> {
         let Some(sku) = self.sku_of_number(id.sku_number()).await? else {

@@ -34,7 +34,7 @@ pub use contract::{
     Adjusted, Fence, Refusal, ReserveOutcome, Restored, StockChange, Transition, TransitionOutcome,
 };
 pub use events::{Event, EventKind, NewHold, StreamRead};
-pub use holds::{Expiry, Hold, HoldSummary, RejectedHold};
+pub use holds::{Expiry, Hold, HoldSummary, RejectedHold, SETTLED_HOLD_GRACE};
 pub use keys::{Namespace, SkuKeys};
 pub use reserve::{ReserveRequest, fingerprint};
 pub use sale::{LiveSale, definition_meta};

@@ -752,6 +752,16 @@ impl Settler {
         if let Err(err) = self.gate.trim_events_below(sku, last).await {
             tracing::warn!(error = %err, "could not trim the event stream");
         }
+        // Postgres answers for these from now on. A failure only keeps them longer.
+        let back_on_sale: Vec<_> = applied
+            .left_held
+            .iter()
+            .filter(|(_, to)| *to != ReservationStatus::Committed)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Err(err) = self.gate.forget_settled_holds(sku, &back_on_sale).await {
+            tracing::warn!(error = %err, "could not shorten the records of settled holds");
+        }
         Ok(BatchOutcome::Applied {
             events: events.len(),
             rejected,

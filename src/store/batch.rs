@@ -20,7 +20,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::domain::{IdempotencyKey, ReservationStatus, Sku};
+use crate::domain::{IdempotencyKey, ReservationId, ReservationStatus, Sku};
 use crate::events::{
     Draft, EventFilter, Facts, RejectionFacts, ReservationFacts, SaleFacts, StockChangeFacts,
 };
@@ -50,6 +50,8 @@ impl RejectionReason {
 pub struct Applied {
     pub holds_inserted: u64,
     pub transitions: u64,
+    /// The holds this batch moved out of `held`, and where to.
+    pub left_held: Vec<(ReservationId, ReservationStatus)>,
     pub rejected: Vec<(RejectedHold, RejectionReason)>,
     /// Units of admin stock decreases Postgres could not take (Redis had drifted above
     /// Postgres): the change was applied as far as `available` allowed.
@@ -457,6 +459,7 @@ async fn apply_transitions(
             ledger.move_available(event, units);
         }
         moves.push((hold.as_uuid(), *to, event.id.to_string(), units));
+        applied.left_held.push((*hold, *to));
     }
     for to in [Committed, Released, Expired] {
         let mut units: i64 = 0;

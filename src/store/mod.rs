@@ -14,7 +14,7 @@ mod skus;
 pub use audit::Ledger;
 pub use batch::{Applied, RejectionReason};
 pub use outbox::{Backlog, Claim, OutboxRow, Sink};
-pub use reservations::{MissingHold, StoredReservation};
+pub use reservations::{MissingHold, SettledReservation, StoredReservation};
 pub use settlement::{CursorLock, CursorTurn, PendingRejection, SettlementTx, Share};
 pub use skus::SkuRecord;
 

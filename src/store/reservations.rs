@@ -37,6 +37,24 @@ impl Store {
             .transpose()
     }
 
+    /// The hold `id` as Postgres recorded it, if it left `held` there (committed, released,
+    /// expired or rejected): what answers for a hold once Redis has let its record go.
+    pub async fn settled_reservation(
+        &self,
+        id: ReservationId,
+    ) -> Result<Option<SettledReservation>, StoreError> {
+        Ok(super::timed(
+            "settled_reservation",
+            sqlx::query_as(
+                "SELECT sku, id, buyer_id, idempotency_key, quantity, unit_price, currency, status, \
+                   created_at, expires_at FROM reservations WHERE id = $1 AND status <> 'held'",
+            )
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool),
+        )
+        .await?)
+    }
+
     /// Looks for a hold Redis does not have: whether Postgres recorded it (held, settled or
     /// refused), else records it as lost — once; the answer says whether this was the first time.
     pub async fn trace_missing_hold(&self, id: ReservationId) -> Result<MissingHold, StoreError> {
@@ -100,6 +118,14 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// A hold that left `held`, as Postgres recorded it, with its SKU.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SettledReservation {
+    pub sku: String,
+    #[sqlx(flatten)]
+    pub row: StoredReservation,
 }
 
 /// A reservation row as stored, for rebuilding Redis from Postgres (resync).

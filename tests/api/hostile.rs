@@ -617,3 +617,86 @@ async fn requests_refused_before_routing_get_the_json_error_shape(pool: PgPool) 
             .starts_with("HTTP/1.1 200")
     );
 }
+
+/// A released hold's record stayed in Redis for the whole idempotency window (328 B each for
+/// 24 h, measured), so reserve→release churn grew Redis by a record per cycle. Once Postgres has
+/// the release, Redis keeps it a minute; reads, retries and commits are then answered from
+/// Postgres, and a same-key retry still replays the hold from its idempotency record.
+#[sqlx::test]
+async fn a_settled_released_hold_leaves_redis_and_is_answered_from_postgres(pool: PgPool) {
+    use flashgate::domain::{BuyerId, IdempotencyKey, ReservationId, Sku};
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let held: serde_json::Value = app
+        .reserve("sneaker", "alice", "k1", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = held["id"].as_str().expect("id").to_owned();
+    let alice = app.token("alice");
+    assert_eq!(app.act(&id, "release", &alice).await.status(), 200);
+    let sku = Sku::parse("sneaker").expect("sku");
+    app.settler().drain(&sku).await.expect("drain");
+
+    let keys = app.namespace.sku(&sku);
+    let hold_key = keys.hold(ReservationId::parse(&id).expect("id"));
+    let idempotency_key = keys.idempotency(
+        &BuyerId::parse("alice").expect("buyer"),
+        &IdempotencyKey::parse("k1").expect("key"),
+    );
+    let mut conn = app.redis_connection().await;
+    let ttl = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("TTL")
+        }
+    };
+    let hold_ttl = ttl(hold_key.clone()).await;
+    assert!(
+        (1..=60).contains(&hold_ttl),
+        "the hold's record lives {hold_ttl} s more"
+    );
+    assert!(
+        ttl(idempotency_key).await > 3000,
+        "the idempotency record keeps its window"
+    );
+
+    // As the minute's end would.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&hold_key)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let read = app
+        .get(&format!("/v1/reservations/{id}"), Some(&alice))
+        .await;
+    assert_eq!(read.status(), 200);
+    let read: serde_json::Value = read.json().await.expect("json");
+    assert_eq!(
+        (read["status"].as_str(), read["settled"].as_bool()),
+        (Some("released"), Some(true))
+    );
+    assert_eq!(read["quantity"], 1);
+    let again = app.act(&id, "release", &alice).await;
+    assert_eq!(again.status(), 200, "a repeated release is answered");
+    let commit = app.act(&id, "commit", &alice).await;
+    let (status, code, _) = error_code(commit).await;
+    assert_eq!((status, code.as_str()), (409, "released"));
+    let stranger = app
+        .get(&format!("/v1/reservations/{id}"), Some(&app.token("bob")))
+        .await;
+    assert_eq!(stranger.status(), 404, "another buyer's hold stays hidden");
+    let replay = app.reserve("sneaker", "alice", "k1", 1).await;
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: serde_json::Value = replay.json().await.expect("json");
+    assert_eq!(
+        (replay["id"].as_str(), replay["status"].as_str()),
+        (Some(id.as_str()), Some("released"))
+    );
+}
