@@ -30,6 +30,67 @@ pub enum AuthError {
     IssuedInFuture { iat: u64 },
     #[error("the token lives {lifetime} s, longer than the {max} s allowed")]
     LivesTooLong { lifetime: u64, max: u64 },
+    #[error("the token's roles name no role of this gate (buyer, payments, admin)")]
+    NoKnownRole,
+    #[error("the token names more than one role of this gate; a credential has one")]
+    SeveralRoles,
+    #[error("the token is not a buyer's")]
+    NotABuyer,
+}
+
+/// What a token lets its holder do. A token without `roles` or `scope` is a buyer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Reserves for itself, and reads, commits and releases its own holds.
+    Buyer,
+    /// The payment (or order) service: reads, commits and releases any hold; never reserves
+    /// and never touches a sale.
+    Payments,
+    /// Everything the admin token may do.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Buyer => "buyer",
+            Self::Payments => "payments",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Self::Buyer, Self::Payments, Self::Admin]
+            .into_iter()
+            .find(|role| role.as_str() == name)
+    }
+
+    /// The one role named by a token's `roles` (an array) and `scope` (space-separated, as
+    /// OAuth writes it); names of other systems are ignored.
+    fn of(claims: &Claims) -> Result<Self, AuthError> {
+        let named = claims.roles.iter().flatten().map(String::as_str);
+        let scoped = claims
+            .scope
+            .iter()
+            .flat_map(|scope| scope.split_whitespace());
+        if claims.roles.is_none() && claims.scope.is_none() {
+            return Ok(Self::Buyer);
+        }
+        let mut ours = named.chain(scoped).filter_map(Self::parse);
+        let role = ours.next().ok_or(AuthError::NoKnownRole)?;
+        if ours.any(|other| other != role) {
+            return Err(AuthError::SeveralRoles);
+        }
+        Ok(role)
+    }
+}
+
+/// Who a valid token names, and in which role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`: the buyer, or the service holding a payments or admin credential.
+    pub subject: BuyerId,
+    pub role: Role,
 }
 
 /// A secret too short to be safe; `serve` refuses to start with one.
@@ -108,11 +169,16 @@ struct Claims {
     /// A string or an array of strings; checked by jsonwebtoken against the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    roles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
-/// Signs and verifies buyer tokens; cheap to clone (the router's state is cloned per request).
+/// Signs and verifies bearer tokens (buyers', and scoped service credentials); cheap to clone
+/// (the router's state is cloned per request).
 #[derive(Clone)]
-pub struct BuyerTokens {
+pub struct BearerTokens {
     keys: std::sync::Arc<TokenKeys>,
 }
 
@@ -123,13 +189,13 @@ struct TokenKeys {
     policy: TokenPolicy,
 }
 
-impl std::fmt::Debug for BuyerTokens {
+impl std::fmt::Debug for BearerTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BuyerTokens([redacted])")
+        f.write_str("BearerTokens([redacted])")
     }
 }
 
-impl BuyerTokens {
+impl BearerTokens {
     /// Tolerated clock skew between whoever minted a token and this gate.
     const LEEWAY_SECONDS: u64 = 30;
 
@@ -168,11 +234,24 @@ impl BuyerTokens {
         }
     }
 
-    /// A token for `buyer` that expires after `ttl`, with this policy's issuer and audience.
+    /// A buyer's token for `buyer` that expires after `ttl`, with this policy's issuer and
+    /// audience.
     pub fn mint(&self, buyer: &BuyerId, ttl: Duration) -> Result<String, AuthError> {
+        self.mint_for(buyer, Role::Buyer, ttl)
+    }
+
+    /// A token naming `subject` in `role` (a buyer's carries no `roles` claim).
+    pub fn mint_for(
+        &self,
+        subject: &BuyerId,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
-            sub: buyer.as_str().to_owned(),
+            roles: (role != Role::Buyer).then(|| vec![role.as_str().to_owned()]),
+            scope: None,
+            sub: subject.as_str().to_owned(),
             iat: Some(now),
             exp: now + ttl.as_secs(),
             iss: self.keys.policy.issuer.clone(),
@@ -190,8 +269,8 @@ impl BuyerTokens {
         )?)
     }
 
-    /// The buyer a valid, unexpired token names.
-    pub fn verify(&self, token: &str) -> Result<BuyerId, AuthError> {
+    /// Who a valid, unexpired token names, and in which role.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let claims =
             jsonwebtoken::decode::<Claims>(token, &self.keys.decoding, &self.keys.validation)?
                 .claims;
@@ -206,7 +285,20 @@ impl BuyerTokens {
         if lifetime > max + Self::LEEWAY_SECONDS {
             return Err(AuthError::LivesTooLong { lifetime, max });
         }
-        BuyerId::parse(&claims.sub).map_err(AuthError::BadSubject)
+        let role = Role::of(&claims)?;
+        let subject = BuyerId::parse(&claims.sub).map_err(AuthError::BadSubject)?;
+        Ok(Principal { subject, role })
+    }
+
+    /// The buyer a valid buyer's token names; any other role is refused.
+    pub fn verify_buyer(&self, token: &str) -> Result<BuyerId, AuthError> {
+        match self.verify(token)? {
+            Principal {
+                subject,
+                role: Role::Buyer,
+            } => Ok(subject),
+            _ => Err(AuthError::NotABuyer),
+        }
     }
 }
 
@@ -261,8 +353,8 @@ pub fn admin_auth_failed(client: Option<std::net::IpAddr>, reason: &'static str)
 mod tests {
     use super::*;
 
-    fn tokens(secret: &str) -> BuyerTokens {
-        BuyerTokens::new(&SecretString::from(secret.to_owned()))
+    fn tokens(secret: &str) -> BearerTokens {
+        BearerTokens::new(&SecretString::from(secret.to_owned()))
     }
 
     fn now() -> u64 {
@@ -315,7 +407,7 @@ mod tests {
             t.verify(&with_iat),
             Err(AuthError::LivesTooLong { .. })
         ));
-        let short = BuyerTokens::with_policy(
+        let short = BearerTokens::with_policy(
             &SecretString::from("s3cret".to_owned()),
             policy(None, None, 60),
         );
@@ -335,11 +427,11 @@ mod tests {
     fn enforces_issuer_and_audience_when_configured() {
         let secret = SecretString::from("s3cret".to_owned());
         let strict =
-            BuyerTokens::with_policy(&secret, policy(Some("shop"), Some("flashgate"), 3600));
+            BearerTokens::with_policy(&secret, policy(Some("shop"), Some("flashgate"), 3600));
         let own = strict
             .mint(&buyer(), Duration::from_secs(60))
             .expect("mint");
-        assert_eq!(strict.verify(&own).expect("own token"), buyer());
+        assert_eq!(strict.verify_buyer(&own).expect("own token"), buyer());
         let claims = |iss: &str, aud: &str| {
             sign(
                 &serde_json::json!({"sub": "buyer-1", "exp": now() + 60, "iss": iss, "aud": aud}),
@@ -388,7 +480,7 @@ mod tests {
     fn a_minted_token_names_its_buyer() {
         let t = tokens("s3cret");
         let token = t.mint(&buyer(), Duration::from_secs(60)).expect("mint");
-        assert_eq!(t.verify(&token).expect("verify"), buyer());
+        assert_eq!(t.verify_buyer(&token).expect("verify"), buyer());
     }
 
     #[test]
@@ -433,6 +525,61 @@ mod tests {
         assert!(matches!(
             tokens("s3cret").verify(&token),
             Err(AuthError::BadSubject(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_has_one_role_of_ours_and_none_means_a_buyer() {
+        let tokens = tokens("a-sufficiently-long-test-secret-0123456789");
+        let role_of = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub": "svc-1", "exp": now() + 60});
+            if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+                claims.extend(extra.clone());
+            }
+            tokens
+                .verify(&sign(&claims, "a-sufficiently-long-test-secret-0123456789"))
+                .map(|principal| principal.role)
+        };
+        assert_eq!(role_of(serde_json::json!({})).ok(), Some(Role::Buyer));
+        assert_eq!(
+            role_of(serde_json::json!({"roles": ["payments"]})).ok(),
+            Some(Role::Payments)
+        );
+        assert_eq!(
+            role_of(serde_json::json!({"scope": "openid payments profile"})).ok(),
+            Some(Role::Payments)
+        );
+        assert_eq!(
+            role_of(serde_json::json!({"roles": ["admin", "auditor"]})).ok(),
+            Some(Role::Admin)
+        );
+        assert!(matches!(
+            role_of(serde_json::json!({"roles": ["auditor"]})),
+            Err(AuthError::NoKnownRole)
+        ));
+        assert!(matches!(
+            role_of(serde_json::json!({"roles": ["buyer"], "scope": "admin"})),
+            Err(AuthError::SeveralRoles)
+        ));
+    }
+
+    #[test]
+    fn a_minted_service_credential_is_no_buyers() {
+        let tokens = tokens("a-sufficiently-long-test-secret-0123456789");
+        let service = BuyerId::parse("checkout-svc").expect("subject");
+        let token = tokens
+            .mint_for(&service, Role::Payments, Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(
+            tokens.verify(&token).expect("valid"),
+            Principal {
+                subject: service,
+                role: Role::Payments
+            }
+        );
+        assert!(matches!(
+            tokens.verify_buyer(&token),
+            Err(AuthError::NotABuyer)
         ));
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::auth::BuyerTokens;
+use crate::auth::{BearerTokens, Role};
 use crate::config::{
     DatabaseConfig, HttpConfig, RedisConfig, RelayConfig, SettlerConfig, ShutdownConfig,
     TokenConfig,
@@ -130,11 +130,16 @@ pub enum Command {
         #[command(flatten)]
         redis: RedisConfig,
     },
-    /// Mint a buyer token (for tests and load runs).
+    /// Mint a token: a buyer's (for tests and load runs), or a scoped service credential
+    /// (`--role payments` for the checkout's payment service, `--role admin`).
     Token {
-        /// The buyer id the token names (its `sub`).
-        #[arg(long)]
-        buyer: String,
+        /// Who the token names (its `sub`): the buyer id, or the service holding the credential.
+        #[arg(long, visible_alias = "buyer")]
+        subject: String,
+        /// What the token may do: `buyer` (reserve, and its own holds), `payments` (read,
+        /// commit and release any hold; nothing else), `admin` (as the admin token).
+        #[arg(long, value_enum, default_value_t = Role::Buyer)]
+        role: Role,
         /// How long the token is valid, in seconds (at most FLASHGATE_JWT_MAX_LIFETIME_SECONDS).
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
@@ -496,7 +501,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token {
-            buyer,
+            subject,
+            role,
             ttl_seconds,
             tokens,
         } => {
@@ -510,9 +516,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     policy.max_lifetime.as_secs()
                 );
             }
-            let buyer = BuyerId::parse(&buyer)?;
-            let token = BuyerTokens::with_policy(&tokens.jwt_secret, policy)
-                .mint(&buyer, Duration::from_secs(ttl_seconds))?;
+            let subject = BuyerId::parse(&subject)?;
+            let token = BearerTokens::with_policy(&tokens.jwt_secret, policy).mint_for(
+                &subject,
+                role,
+                Duration::from_secs(ttl_seconds),
+            )?;
             println!("{token}");
             Ok(())
         }

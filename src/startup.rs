@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::settler::Settler;
 use crate::sweeper::Sweeper;
 
-use crate::auth::{AdminToken, BuyerTokens};
+use crate::auth::{AdminToken, BearerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, RelayConfig};
 use crate::domain::ReservationSeal;
 use crate::events::{AmqpSink, Relay, RelayStatus, WebhookSink};
@@ -228,7 +228,7 @@ impl Application {
             gate,
             store,
             settler,
-            tokens: BuyerTokens::with_policy(&http.tokens.jwt_secret, http.tokens.policy()),
+            tokens: BearerTokens::with_policy(&http.tokens.jwt_secret, http.tokens.policy()),
             admin: AdminToken::new(http.admin_token.clone()),
             admission: Admission::new(
                 http.admission(),

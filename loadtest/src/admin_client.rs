@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flashgate::auth::BuyerTokens;
+use flashgate::auth::BearerTokens;
 use flashgate::domain::BuyerId;
 use serde_json::json;
 
@@ -34,7 +34,7 @@ pub async fn open_sale(
 }
 
 /// A token for `buyer`, valid for an hour.
-pub fn buyer_token(tokens: &BuyerTokens, buyer: &str) -> anyhow::Result<String> {
+pub fn buyer_token(tokens: &BearerTokens, buyer: &str) -> anyhow::Result<String> {
     let buyer = BuyerId::parse(buyer).context("buyer id")?;
     Ok(tokens.mint(&buyer, Duration::from_secs(3600))?)
 }

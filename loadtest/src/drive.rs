@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use flashgate::auth::BuyerTokens;
+use flashgate::auth::BearerTokens;
 use flashgate::domain::BuyerId;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -191,7 +191,7 @@ fn client_address(n: usize, clients: usize) -> Option<String> {
 
 /// Runs every buyer and collects what they saw.
 pub async fn drive(config: &Config) -> anyhow::Result<Drive> {
-    let tokens = BuyerTokens::new(&config.jwt_secret);
+    let tokens = BearerTokens::new(&config.jwt_secret);
     let run: u64 = rand::random::<u32>().into();
     let minted: Vec<String> = (0..config.buyers)
         .map(|n| {

@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::ApiError;
 use super::client_addr::ClientAddr;
 use super::shedding::{AdminBackoff, ClientShedder};
-use crate::auth::BuyerTokens;
+use crate::auth::BearerTokens;
 use crate::domain::BuyerId;
 
 /// The budgets of both lanes.
@@ -205,7 +205,7 @@ impl Admission {
 /// Middleware for the new-buyer lane: shed per client, cap what one client and one buyer have
 /// in flight, read the body under its deadline, then admit within the lane's in-flight limit.
 pub async fn new_buyers(
-    State((admission, tokens)): State<(Admission, BuyerTokens)>,
+    State((admission, tokens)): State<(Admission, BearerTokens)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -229,8 +229,8 @@ pub async fn new_buyers(
     // invalid token is left to the handler: the sale view needs none, and a reserve answers it
     // 401 from its extractor.
     let mut request = request;
-    let buyer =
-        super::extract::bearer_token(request.headers()).and_then(|token| tokens.verify(token).ok());
+    let buyer = super::extract::bearer_token(request.headers())
+        .and_then(|token| tokens.verify_buyer(token).ok());
     let _buyer_place = match buyer {
         Some(buyer) => {
             request

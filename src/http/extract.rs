@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 
 use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
+use crate::auth::{Principal, Role};
 use crate::domain::{BuyerId, IdempotencyKey, Sku};
 use utoipa::openapi::Required;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
@@ -92,7 +93,8 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The buyer named by a valid `Authorization: Bearer <jwt>`.
+/// The buyer named by a valid buyer's `Authorization: Bearer <jwt>`. A valid token of another
+/// role (payments, admin) is refused 403: no service credential takes holds.
 #[derive(Debug, Clone)]
 pub struct Buyer(pub BuyerId);
 
@@ -106,7 +108,14 @@ impl FromRequestParts<AppState> for Buyer {
         }
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         match state.tokens.verify(token) {
-            Ok(buyer) => Ok(Self(buyer)),
+            Ok(Principal {
+                subject,
+                role: Role::Buyer,
+            }) => Ok(Self(subject)),
+            Ok(Principal { subject, role }) => {
+                tracing::info!(%subject, role = role.as_str(), "a service credential tried a buyer's call");
+                Err(ApiError::Forbidden)
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "buyer token refused");
                 Err(ApiError::Unauthorized)
@@ -115,7 +124,7 @@ impl FromRequestParts<AppState> for Buyer {
     }
 }
 
-/// Proof that the caller presented the admin token.
+/// Proof that the caller presented the admin token, or a valid token in the `admin` role.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
@@ -133,29 +142,50 @@ impl FromRequestParts<AppState> for Admin {
             backoff.check(client)?;
         }
         if state.admin.matches(token) {
-            Ok(Self)
-        } else {
-            crate::auth::admin_auth_failed(client.map(ClientAddr::ip), "wrong");
-            if let Some(client) = client {
-                backoff.failed(client)?;
-            }
-            Err(ApiError::Forbidden)
+            return Ok(Self);
         }
+        // A signed credential is no guess at the admin token: its role decides, without backoff.
+        if let Ok(Principal { subject, role }) = state.tokens.verify(token) {
+            return if role == Role::Admin {
+                Ok(Self)
+            } else {
+                tracing::info!(%subject, role = role.as_str(), "a credential without the admin role tried an admin call");
+                Err(ApiError::Forbidden)
+            };
+        }
+        crate::auth::admin_auth_failed(client.map(ClientAddr::ip), "wrong");
+        if let Some(client) = client {
+            backoff.failed(client)?;
+        }
+        Err(ApiError::Forbidden)
     }
 }
 
-/// Whoever may act on a hold: the buyer who owns it, or the admin.
+/// Whoever may act on a hold: the buyer who owns it, the payments service, or the admin.
 #[derive(Debug, Clone)]
 pub enum Caller {
     Buyer(BuyerId),
+    /// A `payments` credential, naming the service that holds it.
+    Payments(BuyerId),
     Admin,
+}
+
+/// As logs name the caller: `buyer:<id>`, `payments:<service>`, `admin`.
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Buyer(buyer) => write!(f, "buyer:{buyer}"),
+            Self::Payments(service) => write!(f, "payments:{service}"),
+            Self::Admin => f.write_str("admin"),
+        }
+    }
 }
 
 impl Caller {
     /// Whether this caller may see and change a hold of `owner`.
     pub fn may_act_for(&self, owner: &BuyerId) -> bool {
         match self {
-            Self::Admin => true,
+            Self::Admin | Self::Payments(_) => true,
             Self::Buyer(buyer) => buyer == owner,
         }
     }
@@ -169,10 +199,17 @@ impl FromRequestParts<AppState> for Caller {
         if state.admin.matches(token) {
             return Ok(Self::Admin);
         }
-        state.tokens.verify(token).map(Self::Buyer).map_err(|err| {
-            tracing::debug!(error = %err, "token refused");
-            ApiError::Unauthorized
-        })
+        match state.tokens.verify(token) {
+            Ok(Principal { subject, role }) => Ok(match role {
+                Role::Buyer => Self::Buyer(subject),
+                Role::Payments => Self::Payments(subject),
+                Role::Admin => Self::Admin,
+            }),
+            Err(err) => {
+                tracing::debug!(error = %err, "token refused");
+                Err(ApiError::Unauthorized)
+            }
+        }
     }
 }
 

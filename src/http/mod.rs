@@ -43,7 +43,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::{AdminToken, BuyerTokens};
+use crate::auth::{AdminToken, BearerTokens};
 use crate::gate::Gate;
 use crate::store::Store;
 
@@ -60,7 +60,7 @@ pub struct AppState {
     /// Settles synchronously where a caller must wait for Postgres (commit, resync).
     pub settler: crate::settler::Settler,
     /// Verifies buyer tokens.
-    pub tokens: BuyerTokens,
+    pub tokens: BearerTokens,
     /// The admin bearer token.
     pub admin: AdminToken,
     /// Per-client shedding and the admission lanes.
@@ -141,7 +141,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 )]
 struct ApiDoc;
 
-/// The two bearer tokens: a buyer's JWT and the admin token.
+/// The two bearer tokens: a JWT (a buyer's, or a scoped service credential) and the admin token.
 struct Tokens;
 
 impl utoipa::Modify for Tokens {
@@ -155,7 +155,10 @@ impl utoipa::Modify for Tokens {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "HS256 JWT signed with FLASHGATE_JWT_SECRET; `sub` is the buyer id",
+                        "HS256 JWT signed with FLASHGATE_JWT_SECRET; `sub` is the buyer id. A \
+                         `roles` claim (or OAuth `scope`) of `payments` makes it a service \
+                         credential that reads, commits and releases any hold and takes none; \
+                         `admin` acts as the admin token. `flashgate token --role ...` mints one",
                     ))
                     .build(),
             ),

@@ -96,6 +96,7 @@ impl ReservationView {
         (status = 201, description = "a hold (replayed with Idempotent-Replayed: true)", body = ReservationView),
         (status = 400, description = "idempotency_key_missing, idempotency_key_invalid, malformed_json, invalid_path", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: a payments or admin credential takes no holds", body = ErrorBody),
         (status = 404, description = "unknown_sku", body = ErrorBody),
         (status = 409, description = "sold_out, buyer_limit_reached, client_limit_reached, sale_not_open, sale_not_prewarmed, sale_paused", body = ErrorBody),
         (status = 413, description = "body_too_large", body = ErrorBody),
@@ -147,7 +148,7 @@ fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
     ReservationId::parse(raw).map_err(|_| ApiError::ReservationNotFound)
 }
 
-/// A buyer's own reservation (an admin token may read any).
+/// A buyer's own reservation (a payments credential or the admin may read any).
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "buyers",
     params(("id" = String, Path, format = Uuid)),
     security(("buyerToken" = []), ("adminToken" = [])),
@@ -184,7 +185,7 @@ async fn show(
         (status = 410, description = "hold_lost: this deployment gave the hold out and Redis lost it before it settled; the buyer does not have it", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(reservation = %id))]
+#[tracing::instrument(skip_all, fields(reservation = %id, caller = %caller))]
 async fn commit(
     State(state): State<AppState>,
     caller: Caller,
@@ -213,7 +214,7 @@ async fn commit(
         (status = 410, description = "hold_lost: this deployment gave the hold out and Redis lost it before it settled; the buyer does not have it", body = ErrorBody),
         (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(reservation = %id))]
+#[tracing::instrument(skip_all, fields(reservation = %id, caller = %caller))]
 async fn release(
     State(state): State<AppState>,
     caller: Caller,

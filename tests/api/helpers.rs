@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flashgate::auth::{AdminToken, BuyerTokens};
+use flashgate::auth::{AdminToken, BearerTokens};
 use flashgate::domain::{BuyerId, Sku};
 use flashgate::gate::{BuyerRate, Gate, GateSettings, Namespace, RedisSettings};
 use flashgate::http::{
@@ -261,7 +261,7 @@ pub struct TestApp {
     own_settler: Settler,
     /// What the app's `/readyz` shows of the relays a test starts ([`TestApp::relay`]).
     pub events: flashgate::events::RelayStatus,
-    tokens: BuyerTokens,
+    tokens: BearerTokens,
     /// Every server of the shared test Redis (each master of a cluster), for cleaning up: an
     /// app on a proxy wrote through it to the shared Redis; one on a private Redis leaves
     /// nothing behind when that server stops.
@@ -310,7 +310,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         settler: own_settler.clone(),
         gate: gate.clone(),
         store: store.clone(),
-        tokens: BuyerTokens::new(&secret),
+        tokens: BearerTokens::new(&secret),
         admin: AdminToken::new(SecretString::from(ADMIN_TOKEN.to_owned())),
         admission: Admission::new(
             options.admission,
@@ -359,7 +359,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         namespace,
         own_settler,
         events,
-        tokens: BuyerTokens::new(&secret),
+        tokens: BearerTokens::new(&secret),
         redis_servers: redis_url()
             .split(',')
             .map(|url| url.trim().to_owned())

@@ -89,6 +89,45 @@ fn flashgate_secret_prints_a_secret_serve_accepts() {
     assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()));
 }
 
+/// `flashgate token --role payments --subject checkout-svc` mints the payment service's
+/// credential: it commits any buyer's hold and takes none of its own.
+#[sqlx::test]
+async fn flashgate_token_mints_a_payments_credential(pool: PgPool) {
+    use crate::helpers::{error_code, sale_body, spawn_app};
+    let output = flashgate()
+        .args(["token", "--role", "payments", "--subject", "checkout-svc"])
+        .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let payments = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let held: serde_json::Value = app
+        .reserve("sneaker", "alice", "k1", 1)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = held["id"].as_str().expect("id");
+    assert_eq!(app.act(id, "commit", &payments).await.status(), 200);
+    let reserve = app
+        .client
+        .post(app.url("/v1/skus/sneaker/reservations"))
+        .bearer_auth(&payments)
+        .header("Idempotency-Key", "svc-1")
+        .json(&serde_json::json!({"quantity": 1}))
+        .send()
+        .await
+        .expect("reserve");
+    assert_eq!(error_code(reserve).await.0, 403);
+}
+
 /// A running `flashgate serve` on this test's database and a fresh Redis namespace.
 struct Served {
     child: Child,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use flashgate::auth::BuyerTokens;
+use flashgate::auth::BearerTokens;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use secrecy::{ExposeSecret, SecretString};
@@ -131,7 +131,7 @@ struct Bench {
     client: reqwest::Client,
     gates: Vec<String>,
     admin: String,
-    tokens: BuyerTokens,
+    tokens: BearerTokens,
     /// Keeps this run's sales and buyers apart from an earlier run's on the same stores.
     label: String,
 }
@@ -152,7 +152,7 @@ impl Bench {
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .collect(),
             admin: config.admin_token.expose_secret().to_owned(),
-            tokens: BuyerTokens::new(&config.jwt_secret),
+            tokens: BearerTokens::new(&config.jwt_secret),
             label: format!("{:x}", rand::random::<u32>()),
         }))
     }

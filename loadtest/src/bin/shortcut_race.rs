@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use flashgate::auth::BuyerTokens;
+use flashgate::auth::BearerTokens;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -158,7 +158,7 @@ struct Race {
     url_a: String,
     url_b: String,
     admin: String,
-    tokens: Arc<BuyerTokens>,
+    tokens: Arc<BearerTokens>,
     /// Distinguishes this run's buyers from an earlier run's on the same sale.
     label: String,
 }
@@ -191,7 +191,7 @@ impl Race {
             url_a: config.url_a.trim_end_matches('/').to_owned(),
             url_b: config.url_b.trim_end_matches('/').to_owned(),
             admin: config.admin_token.expose_secret().to_owned(),
-            tokens: Arc::new(BuyerTokens::new(&config.jwt_secret)),
+            tokens: Arc::new(BearerTokens::new(&config.jwt_secret)),
             label: format!("{:x}", rand::random::<u32>()),
         })
     }
