@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line, with
+    /// the request's span — its `request_id` — on every line logged while serving it) for a
+    /// log pipeline.
+    #[arg(long, global = true, env = "FLASHGATE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

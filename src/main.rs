@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = flashgate::cli::Cli::parse();
-    flashgate::telemetry::init();
+    flashgate::telemetry::init(cli.log_format);
     match flashgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

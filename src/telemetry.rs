@@ -1,8 +1,10 @@
 //! Logging and metrics.
 //!
 //! Logs: `tracing` to stderr, filtered by `RUST_LOG` (default `info`; lapin's per-message warning
-//! about returned messages off unless `RUST_LOG` names lapin), coloured only when stderr
-//! is a terminal (a log file or a pipe gets plain text). Metrics: the `metrics`
+//! about returned messages off unless `RUST_LOG` names lapin), as text coloured only when stderr
+//! is a terminal (a log file or a pipe gets plain text), or as one JSON object per line
+//! (`FLASHGATE_LOG_FORMAT=json`) carrying the fields of the spans it was logged in — a request's
+//! `request_id` among them. Metrics: the `metrics`
 //! facade with a Prometheus recorder, rendered at `GET /metrics`.
 
 use std::sync::OnceLock;
@@ -15,7 +17,14 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
+/// `FLASHGATE_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init(format: LogFormat) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // lapin warns with the whole message for every event the broker returns as unroutable; the
     // relay dead-letters and counts those itself (`flashgate_outbox_dead_lettered_total`), and
@@ -26,11 +35,21 @@ pub fn init() {
         filter = filter.add_directive(quiet);
     }
     // A second init (tests, embedding) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
 }
 
 /// The process's Prometheus recorder, installed on first use. There is one global recorder per

@@ -128,6 +128,66 @@ async fn flashgate_token_mints_a_payments_credential(pool: PgPool) {
     assert_eq!(error_code(reserve).await.0, 403);
 }
 
+/// `FLASHGATE_LOG_FORMAT=json`: every line is one JSON object, and a line logged while serving a
+/// request names the request's id, as a log pipeline joins them.
+#[sqlx::test]
+async fn json_logs_name_the_request_on_every_line_logged_for_it(pool: PgPool) {
+    let path = std::env::temp_dir().join(format!("flashgate-log-{}.json", uuid::Uuid::new_v4()));
+    let file = std::fs::File::create(&path).expect("log file");
+    let mut served = Served::start_with(
+        &pool,
+        0,
+        &[
+            ("FLASHGATE_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,tower_http=debug"),
+        ],
+        Stdio::from(file),
+    )
+    .await;
+    let answer = reqwest::get(format!("{}/v1/skus/nothing-here", served.base))
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 404);
+    let request_id = answer.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    served.signal("TERM");
+    served.exit(Duration::from_secs(20)).await;
+
+    let log = std::fs::read_to_string(&path).expect("log");
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["level"].is_string() && line["timestamp"].is_string())
+    );
+    let of_the_request: Vec<_> = lines
+        .iter()
+        .filter(|line| {
+            line["spans"].as_array().is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|span| span["request_id"] == request_id.as_str())
+            })
+        })
+        .collect();
+    assert!(
+        !of_the_request.is_empty(),
+        "no line names request {request_id}:\n{log}"
+    );
+    assert!(
+        of_the_request
+            .iter()
+            .any(|line| line["spans"][0]["path"] == "/v1/skus/nothing-here"),
+        "{log}"
+    );
+}
+
 /// A running `flashgate serve` on this test's database and a fresh Redis namespace.
 struct Served {
     child: Child,
@@ -136,6 +196,22 @@ struct Served {
 
 impl Served {
     async fn start(pool: &PgPool, drain_delay_ms: u64) -> Self {
+        Self::start_with(
+            pool,
+            drain_delay_ms,
+            &[("RUST_LOG", "warn")],
+            Stdio::inherit(),
+        )
+        .await
+    }
+
+    /// As [`Served::start`], with more settings and its stderr sent to `stderr`.
+    async fn start_with(
+        pool: &PgPool,
+        drain_delay_ms: u64,
+        settings: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Self {
         let port = free_port();
         let child = flashgate()
             .arg("serve")
@@ -153,8 +229,9 @@ impl Served {
                 drain_delay_ms.to_string(),
             )
             .env("FLASHGATE_SHUTDOWN_TIMEOUT_MS", "10000")
-            .env("RUST_LOG", "warn")
+            .envs(settings.iter().copied())
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn flashgate serve");
         let served = Self {
