@@ -72,6 +72,22 @@ else
   echo "(no docker compose client here: skipped)"
 fi
 
+echo "== alert rules: promtool check, promtool unit tests, and every metric they name exists"
+command -v promtool >/dev/null 2>&1 || _fg_apt_install prometheus || true
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "promtool is missing and could not be installed (apt-get install prometheus)" >&2; failed=$((failed + 1))
+elif promtool check rules ops/prometheus/alerts.yml && (cd ops/prometheus && promtool test rules alerts.test.yml); then
+  missing=$(grep -oE 'flashgate_[a-z_]+' ops/prometheus/alerts.yml | sed -E 's/_(bucket|count|sum)$//' | sort -u |
+    while read -r metric; do grep -rqF "\"$metric\"" src || echo "$metric"; done)
+  if [ -n "$missing" ]; then
+    echo "alerts.yml names metrics the gate never records: $missing" >&2; failed=$((failed + 1))
+  else
+    checks=$((checks + 1))
+  fi
+else
+  failed=$((failed + 1))
+fi
+
 echo "== nothing in the repository points outside it"
 if git grep -nE '\.\./(shared|\.library)' -- . ':!scripts/test.sh'; then
   failed=$((failed + 1))
