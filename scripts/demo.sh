@@ -33,7 +33,9 @@ flashgate=$bin/flashgate
 
 # Afresh: the demo's database and namespace only, never anything else on these servers.
 if command -v psql >/dev/null 2>&1; then
-  psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_demo WITH (FORCE)" >/dev/null
+  # No NOTICE "database does not exist, skipping" on a first run.
+  PGOPTIONS='-c client_min_messages=warning' \
+    psql "$FLASHGATE_PG_SERVER/postgres" -qc "DROP DATABASE IF EXISTS flashgate_demo WITH (FORCE)" >/dev/null
 else
   echo "demo: no psql here, so the database flashgate_demo is reused (its sale is reset below)" >&2
 fi
@@ -45,8 +47,10 @@ flashgate_delete_namespace demo ||
   --stock 100 --per-buyer-limit 2 --hold-ttl-seconds 300
 "$flashgate" prewarm --sku demo-sneaker --force
 
-alice=$("$flashgate" token --buyer alice)
-bob=$("$flashgate" token --buyer bob)
+token_ttl_seconds=3600
+alice=$("$flashgate" token --buyer alice --ttl-seconds "$token_ttl_seconds")
+bob=$("$flashgate" token --buyer bob --ttl-seconds "$token_ttl_seconds")
+valid_until=$(date -d "+$token_ttl_seconds seconds" '+%H:%M' 2>/dev/null || echo "an hour from now")
 cat <<MSG
 
 flashgate is starting on http://$FLASHGATE_LISTEN with the sale "demo-sneaker" (Ctrl-C stops it).
@@ -63,6 +67,9 @@ export FLASHGATE_AMQP_URL="$FLASHGATE_AMQP_URL"
 export FLASHGATE_AMQP_EXCHANGE=$FLASHGATE_AMQP_EXCHANGE
 export ALICE="$alice"
 export BOB="$bob"
+
+ALICE and BOB are buyer tokens valid until $valid_until (1 h); mint fresh ones with
+flashgate token --buyer alice
 
 The load test against this demo (its own sale, 2,000 buyers over 1,000 client addresses):
 

@@ -25,10 +25,10 @@ pub struct Config {
     /// Create (or reset) the sale through the admin API and pre-warm it with --force first.
     #[arg(long)]
     pub create: bool,
-    /// Units on sale (with --create).
+    /// Units on sale (with --create; without it, the sale's units available at the start).
     #[arg(long, default_value_t = 100)]
     pub stock: u32,
-    /// Per-buyer limit (with --create).
+    /// Per-buyer limit (with --create; without it, the sale's).
     #[arg(long, default_value_t = 1)]
     pub per_buyer_limit: u32,
     /// Hold TTL in seconds (with --create).

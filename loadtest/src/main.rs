@@ -32,13 +32,25 @@ async fn main() -> ExitCode {
 }
 
 /// Returns whether the verdict passed.
-async fn run(config: config::Config) -> anyhow::Result<bool> {
+async fn run(mut config: config::Config) -> anyhow::Result<bool> {
     let admin = drive::Admin::new(&config)?;
     if config.create {
         admin
             .create_sale(&config)
             .await
             .context("cannot create the sale")?;
+    } else {
+        // An existing sale: its units on sale now and its limit are what the run is judged
+        // against, not the defaults of --stock and --per-buyer-limit.
+        let sale = admin.sale().await.context("cannot read the sale")?;
+        let number = |field: &str| {
+            sale[field]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .with_context(|| format!("the sale's {field} is not a count: {}", sale[field]))
+        };
+        config.stock = number("available")?;
+        config.per_buyer_limit = number("per_buyer_limit")?;
     }
     use secrecy::ExposeSecret as _;
     let database_url = config

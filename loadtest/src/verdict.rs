@@ -61,15 +61,18 @@ pub fn judge(
         backlog == 0,
         format!("backlog {backlog}"),
     ));
-    let negative: Vec<String> = ["available", "reserved", "sold", "redis_stock"]
+    let stocks = ["available", "reserved", "sold", "redis_stock"];
+    let none_negative = stocks
         .iter()
-        .filter(|f| audit[**f].as_i64().is_some_and(|v| v < 0))
-        .map(|f| format!("{f} = {}", audit[*f]))
+        .all(|f| audit[*f].as_i64().is_none_or(|v| v >= 0));
+    let values: Vec<String> = stocks
+        .iter()
+        .map(|f| format!("{} {}", f.replace('_', " "), audit[*f]))
         .collect();
     findings.push(finding(
         "no stock is negative anywhere",
-        negative.is_empty(),
-        negative.join(", "),
+        none_negative,
+        values.join(", "),
     ));
 
     // Holds the gate itself found lost (an id it gave out came back and neither store had it).
