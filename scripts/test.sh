@@ -88,6 +88,9 @@ else
   failed=$((failed + 1))
 fi
 
+echo "== Kubernetes manifests: API schemas (1.29, 1.37, strict) and how they fit together, offline"
+if ./scripts/kubernetes-check.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
+
 echo "== nothing in the repository points outside it"
 if git grep -nE '\.\./(shared|\.library)' -- . ':!scripts/test.sh'; then
   failed=$((failed + 1))
