@@ -188,6 +188,30 @@ async fn json_logs_name_the_request_on_every_line_logged_for_it(pool: PgPool) {
     );
 }
 
+/// A dashboard or an alert on a fresh gate finds its metrics at zero, each with `# HELP`, rather
+/// than nothing until the first event (before: a fresh gate showed none of them).
+#[sqlx::test]
+async fn a_fresh_gate_shows_its_metrics_at_zero_with_help(pool: PgPool) {
+    let served = Served::start(&pool, 0).await;
+    let text = reqwest::get(format!("{}/metrics", served.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in flashgate::telemetry::shown_from_start() {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{'])),
+            "no sample of {name}"
+        );
+    }
+}
+
 /// A running `flashgate serve` on this test's database and a fresh Redis namespace.
 struct Served {
     child: Child,
