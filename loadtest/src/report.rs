@@ -99,7 +99,7 @@ fn timeline(samples: &[Sample]) -> (f64, Vec<(String, Vec<u64>)>) {
     let width = end / SLOTS as f64;
     let mut series: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for s in samples {
-        let label = format!("{} {}", op_name(s.op), s.outcome);
+        let label = outcome_label(s);
         let slot = ((s.at.as_secs_f64() / width) as usize).min(SLOTS - 1);
         series.entry(label).or_insert_with(|| vec![0; SLOTS])[slot] += 1;
     }
@@ -127,15 +127,59 @@ fn ms(micros: u64) -> f64 {
     (micros as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
-fn colour(sample: &Sample) -> &'static str {
-    match (sample.op, sample.status) {
-        (Op::Commit, _) => "#1f77b4",
-        (Op::Release, _) => "#9467bd",
-        (_, Some(201)) => "#2ca02c",
-        (_, Some(409)) => "#ff7f0e",
-        (_, Some(s)) if s >= 500 => "#d62728",
-        (_, Some(_)) => "#8c564b",
-        (_, None) => "#d62728",
+/// What a sample is called in the charts and the legend: its operation and outcome.
+fn outcome_label(sample: &Sample) -> String {
+    format!("{} {}", op_name(sample.op), sample.outcome)
+}
+
+/// One colour per outcome label, the same in every chart. The usual outcomes keep a colour of
+/// their own from run to run (a hold green, sold out orange, a commit blue, a release purple);
+/// the others take the rest of the palette in the timeline's (sorted) order, server errors and
+/// transport failures in shades of red.
+fn colour_of(labels: &[(String, Vec<u64>)], label: &str) -> &'static str {
+    const FIXED: [(&str, &str); 4] = [
+        ("reserve 201", "#2ca02c"),
+        ("reserve 409 sold_out", "#ff7f0e"),
+        ("commit 200", "#1f77b4"),
+        ("release 200", "#9467bd"),
+    ];
+    const OTHERS: [&str; 8] = [
+        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39",
+    ];
+    const FAILURES: [&str; 3] = ["#d62728", "#ff9896", "#a50f15"];
+    if let Some((_, colour)) = FIXED.iter().find(|(fixed, _)| *fixed == label) {
+        return colour;
+    }
+    let is_failure = |l: &str| {
+        l.split_whitespace()
+            .nth(1)
+            .is_none_or(|status| status.starts_with('5') || !status.starts_with(char::is_numeric))
+    };
+    let rank = |failure: bool| {
+        labels
+            .iter()
+            .map(|(l, _)| l.as_str())
+            .filter(|l| !FIXED.iter().any(|(fixed, _)| fixed == l) && is_failure(l) == failure)
+            .position(|l| l == label)
+            .unwrap_or(0)
+    };
+    if is_failure(label) {
+        FAILURES[rank(true) % FAILURES.len()]
+    } else {
+        OTHERS[rank(false) % OTHERS.len()]
+    }
+}
+
+/// The chart's legend: each outcome in its colour, down the right edge.
+fn legend(svg: &mut String, labels: &[(String, Vec<u64>)], x: f64, top: f64) {
+    for (n, (label, _)) in labels.iter().enumerate() {
+        let _ = write!(
+            svg,
+            "<text x=\"{x}\" y=\"{}\" font-size=\"11\" fill=\"{}\">{}</text>",
+            top + 14.0 * n as f64,
+            colour_of(labels, label),
+            escape(label)
+        );
     }
 }
 
@@ -228,6 +272,7 @@ impl Report {
             })),
         });
 
+        let timeline = timeline(&drive.samples);
         let stride = (drive.samples.len() / 4_000).max(1);
         let points = drive
             .samples
@@ -237,7 +282,7 @@ impl Report {
                 (
                     s.at.as_secs_f64(),
                     s.latency.as_secs_f64() * 1000.0,
-                    colour(s),
+                    colour_of(&timeline.1, &outcome_label(s)),
                 )
             })
             .collect();
@@ -265,7 +310,7 @@ impl Report {
             verdict,
             points,
             buckets,
-            timeline: timeline(&drive.samples),
+            timeline,
             event_lags: events.map(|t| t.lags.clone()).unwrap_or_default(),
         }
     }
@@ -431,8 +476,9 @@ impl Report {
              td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:nth-child(2),td:first-child{{text-align:left}}\
              .pass{{color:#2ca02c}} .fail{{color:#d62728;font-weight:bold}} pre{{background:#f6f6f6;padding:1em}}</style></head><body>\
              <h1>flashgate load test — {}</h1><h2>Verdict: {}</h2><ul>{findings}</ul>\
-             <h2>Latency over time</h2><p>Each dot is a request (sampled to at most 4,000): green 201, orange 409, red 5xx or \
-             transport error, blue commit, purple release. Log scale.</p>{}\
+             <h2>Latency over time</h2><p>Each dot is a request (sampled to at most 4,000), coloured by \
+             outcome as the legend says: a hold green, sold out orange, a commit blue, a release purple, server \
+             errors and transport failures red; an outcome has the same colour in every chart. Log scale.</p>{}\
              <h2>Answers over time, by outcome</h2><p>Requests started in each of {} slots of {:.2} s.</p>{}\
              {}\
              <h2>Reserve latency histogram</h2>{}\
@@ -517,9 +563,6 @@ impl Report {
 
     /// One line per outcome: answers started per slot.
     fn timeline_svg(&self) -> String {
-        const PALETTE: [&str; 8] = [
-            "#2ca02c", "#ff7f0e", "#1f77b4", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#7f7f7f",
-        ];
         let (w, h, pad) = (900.0, 260.0, 40.0);
         let (_, series) = &self.timeline;
         let max = series
@@ -538,8 +581,7 @@ impl Report {
             y(max) + 4.0,
             y(0) + 4.0
         );
-        for (n, (label, counts)) in series.iter().enumerate() {
-            let colour = PALETTE[n % PALETTE.len()];
+        for (label, counts) in series {
             let points: Vec<String> = counts
                 .iter()
                 .enumerate()
@@ -547,20 +589,27 @@ impl Report {
                 .collect();
             let _ = write!(
                 svg,
-                "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>\
-                 <text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{colour}\">{}</text>",
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"/>",
                 points.join(" "),
-                w - 150.0,
-                pad + 14.0 * n as f64,
-                escape(label)
+                colour_of(series, label)
             );
         }
-        svg.push_str("</svg>");
+        legend(&mut svg, series, w - 150.0, pad);
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"14\" font-size=\"11\">answers per {:.2} s slot</text>\
+             <text x=\"{}\" y=\"{}\" font-size=\"11\">time since start (s), 0 – {:.2}</text></svg>",
+            self.timeline.0,
+            w / 2.0 - 120.0,
+            h - 8.0,
+            self.timeline.0 * SLOTS as f64
+        );
         svg
     }
 
     fn scatter_svg(&self) -> String {
-        let (w, h, pad) = (900.0, 360.0, 50.0);
+        let (w, h, pad) = (1060.0, 360.0, 50.0);
+        let plot_w = 900.0;
         let max_t = self.points.iter().map(|p| p.0).fold(0.001, f64::max);
         let (lo, hi) = (0.1f64.log10(), 10_000f64.log10());
         let y = |ms: f64| {
@@ -573,22 +622,24 @@ impl Report {
             let _ = write!(
                 svg,
                 "<line x1=\"{pad}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#eee\"/><text x=\"4\" y=\"{:.1}\" font-size=\"11\">{decade} ms</text>",
-                w - 10.0,
+                plot_w - 10.0,
                 y0 + 4.0
             );
         }
         for (t, l, c) in &self.points {
-            let x = pad + t / max_t * (w - pad - 10.0);
+            let x = pad + t / max_t * (plot_w - pad - 10.0);
             let _ = write!(
                 svg,
                 "<circle cx=\"{x:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"{c}\" fill-opacity=\"0.6\"/>",
                 y(*l)
             );
         }
+        legend(&mut svg, &self.timeline.1, plot_w + 10.0, pad);
         let _ = write!(
             svg,
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\">time since start (s), 0 – {max_t:.2}</text></svg>",
-            w / 2.0 - 80.0,
+            "<text x=\"4\" y=\"14\" font-size=\"11\">latency, ms (log scale)</text>\
+             <text x=\"{}\" y=\"{}\" font-size=\"11\">time since start (s), 0 – {max_t:.2}</text></svg>",
+            plot_w / 2.0 - 80.0,
             h - 10.0
         );
         svg
@@ -619,7 +670,8 @@ impl Report {
         }
         let _ = write!(
             svg,
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\">reserve latency, ms (log buckets)</text></svg>",
+            "<text x=\"4\" y=\"14\" font-size=\"11\">reserves (tallest: {max})</text>\
+             <text x=\"{}\" y=\"{}\" font-size=\"11\">reserve latency, ms (log buckets)</text></svg>",
             w / 2.0 - 80.0,
             h - 5.0
         );
