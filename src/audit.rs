@@ -109,7 +109,10 @@ fn pending(invariant: u8, name: &'static str, backlog: usize) -> Check {
         invariant,
         name,
         verdict: Verdict::Pending,
-        detail: format!("{backlog} event(s) not settled yet"),
+        detail: format!(
+            "not judged yet: {backlog} decision(s) are still on their way to Postgres \
+             (the settler applies them within milliseconds; audit again)"
+        ),
     }
 }
 

@@ -206,7 +206,7 @@ async fn last_audit(state: &AppState, sku: &Sku) -> Option<AuditNow> {
                     .checks
                     .iter()
                     .filter(|c| c.verdict != Verdict::Held)
-                    .map(|c| format!("{}. {}", c.invariant, c.detail))
+                    .map(|c| format!("invariant {} ({}): {}", c.invariant, c.name, c.detail))
                     .collect(),
             };
             audits

@@ -68,6 +68,12 @@ try {
   await new Promise((r) => setTimeout(r, 6000));
   await page.screenshot({ path: screenshot, fullPage: true });
   check(true, "screenshot kept: " + screenshot);
+  const scale = await card.locator('[data-name="chart-held"] .hint').textContent();
+  check(/top of the chart [0-9.,]+\/s, bottom 0/.test(scale), "a chart says its scale: " + scale);
+  // The badge follows the stock: shown exactly when Redis has none left.
+  const soldOut = await card.locator('[data-name="sold-out"]').count();
+  const left = await number("redis_stock");
+  check((left === 0) === (soldOut === 1), `the sold-out badge (${soldOut}) matches the stock left (${left})`);
 
   // Pause, resume and restock ask first: a framed or mistaken click changes nothing.
   const questions = [];
