@@ -94,7 +94,75 @@ impl Call {
 pub fn record(sku: &Sku, outcome: Outcome, count: u64) {
     metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
         .increment(count);
-    pulse().sale(sku).counts[outcome.index()].fetch_add(count, Ordering::Relaxed);
+    let sale = pulse().sale(sku);
+    sale.counts[outcome.index()].fetch_add(count, Ordering::Relaxed);
+    sale.history.record(unix_second(), outcome, count);
+}
+
+/// Seconds of per-second history kept for the console's charts: five minutes.
+pub const HISTORY_SECONDS: usize = 300;
+
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Counts per outcome for each of the last [`HISTORY_SECONDS`] seconds, in a ring indexed by the
+/// Unix second, so that a console opened after a sell-out still draws the last five minutes.
+/// Lock-free on the recording path: a slot found holding an older second is claimed by one
+/// caller and cleared; an increment racing that clear at the turn of a second may be lost, which
+/// a chart can bear (the totals in `counts` are exact).
+struct History {
+    seconds: [AtomicU64; HISTORY_SECONDS],
+    counts: [[AtomicU64; Outcome::ALL.len()]; HISTORY_SECONDS],
+}
+
+impl History {
+    fn new() -> Self {
+        Self {
+            seconds: std::array::from_fn(|_| AtomicU64::new(0)),
+            counts: std::array::from_fn(|_| Default::default()),
+        }
+    }
+
+    fn record(&self, second: u64, outcome: Outcome, count: u64) {
+        let slot = (second % HISTORY_SECONDS as u64) as usize;
+        let held = self.seconds[slot].load(Ordering::Acquire);
+        if held != second
+            && self.seconds[slot]
+                .compare_exchange(held, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            for counter in &self.counts[slot] {
+                counter.store(0, Ordering::Relaxed);
+            }
+        }
+        self.counts[slot][outcome.index()].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Per outcome, the counts of the [`HISTORY_SECONDS`] whole seconds before `now` (the
+    /// current one is still filling), oldest first; a second nothing happened in counts 0.
+    fn last_seconds(&self, now: u64) -> HashMap<Outcome, Vec<u64>> {
+        let mut series: HashMap<Outcome, Vec<u64>> = Outcome::ALL
+            .iter()
+            .map(|o| (*o, Vec::with_capacity(HISTORY_SECONDS)))
+            .collect();
+        for back in (1..=HISTORY_SECONDS as u64).rev() {
+            let second = now.saturating_sub(back);
+            let slot = (second % HISTORY_SECONDS as u64) as usize;
+            let current = self.seconds[slot].load(Ordering::Acquire) == second;
+            for outcome in Outcome::ALL {
+                let count = if current {
+                    self.counts[slot][outcome.index()].load(Ordering::Relaxed)
+                } else {
+                    0
+                };
+                series.entry(outcome).or_default().push(count);
+            }
+        }
+        series
+    }
 }
 
 /// Records how long a buyer's `call` on `sku` took, answered as it was.
@@ -117,6 +185,9 @@ pub fn record_latency(sku: &Sku, call: Call, took: Duration) {
 pub struct SalePulse {
     /// Totals since this process started, by outcome; the console turns them into rates.
     pub counts: HashMap<Outcome, u64>,
+    /// Per outcome, how many happened in each of the last 300 whole seconds, oldest first: the
+    /// console draws its five-minute charts from it, also when opened after the sale.
+    pub per_second: HashMap<Outcome, Vec<u64>>,
     /// p50 and p99 over the last 10 to 20 seconds, in ms; `None` without calls.
     pub reserve_ms: Option<Percentiles>,
     pub commit_ms: Option<Percentiles>,
@@ -143,6 +214,7 @@ pub fn snapshot(sku: &Sku) -> SalePulse {
             .iter()
             .map(|o| (*o, sale.counts[o.index()].load(Ordering::Relaxed)))
             .collect(),
+        per_second: sale.history.last_seconds(unix_second()),
         reserve_ms: percentiles(&sale.reserve),
         commit_ms: percentiles(&sale.commit),
     }
@@ -155,6 +227,7 @@ struct Pulse {
 
 struct Sale {
     counts: [AtomicU64; Outcome::ALL.len()],
+    history: History,
     reserve: Mutex<Window>,
     commit: Mutex<Window>,
 }
@@ -181,6 +254,7 @@ impl Pulse {
             .or_insert_with(|| {
                 Arc::new(Sale {
                     counts: Default::default(),
+                    history: History::new(),
                     reserve: Mutex::new(Window::new()),
                     commit: Mutex::new(Window::new()),
                 })
@@ -262,5 +336,26 @@ mod tests {
         assert!((98.0..=100.5).contains(&reserve.p99), "{reserve:?}");
         assert!(seen.commit_ms.is_none());
         assert_eq!(snapshot(&other).counts[&Outcome::Held], 0);
+    }
+
+    #[test]
+    fn history_keeps_five_minutes_of_whole_seconds() {
+        let history = History::new();
+        let start = 1_000_000;
+        history.record(start, Outcome::Held, 2);
+        history.record(start, Outcome::Held, 1);
+        history.record(start + 1, Outcome::SoldOut, 5);
+        history.record(start + 2, Outcome::Held, 7); // still filling when read below
+        let seen = history.last_seconds(start + 2);
+        let held = &seen[&Outcome::Held];
+        assert_eq!(held.len(), HISTORY_SECONDS);
+        assert_eq!(&held[HISTORY_SECONDS - 2..], &[3, 0]);
+        assert_eq!(seen[&Outcome::SoldOut][HISTORY_SECONDS - 1], 5);
+        // Five minutes on, the slot of `start` holds a new second: the old counts are gone.
+        let later = start + HISTORY_SECONDS as u64;
+        history.record(later, Outcome::Held, 1);
+        let seen = history.last_seconds(later + 1);
+        assert_eq!(seen[&Outcome::Held][HISTORY_SECONDS - 1], 1);
+        assert_eq!(seen[&Outcome::Held].iter().sum::<u64>(), 1 + 7);
     }
 }

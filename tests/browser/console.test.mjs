@@ -70,6 +70,17 @@ try {
   check(true, "screenshot kept: " + screenshot);
   const scale = await card.locator('[data-name="chart-held"] .hint').textContent();
   check(/top of the chart [0-9.,]+\/s, bottom 0/.test(scale), "a chart says its scale: " + scale);
+  // The gate keeps the charts' five minutes: a console opened now still draws the run.
+  const late = await browser.newPage();
+  await late.goto(base + "/console");
+  await late.fill("#token", token);
+  await late.click("#sign-in");
+  const lateCard = late.locator(`section.sale[data-sku="${sku}"]`);
+  await lateCard.waitFor({ timeout: 15000 });
+  const lateScale = await lateCard.locator('[data-name="chart-held"] .hint').textContent();
+  const top = Number((lateScale.match(/top of the chart ([0-9.,]+)\/s/) || ["", "0"])[1].replace(/,/g, ""));
+  check(top > 1, "a console opened after the holds still charts them: " + lateScale);
+  await late.close();
   // The badge follows the stock: shown exactly when Redis has none left.
   const soldOut = await card.locator('[data-name="sold-out"]').count();
   const left = await number("redis_stock");
