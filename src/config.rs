@@ -224,6 +224,9 @@ pub struct HttpConfig {
     /// Buyer tokens: secret, issuer, audience, lifetime.
     #[command(flatten)]
     pub tokens: TokenConfig,
+    /// Your identity provider's signing keys.
+    #[command(flatten)]
+    pub jwks: JwksConfig,
     /// Bearer token for `/v1/admin/...`: at least 32 characters.
     #[arg(long, env = "FLASHGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: SecretString,
@@ -358,6 +361,50 @@ impl TokenConfig {
             issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
             max_lifetime: Duration::from_secs(self.jwt_max_lifetime_seconds.max(1)),
+        }
+    }
+}
+
+/// Your identity provider's keys, for the tokens it signs (RS256, ES256, EdDSA).
+#[derive(Debug, Clone, Args)]
+pub struct JwksConfig {
+    /// URL of the provider's JSON Web Key Set (its `jwks_uri`). Requires FLASHGATE_JWT_ISSUER
+    /// and FLASHGATE_JWT_AUDIENCE: a provider's keys sign tokens for every application it serves.
+    #[arg(long, env = "FLASHGATE_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+    /// A JSON Web Key Set in a file instead (re-read like the URL).
+    #[arg(long, env = "FLASHGATE_JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// How often the key set is read again, in seconds.
+    #[arg(long, env = "FLASHGATE_JWKS_REFRESH_SECONDS", default_value_t = 300)]
+    pub jwks_refresh_seconds: u64,
+    /// Least time between two reads asked for by tokens naming an unknown `kid` (rotation), in
+    /// seconds: forged `kid`s cannot make the gate hammer the provider.
+    #[arg(long, env = "FLASHGATE_JWKS_MIN_REFRESH_SECONDS", default_value_t = 30)]
+    pub jwks_min_refresh_seconds: u64,
+    /// How long the last keys read stay in use while the provider cannot be read, in seconds;
+    /// past it, the provider's tokens are refused.
+    #[arg(long, env = "FLASHGATE_JWKS_MAX_STALE_SECONDS", default_value_t = 3600)]
+    pub jwks_max_stale_seconds: u64,
+}
+
+impl JwksConfig {
+    /// Where the key set comes from, if one is configured (an empty value is none).
+    pub fn source(&self) -> Option<crate::auth::JwksSource> {
+        if let Some(url) = self.jwks_url.as_ref().filter(|u| !u.is_empty()) {
+            return Some(crate::auth::JwksSource::Url(url.clone()));
+        }
+        self.jwks_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| crate::auth::JwksSource::File(p.clone()))
+    }
+
+    pub fn timing(&self) -> crate::auth::JwksTiming {
+        crate::auth::JwksTiming {
+            refresh: Duration::from_secs(self.jwks_refresh_seconds.max(1)),
+            min_refresh: Duration::from_secs(self.jwks_min_refresh_seconds),
+            max_stale: Duration::from_secs(self.jwks_max_stale_seconds.max(1)),
         }
     }
 }

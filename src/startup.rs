@@ -224,11 +224,26 @@ impl Application {
                 })?),
                 None => None,
             };
+        let mut tokens = BearerTokens::with_policy(&http.tokens.jwt_secret, http.tokens.policy());
+        if let Some(source) = http.jwks.source() {
+            let policy = http.tokens.policy();
+            if policy.issuer.is_none() || policy.audience.is_none() {
+                anyhow::bail!(
+                    "FLASHGATE_JWKS_URL / FLASHGATE_JWKS_FILE need FLASHGATE_JWT_ISSUER and \
+                     FLASHGATE_JWT_AUDIENCE: an identity provider's keys sign tokens for every \
+                     application it serves, so the gate must check that a token is meant for it"
+                );
+            }
+            let jwks = crate::auth::Jwks::load(source, http.jwks.timing())
+                .await
+                .context("cannot load the identity provider's keys")?;
+            tokens = tokens.with_jwks(jwks);
+        }
         let state = AppState {
             gate,
             store,
             settler,
-            tokens: BearerTokens::with_policy(&http.tokens.jwt_secret, http.tokens.policy()),
+            tokens,
             admin: AdminToken::new(http.admin_token.clone()),
             admission: Admission::new(
                 http.admission(),

@@ -24,6 +24,7 @@ mod event_faults;
 mod events;
 mod faults;
 mod hostile;
+mod identity_provider;
 mod reserve;
 mod settlement;
 mod skus;

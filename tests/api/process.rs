@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, PrivateRedis, database_url, free_port, redis_url};
 
-fn flashgate() -> Command {
+pub(crate) fn flashgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
 }
 
@@ -213,9 +213,9 @@ async fn a_fresh_gate_shows_its_metrics_at_zero_with_help(pool: PgPool) {
 }
 
 /// A running `flashgate serve` on this test's database and a fresh Redis namespace.
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Served {
@@ -230,7 +230,7 @@ impl Served {
     }
 
     /// As [`Served::start`], with more settings and its stderr sent to `stderr`.
-    async fn start_with(
+    pub(crate) async fn start_with(
         pool: &PgPool,
         drain_delay_ms: u64,
         settings: &[(&str, &str)],

@@ -1,8 +1,10 @@
 //! Who is calling: buyer tokens and the admin token.
 //!
-//! A buyer token is a JWT signed with HS256 under `FLASHGATE_JWT_SECRET`; its `sub` is the buyer
-//! id and it must carry `exp`. Only HS256 is accepted, so `alg: none` and algorithm-confusion
-//! tokens fail verification. `nbf` and `iat` may not lie in the future, a token may not live
+//! A buyer token is a JWT signed with HS256 under `FLASHGATE_JWT_SECRET` or, when a key set is
+//! configured (`jwks`), with RS256, ES256 or EdDSA by the identity provider's key its `kid`
+//! names; its `sub` is the buyer id and it must carry `exp`. Each key verifies with its own
+//! algorithm only, and the secret only HS256, so `alg: none` and algorithm-confusion tokens fail
+//! verification. `nbf` and `iat` may not lie in the future, a token may not live
 //! longer than the configured maximum, and `iss` / `aud` are enforced when configured. The admin
 //! token is a shared secret compared in constant time; failed admin attempts are logged (at most
 //! once a second) and counted.
@@ -18,6 +20,9 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use crate::domain::BuyerId;
+
+mod jwks;
+pub use jwks::{Jwks, JwksError, JwksSource, JwksTiming};
 
 /// Why a token was refused. The variants are for logs; callers see one 401.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,12 @@ pub enum AuthError {
     SeveralRoles,
     #[error("the token is not a buyer's")]
     NotABuyer,
+    #[error("the token names no key (kid)")]
+    NoKeyId,
+    #[error("the identity provider's key set has no key {0} (or its keys are stale)")]
+    UnknownKey(String),
+    #[error("the token says {token:?} but its key verifies {key:?} only")]
+    AlgorithmMismatch { token: Algorithm, key: Algorithm },
 }
 
 /// What a token lets its holder do. A token without `roles` or `scope` is a buyer's.
@@ -180,6 +191,8 @@ struct Claims {
 #[derive(Clone)]
 pub struct BearerTokens {
     keys: std::sync::Arc<TokenKeys>,
+    /// The identity provider's keys, when configured.
+    jwks: Option<Jwks>,
 }
 
 struct TokenKeys {
@@ -231,7 +244,14 @@ impl BearerTokens {
                 validation,
                 policy,
             }),
+            jwks: None,
         }
+    }
+
+    /// Also accepts tokens the identity provider signs with a key of `jwks`.
+    pub fn with_jwks(mut self, jwks: Jwks) -> Self {
+        self.jwks = Some(jwks);
+        self
     }
 
     /// A buyer's token for `buyer` that expires after `ttl`, with this policy's issuer and
@@ -271,9 +291,31 @@ impl BearerTokens {
 
     /// Who a valid, unexpired token names, and in which role.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims =
-            jsonwebtoken::decode::<Claims>(token, &self.keys.decoding, &self.keys.validation)?
-                .claims;
+        let header = jsonwebtoken::decode_header(token)?;
+        let claims = match (header.alg, &self.jwks) {
+            (Algorithm::HS256, _) => {
+                jsonwebtoken::decode::<Claims>(token, &self.keys.decoding, &self.keys.validation)?
+                    .claims
+            }
+            (alg, Some(jwks)) => {
+                let kid = header.kid.ok_or(AuthError::NoKeyId)?;
+                let key = jwks.key(&kid).ok_or(AuthError::UnknownKey(kid))?;
+                if key.algorithm != alg {
+                    return Err(AuthError::AlgorithmMismatch {
+                        token: alg,
+                        key: key.algorithm,
+                    });
+                }
+                let mut validation = self.keys.validation.clone();
+                validation.algorithms = vec![key.algorithm];
+                jsonwebtoken::decode::<Claims>(token, &key.key, &validation)?.claims
+            }
+            (_, None) => {
+                return Err(AuthError::Invalid(
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm.into(),
+                ));
+            }
+        };
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(iat) = claims.iat
             && iat > now + Self::LEEWAY_SECONDS
