@@ -47,12 +47,25 @@ fn provider_key(kid: &str, algorithm: Algorithm) -> (EncodingKey, Jwk) {
             "ec_paramgen_curve:P-256",
         ],
         Algorithm::EdDSA => &["genpkey", "-algorithm", "ED25519"],
+        Algorithm::RS256 => &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
         other => panic!("no test key for {other:?}"),
     };
     let pem = openssl(generate, b"");
     let der = openssl(&["pkcs8", "-topk8", "-nocrypt", "-outform", "DER"], &pem);
     let (key, mut jwk) = if algorithm == Algorithm::ES256 {
         let key = EncodingKey::from_ec_der(&der);
+        let jwk = Jwk::from_encoding_key(&key, algorithm).expect("jwk");
+        (key, jwk)
+    } else if algorithm == Algorithm::RS256 {
+        // jsonwebtoken reads RSA keys as PKCS#1.
+        let pkcs1 = openssl(&["pkey", "-traditional", "-outform", "DER"], &pem);
+        let key = EncodingKey::from_rsa_der(&pkcs1);
         let jwk = Jwk::from_encoding_key(&key, algorithm).expect("jwk");
         (key, jwk)
     } else {
@@ -127,13 +140,14 @@ async fn reserve(client: &reqwest::Client, base: &str, token: &str, key: &str) -
         .as_u16()
 }
 
-/// The provider's ES256 and (after a rotation) EdDSA tokens are accepted with the issuer and
+/// The provider's ES256 and RS256 tokens, and (after a rotation) its EdDSA ones, are accepted with the issuer and
 /// audience the gate expects, the gate's own HS256 tokens still are, and an unknown `kid`
 /// makes the gate read the key set again at most once per interval, however many arrive.
 #[sqlx::test]
 async fn tokens_of_the_identity_provider_are_accepted_by_their_kid(pool: PgPool) {
     let (es_key, es_jwk) = provider_key("k1", Algorithm::ES256);
-    let provider = KeySetServer::start(vec![es_jwk]).await;
+    let (rs_key, rs_jwk) = provider_key("k3", Algorithm::RS256);
+    let provider = KeySetServer::start(vec![es_jwk, rs_jwk]).await;
     let served = Served::start_with(
         &pool,
         0,
@@ -172,6 +186,8 @@ async fn tokens_of_the_identity_provider_are_accepted_by_their_kid(pool: PgPool)
 
     let alice = token(&es_key, Algorithm::ES256, "k1", claims("alice"));
     assert_eq!(reserve(&client, &base, &alice, "a1").await, 201);
+    let frank = token(&rs_key, Algorithm::RS256, "k3", claims("frank"));
+    assert_eq!(reserve(&client, &base, &frank, "f1").await, 201);
     // Another application's token (its audience) and a token of another issuer are refused.
     let mut elsewhere = claims("bob");
     elsewhere["aud"] = json!("another-app");
