@@ -35,8 +35,6 @@ pub enum AuthError {
     IssuedInFuture { iat: u64 },
     #[error("the token lives {lifetime} s, longer than the {max} s allowed")]
     LivesTooLong { lifetime: u64, max: u64 },
-    #[error("the token's roles name no role of this gate (buyer, payments, admin)")]
-    NoKnownRole,
     #[error("the token names more than one role of this gate; a credential has one")]
     SeveralRoles,
     #[error("the token is not a buyer's")]
@@ -49,7 +47,8 @@ pub enum AuthError {
     AlgorithmMismatch { token: Algorithm, key: Algorithm },
 }
 
-/// What a token lets its holder do. A token without `roles` or `scope` is a buyer's.
+/// What a token lets its holder do. A token whose `roles` and `scope` name none of these is a
+/// buyer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
     /// Reserves for itself, and reads, commits and releases its own holds.
@@ -77,18 +76,16 @@ impl Role {
     }
 
     /// The one role named by a token's `roles` (an array) and `scope` (space-separated, as
-    /// OAuth writes it); names of other systems are ignored.
+    /// OAuth writes it). Names of other systems are ignored, so a provider's buyer token with
+    /// `scope: "openid email"` is a buyer's: naming none of ours is the least privilege.
     fn of(claims: &Claims) -> Result<Self, AuthError> {
         let named = claims.roles.iter().flatten().map(String::as_str);
         let scoped = claims
             .scope
             .iter()
             .flat_map(|scope| scope.split_whitespace());
-        if claims.roles.is_none() && claims.scope.is_none() {
-            return Ok(Self::Buyer);
-        }
         let mut ours = named.chain(scoped).filter_map(Self::parse);
-        let role = ours.next().ok_or(AuthError::NoKnownRole)?;
+        let role = ours.next().unwrap_or(Self::Buyer);
         if ours.any(|other| other != role) {
             return Err(AuthError::SeveralRoles);
         }
@@ -595,10 +592,11 @@ mod tests {
             role_of(serde_json::json!({"roles": ["admin", "auditor"]})).ok(),
             Some(Role::Admin)
         );
-        assert!(matches!(
-            role_of(serde_json::json!({"roles": ["auditor"]})),
-            Err(AuthError::NoKnownRole)
-        ));
+        assert_eq!(
+            role_of(serde_json::json!({"scope": "openid email"})).ok(),
+            Some(Role::Buyer),
+            "another system's scopes leave a buyer's token a buyer's"
+        );
         assert!(matches!(
             role_of(serde_json::json!({"roles": ["buyer"], "scope": "admin"})),
             Err(AuthError::SeveralRoles)
