@@ -6,14 +6,9 @@
 # fetched at check time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/python-venv.sh
 venv=target/kubernetes-venv
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  python3 -m venv "$venv" 2>/dev/null || {
-    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  }
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
-fi
+flashgate_venv "$venv" "kubernetes-validate==1.37.0" kubernetes-validate
 # The Prometheus Operator's ServiceMonitor and kustomize's Kustomization have no bundled schema:
 # kubernetes_fit.py checks what they refer to instead.
 manifests=$(ls ops/kubernetes/*.yaml | grep -vE '/(kustomization|servicemonitor)\.yaml$')

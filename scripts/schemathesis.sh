@@ -12,15 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 source scripts/private-gate.sh
+source scripts/python-venv.sh
 
 venv=target/schemathesis-venv
-if [ ! -x "$venv/bin/st" ]; then
-  python3 -m venv "$venv" 2>/dev/null || {
-    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  }
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
-fi
+flashgate_venv "$venv" "schemathesis==4.32.5" st
 
 flashgate_services
 flashgate_private_run schemathesis

@@ -139,25 +139,16 @@ impl Admin {
 
     /// The sale as the gate has it (`GET /v1/admin/skus/{sku}`).
     pub async fn sale(&self) -> anyhow::Result<Value> {
-        let url = format!("{}/v1/admin/skus/{}", self.url, self.sku);
-        let response = self
-            .client
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!(
-                "GET {url}: {} {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            );
-        }
-        Ok(response.json().await?)
+        self.get_json("").await
     }
 
     pub async fn audit(&self) -> anyhow::Result<Value> {
-        let url = format!("{}/v1/admin/skus/{}/audit", self.url, self.sku);
+        self.get_json("/audit").await
+    }
+
+    /// `GET /v1/admin/skus/{sku}{below}` with the admin token; a refusal is an error.
+    async fn get_json(&self, below: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/admin/skus/{}{below}", self.url, self.sku);
         let response = self
             .client
             .get(&url)

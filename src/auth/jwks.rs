@@ -18,6 +18,10 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Notify;
 
+/// The algorithms a provider's key may verify: RSA, P-256 and Ed25519 keys.
+pub(super) const ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
 /// Where the key set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {

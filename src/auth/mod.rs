@@ -196,6 +196,8 @@ struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// The same checks for each algorithm an identity provider's key may verify, built once.
+    provider_validations: Vec<(Algorithm, Validation)>,
     policy: TokenPolicy,
 }
 
@@ -234,11 +236,20 @@ impl BearerTokens {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
+        let provider_validations = jwks::ALGORITHMS
+            .iter()
+            .map(|algorithm| {
+                let mut only = validation.clone();
+                only.algorithms = vec![*algorithm];
+                (*algorithm, only)
+            })
+            .collect();
         Self {
             keys: std::sync::Arc::new(TokenKeys {
                 encoding: EncodingKey::from_secret(bytes),
                 decoding: DecodingKey::from_secret(bytes),
                 validation,
+                provider_validations,
                 policy,
             }),
             jwks: None,
@@ -303,9 +314,17 @@ impl BearerTokens {
                         key: key.algorithm,
                     });
                 }
-                let mut validation = self.keys.validation.clone();
-                validation.algorithms = vec![key.algorithm];
-                jsonwebtoken::decode::<Claims>(token, &key.key, &validation)?.claims
+                let validation = self
+                    .keys
+                    .provider_validations
+                    .iter()
+                    .find(|(algorithm, _)| *algorithm == key.algorithm)
+                    .map(|(_, validation)| validation)
+                    .ok_or(AuthError::AlgorithmMismatch {
+                        token: alg,
+                        key: key.algorithm,
+                    })?;
+                jsonwebtoken::decode::<Claims>(token, &key.key, validation)?.claims
             }
             (_, None) => {
                 return Err(AuthError::Invalid(

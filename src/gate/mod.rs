@@ -383,15 +383,7 @@ impl Gate {
                 return Ok(guard(conn.clone()));
             }
         }
-        let conn = match self.inner.source.get().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                if matches!(err, GateError::Unavailable(_)) {
-                    self.inner.breaker.record_failure();
-                }
-                return Err(err);
-            }
-        };
+        let conn = self.reported(self.inner.source.get().await)?;
         *self.inner.shared.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((conn.clone(), Instant::now()));
         Ok(guard(conn))
@@ -407,18 +399,18 @@ impl Gate {
             return Ok((self.connection().await?, None));
         };
         self.inner.breaker.admit()?;
-        let lease = match dedicated.get().await {
-            Ok(lease) => lease,
-            Err(err) => {
-                if matches!(err, GateError::Unavailable(_)) {
-                    self.inner.breaker.record_failure();
-                }
-                return Err(err);
-            }
-        };
+        let lease = self.reported(dedicated.get().await)?;
         let conn =
             GuardedConnection::new(RedisConnection::clone(&lease), self.inner.breaker.clone());
         Ok((conn, Some(lease)))
+    }
+
+    /// `got`, with a failure to reach Redis counted by the circuit breaker.
+    fn reported<T>(&self, got: Result<T, GateError>) -> Result<T, GateError> {
+        if let Err(GateError::Unavailable(_)) = &got {
+            self.inner.breaker.record_failure();
+        }
+        got
     }
 
     /// A connection to the same Redis outside the circuit breaker, for tools and tests that

@@ -107,16 +107,10 @@ fn credential(sub: &str, roles: serde_json::Value) -> String {
 async fn a_payments_credential_settles_any_hold_and_does_nothing_else(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.open_sale("sneaker", &sale_body(10, 5)).await;
-    let mut ids = Vec::new();
-    for (buyer, key) in [("alice", "k1"), ("bob", "k1")] {
-        let held: serde_json::Value = app
-            .reserve("sneaker", buyer, key, 1)
-            .await
-            .json()
-            .await
-            .expect("json");
-        ids.push(held["id"].as_str().expect("id").to_owned());
-    }
+    let ids = [
+        app.hold("sneaker", "alice", "k1").await,
+        app.hold("sneaker", "bob", "k1").await,
+    ];
     let payments = credential("checkout-svc", json!(["payments"]));
 
     let read = app
@@ -132,14 +126,8 @@ async fn a_payments_credential_settles_any_hold_and_does_nothing_else(pool: PgPo
 
     // Never a hold, never a sale.
     let reserve = app
-        .client
-        .post(app.url("/v1/skus/sneaker/reservations"))
-        .bearer_auth(&payments)
-        .header("Idempotency-Key", "svc-1")
-        .json(&json!({"quantity": 1}))
-        .send()
-        .await
-        .expect("reserve");
+        .reserve_with_token(&payments, "sneaker", "svc-1", 1)
+        .await;
     let (status, code, _) = error_code(reserve).await;
     assert_eq!((status, code.as_str()), (403, "forbidden"));
     let change = app

@@ -472,14 +472,34 @@ impl TestApp {
     }
 
     pub async fn reserve(&self, sku: &str, buyer: &str, key: &str, quantity: i64) -> Response {
+        self.reserve_with_token(&self.token(buyer), sku, key, quantity)
+            .await
+    }
+
+    /// A reserve under any bearer token (a service credential, a forged one).
+    pub async fn reserve_with_token(
+        &self,
+        token: &str,
+        sku: &str,
+        key: &str,
+        quantity: i64,
+    ) -> Response {
         self.client
             .post(self.url(&format!("/v1/skus/{sku}/reservations")))
-            .bearer_auth(self.token(buyer))
+            .bearer_auth(token)
             .header("Idempotency-Key", key)
             .json(&json!({ "quantity": quantity }))
             .send()
             .await
             .expect("reserve")
+    }
+
+    /// The id of a new one-unit hold of `buyer` under `key` (asserted 201).
+    pub async fn hold(&self, sku: &str, buyer: &str, key: &str) -> String {
+        let held = self.reserve(sku, buyer, key, 1).await;
+        assert_eq!(held.status(), 201, "{buyer} could not hold a unit of {sku}");
+        let body: Value = held.json().await.expect("json");
+        body["id"].as_str().expect("id").to_owned()
     }
 
     /// A reserve sent through a proxy that says the client is `client` (`X-Forwarded-For`).

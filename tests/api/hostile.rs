@@ -627,13 +627,7 @@ async fn a_settled_released_hold_leaves_redis_and_is_answered_from_postgres(pool
     use flashgate::domain::{BuyerId, IdempotencyKey, ReservationId, Sku};
     let app = spawn_app(pool).await;
     app.open_sale("sneaker", &sale_body(10, 5)).await;
-    let held: serde_json::Value = app
-        .reserve("sneaker", "alice", "k1", 1)
-        .await
-        .json()
-        .await
-        .expect("json");
-    let id = held["id"].as_str().expect("id").to_owned();
+    let id = app.hold("sneaker", "alice", "k1").await;
     let alice = app.token("alice");
     assert_eq!(app.act(&id, "release", &alice).await.status(), 200);
     let sku = Sku::parse("sneaker").expect("sku");

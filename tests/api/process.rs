@@ -108,23 +108,11 @@ async fn flashgate_token_mints_a_payments_credential(pool: PgPool) {
 
     let app = spawn_app(pool).await;
     app.open_sale("sneaker", &sale_body(10, 5)).await;
-    let held: serde_json::Value = app
-        .reserve("sneaker", "alice", "k1", 1)
-        .await
-        .json()
-        .await
-        .expect("json");
-    let id = held["id"].as_str().expect("id");
-    assert_eq!(app.act(id, "commit", &payments).await.status(), 200);
+    let id = app.hold("sneaker", "alice", "k1").await;
+    assert_eq!(app.act(&id, "commit", &payments).await.status(), 200);
     let reserve = app
-        .client
-        .post(app.url("/v1/skus/sneaker/reservations"))
-        .bearer_auth(&payments)
-        .header("Idempotency-Key", "svc-1")
-        .json(&serde_json::json!({"quantity": 1}))
-        .send()
-        .await
-        .expect("reserve");
+        .reserve_with_token(&payments, "sneaker", "svc-1", 1)
+        .await;
     assert_eq!(error_code(reserve).await.0, 403);
 }
 

@@ -626,13 +626,10 @@ async fn a_reserve_waiting_for_a_replica_holds_up_no_other_request(pool: PgPool)
     };
     let app = spawn_app_with(pool, options).await;
     app.open_sale("sneaker", &sale_body(10, 5)).await;
-    let mut ids = Vec::new();
-    for key in ["k1", "k2"] {
-        let held = app.reserve("sneaker", "alice", key, 1).await;
-        assert_eq!(held.status(), 201);
-        let body: serde_json::Value = held.json().await.expect("json");
-        ids.push(body["id"].as_str().expect("id").to_owned());
-    }
+    let ids = [
+        app.hold("sneaker", "alice", "k1").await,
+        app.hold("sneaker", "alice", "k2").await,
+    ];
     drop(replica);
     replicas_online(&master.url, 0).await;
 
