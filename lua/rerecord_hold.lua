@@ -13,15 +13,20 @@
 -- Returns: the id of the last entry appended, or '' when there was nothing to record (the hold
 -- is gone or rejected, or still held and already in Postgres)
 
-local status, buyer, idem, q, price, cur, created, expires = unpack(redis.call('HMGET', KEYS[1],
-  'status', 'buyer', 'idem', 'q', 'price', 'cur', 'created', 'expires'))
+local status, buyer, idem, q, price, cur, created, expires, ref, meta = unpack(redis.call('HMGET',
+  KEYS[1], 'status', 'buyer', 'idem', 'q', 'price', 'cur', 'created', 'expires', 'ref', 'meta'))
 if not status or status == 'rejected' then
   return ''
 end
 local last = ''
 if ARGV[2] == '1' then
+  -- The caller's own fields, as reserve.lua records them: only when the hold has them.
+  local own = {}
+  if ref then own[#own + 1] = 'ref'; own[#own + 1] = ref end
+  if meta then own[#own + 1] = 'meta'; own[#own + 1] = meta end
   last = redis.call('XADD', KEYS[2], '*', 'type', 'reserved', 'id', ARGV[1], 'buyer', buyer,
-    'idem', idem, 'q', q, 'price', price, 'cur', cur, 'created', created, 'expires', expires)
+    'idem', idem, 'q', q, 'price', price, 'cur', cur, 'created', created, 'expires', expires,
+    unpack(own))
 end
 if status ~= 'held' then
   last = redis.call('XADD', KEYS[2], '*', 'type', status, 'id', ARGV[1], 'q', q)

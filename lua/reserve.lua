@@ -37,6 +37,8 @@
 --  12 '1' when the caller WAITs for a replica (FLASHGATE_DURABILITY=replica)
 --  13 holds per buyer per quota window (0 = no quota)   14 quota window ms
 --  15 live holds per /56, 16 per /48 (0 = no limit at that tier)
+--  17 the caller's reference  18 the caller's metadata, canonical JSON ('' = none for either;
+--     both are part of the fingerprint, so a replay answers the request's own)
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
@@ -177,6 +179,13 @@ end
 redis.call('HSET', KEYS[6],
   'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])
+-- The caller's own fields are written only when given: most holds carry none.
+local own = {}
+if ARGV[17] ~= '' then own[#own + 1] = 'ref'; own[#own + 1] = ARGV[17] end
+if ARGV[18] ~= '' then own[#own + 1] = 'meta'; own[#own + 1] = ARGV[18] end
+if #own > 0 then
+  redis.call('HSET', KEYS[6], unpack(own))
+end
 if track_client then
   redis.call('HSET', KEYS[6], 'client', ARGV[10])
   for tier = 1, client_tiers do
@@ -196,5 +205,5 @@ redis.call('HSET', KEYS[4],
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
 local event_id = redis.call('XADD', KEYS[8], '*',
   'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[8], 'q', ARGV[3],
-  'price', price, 'cur', currency, 'created', int(now_ms), 'expires', int(expires_ms))
+  'price', price, 'cur', currency, 'created', int(now_ms), 'expires', int(expires_ms), unpack(own))
 return {'created', ARGV[1], ARGV[3], price, currency, int(now_ms), int(expires_ms), 'held', event_id}

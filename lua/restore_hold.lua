@@ -13,7 +13,8 @@
 --       5 the live-hold counter of the client recorded in the hold (any key of the SKU if none),
 --       6 and 7 the counters of the /56 and /48 it records for an IPv6 client (likewise)
 -- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
---       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s
+--       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s,
+--       13 the caller's reference, 14 its metadata ('' = none)
 -- Returns: 'restored', 'followed' (a held hold moved to the Postgres status) or 'kept'
 
 local status, client = unpack(redis.call('HMGET', KEYS[1], 'status', 'client'))
@@ -39,6 +40,8 @@ end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q', ARGV[4],
   'price', ARGV[5], 'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9],
   'idem', ARGV[10])
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'ref', ARGV[13]) end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'meta', ARGV[14]) end
 if ARGV[9] == 'held' then
   redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
 else

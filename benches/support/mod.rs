@@ -129,6 +129,8 @@ impl BenchEnv {
                         quantity: Quantity::parse(1).expect("quantity"),
                         idempotency_key: key,
                         client: None,
+                        reference: None,
+                        metadata: None,
                     };
                     matches!(
                         self.gate.reserve(request).await,

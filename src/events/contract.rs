@@ -202,6 +202,10 @@ mod tests {
             unit_price: rust_decimal::Decimal::new(19999, 2),
             currency: "USD".into(),
             amount: rust_decimal::Decimal::new(39998, 2),
+            reference: Some("order-7".into()),
+            metadata: serde_json::json!({"cart": 42, "lines": [1, 2]})
+                .as_object()
+                .cloned(),
         };
         let stock = Stock {
             total: 10,

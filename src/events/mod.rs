@@ -330,6 +330,15 @@ pub struct ReservationFacts {
     #[serde(with = "rust_decimal::serde::str")]
     #[schemars(with = "String", pattern(r"^[0-9]+(\.[0-9]+)?$"))]
     pub amount: Decimal,
+    /// The caller's reference on the hold (its cart or order id, 1 to 128 characters), `null`
+    /// when it gave none.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 128))]
+    pub reference: Option<String>,
+    /// The caller's metadata on the hold (a JSON object of at most 1 KiB), `null` when it gave
+    /// none.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A hold the buyer was told about that Postgres refused.
@@ -458,6 +467,8 @@ mod tests {
                 unit_price: Decimal::new(19999, 2),
                 currency: "USD".into(),
                 amount: Decimal::new(39998, 2),
+                reference: Some("order-7".into()),
+                metadata: serde_json::json!({"cart": 42}).as_object().cloned(),
             }),
             occurred_at: DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
             stream_event: Some(EventId::parse("1800000000000-0").expect("id")),
@@ -475,6 +486,8 @@ mod tests {
         assert_eq!(body["occurred_at"], "2027-01-15T08:00:00.000Z");
         assert_eq!(body["recorded_at"], "2027-01-15T08:00:01.000Z");
         assert_eq!(body["stream_event_id"], "1800000000000-0");
+        assert_eq!(body["reference"], "order-7");
+        assert_eq!(body["metadata"]["cart"], 42);
         assert_eq!(event.routing_key(), "reservation.committed.sneaker");
         let back: Event = serde_json::from_value(body).expect("parse");
         assert_eq!(back, event);

@@ -95,6 +95,8 @@ pub(super) fn parse_reserve(
             "buyer" => Some(req.buyer.as_str()),
             "idem" => Some(req.idempotency_key.as_str()),
             "client" => req.client,
+            "ref" => req.reference.map(crate::domain::HoldReference::as_str),
+            "meta" => req.metadata.map(crate::domain::HoldMetadata::as_str),
             _ => None,
         })
     };

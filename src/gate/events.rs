@@ -11,7 +11,8 @@ use redis::Value;
 use super::contract::{Fence, optional_id, parse_fence, parse_id};
 use super::{Gate, GateError, millis};
 use crate::domain::{
-    BuyerId, Currency, EventId, Money, Quantity, ReservationId, ReservationStatus, Sku,
+    BuyerId, Currency, EventId, HoldMetadata, HoldReference, Money, Quantity, ReservationId,
+    ReservationStatus, Sku,
 };
 
 /// One decision, as the settler applies it.
@@ -51,6 +52,8 @@ pub struct NewHold {
     pub currency: Currency,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub reference: Option<HoldReference>,
+    pub metadata: Option<HoldMetadata>,
 }
 
 impl Event {
@@ -64,6 +67,8 @@ impl Event {
             }
         };
         let invalid = |e: crate::domain::ValidationError| bad(&e.to_string());
+        // A field entries written before it existed do not have.
+        let optional = |name: &str| fields.get(name).map(|_| text(name)).transpose();
         let hold = || ReservationId::parse(&text("id")?).map_err(invalid);
         let kind = match text("type")?.as_str() {
             "reserved" => EventKind::Reserved(NewHold {
@@ -76,6 +81,14 @@ impl Event {
                 currency: Currency::parse(&text("cur")?).map_err(invalid)?,
                 created_at: millis(&text("created")?)?,
                 expires_at: millis(&text("expires")?)?,
+                reference: optional("ref")?
+                    .map(|r| HoldReference::parse(&r))
+                    .transpose()
+                    .map_err(invalid)?,
+                metadata: optional("meta")?
+                    .map(|m| HoldMetadata::from_stored(&m))
+                    .transpose()
+                    .map_err(invalid)?,
             }),
             "committed" => EventKind::Transition {
                 hold: hold()?,
@@ -92,13 +105,10 @@ impl Event {
             "stock" => EventKind::StockChanged {
                 delta: text("q")?.parse().map_err(|_| bad("q"))?,
                 // Entries written before the cause was recorded were all total updates.
-                cause: match fields.get("cause") {
-                    None => crate::events::StockCause::Update,
-                    Some(_) => match text("cause")?.as_str() {
-                        "total" => crate::events::StockCause::Update,
-                        "add" => crate::events::StockCause::Restock,
-                        other => return Err(bad(&format!("unknown stock cause {other:?}"))),
-                    },
+                cause: match optional("cause")?.as_deref() {
+                    None | Some("total") => crate::events::StockCause::Update,
+                    Some("add") => crate::events::StockCause::Restock,
+                    Some(other) => return Err(bad(&format!("unknown stock cause {other:?}"))),
                 },
             },
             "fence" => EventKind::Fence,

@@ -15,7 +15,8 @@ use super::contract::{
 };
 use super::{Gate, GateError, fingerprint, millis};
 use crate::domain::{
-    BuyerId, Currency, IdempotencyKey, Money, Quantity, ReservationId, ReservationStatus, Sku,
+    BuyerId, Currency, HoldMetadata, HoldReference, IdempotencyKey, Money, Quantity, ReservationId,
+    ReservationStatus, Sku,
 };
 
 /// A hold as Redis knows it.
@@ -33,6 +34,10 @@ pub struct Hold {
     pub expires_at: DateTime<Utc>,
     /// The client address whose live holds this one counts against, when that is limited.
     pub client: Option<String>,
+    /// The caller's reference (its cart or order id), if it gave one.
+    pub reference: Option<HoldReference>,
+    /// The caller's metadata, if it gave any.
+    pub metadata: Option<HoldMetadata>,
 }
 
 impl Hold {
@@ -141,6 +146,14 @@ impl Hold {
             created_at: millis(required("created")?)?,
             expires_at: millis(required("expires")?)?,
             client: field("client").filter(|c| !c.is_empty()).map(str::to_owned),
+            reference: field("ref")
+                .map(HoldReference::parse)
+                .transpose()
+                .map_err(protocol)?,
+            metadata: field("meta")
+                .map(HoldMetadata::from_stored)
+                .transpose()
+                .map_err(protocol)?,
         })
     }
 
@@ -162,6 +175,16 @@ impl Hold {
             created_at: row.created_at,
             expires_at: row.expires_at,
             client: None,
+            reference: row
+                .reference
+                .as_deref()
+                .map(HoldReference::parse)
+                .transpose()?,
+            metadata: row
+                .metadata
+                .as_deref()
+                .map(HoldMetadata::from_stored)
+                .transpose()?,
         })
     }
 }
@@ -359,8 +382,15 @@ impl Gate {
             .arg(hold.expires_at.timestamp_millis())
             .arg(hold.status.as_str())
             .arg(hold.idempotency_key.as_str())
-            .arg(fingerprint(&hold.sku, hold.quantity))
+            .arg(fingerprint(
+                &hold.sku,
+                hold.quantity,
+                hold.reference.as_ref(),
+                hold.metadata.as_ref(),
+            ))
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .arg(hold.reference.as_ref().map_or("", HoldReference::as_str))
+            .arg(hold.metadata.as_ref().map_or("", HoldMetadata::as_str))
             .invoke_async(&mut conn)
             .await?;
         parse_restore(&outcome)

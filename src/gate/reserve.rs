@@ -4,7 +4,7 @@ use redis::AsyncCommands;
 
 use super::contract::{Refusal, ReserveOutcome, parse_reserve};
 use super::{Durability, Gate, GateError};
-use crate::domain::{BuyerId, IdempotencyKey, Quantity, Sku};
+use crate::domain::{BuyerId, HoldMetadata, HoldReference, IdempotencyKey, Quantity, Sku};
 
 /// One buyer's request for a hold.
 #[derive(Debug, Clone, Copy)]
@@ -17,17 +17,38 @@ pub struct ReserveRequest<'a> {
     /// `FLASHGATE_HOLDS_PER_CLIENT*`: an IPv4 address, or an IPv6 /64, /56 and /48, narrowest
     /// first and space-separated), if known.
     pub client: Option<&'a str>,
+    /// The caller's reference (its cart or order id), kept with the hold.
+    pub reference: Option<&'a HoldReference>,
+    /// The caller's metadata, kept with the hold.
+    pub metadata: Option<&'a HoldMetadata>,
 }
 
 impl ReserveRequest<'_> {
     fn fingerprint(&self) -> String {
-        fingerprint(self.sku, self.quantity)
+        fingerprint(self.sku, self.quantity, self.reference, self.metadata)
     }
 }
 
-/// What makes two requests under one idempotency key "the same request".
-pub fn fingerprint(sku: &Sku, quantity: Quantity) -> String {
-    format!("{sku}|{}", quantity.get())
+/// What makes two requests under one idempotency key "the same request": the SKU, the quantity,
+/// and the caller's reference and metadata. Without either it is `sku|quantity`, as before they
+/// existed, so idempotency records written then still match; with them a SHA-256 of both is
+/// appended (a reference has no control characters, so the newline separates them unambiguously).
+pub fn fingerprint(
+    sku: &Sku,
+    quantity: Quantity,
+    reference: Option<&HoldReference>,
+    metadata: Option<&HoldMetadata>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    if reference.is_none() && metadata.is_none() {
+        return format!("{sku}|{}", quantity.get());
+    }
+    let mut hash = Sha256::new();
+    hash.update(reference.map_or("", HoldReference::as_str));
+    hash.update("\n");
+    hash.update(metadata.map_or("", HoldMetadata::as_str));
+    let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{sku}|{}|{digest}", quantity.get())
 }
 
 impl Gate {
@@ -89,6 +110,8 @@ impl Gate {
                 .arg(quota.map_or(0, |q| q.window.as_millis().max(1) as u64))
                 .arg(caps.per_56)
                 .arg(caps.per_48)
+                .arg(req.reference.map_or("", HoldReference::as_str))
+                .arg(req.metadata.map_or("", HoldMetadata::as_str))
                 .invoke_async(&mut conn)
                 .await?;
             let outcome = parse_reserve(

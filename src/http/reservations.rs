@@ -16,7 +16,8 @@ use super::extract::{
 use super::observe::SaleOf;
 use super::{ApiError, AppState};
 use crate::domain::{
-    BuyerId, Currency, Money, Quantity, ReservationId, ReservationStatus, Sku, timestamp,
+    BuyerId, Currency, HoldMetadata, HoldReference, Money, Quantity, ReservationId,
+    ReservationStatus, Sku, timestamp,
 };
 use crate::gate::{Hold, ReserveRequest};
 
@@ -39,6 +40,20 @@ struct ReserveBody {
     #[schema(minimum = 1, maximum = 10_000)]
     #[serde(deserialize_with = "super::extract::whole_number")]
     quantity: i64,
+    /// Your own handle on the hold, e.g. the cart or order id: 1 to 128 characters, no control
+    /// characters. Kept with the hold in every answer and event; part of the idempotency check.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*$"
+    )]
+    reference: Option<String>,
+    /// A small JSON object of your own (at most 1,024 bytes as compact JSON), kept like
+    /// `reference`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
 }
 
 /// A reservation as the API shows it (docs/DESIGN.md §5).
@@ -67,6 +82,12 @@ pub struct ReservationView {
     expires_at: DateTime<Utc>,
     /// Whether Postgres has applied this hold's latest state.
     settled: bool,
+    /// The caller's reference given with the hold, `null` if none.
+    #[schema(value_type = Option<String>)]
+    reference: Option<HoldReference>,
+    /// The caller's metadata given with the hold, `null` if none.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ReservationView {
@@ -83,6 +104,8 @@ impl ReservationView {
             created_at: hold.created_at,
             expires_at: hold.expires_at,
             settled,
+            reference: hold.reference,
+            metadata: hold.metadata.map(|m| m.as_object().clone()),
         }
     }
 }
@@ -116,6 +139,12 @@ async fn reserve(
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&sku_raw).map_err(|_| ApiError::UnknownSku(sku_raw.clone()))?;
     let quantity = Quantity::parse(body.quantity)?;
+    let reference = body
+        .reference
+        .as_deref()
+        .map(HoldReference::parse)
+        .transpose()?;
+    let metadata = body.metadata.map(HoldMetadata::parse).transpose()?;
     let client = client.map(|axum::Extension(client)| client.tiers());
     let reserved = state
         .app()
@@ -125,6 +154,8 @@ async fn reserve(
             quantity,
             idempotency_key: &key,
             client: client.as_deref(),
+            reference: reference.as_ref(),
+            metadata: metadata.as_ref(),
         })
         .await?;
     let location = format!("/v1/reservations/{}", reserved.hold.id);

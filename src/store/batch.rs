@@ -234,6 +234,8 @@ fn reservation_facts(hold: &NewHold) -> ReservationFacts {
         unit_price: hold.unit_price.amount(),
         currency: hold.currency.to_string(),
         amount: hold.unit_price.times(hold.quantity),
+        reference: hold.reference.as_ref().map(|r| r.as_str().to_owned()),
+        metadata: hold.metadata.as_ref().map(|m| m.as_object().clone()),
     }
 }
 
@@ -255,12 +257,12 @@ async fn apply_new_holds(
         .collect();
     let inserted: HashSet<Uuid> = sqlx::query_scalar(
         "INSERT INTO reservations (id, sku, buyer_id, idempotency_key, quantity, unit_price, total, \
-           currency, status, created_at, expires_at, created_event, last_event) \
+           currency, status, created_at, expires_at, created_event, last_event, reference, metadata) \
          SELECT t.id, $1, t.buyer, t.idem, t.q, t.price, t.total, t.cur, 'held', t.created, \
-           t.expires, t.ev, t.ev \
+           t.expires, t.ev, t.ev, t.ref, t.meta::jsonb \
          FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int4[], $6::numeric[], $7::numeric[], \
-           $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[]) \
-           AS t(id, buyer, idem, q, price, total, cur, created, expires, ev) \
+           $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::text[]) \
+           AS t(id, buyer, idem, q, price, total, cur, created, expires, ev, ref, meta) \
          ON CONFLICT DO NOTHING \
          RETURNING id",
     )
@@ -275,6 +277,8 @@ async fn apply_new_holds(
     .bind(holds.iter().map(|(_, h)| h.created_at).collect::<Vec<DateTime<Utc>>>())
     .bind(holds.iter().map(|(_, h)| h.expires_at).collect::<Vec<DateTime<Utc>>>())
     .bind(holds.iter().map(|(ev, _)| ev.id.to_string()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| h.reference.as_ref().map(|r| r.as_str())).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, h)| h.metadata.as_ref().map(|m| m.as_str())).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -396,10 +400,21 @@ async fn apply_transitions(
     // (a new SKU the statistics have not seen) it estimates one held row where there are tens
     // of thousands: every batch then scanned all of the SKU's held holds. `id = ANY` is
     // estimated exactly, with or without statistics.
-    type Row = (Uuid, String, String, i32, String, Decimal, String, Decimal);
+    type Row = (
+        Uuid,
+        String,
+        String,
+        i32,
+        String,
+        Decimal,
+        String,
+        Decimal,
+        Option<String>,
+        Option<String>,
+    );
     let mut still_held: HashMap<Uuid, LockedHold> = sqlx::query_as::<_, Row>(
-        "SELECT id, sku, status, quantity, buyer_id, unit_price, currency, total \
-         FROM reservations WHERE id = ANY($1) FOR UPDATE",
+        "SELECT id, sku, status, quantity, buyer_id, unit_price, currency, total, reference, \
+           metadata::text FROM reservations WHERE id = ANY($1) FOR UPDATE",
     )
     .bind(&named)
     .fetch_all(&mut *tx)
@@ -408,18 +423,22 @@ async fn apply_transitions(
     // Only holds still `held` move: a hold Postgres rejected has no units to move, and a hold
     // this event already moved is not moved again.
     .filter(|(_, row_sku, status, ..)| row_sku == sku.as_str() && status == Held.as_str())
-    .map(|(id, _, _, quantity, buyer, unit_price, currency, total)| {
-        let facts = ReservationFacts {
-            reservation_id: id,
-            buyer_id: buyer,
-            quantity: u32::try_from(quantity).unwrap_or_default(),
-            unit_price,
-            currency: currency.trim_end().to_owned(),
-            amount: total,
-        };
-        (id, LockedHold { quantity, facts })
-    })
-    .collect();
+    .map(
+        |(id, _, _, quantity, buyer, unit_price, currency, total, reference, metadata)| {
+            let facts = ReservationFacts {
+                reservation_id: id,
+                buyer_id: buyer,
+                quantity: u32::try_from(quantity).unwrap_or_default(),
+                unit_price,
+                currency: currency.trim_end().to_owned(),
+                amount: total,
+                reference,
+                metadata: stored_metadata(metadata.as_deref())?,
+            };
+            Ok((id, LockedHold { quantity, facts }))
+        },
+    )
+    .collect::<Result<_, StoreError>>()?;
     // In stream order: which holds move where, and what each move does to the stock.
     let mut moves: Vec<(Uuid, ReservationStatus, String, i64)> = Vec::new();
     for event in run {
@@ -547,6 +566,18 @@ async fn record_rejections(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The caller's metadata from its `jsonb` text.
+fn stored_metadata(
+    text: Option<&str>,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, StoreError> {
+    text.map(|text| {
+        crate::domain::HoldMetadata::from_stored(text)
+            .map(|metadata| metadata.as_object().clone())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    })
+    .transpose()
 }
 
 fn quantity(hold: &NewHold) -> i32 {

@@ -47,7 +47,8 @@ impl Store {
             "settled_reservation",
             sqlx::query_as(
                 "SELECT sku, id, buyer_id, idempotency_key, quantity, unit_price, currency, status, \
-                   created_at, expires_at FROM reservations WHERE id = $1 AND status <> 'held'",
+                   created_at, expires_at, reference, metadata::text AS metadata \
+                 FROM reservations WHERE id = $1 AND status <> 'held'",
             )
             .bind(id.as_uuid())
             .fetch_optional(&self.pool),
@@ -140,6 +141,9 @@ pub struct StoredReservation {
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub reference: Option<String>,
+    /// The caller's metadata as `jsonb` text (`metadata::text`).
+    pub metadata: Option<String>,
 }
 
 impl Store {
@@ -153,7 +157,7 @@ impl Store {
     ) -> Result<Vec<StoredReservation>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, buyer_id, idempotency_key, quantity, unit_price, currency, status, created_at, \
-               expires_at FROM reservations \
+               expires_at, reference, metadata::text AS metadata FROM reservations \
              WHERE sku = $1 AND (status = 'held' \
                OR (status <> 'rejected' AND updated_at > now() - make_interval(secs => $2))) \
              ORDER BY created_event",

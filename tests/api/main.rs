@@ -25,6 +25,7 @@ mod events;
 mod faults;
 mod hostile;
 mod identity_provider;
+mod reference;
 mod reserve;
 mod settlement;
 mod skus;

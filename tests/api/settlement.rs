@@ -40,6 +40,8 @@ async fn reserve_many(
                     quantity: Quantity::parse(quantity).expect("quantity"),
                     idempotency_key: &key,
                     client: None,
+                    reference: None,
+                    metadata: None,
                 };
                 matches!(
                     gate.reserve(request).await.expect("reserve"),

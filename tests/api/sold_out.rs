@@ -116,6 +116,8 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
                     quantity: Quantity::parse(1).expect("q"),
                     idempotency_key: key,
                     client: None,
+                    reference: None,
+                    metadata: None,
                 })
                 .await
                 .expect("reserve")

@@ -135,6 +135,8 @@ async fn measure(config: &Config, store: &Store, gate: &Gate) -> anyhow::Result<
                         quantity: one,
                         idempotency_key: &key,
                         client: None,
+                        reference: None,
+                        metadata: None,
                     };
                     match gate.reserve(request).await {
                         Ok(ReserveOutcome::Created(_)) => created.fetch_add(1, Ordering::Relaxed),
