@@ -28,7 +28,9 @@ export DATABASE_URL="$FLASHGATE_PG_SERVER/flashgate_$run_id" FLASHGATE_REDIS_NAM
 export FLASHGATE_JWT_SECRET="perf-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" FLASHGATE_ADMIN_TOKEN="perf-admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_PERF_PORT:-18081}" FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0 RUST_LOG=warn
 # One client and one buyer token drive the whole run: no in-flight caps per client or buyer.
-export FLASHGATE_REQUESTS_PER_CLIENT=0 FLASHGATE_REQUESTS_PER_BUYER=0
+# One buyer takes every hold, so the per-buyer hold quota (100 an hour by default) is off too:
+# with it on, every request after the 100th was a 429, not a hold.
+export FLASHGATE_REQUESTS_PER_CLIENT=0 FLASHGATE_REQUESTS_PER_BUYER=0 FLASHGATE_BUYER_HOLD_QUOTA=0
 bin=target/release/flashgate
 "$bin" migrate >/dev/null
 "$bin" sku upsert hot --name Hot --price 9.99 --stock 100000000 --per-buyer-limit 100000000 >/dev/null
@@ -59,6 +61,11 @@ echo "== wrk -t2 -c$connections -d${duration}s: new holds"
 out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/hot/reservations)
 echo "$out"
 holds=$(rps <<<"$out")
+# wrk counts refusals as requests: a hold run whose answers were not 201s measured something else.
+if grep -q 'Non-2xx or 3xx responses' <<<"$out"; then
+  echo "perf.sh: the new-holds run was answered with errors, not holds (see above)" >&2
+  exit 1
+fi
 echo "== wrk -t2 -c$connections -d${duration}s: sold out"
 out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/gone/reservations)
 echo "$out"
@@ -74,11 +81,18 @@ redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
 ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
-  EVALSHA "$sha" 10 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
-  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:127.0.0.1" \
-  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling 127.0.0.1 0 \
+  EVALSHA "$sha" 13 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
+  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:" "$k:quota:b__rand_int__" \
+  "$k:client:" "$k:client:" \
+  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling "" 0 0 100 3600000 0 0 "" "" \
   | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
 echo "$ceiling EVALSHA/s"
+# redis-benchmark counts an error reply as a request: make sure the calls made holds.
+decided=$(redis-cli -u "$REDIS_URL" XLEN "$k:events")
+if (( decided < requests / 2 )); then
+  echo "perf.sh: only $decided of $requests EVALSHA calls made a hold: the arguments no longer match lua/reserve.lua" >&2
+  exit 1
+fi
 echo
 printf 'HTTP new holds/s:        %10.0f\n' "$holds"
 printf 'HTTP sold-out answers/s: %10.0f\n' "$sold_out"
