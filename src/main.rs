@@ -5,7 +5,14 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = flashgate::cli::Cli::parse();
-    flashgate::telemetry::init(cli.log_format);
+    // Kept until the command ends: dropping it flushes the spans not yet exported.
+    let _telemetry = match flashgate::telemetry::init(cli.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match flashgate::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

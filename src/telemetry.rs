@@ -5,7 +5,10 @@
 //! is a terminal (a log file or a pipe gets plain text), or as one JSON object per line
 //! (`FLASHGATE_LOG_FORMAT=json`) carrying the fields of the spans it was logged in — a request's
 //! `request_id` among them. Metrics: the `metrics`
-//! facade with a Prometheus recorder, rendered at `GET /metrics`.
+//! facade with a Prometheus recorder, rendered at `GET /metrics`. Traces: the same spans exported
+//! with OpenTelemetry (OTLP over HTTP, protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and not at all when it is not; a request that
+//! comes with a W3C `traceparent` continues the caller's trace.
 
 use std::sync::OnceLock;
 
@@ -24,7 +27,50 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat) {
+/// What [`init`] started that must be flushed before the process exits: dropping it sends the
+/// spans still buffered (the exporter sends in batches every few seconds).
+#[derive(Debug)]
+#[must_use = "dropping it stops the trace export"]
+pub struct Telemetry {
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported (OTLP configured).
+    pub fn exports_traces(&self) -> bool {
+        self.traces.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(traces) = self.traces.take() {
+            // Best effort: a collector that is down must not hold the exit up or fail it.
+            let _ = traces.shutdown();
+        }
+    }
+}
+
+/// Why trace export could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
+pub struct TraceExportError(#[from] opentelemetry_otlp::ExporterBuildError);
+
+/// Whether the standard OpenTelemetry variables ask for trace export: an OTLP endpoint is set
+/// and the SDK is not disabled (`OTEL_SDK_DISABLED=true`).
+fn trace_export_configured(var: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn init(format: LogFormat) -> Result<Telemetry, TraceExportError> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // lapin warns with the whole message for every event the broker returns as unroutable; the
     // relay dead-letters and counts those itself (`flashgate_outbox_dead_lettered_total`), and
@@ -34,22 +80,90 @@ pub fn init(format: LogFormat) {
     if !names_lapin && let Ok(quiet) = "lapin::returned_messages=error".parse() {
         filter = filter.add_directive(quiet);
     }
-    // A second init (tests, embedding) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            .try_init(),
+            .boxed(),
     };
+    let traces = if trace_export_configured(|name| std::env::var(name).ok()) {
+        Some(tracer_provider()?)
+    } else {
+        None
+    };
+    let exported = traces.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("flashgate"))
+    });
+    // One global filter for logs and spans alike: `RUST_LOG` at `info` (the default) exports
+    // every request's span. (A filter per layer, tried first, now and then lost the request
+    // span from the JSON log lines under load.)
+    // A second init (tests, embedding) keeps the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(exported)
+        .try_init()
+        .is_ok();
+    if installed && traces.is_some() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(Telemetry { traces })
+}
+
+/// Spans go out over OTLP/HTTP from the SDK's batch thread. The exporter reads the standard
+/// variables itself (endpoint, headers, timeout); the service is `flashgate` unless
+/// `OTEL_SERVICE_NAME` (or `OTEL_RESOURCE_ATTRIBUTES`) names it.
+fn tracer_provider() -> Result<opentelemetry_sdk::trace::SdkTracerProvider, TraceExportError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name"));
+    if !named {
+        resource = resource.with_service_name("flashgate");
+    }
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Makes `span` (a request's) a child of the caller's trace when the request carries a W3C
+/// `traceparent`, so the gate's spans join the checkout's trace. Nothing when not exporting.
+pub fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use opentelemetry::propagation::Extractor;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    struct Headers<'a>(&'a axum::http::HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(axum::http::HeaderName::as_str).collect()
+        }
+    }
+
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) || !headers.contains_key("traceparent")
+    {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&Headers(headers))
+    });
+    let _ = span.set_parent(parent);
 }
 
 /// The process's Prometheus recorder, installed on first use. There is one global recorder per
@@ -432,6 +546,37 @@ fn describe_all() {
             }
             Kind::Histogram => metrics::describe_histogram!(name, help),
         }
+    }
+}
+
+#[cfg(test)]
+mod trace_export_tests {
+    use super::trace_export_configured;
+
+    fn configured(vars: &[(&str, &str)]) -> bool {
+        trace_export_configured(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn traces_are_exported_only_when_an_otlp_endpoint_is_set_and_the_sdk_is_not_disabled() {
+        assert!(!configured(&[]));
+        assert!(!configured(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]));
+        assert!(configured(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4318"
+        )]));
+        assert!(configured(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces"
+        )]));
+        assert!(!configured(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ]));
     }
 }
 

@@ -121,10 +121,13 @@ mod tests {
 
     #[test]
     fn a_reference_is_one_to_128_characters_without_control_characters() {
-        assert_eq!(HoldReference::parse("cart-42").unwrap().as_str(), "cart-42");
+        assert_eq!(
+            HoldReference::parse("cart-42").expect("valid").as_str(),
+            "cart-42"
+        );
         assert!(HoldReference::parse(&"é".repeat(128)).is_ok());
         for bad in ["", "a\nb", "tab\there"] {
-            let err = HoldReference::parse(bad).unwrap_err();
+            let err = HoldReference::parse(bad).expect_err("refused");
             assert_eq!(err.field, "reference", "{bad:?}");
         }
         assert!(HoldReference::parse(&"x".repeat(129)).is_err());
@@ -133,7 +136,7 @@ mod tests {
     #[test]
     fn metadata_is_a_bounded_object_compared_in_canonical_form() {
         let a = HoldMetadata::parse(json!({"b": 1, "a": {"y": [1, {"d": 2, "c": 3}], "x": null}}))
-            .unwrap();
+            .expect("valid");
         assert_eq!(
             a.as_str(),
             r#"{"a":{"x":null,"y":[1,{"c":3,"d":2}]},"b":1}"#
@@ -141,11 +144,14 @@ mod tests {
         let b = HoldMetadata::from_stored(
             r#"{ "b" : 1, "a": {"x": null, "y": [1, {"c": 3, "d": 2}]} }"#,
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(a, b);
 
         for bad in [json!([1]), json!("text"), json!(3)] {
-            assert_eq!(HoldMetadata::parse(bad).unwrap_err().field, "metadata");
+            assert_eq!(
+                HoldMetadata::parse(bad).expect_err("refused").field,
+                "metadata"
+            );
         }
         let big = json!({"note": "x".repeat(HoldMetadata::MAX_BYTES)});
         assert!(HoldMetadata::parse(big).is_err());

@@ -235,7 +235,9 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
+            crate::telemetry::continue_trace(&span, request.headers());
+            span
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -558,3 +558,80 @@ async fn serve_refuses_a_database_without_its_migrations(pool: PgPool) {
     assert!(!output.status.success());
     assert!(stderr.contains("flashgate migrate"), "{stderr}");
 }
+
+/// An OTLP/HTTP trace receiver: the bodies POSTed to `/v1/traces`.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use axum::routing::post;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push(body.to_vec());
+                // An empty ExportTraceServiceResponse.
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, received)
+}
+
+#[sqlx::test]
+async fn with_an_otlp_endpoint_request_spans_are_exported_in_the_callers_trace(pool: PgPool) {
+    let (collector, received) = otlp_receiver().await;
+    let mut served = Served::start_with(
+        &pool,
+        0,
+        &[
+            ("RUST_LOG", "info"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        Stdio::inherit(),
+    )
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/skus/nothing", served.base))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(answer.status(), 404);
+
+    // The span carries the caller's trace id (16 raw bytes in the protobuf body).
+    let wanted: Vec<u8> = (0..trace_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).expect("hex"))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let bodies = received.lock().expect("lock").clone();
+        let found = bodies.iter().any(|body| {
+            body.windows(wanted.len()).any(|w| w == wanted.as_slice())
+                && body.windows(b"flashgate".len()).any(|w| w == b"flashgate")
+        });
+        if found {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no span of the caller's trace reached the collector ({} bodies)",
+            bodies.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.signal("TERM");
+    let (code, _) = served.exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0));
+}
