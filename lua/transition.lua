@@ -1,32 +1,47 @@
 -- transition.lua — move a hold out of 'held' (docs/DESIGN.md §3): commit, release or expire.
 --
+-- One round trip: the script reads the hold itself and derives the keys the hold names (its
+-- buyer's count, its idempotency record, its client's counters) from the SKU's key prefix, all
+-- in the SKU's hash tag, so they live in the declared keys' slot and the script runs unchanged
+-- on Redis Cluster. The derived names follow gate/keys.rs exactly.
+--
 -- All checks run before the first write. The deadline is judged on Redis TIME, so a commit
 -- racing the expiry sweeper has exactly one winner: whichever script runs first after the
 -- deadline expires the hold, and a commit that arrives late expires it itself and says so.
--- Idempotent: a hold that is no longer 'held' is left as it is and its status is returned.
+-- Idempotent: a hold that is no longer 'held' is left as it is and returned as it is.
 --
--- KEYS: 1 hold (hash), 2 stock (string), 3 buyer (string), 4 idem (hash), 5 holds (zset),
---       6 events (stream), 7 the live-hold counter of the client recorded in the hold (any key
---       of the SKU when the hold records none), 8 the sale-changed channel, 9 and 10 the
---       counters of the /56 and /48 it records for an IPv6 client (any key of the SKU if none)
+-- KEYS: 1 hold (hash), 2 stock (string), 3 holds (zset), 4 events (stream), 5 the
+--       sale-changed channel
 -- ARGV: 1 hold id, 2 action: 'commit' | 'release' | 'expire', 3 'PUBLISH' | 'SPUBLISH' (how to
---       announce on KEYS[8]), 4 sku (announced when units come back, so that every gate
---       instance drops its sold-out shortcut for the SKU at once), 5 idempotency ttl s (a terminal hold lives
---       as long as the idempotency record that answers for it, then expires: Redis memory is
---       bounded by the holds of the last ttl, not by every hold ever sold)
--- Returns: {'missing'} | {'unchanged', status} | {'changed', new status, event id}
+--       announce on KEYS[5]), 4 sku (announced when units come back, so that every gate
+--       instance drops its sold-out shortcut for the SKU at once), 5 idempotency ttl s (a
+--       terminal hold lives as long as the idempotency record that answers for it, then
+--       expires: Redis memory is bounded by the holds of the last ttl, not by every hold ever
+--       sold), 6 the SKU's key prefix ('<namespace>:{<sku>}:'), 7 the buyer the caller acts
+--       for ('' = any: a payments credential, the admin, the sweeper)
+-- Returns: {'missing'} | {'not_yours'} | {'unchanged', field, value, ...} |
+--          {'changed', event id, field, value, ...} — the hold's fields as HGETALL gives them,
+--          its status the new one
 
-local hold = redis.call('HMGET', KEYS[1], 'status', 'q', 'expires', 'client')
-if not hold[1] then
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then
   return {'missing'}
 end
-if hold[1] ~= 'held' then
-  return {'unchanged', hold[1]}
+local hold, status_at = {}, 0
+for i = 1, #fields, 2 do
+  hold[fields[i]] = fields[i + 1]
+  if fields[i] == 'status' then status_at = i + 1 end
+end
+if ARGV[7] ~= '' and hold.buyer ~= ARGV[7] then
+  return {'not_yours'}
+end
+if hold.status ~= 'held' then
+  return {'unchanged', unpack(fields)}
 end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local past_deadline = now_ms >= tonumber(hold[3])
+local past_deadline = now_ms >= tonumber(hold.expires)
 local action = ARGV[2]
 local target
 if action == 'commit' then
@@ -35,34 +50,37 @@ elseif action == 'release' then
   target = 'released'
 elseif action == 'expire' then
   if not past_deadline then
-    return {'unchanged', 'held'}
+    return {'unchanged', unpack(fields)}
   end
   target = 'expired'
 else
   return redis.error_reply('unknown action ' .. tostring(action))
 end
-local answers_for_this_hold = redis.call('HGET', KEYS[4], 'id') == ARGV[1]
+local prefix = ARGV[6]
+local idem = prefix .. 'idem:' .. hold.buyer .. ':' .. hold.idem
+local answers_for_this_hold = redis.call('HGET', idem, 'id') == ARGV[1]
 
 -- Every write below is unconditional.
 redis.call('HSET', KEYS[1], 'status', target)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 -- Out of 'held' whatever the target: the hold no longer counts against its client's live holds.
-if hold[4] then
-  local counters, tier = {KEYS[7], KEYS[9], KEYS[10]}, 0
-  for _ in string.gmatch(hold[4], '%S+') do
-    tier = tier + 1
-    if redis.call('DECR', counters[tier]) <= 0 then redis.call('DEL', counters[tier]) end
+if hold.client then
+  for tier in string.gmatch(hold.client, '%S+') do
+    local counter = prefix .. 'client:' .. tier
+    if redis.call('DECR', counter) <= 0 then redis.call('DEL', counter) end
   end
 end
 if target ~= 'committed' then
   -- The units go back on sale and stop counting against the buyer's limit.
-  redis.call('INCRBY', KEYS[2], hold[2])
-  if redis.call('DECRBY', KEYS[3], hold[2]) <= 0 then redis.call('DEL', KEYS[3]) end
-  redis.call(ARGV[3], KEYS[8], ARGV[4])
+  local buyer = prefix .. 'buyer:' .. hold.buyer
+  redis.call('INCRBY', KEYS[2], hold.q)
+  if redis.call('DECRBY', buyer, hold.q) <= 0 then redis.call('DEL', buyer) end
+  redis.call(ARGV[3], KEYS[5], ARGV[4])
 end
 if answers_for_this_hold then
-  redis.call('HSET', KEYS[4], 'status', target)
+  redis.call('HSET', idem, 'status', target)
 end
-local event_id = redis.call('XADD', KEYS[6], '*', 'type', target, 'id', ARGV[1], 'q', hold[2])
-return {'changed', target, event_id}
+local event_id = redis.call('XADD', KEYS[4], '*', 'type', target, 'id', ARGV[1], 'q', hold.q)
+fields[status_at] = target
+return {'changed', event_id, unpack(fields)}

@@ -1,9 +1,9 @@
 //! A buyer's calls: reserve, read, commit, release.
 
 use super::App;
-use crate::domain::{BuyerId, ReservationId, ReservationStatus, Sku};
+use crate::domain::{ReservationId, ReservationStatus, Sku};
 use crate::gate::{
-    GateError, Hold, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
+    GateError, Hold, Mover, Refusal, ReserveOutcome, ReserveRequest, Transition, TransitionOutcome,
 };
 use crate::settler::SettleError;
 use crate::store::{MissingHold, StoreError};
@@ -112,14 +112,14 @@ impl App<'_> {
         }
     }
 
-    /// The hold `id` with whether Postgres has its state, if `may_see` allows its buyer.
+    /// The hold `id` with whether Postgres has its state, if `mover` may see it.
     /// Redis only reads; nothing is written.
     pub async fn find(
         &self,
         id: ReservationId,
-        may_see: impl FnOnce(&BuyerId) -> bool,
+        mover: Mover<'_>,
     ) -> Result<(Hold, bool), HoldError> {
-        match self.owned(id, may_see).await? {
+        match self.owned(id, mover).await? {
             Found::Live(hold) => {
                 let settled = self.is_settled(&hold).await;
                 Ok((hold, settled))
@@ -137,26 +137,24 @@ impl App<'_> {
     /// from Postgres, in one query for the whole group. Retry: committing a committed hold
     /// answers it again; a hold Postgres refused at settlement answers `rejected`, so the caller
     /// refunds. A timeout (or 503): Redis may have decided; send the commit again.
-    pub async fn commit(
-        &self,
-        id: ReservationId,
-        may_act: impl FnOnce(&BuyerId) -> bool,
-    ) -> Result<Hold, HoldError> {
-        let mut hold = match self.owned(id, may_act).await? {
-            Found::Live(hold) => hold,
-            Found::Settled(hold) if hold.status == ReservationStatus::Committed => return Ok(hold),
-            Found::Settled(hold) => return Err(HoldError::HoldIs(hold.status)),
-        };
-        let through = match self.gate.transition(&hold, Transition::Commit).await? {
-            TransitionOutcome::Changed {
-                to: ReservationStatus::Committed,
-                event,
-            } => Some(event),
-            TransitionOutcome::Unchanged(ReservationStatus::Committed) => None,
-            TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
-                return Err(HoldError::HoldIs(to));
+    pub async fn commit(&self, id: ReservationId, mover: Mover<'_>) -> Result<Hold, HoldError> {
+        use ReservationStatus::Committed;
+        let (mut hold, through) = match self.gate.transition(id, Transition::Commit, mover).await? {
+            TransitionOutcome::Changed { hold, event } if hold.status == Committed => {
+                (hold, Some(event))
             }
-            TransitionOutcome::Missing => return Err(HoldError::NotFound),
+            TransitionOutcome::Unchanged(hold) if hold.status == Committed => (hold, None),
+            TransitionOutcome::Changed { hold, .. } | TransitionOutcome::Unchanged(hold) => {
+                return Err(HoldError::HoldIs(hold.status));
+            }
+            TransitionOutcome::NotYours => return Err(HoldError::NotFound),
+            TransitionOutcome::Missing => {
+                let hold = self.not_in_redis(id, mover).await?;
+                return match hold.status {
+                    Committed => Ok(hold),
+                    other => Err(HoldError::HoldIs(other)),
+                };
+            }
         };
         // A fresh commit settles through its own event. A repeated one first asks whether
         // Postgres has it already, else settles through whatever the stream holds now (which
@@ -200,27 +198,24 @@ impl App<'_> {
     pub async fn release(
         &self,
         id: ReservationId,
-        may_act: impl FnOnce(&BuyerId) -> bool,
+        mover: Mover<'_>,
     ) -> Result<(Hold, bool), HoldError> {
-        let mut hold = match self.owned(id, may_act).await? {
-            Found::Live(hold) => hold,
-            Found::Settled(hold) if hold.status == ReservationStatus::Released => {
-                return Ok((hold, true));
+        use ReservationStatus::Released;
+        let (hold, fresh) = match self.gate.transition(id, Transition::Release, mover).await? {
+            TransitionOutcome::Changed { hold, .. } if hold.status == Released => (hold, true),
+            TransitionOutcome::Unchanged(hold) if hold.status == Released => (hold, false),
+            TransitionOutcome::Changed { hold, .. } | TransitionOutcome::Unchanged(hold) => {
+                return Err(HoldError::HoldIs(hold.status));
             }
-            Found::Settled(hold) => return Err(HoldError::HoldIs(hold.status)),
-        };
-        let fresh = match self.gate.transition(&hold, Transition::Release).await? {
-            TransitionOutcome::Changed {
-                to: ReservationStatus::Released,
-                ..
-            } => true,
-            TransitionOutcome::Unchanged(ReservationStatus::Released) => false,
-            TransitionOutcome::Changed { to, .. } | TransitionOutcome::Unchanged(to) => {
-                return Err(HoldError::HoldIs(to));
+            TransitionOutcome::NotYours => return Err(HoldError::NotFound),
+            TransitionOutcome::Missing => {
+                let hold = self.not_in_redis(id, mover).await?;
+                return match hold.status {
+                    Released => Ok((hold, true)),
+                    other => Err(HoldError::HoldIs(other)),
+                };
             }
-            TransitionOutcome::Missing => return Err(HoldError::NotFound),
         };
-        hold.status = ReservationStatus::Released;
         // A release decided just now cannot be in Postgres yet: no need to ask. Its event is in
         // the stream, for this process's settler to take on its next pass.
         let settled = if fresh {
@@ -236,26 +231,24 @@ impl App<'_> {
     /// an id this deployment gave out, from Postgres once it left `held` there (Redis lets a
     /// settled released or expired hold go after [`crate::gate::SETTLED_HOLD_GRACE`], and every
     /// other after the idempotency window). Ids nobody was given never reach Postgres.
-    async fn owned(
-        &self,
-        id: ReservationId,
-        may_see: impl FnOnce(&BuyerId) -> bool,
-    ) -> Result<Found, HoldError> {
-        let hold = match self.gate.hold(id).await? {
-            Some(hold) => Found::Live(hold),
-            None if self.gate.minted(id) => match self.settled(id).await? {
-                Some(hold) => Found::Settled(hold),
-                None => return Err(self.missing(id).await),
-            },
-            None => return Err(HoldError::NotFound),
-        };
-        let buyer = match &hold {
-            Found::Live(hold) | Found::Settled(hold) => &hold.buyer,
-        };
-        if may_see(buyer) {
-            Ok(hold)
-        } else {
-            Err(HoldError::NotFound)
+    async fn owned(&self, id: ReservationId, mover: Mover<'_>) -> Result<Found, HoldError> {
+        match self.gate.hold(id).await? {
+            Some(hold) if mover.may_move(&hold.buyer) => Ok(Found::Live(hold)),
+            Some(_) => Err(HoldError::NotFound),
+            None => self.not_in_redis(id, mover).await.map(Found::Settled),
+        }
+    }
+
+    /// A hold Redis does not have: for an id this deployment gave out, Postgres's record once it
+    /// left `held` there, if `mover` may see it; else not found, or lost.
+    async fn not_in_redis(&self, id: ReservationId, mover: Mover<'_>) -> Result<Hold, HoldError> {
+        if !self.gate.minted(id) {
+            return Err(HoldError::NotFound);
+        }
+        match self.settled(id).await? {
+            Some(hold) if mover.may_move(&hold.buyer) => Ok(hold),
+            Some(_) => Err(HoldError::NotFound),
+            None => Err(self.missing(id).await),
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{BuyerRate, GateError, Hold, HoldQuota, ReserveRequest, optional_millis};
-use crate::domain::{EventId, ReservationId, ReservationStatus, SaleState};
+use crate::domain::{BuyerId, EventId, ReservationId, ReservationStatus, SaleState, Sku};
 
 /// A stream id a script or Redis answered with.
 pub(super) fn parse_id(raw: &str) -> Result<EventId, GateError> {
@@ -161,27 +161,65 @@ impl Transition {
     }
 }
 
+/// Whose hold a transition may move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mover<'a> {
+    /// Any hold: a payments credential, the admin, the expiry sweeper.
+    Anyone,
+    /// Only this buyer's own holds.
+    Buyer(&'a BuyerId),
+}
+
+impl Mover<'_> {
+    /// Whether this mover may see and move a hold of `owner`.
+    pub fn may_move(&self, owner: &BuyerId) -> bool {
+        match self {
+            Self::Anyone => true,
+            Self::Buyer(buyer) => *buyer == owner,
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            Self::Anyone => "",
+            Self::Buyer(buyer) => buyer.as_str(),
+        }
+    }
+}
+
 /// What a transition did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TransitionOutcome {
     /// Redis has no such hold.
     Missing,
-    /// The hold was not moved; this is its status.
-    Unchanged(ReservationStatus),
-    /// The hold moved to `to`; `event` is the stream entry that records it.
-    Changed {
-        to: ReservationStatus,
-        event: EventId,
-    },
+    /// The hold is another buyer's and the mover may move only its own: nothing was read out or
+    /// changed, and to this caller the hold is as unknown as a missing one.
+    NotYours,
+    /// The hold was not moved; this is it.
+    Unchanged(Hold),
+    /// The hold moved to its new status; `event` is the stream entry that records it.
+    Changed { hold: Hold, event: EventId },
 }
 
-pub(super) fn parse_transition(reply: &[String]) -> Result<TransitionOutcome, GateError> {
-    match reply {
-        [tag] if tag == "missing" => Ok(TransitionOutcome::Missing),
-        [tag, s] if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(status(s)?)),
-        [tag, s, event] if tag == "changed" => Ok(TransitionOutcome::Changed {
-            to: status(s)?,
+pub(super) fn parse_transition(
+    reply: &[String],
+    id: ReservationId,
+    sku: &Sku,
+) -> Result<TransitionOutcome, GateError> {
+    let hold = |pairs: &[String]| -> Result<Hold, GateError> {
+        let fields: std::collections::HashMap<&str, &str> = pairs
+            .chunks_exact(2)
+            .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+            .collect();
+        Hold::from_redis(id, sku.clone(), |name| fields.get(name).copied())
+    };
+    match reply.split_first() {
+        Some((tag, [])) if tag == "missing" => Ok(TransitionOutcome::Missing),
+        Some((tag, [])) if tag == "not_yours" => Ok(TransitionOutcome::NotYours),
+        Some((tag, pairs)) if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(hold(pairs)?)),
+        Some((tag, [event, pairs @ ..])) if tag == "changed" => Ok(TransitionOutcome::Changed {
             event: parse_id(event)?,
+            hold: hold(pairs)?,
         }),
         _ => Err(GateError::Protocol(format!(
             "transition.lua answered {reply:?}"

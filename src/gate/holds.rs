@@ -10,7 +10,7 @@ use redis::AsyncCommands;
 use rust_decimal::Decimal;
 
 use super::contract::{
-    Restored, Transition, TransitionOutcome, parse_due_holds, parse_reject, parse_restore,
+    Mover, Restored, Transition, TransitionOutcome, parse_due_holds, parse_reject, parse_restore,
     parse_transition,
 };
 use super::{Gate, GateError, fingerprint, millis};
@@ -240,44 +240,55 @@ impl Gate {
         Hold::from_redis(id, sku, |name| fields.get(name).map(String::as_str)).map(Some)
     }
 
-    /// Moves `hold` out of `held` with `lua/transition.lua`.
-    #[tracing::instrument(skip_all, fields(hold = %hold.id, action = action.as_str()))]
+    /// Moves the hold `id` out of `held` with `lua/transition.lua`, if `mover` may: one round
+    /// trip, the script reading the hold itself.
+    #[tracing::instrument(skip_all, fields(hold = %id, action = action.as_str()))]
     pub async fn transition(
         &self,
-        hold: &Hold,
+        id: ReservationId,
         action: Transition,
+        mover: Mover<'_>,
     ) -> Result<TransitionOutcome, GateError> {
-        let keys = self.namespace().sku(&hold.sku);
-        let (channel, announce) = self.announcement(&hold.sku);
-        let [client, client56, client48] = keys.client_counters(hold.client.as_deref());
+        let Some(sku) = self.sku_of_number(id.sku_number()).await? else {
+            return Ok(TransitionOutcome::Missing);
+        };
+        self.transition_in(&sku, id, action, mover).await
+    }
+
+    async fn transition_in(
+        &self,
+        sku: &Sku,
+        id: ReservationId,
+        action: Transition,
+        mover: Mover<'_>,
+    ) -> Result<TransitionOutcome, GateError> {
+        let keys = self.namespace().sku(sku);
+        let (channel, announce) = self.announcement(sku);
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
             .scripts
             .transition
-            .key(keys.hold(hold.id))
+            .key(keys.hold(id))
             .key(keys.stock())
-            .key(keys.buyer(&hold.buyer))
-            .key(keys.idempotency(&hold.buyer, &hold.idempotency_key))
             .key(keys.holds())
             .key(keys.events())
-            .key(client)
-            .arg(hold.id.to_string())
             .key(channel)
-            .key(client56)
-            .key(client48)
+            .arg(id.to_string())
             .arg(action.as_str())
             .arg(announce)
-            .arg(hold.sku.as_str())
+            .arg(sku.as_str())
             .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
+            .arg(keys.prefix())
+            .arg(mover.as_str())
             .invoke_async(&mut conn)
             .await?;
-        let outcome = parse_transition(&reply)?;
-        if matches!(outcome, TransitionOutcome::Changed { to, .. } if to != ReservationStatus::Committed)
+        let outcome = parse_transition(&reply, id, sku)?;
+        if matches!(&outcome, TransitionOutcome::Changed { hold, .. } if hold.status != ReservationStatus::Committed)
         {
             // Units came back: this gate's own shortcut is off before the caller is answered,
             // without waiting for the pub/sub message.
-            self.inner.shortcut.turn_off(&hold.sku);
+            self.inner.shortcut.turn_off(sku);
         }
         Ok(outcome)
     }
@@ -335,18 +346,19 @@ impl Gate {
         };
         let mut expired = 0;
         for id in &found.due {
-            let Some(hold) = self.hold_in(sku, *id).await? else {
-                // A deadline without a hold: nothing to expire; drop the stale entry.
-                let mut conn = self.connection().await?;
-                let _: i64 = conn
-                    .zrem(self.namespace().sku(sku).holds(), id.to_string())
-                    .await?;
-                continue;
-            };
-            if let TransitionOutcome::Changed { .. } =
-                self.transition(&hold, Transition::Expire).await?
+            match self
+                .transition_in(sku, *id, Transition::Expire, Mover::Anyone)
+                .await?
             {
-                expired += 1;
+                TransitionOutcome::Changed { .. } => expired += 1,
+                TransitionOutcome::Missing => {
+                    // A deadline without a hold: nothing to expire; drop the stale entry.
+                    let mut conn = self.connection().await?;
+                    let _: i64 = conn
+                        .zrem(self.namespace().sku(sku).holds(), id.to_string())
+                        .await?;
+                }
+                TransitionOutcome::Unchanged(_) | TransitionOutcome::NotYours => {}
             }
         }
         Ok(Expiry {

@@ -64,6 +64,12 @@ pub struct SkuKeys {
 }
 
 impl SkuKeys {
+    /// `<namespace>:{<sku>}:`, for a script that derives the keys a hold names from its fields
+    /// (`transition.lua`): it must build them exactly as the methods below do.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, name: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + name.len());
         key.push_str(&self.prefix);

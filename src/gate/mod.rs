@@ -31,7 +31,8 @@ pub use breaker::BreakerSettings;
 use breaker::GuardedConnection;
 pub use connection::RedisConnection;
 pub use contract::{
-    Adjusted, Fence, Refusal, ReserveOutcome, Restored, StockChange, Transition, TransitionOutcome,
+    Adjusted, Fence, Mover, Refusal, ReserveOutcome, Restored, StockChange, Transition,
+    TransitionOutcome,
 };
 pub use events::{Event, EventKind, NewHold, StreamRead};
 pub use holds::{Expiry, Hold, HoldSummary, RejectedHold, SETTLED_HOLD_GRACE};

@@ -182,11 +182,12 @@ impl std::fmt::Display for Caller {
 }
 
 impl Caller {
-    /// Whether this caller may see and change a hold of `owner`.
-    pub fn may_act_for(&self, owner: &BuyerId) -> bool {
+    /// Whose holds this caller may see and change: a buyer its own, a payments credential and
+    /// the admin any.
+    pub fn mover(&self) -> crate::gate::Mover<'_> {
         match self {
-            Self::Admin | Self::Payments(_) => true,
-            Self::Buyer(buyer) => buyer == owner,
+            Self::Admin | Self::Payments(_) => crate::gate::Mover::Anyone,
+            Self::Buyer(buyer) => crate::gate::Mover::Buyer(buyer),
         }
     }
 }

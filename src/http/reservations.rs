@@ -197,7 +197,7 @@ async fn show(
 ) -> Result<Json<ReservationView>, ApiError> {
     let (hold, settled) = state
         .app()
-        .find(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
+        .find(reservation_id(&id)?, caller.mover())
         .await?;
     Ok(Json(ReservationView::new(hold, settled)))
 }
@@ -224,7 +224,7 @@ async fn commit(
 ) -> Result<(axum::Extension<SaleOf>, Json<ReservationView>), ApiError> {
     let hold = state
         .app()
-        .commit(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
+        .commit(reservation_id(&id)?, caller.mover())
         .await?;
     Ok((
         axum::Extension(SaleOf(hold.sku.clone())),
@@ -253,7 +253,7 @@ async fn release(
 ) -> Result<(axum::Extension<SaleOf>, Json<ReservationView>), ApiError> {
     let (hold, settled) = state
         .app()
-        .release(reservation_id(&id)?, |buyer| caller.may_act_for(buyer))
+        .release(reservation_id(&id)?, caller.mover())
         .await?;
     Ok((
         axum::Extension(SaleOf(hold.sku.clone())),

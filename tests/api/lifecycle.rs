@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use flashgate::audit::Verdict;
 use flashgate::domain::{ReservationId, Sku};
-use flashgate::gate::{Transition, TransitionOutcome};
+use flashgate::gate::{Mover, Transition, TransitionOutcome};
 use flashgate::sweeper::{Sweeper, SweeperSettings};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -136,6 +136,15 @@ async fn only_the_owner_or_the_admin_may_commit_or_release(pool: PgPool) {
             "{action}"
         );
     }
+    // transition.lua checks the owner before any write: mallory moved nothing.
+    let shown = app
+        .get_json(
+            &format!("/v1/reservations/{first}"),
+            Some(&app.token("alice")),
+        )
+        .await;
+    assert_eq!(shown["status"], "held");
+    assert_eq!(app.redis_stock("sneaker").await, 8);
     assert_eq!(app.act(&first, "commit", ADMIN_TOKEN).await.status(), 200);
     assert_eq!(app.act(&second, "release", ADMIN_TOKEN).await.status(), 200);
     assert_eq!(app.act(&first, "commit", "not-a-token").await.status(), 401);
@@ -256,7 +265,8 @@ async fn commit_racing_the_expiry_has_exactly_one_winner_every_time(pool: PgPool
                 let id = hold.id.to_string();
                 let (commit, expire) = tokio::join!(
                     app.act(&id, "commit", &token),
-                    app.gate.transition(&hold, Transition::Expire)
+                    app.gate
+                        .transition(hold.id, Transition::Expire, Mover::Anyone)
                 );
                 let swept = matches!(expire.expect("expire"), TransitionOutcome::Changed { .. });
                 let status = commit.status().as_u16();
