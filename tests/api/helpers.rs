@@ -67,6 +67,22 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free port below the kernel's ephemeral range, for a server a test starts later on a port a
+/// client already dials: a client retrying a closed port inside that range can be given the very
+/// same port as its own source and connect to itself (TCP simultaneous open), which then holds the
+/// port the server wanted.
+pub fn free_port_outside_ephemeral_range() -> u16 {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let start = 10_000 + (std::process::id() % 1_000) as u16 * 7;
+    (start..low)
+        .chain(10_000..start)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// A private `redis-server` with the given extra arguments, stopped on drop; `None` where the
 /// binary is not installed (scripts/services.sh installs it with the other services).
 pub struct PrivateRedis {
