@@ -139,7 +139,7 @@ impl App<'_> {
     /// refunds. A timeout (or 503): Redis may have decided; send the commit again.
     pub async fn commit(&self, id: ReservationId, mover: Mover<'_>) -> Result<Hold, HoldError> {
         use ReservationStatus::Committed;
-        let (mut hold, through) = match self.gate.transition(id, Transition::Commit, mover).await? {
+        let (hold, through) = match self.gate.transition(id, Transition::Commit, mover).await? {
             TransitionOutcome::Changed { hold, event } if hold.status == Committed => {
                 (hold, Some(event))
             }
@@ -177,10 +177,8 @@ impl App<'_> {
             .ok_or(HoldError::NotRecorded)?
         };
         match recorded {
-            ReservationStatus::Committed => {
-                hold.status = ReservationStatus::Committed;
-                Ok(hold)
-            }
+            // Redis already answered `committed`: the hold says so.
+            ReservationStatus::Committed => Ok(hold),
             // Redis decided the commit, yet Postgres, settled through its event, still has the
             // hold held: the event never reached Postgres (the stream was replaced under the
             // cursor). Not a refusal — the commit stands in Redis: retry, after a resync.

@@ -500,11 +500,21 @@ impl TestApp {
         key: &str,
         quantity: i64,
     ) -> Response {
+        self.reserve_raw(token, sku, key, &json!({ "quantity": quantity }))
+            .await
+    }
+
+    /// A reserve of `buyer` with any JSON body.
+    pub async fn reserve_body(&self, sku: &str, buyer: &str, key: &str, body: &Value) -> Response {
+        self.reserve_raw(&self.token(buyer), sku, key, body).await
+    }
+
+    async fn reserve_raw(&self, token: &str, sku: &str, key: &str, body: &Value) -> Response {
         self.client
             .post(self.url(&format!("/v1/skus/{sku}/reservations")))
             .bearer_auth(token)
             .header("Idempotency-Key", key)
-            .json(&json!({ "quantity": quantity }))
+            .json(body)
             .send()
             .await
             .expect("reserve")

@@ -10,14 +10,7 @@ use sqlx::PgPool;
 use crate::helpers::{AppOptions, TestApp, error_code, sale_body, spawn_app, spawn_app_with};
 
 async fn reserve_with(app: &TestApp, buyer: &str, key: &str, body: Value) -> Response {
-    app.client
-        .post(app.url("/v1/skus/sneaker/reservations"))
-        .bearer_auth(app.token(buyer))
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("send")
+    app.reserve_body("sneaker", buyer, key, &body).await
 }
 
 async fn created(app: &TestApp, buyer: &str, key: &str, body: Value) -> Value {
