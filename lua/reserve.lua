@@ -1,9 +1,9 @@
--- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4).
+-- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4). Preceded by room.lua.
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
 -- this order: idempotency, per-buyer rate limit, sale halted for a resync, sale state and
--- window, per-buyer limit, per-buyer hold quota, per-client live-hold limit (opt-in
+-- window, the waiting room's ticket (when the sale has a room), per-buyer limit, per-buyer hold quota, per-client live-hold limit (opt-in
 -- anti-scalping), stock.
 -- Clocks come from Redis TIME so that gate instances with skewed clocks agree.
 --
@@ -28,6 +28,7 @@
 --  11 quota     string  holds this buyer took on this SKU in the current quota window
 --  12 client56  string  live holds of an IPv6 client's /56 (any key of the SKU for IPv4)
 --  13 client48  string  live holds of an IPv6 client's /48 (any key of the SKU for IPv4)
+--  14 room  15 admits  16 used   the waiting room's line (see room.lua)
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
 --   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
@@ -39,6 +40,7 @@
 --  15 live holds per /56, 16 per /48 (0 = no limit at that tier)
 --  17 the caller's reference  18 the caller's metadata, canonical JSON ('' = none for either;
 --     both are part of the fingerprint, so a replay answers the request's own)
+--  19 the position of the caller's ticket, already verified by the gate (0 = none)
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
@@ -92,7 +94,7 @@ local function remember_attempt()
 end
 
 -- 3. Sale state and window.
-local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency', 'halted')
+local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency', 'halted', 'room', 'room_rate', 'room_window_s')
 if not meta[1] then
   return {'refused', 'unknown_sku', '0'}
 end
@@ -107,6 +109,30 @@ elseif meta[1] ~= 'open' or (ends_ms > 0 and now_ms >= ends_ms) then
   refusal = {'refused', 'sale_not_open', '0'}
 elseif starts_ms > 0 and now_ms < starts_ms then
   refusal = {'refused', 'sale_not_open', int(starts_ms)}
+end
+
+-- 3b. The waiting room: a sale with its room on sells only to an admitted place, once.
+local ticket = tonumber(ARGV[19])
+local room_keys
+if not refusal and meta[9] == '1' then
+  if ticket == 0 then
+    refusal = {'refused', 'not_your_turn', '0'}
+  else
+    room_keys = {room = KEYS[14], admits = KEYS[15], used = KEYS[16], stock = KEYS[2], holds = KEYS[7]}
+    local line = room_line(room_keys, room_settings(
+      {meta[9], meta[10], meta[11], meta[4], meta[1], meta[2], meta[3], meta[8]}, now_ms), now_ms)
+    if ticket > line.frontier then
+      if line.sold_out_from > 0 and ticket >= line.sold_out_from then
+        refusal = {'refused', 'sold_out', '0'}
+      else
+        refusal = {'refused', 'not_your_turn', int(ticket - line.frontier)}
+      end
+    elseif ticket <= line.expired_through then
+      refusal = {'refused', 'ticket_expired', '0'}
+    elseif redis.call('ZSCORE', KEYS[16], ticket) then
+      refusal = {'refused', 'ticket_used', '0'}
+    end
+  end
 end
 
 -- 4. Per-buyer limit, counting units held and bought.
@@ -197,6 +223,9 @@ if quota > 0 and redis.call('INCR', KEYS[11]) == 1 then
   redis.call('PEXPIRE', KEYS[11], ARGV[14])
 end
 redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
+if room_keys then
+  redis.call('ZADD', KEYS[16], ticket, ticket)
+end
 redis.call('SADD', KEYS[9], ARGV[2])
 redis.call('EXPIRE', KEYS[9], tonumber(ARGV[5]))
 redis.call('HSET', KEYS[4],

@@ -72,7 +72,8 @@ echo "$out"
 sold_out=$(rps <<<"$out")
 
 echo "== redis-benchmark -c$connections: EVALSHA lua/reserve.lua, every call a new hold"
-sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/reserve.lua)")
+# The gate sends reserve.lua behind room.lua (the waiting room's rules): the same text here.
+sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/room.lua lua/reserve.lua)")
 hp=$(_fg_host_port "$REDIS_URL" 6379)
 # A SKU of its own, loaded like `hot`: the gate's settler never reads its synthetic stream.
 k="$ns:{ceiling}"
@@ -81,10 +82,10 @@ redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
 ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
-  EVALSHA "$sha" 13 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
+  EVALSHA "$sha" 16 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
   "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:" "$k:quota:b__rand_int__" \
-  "$k:client:" "$k:client:" \
-  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling "" 0 0 100 3600000 0 0 "" "" \
+  "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used" \
+  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling "" 0 0 100 3600000 0 0 "" "" 0 \
   | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
 echo "$ceiling EVALSHA/s"
 # redis-benchmark counts an error reply as a request: make sure the calls made holds.

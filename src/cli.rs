@@ -7,7 +7,7 @@ use crate::config::{
     DatabaseConfig, HttpConfig, RedisConfig, RelayConfig, SettlerConfig, ShutdownConfig,
     TokenConfig,
 };
-use crate::domain::{BuyerId, Currency, Money, ReservationSeal, SaleDefinition, Sku};
+use crate::domain::{BuyerId, Currency, Money, SaleDefinition, Sku, WaitingRoom};
 use crate::gate::GateError;
 use crate::settler::Settler;
 use crate::startup::{self, Application};
@@ -196,6 +196,16 @@ pub enum SkuCommand {
         starts_at: Option<DateTime<Utc>>,
         #[arg(long)]
         ends_at: Option<DateTime<Utc>>,
+        /// Turn the sale's waiting room on or off (left out: an existing sale keeps its room, a
+        /// new one gets FLASHGATE_WAITING_ROOM's default).
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        waiting_room: Option<bool>,
+        /// With --waiting-room: places admitted per second.
+        #[arg(long, default_value_t = WaitingRoom::DEFAULT_ADMIT_PER_SECOND, requires = "waiting_room")]
+        admit_per_second: u32,
+        /// With --waiting-room: how long an admitted place may reserve, in seconds.
+        #[arg(long, default_value_t = WaitingRoom::DEFAULT_ADMISSION_WINDOW_SECONDS, requires = "waiting_room")]
+        admission_window_seconds: u32,
         #[command(flatten)]
         database: DatabaseConfig,
         /// A sale live in Redis is changed there too (its total through its event stream).
@@ -220,10 +230,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown: stopping,
         } => {
             startup::raise_file_limit();
-            let seal = ReservationSeal::derive(
-                secrecy::ExposeSecret::expose_secret(&http.tokens.jwt_secret).as_bytes(),
-            );
-            let gate = startup::gate(&redis, Some(seal))?;
+            let gate = startup::gate(
+                &redis,
+                Some(secrecy::ExposeSecret::expose_secret(&http.tokens.jwt_secret).as_bytes()),
+            )?;
             let redis_check = startup::check_redis(&gate, redis.allow_evicting_redis).await?;
             let store = startup::store(&database)?;
             startup::report_postgres_budget(&store, database.database_pool_size).await;
@@ -344,6 +354,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             hold_ttl_seconds,
             starts_at,
             ends_at,
+            waiting_room,
+            admit_per_second,
+            admission_window_seconds,
             database,
             redis,
         }) => {
@@ -357,6 +370,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 hold_ttl_seconds,
                 starts_at,
                 ends_at,
+                waiting_room: waiting_room.map(|enabled| WaitingRoom {
+                    enabled,
+                    admit_per_second,
+                    admission_window_seconds,
+                }),
             }
             .validate()?;
             let (gate, store) = (startup::gate(&redis, None)?, startup::store(&database)?);

@@ -7,10 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
-use crate::domain::ValidationError;
+use crate::domain::{ValidationError, WaitingRoom};
 use crate::gate::{
     BreakerSettings, BuyerRate, ClientHoldCaps, Durability, GateSettings, HoldQuota, Namespace,
-    RedisSettings,
+    RedisSettings, RoomSettings,
 };
 
 /// `FLASHGATE_DURABILITY`.
@@ -148,6 +148,19 @@ pub struct RedisConfig {
     /// How long the open breaker answers 503 before it lets one probe through, in ms.
     #[arg(long, env = "FLASHGATE_REDIS_BREAKER_OPEN_MS", default_value_t = 500)]
     pub redis_breaker_open_ms: u64,
+    /// Whether a new sale gets a waiting room (`PUT /v1/admin/skus/{sku}` without `waiting_room`
+    /// gives a new sale this default, and leaves an existing sale's room as it is).
+    #[arg(long = "waiting-room-default", env = "FLASHGATE_WAITING_ROOM", default_value_t = false, action = clap::ArgAction::Set)]
+    pub waiting_room_default: bool,
+    /// A new sale's waiting room admits this many places per second (1–100,000).
+    #[arg(long, env = "FLASHGATE_WAITING_ROOM_ADMIT_PER_SECOND", default_value_t = WaitingRoom::DEFAULT_ADMIT_PER_SECOND)]
+    pub waiting_room_admit_per_second: u32,
+    /// How long an admitted place of a new sale's room may reserve, in seconds (1–86,400).
+    #[arg(long, env = "FLASHGATE_WAITING_ROOM_WINDOW_SECONDS", default_value_t = WaitingRoom::DEFAULT_ADMISSION_WINDOW_SECONDS)]
+    pub waiting_room_window_seconds: u32,
+    /// Most places in one sale's line per client address (IPv4, or IPv6 /64); 0 = no cap.
+    #[arg(long, env = "FLASHGATE_PLACES_PER_CLIENT", default_value_t = 0)]
+    pub places_per_client: u32,
     /// Start even when Redis's `maxmemory-policy` may evict keys (anything but `noeviction`).
     /// Eviction silently breaks idempotency, buyer limits and the event stream: only for tests.
     #[arg(long, env = "FLASHGATE_ALLOW_EVICTING_REDIS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -206,6 +219,16 @@ impl RedisConfig {
                 },
             },
             reservation_seal: None,
+            waiting_room: RoomSettings {
+                default_room: WaitingRoom {
+                    enabled: self.waiting_room_default,
+                    admit_per_second: self.waiting_room_admit_per_second,
+                    admission_window_seconds: self.waiting_room_window_seconds,
+                }
+                .validate()?,
+                places_per_client: self.places_per_client,
+                ticket_seal: None,
+            },
         })
     }
 }

@@ -15,9 +15,9 @@ use crate::sweeper::Sweeper;
 
 use crate::auth::{AdminToken, BearerTokens};
 use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, RelayConfig};
-use crate::domain::ReservationSeal;
+use crate::domain::{ReservationSeal, TicketSeal};
 use crate::events::{AmqpSink, Relay, RelayStatus, WebhookSink};
-use crate::gate::{Gate, GateError, GateSettings};
+use crate::gate::{Gate, GateError};
 use crate::http::{self, Admission, AppState, ClientShedder, Listeners, Readiness, ServerSettings};
 use crate::store::Store;
 
@@ -97,12 +97,14 @@ pub async fn report_postgres_budget(store: &Store, pool_size: u32) {
 }
 
 /// Builds the Redis gate (connections are made on first use). A gate that answers buyers seals
-/// the ids it mints (`seal`), so that a hold Redis lost is answered `hold_lost`.
-pub fn gate(config: &RedisConfig, seal: Option<ReservationSeal>) -> anyhow::Result<Gate> {
-    let settings = GateSettings {
-        reservation_seal: seal,
-        ..config.gate_settings().context("invalid Redis settings")?
-    };
+/// the ids it mints and the tickets it hands out with keys derived from the buyer-token
+/// `secret`, so that a hold Redis lost is answered `hold_lost` and any gate can check a ticket.
+pub fn gate(config: &RedisConfig, secret: Option<&[u8]>) -> anyhow::Result<Gate> {
+    let mut settings = config.gate_settings().context("invalid Redis settings")?;
+    if let Some(secret) = secret {
+        settings.reservation_seal = Some(ReservationSeal::derive(secret));
+        settings.waiting_room.ticket_seal = Some(TicketSeal::derive(secret));
+    }
     Gate::connect(&config.redis_settings(), settings).context("invalid REDIS_URL")
 }
 

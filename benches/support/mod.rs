@@ -82,6 +82,7 @@ impl BenchEnv {
                 hold_quota: None,
                 durability: Default::default(),
                 reservation_seal: None,
+                waiting_room: Default::default(),
             },
         )
         .ok()?;
@@ -98,6 +99,7 @@ impl BenchEnv {
             hold_ttl_seconds: 3600,
             starts_at: None,
             ends_at: None,
+            waiting_room: None,
         };
         let record = store.upsert_sku(&sku, &sale, true).await.ok()?;
         gate.prewarm(&record, true).await.ok()?;
@@ -131,6 +133,7 @@ impl BenchEnv {
                         client: None,
                         reference: None,
                         metadata: None,
+                        ticket: None,
                     };
                     matches!(
                         self.gate.reserve(request).await,

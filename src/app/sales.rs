@@ -1,7 +1,7 @@
 //! Changing a sale: create or update, restock, prewarm, pause and resume.
 
 use super::App;
-use crate::domain::{EventId, IdempotencyKey, SaleDefinition, SaleState, Sku};
+use crate::domain::{EventId, IdempotencyKey, SaleDefinition, SaleState, Sku, WaitingRoom};
 use crate::gate::{Adjusted, GateError, StockChange, definition_meta};
 use crate::settler::SettleError;
 use crate::store::{SkuRecord, StoreError};
@@ -56,6 +56,15 @@ impl App<'_> {
     /// A timeout: the change may or may not be made in either store; send the same request again.
     pub async fn upsert(&self, sku: &Sku, sale: &SaleDefinition) -> Result<SaleChanged, SaleError> {
         self.serialised(sku, async {
+            // A definition without a room keeps the sale's; a new sale takes the default.
+            let mut sale = sale.clone();
+            if sale.waiting_room.is_none() {
+                sale.waiting_room = Some(match self.store.find_sku(sku).await? {
+                    Some(record) => record.waiting_room,
+                    None => self.gate.settings().waiting_room.default_room,
+                });
+            }
+            let sale = &sale;
             let adjusted = self
                 .gate
                 .adjust_sale(
@@ -167,6 +176,25 @@ impl App<'_> {
     /// if the sale is live there, switches at once (`sale_admin.lua`, which also drops every
     /// gate's sold-out shortcut). Retry: the state is an absolute target. A timeout: Postgres
     /// may have the state and Redis not yet; send it again.
+    /// Sets the sale's waiting room (validated) in both stores, Postgres first: a prewarm loads
+    /// it from there.
+    pub async fn set_waiting_room(
+        &self,
+        sku: &Sku,
+        room: WaitingRoom,
+    ) -> Result<SaleChanged, SaleError> {
+        self.serialised(sku, async {
+            let record = self
+                .store
+                .set_waiting_room(sku, room)
+                .await?
+                .ok_or_else(|| SaleError::UnknownSku(sku.clone()))?;
+            let live = self.gate.set_waiting_room(sku, room).await?;
+            Ok(SaleChanged { record, live })
+        })
+        .await
+    }
+
     pub async fn set_state(&self, sku: &Sku, state: SaleState) -> Result<SaleChanged, SaleError> {
         self.serialised(sku, async {
             let record = self

@@ -14,6 +14,7 @@ mod reservation;
 mod sale;
 mod sku;
 pub mod timestamp;
+mod waiting_room;
 
 pub use buyer::BuyerId;
 pub use event_id::EventId;
@@ -24,6 +25,7 @@ pub use reference::{HoldMetadata, HoldReference};
 pub use reservation::{ReservationId, ReservationSeal, ReservationStatus};
 pub use sale::{SaleDefinition, SaleState};
 pub use sku::Sku;
+pub use waiting_room::{InvalidTicket, Ticket, TicketSeal, WaitingRoom};
 
 /// Why a value was refused; the message is safe to show to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

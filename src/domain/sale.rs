@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Currency, Money, ValidationError};
+use super::{Currency, Money, ValidationError, WaitingRoom};
 
 /// Whether new holds may be taken. Existing holds are unaffected by `paused` and `closed`.
 #[derive(
@@ -49,6 +49,9 @@ pub struct SaleDefinition {
     pub hold_ttl_seconds: u32,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    /// The sale's waiting room; `None` keeps the one it has (a new sale takes the deployment's
+    /// default, `FLASHGATE_WAITING_ROOM*`).
+    pub waiting_room: Option<WaitingRoom>,
 }
 
 impl SaleDefinition {
@@ -113,6 +116,9 @@ impl SaleDefinition {
         {
             return Err(ValidationError::new("ends_at", "must be after starts_at"));
         }
+        if let Some(room) = self.waiting_room {
+            room.validate()?;
+        }
         Ok(self)
     }
 }
@@ -155,6 +161,7 @@ mod tests {
             hold_ttl_seconds: 300,
             starts_at: None,
             ends_at: None,
+            waiting_room: None,
         }
     }
 

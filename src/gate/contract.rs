@@ -72,6 +72,16 @@ pub enum Refusal {
         window: Duration,
         retry_after: Duration,
     },
+    /// The sale has a waiting room and this ticket is not admitted yet (`ahead` places before
+    /// the frontier reaches it), or no ticket was shown (`ahead` 0).
+    #[error("it is not this ticket's turn yet")]
+    NotYourTurn { ahead: u64 },
+    /// The ticket was admitted, and its admission window closed without a hold.
+    #[error("this ticket's admission window has closed")]
+    TicketExpired,
+    /// The ticket already took its one hold.
+    #[error("this ticket already took its hold")]
+    TicketUsed,
 }
 
 pub(super) fn parse_reserve(
@@ -131,6 +141,9 @@ pub(super) fn parse_reserve(
                     window: quota.map_or(Duration::ZERO, |q| q.window),
                     retry_after: Duration::from_millis(detail),
                 },
+                "not_your_turn" => Refusal::NotYourTurn { ahead: detail },
+                "ticket_expired" => Refusal::TicketExpired,
+                "ticket_used" => Refusal::TicketUsed,
                 _ => return Err(bad()),
             }))
         }
@@ -315,13 +328,23 @@ impl Loaded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SaleAdmin {
     State(SaleState),
+    Room(crate::domain::WaitingRoom),
 }
 
 impl SaleAdmin {
     /// ARGV 1 and 2.
-    pub(super) fn args(self) -> (&'static str, &'static str) {
+    pub(super) fn args(self) -> (&'static str, String) {
         match self {
-            Self::State(state) => ("state", state.as_str()),
+            Self::State(state) => ("state", state.as_str().to_owned()),
+            Self::Room(room) => (
+                "room",
+                format!(
+                    "{} {} {}",
+                    u8::from(room.enabled),
+                    room.admit_per_second,
+                    room.admission_window_seconds
+                ),
+            ),
         }
     }
 }

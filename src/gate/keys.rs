@@ -117,6 +117,26 @@ impl SkuKeys {
     pub fn sale_changed(&self) -> String {
         self.key("sale-changed")
     }
+    /// The waiting room's line (see `lua/room.lua`).
+    pub fn room(&self) -> String {
+        self.key("room")
+    }
+    /// When the room's frontier passed each value (see `lua/room.lua`).
+    pub fn room_admits(&self) -> String {
+        self.key("room:admits")
+    }
+    /// Admitted places that took their hold.
+    pub fn room_used(&self) -> String {
+        self.key("room:used")
+    }
+    /// One buyer's place in the room's line.
+    pub fn room_place(&self, buyer: &BuyerId) -> String {
+        self.key(&format!("room:place:{buyer}"))
+    }
+    /// Places handed out to one client address (IPv4, or IPv6 /64).
+    pub fn room_client(&self, client: &str) -> String {
+        self.key(&format!("room:client:{client}"))
+    }
     /// The state of one background resync job, as JSON.
     pub fn resync_job(&self, job: uuid::Uuid) -> String {
         self.key(&format!("resync:{job}"))
@@ -175,6 +195,11 @@ mod tests {
             keys.resync_job(uuid::Uuid::new_v4()),
             keys.resync_running(),
             keys.sale_change(),
+            keys.room(),
+            keys.room_admits(),
+            keys.room_used(),
+            keys.room_place(&buyer),
+            keys.room_client("192.0.2.1"),
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }

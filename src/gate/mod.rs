@@ -23,6 +23,7 @@ mod events;
 mod holds;
 mod keys;
 mod reserve;
+mod room;
 mod sale;
 mod scripts;
 mod shortcut;
@@ -38,6 +39,7 @@ pub use events::{Event, EventKind, NewHold, StreamRead};
 pub use holds::{Expiry, Hold, HoldSummary, RejectedHold, SETTLED_HOLD_GRACE};
 pub use keys::{Namespace, SkuKeys};
 pub use reserve::{ReserveRequest, fingerprint};
+pub use room::{LINE_REFRESH, Line, PlaceOutcome, PlaceRefusal, PlaceStatus};
 pub use sale::{LiveSale, definition_meta};
 
 use std::collections::HashMap;
@@ -48,7 +50,7 @@ use chrono::{DateTime, Utc};
 use deadpool_redis::PoolError;
 use redis::AsyncCommands;
 
-use crate::domain::{ReservationId, ReservationSeal, Sku};
+use crate::domain::{ReservationId, ReservationSeal, Sku, TicketSeal, WaitingRoom};
 use scripts::Scripts;
 
 /// Why the gate could not decide.
@@ -129,6 +131,19 @@ pub struct GateSettings {
     /// Signs the ids of new holds so that a lost one can be recognised (see
     /// [`ReservationSeal`]); `None` mints plain random ids (tools that never answer buyers).
     pub reservation_seal: Option<ReservationSeal>,
+    /// The waiting rooms: the default for new sales, the per-client cap on places, the seal.
+    pub waiting_room: RoomSettings,
+}
+
+/// Settings of the waiting rooms (see `gate::room`).
+#[derive(Debug, Clone, Default)]
+pub struct RoomSettings {
+    /// What a new sale gets when its definition names no room (`FLASHGATE_WAITING_ROOM*`).
+    pub default_room: WaitingRoom,
+    /// Most places in one line per client address (IPv4, or IPv6 /64); 0 for no cap.
+    pub places_per_client: u32,
+    /// Signs tickets; `None` in tools that never answer buyers (a place cannot be taken).
+    pub ticket_seal: Option<TicketSeal>,
 }
 
 /// Most live holds on one SKU per client tier (`FLASHGATE_HOLDS_PER_CLIENT`, `_56`, `_48`); 0
@@ -268,6 +283,8 @@ struct GateInner {
     dedicated: Option<connection::DedicatedPool>,
     shortcut: shortcut::SoldOutShortcut,
     breaker: Arc<breaker::CircuitBreaker>,
+    /// The waiting rooms' lines as this gate read them last.
+    lines: room::LineCache,
 }
 
 /// How long requests share one connection before it is taken afresh from the pool.
@@ -312,6 +329,7 @@ impl Gate {
             dedicated,
             shortcut,
             breaker: Arc::new(breaker::CircuitBreaker::new(redis.breaker)),
+            lines: room::LineCache::default(),
         });
         // The shortcut needs its listener; outside a server (no runtime) or disabled it stays off.
         if inner.shortcut.enabled() && tokio::runtime::Handle::try_current().is_ok() {
@@ -322,6 +340,10 @@ impl Gate {
 
     pub fn namespace(&self) -> &Namespace {
         &self.inner.settings.namespace
+    }
+
+    pub fn settings(&self) -> &GateSettings {
+        &self.inner.settings
     }
 
     /// How long a created hold answers under its idempotency key, and a terminal one is kept.

@@ -4,7 +4,7 @@ use redis::AsyncCommands;
 
 use super::contract::{Refusal, ReserveOutcome, parse_reserve};
 use super::{Durability, Gate, GateError};
-use crate::domain::{BuyerId, HoldMetadata, HoldReference, IdempotencyKey, Quantity, Sku};
+use crate::domain::{BuyerId, HoldMetadata, HoldReference, IdempotencyKey, Quantity, Sku, Ticket};
 
 /// One buyer's request for a hold.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +21,8 @@ pub struct ReserveRequest<'a> {
     pub reference: Option<&'a HoldReference>,
     /// The caller's metadata, kept with the hold.
     pub metadata: Option<&'a HoldMetadata>,
+    /// The caller's place in the sale's waiting room, its ticket already verified.
+    pub ticket: Option<Ticket>,
 }
 
 impl ReserveRequest<'_> {
@@ -92,6 +94,9 @@ impl Gate {
                 .key(keys.hold_quota(req.buyer))
                 .key(client56_key)
                 .key(client48_key)
+                .key(keys.room())
+                .key(keys.room_admits())
+                .key(keys.room_used())
                 .arg(id.to_string())
                 .arg(req.buyer.as_str())
                 .arg(req.quantity.get())
@@ -112,6 +117,7 @@ impl Gate {
                 .arg(caps.per_48)
                 .arg(req.reference.map_or("", HoldReference::as_str))
                 .arg(req.metadata.map_or("", HoldMetadata::as_str))
+                .arg(req.ticket.map_or(0, |t| t.position))
                 .invoke_async(&mut conn)
                 .await?;
             let outcome = parse_reserve(

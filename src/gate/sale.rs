@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use super::contract::{Adjusted, LoadGuard, Loaded, SaleAdmin, StockChange, parse_adjusted};
 use super::{Gate, GateError, optional_millis};
 use crate::domain::EventId;
-use crate::domain::{Currency, IdempotencyKey, Money, SaleDefinition, SaleState, Sku};
+use crate::domain::{Currency, IdempotencyKey, Money, SaleDefinition, SaleState, Sku, WaitingRoom};
 use crate::store::SkuRecord;
 
 /// The sale's descriptive fields as `meta` stores them.
@@ -34,8 +34,17 @@ fn meta_fields(
     ]
 }
 
+/// The waiting room's settings as `meta` stores them (read by reserve.lua and the room scripts).
+pub fn room_fields(room: WaitingRoom) -> [(&'static str, String); 3] {
+    [
+        ("room", u8::from(room.enabled).to_string()),
+        ("room_rate", room.admit_per_second.to_string()),
+        ("room_window_s", room.admission_window_seconds.to_string()),
+    ]
+}
+
 fn record_meta(record: &SkuRecord) -> Vec<(&'static str, String)> {
-    meta_fields(
+    let mut fields = meta_fields(
         &record.name,
         &record.price,
         &record.currency,
@@ -43,12 +52,14 @@ fn record_meta(record: &SkuRecord) -> Vec<(&'static str, String)> {
         record.hold_ttl_seconds,
         record.starts_at,
         record.ends_at,
-    )
+    );
+    fields.extend(room_fields(record.waiting_room));
+    fields
 }
 
 /// The meta fields a sale definition sets (not its state, nor its total: those change apart).
 pub fn definition_meta(sale: &SaleDefinition) -> Vec<(&'static str, String)> {
-    meta_fields(
+    let mut fields = meta_fields(
         &sale.name,
         &sale.price,
         &sale.currency,
@@ -56,7 +67,9 @@ pub fn definition_meta(sale: &SaleDefinition) -> Vec<(&'static str, String)> {
         sale.hold_ttl_seconds,
         sale.starts_at,
         sale.ends_at,
-    )
+    );
+    fields.extend(sale.waiting_room.into_iter().flat_map(room_fields));
+    fields
 }
 
 /// The live view of a sale in Redis.
@@ -72,6 +85,24 @@ pub struct LiveSale {
     pub state: SaleState,
     /// Units a new hold may take right now.
     pub available: i64,
+    pub waiting_room: WaitingRoom,
+}
+
+/// The room a live sale's `meta` describes (a sale loaded before rooms existed has none).
+pub(crate) fn room_from_meta(meta: &HashMap<String, String>) -> WaitingRoom {
+    let number = |name: &str, default: u32| {
+        meta.get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    WaitingRoom {
+        enabled: meta.get("room").is_some_and(|v| v == "1"),
+        admit_per_second: number("room_rate", WaitingRoom::DEFAULT_ADMIT_PER_SECOND),
+        admission_window_seconds: number(
+            "room_window_s",
+            WaitingRoom::DEFAULT_ADMISSION_WINDOW_SECONDS,
+        ),
+    }
 }
 
 impl Gate {
@@ -108,6 +139,7 @@ impl Gate {
             ends_at: optional_millis(number("ends_ms")?),
             state: SaleState::parse(field("state")?).map_err(protocol)?,
             available: stock.unwrap_or(0),
+            waiting_room: room_from_meta(&meta),
         }))
     }
 
@@ -243,6 +275,11 @@ impl Gate {
     /// Sets a live sale's state. Returns false when the sale is not live in Redis.
     pub async fn set_state(&self, sku: &Sku, state: SaleState) -> Result<bool, GateError> {
         self.sale_admin(sku, SaleAdmin::State(state)).await
+    }
+
+    /// Sets a live sale's waiting room; false when the sale is not live.
+    pub async fn set_waiting_room(&self, sku: &Sku, room: WaitingRoom) -> Result<bool, GateError> {
+        self.sale_admin(sku, SaleAdmin::Room(room)).await
     }
 
     /// Stops the sale's new holds until a resync (`lua/halt_sale.lua`): every reserve is refused

@@ -1,4 +1,5 @@
-//! The Lua decision scripts, loaded once.
+//! The Lua decision scripts, loaded once. `lua/room.lua` is not a script but the waiting room's
+//! rules, put in front of each script that moves the line.
 //!
 //! `redis::Script` sends `EVALSHA` and, when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH` or a
 //! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed.
@@ -9,6 +10,8 @@ use redis::Script;
 #[derive(Debug)]
 pub struct Scripts {
     pub reserve: Script,
+    pub take_place: Script,
+    pub room_state: Script,
     pub transition: Script,
     pub load_sale: Script,
     pub reject: Script,
@@ -27,7 +30,18 @@ pub struct Scripts {
 impl Scripts {
     pub fn load() -> Self {
         Self {
-            reserve: Script::new(include_str!("../../lua/reserve.lua")),
+            reserve: Script::new(concat!(
+                include_str!("../../lua/room.lua"),
+                include_str!("../../lua/reserve.lua")
+            )),
+            take_place: Script::new(concat!(
+                include_str!("../../lua/room.lua"),
+                include_str!("../../lua/take_place.lua")
+            )),
+            room_state: Script::new(concat!(
+                include_str!("../../lua/room.lua"),
+                include_str!("../../lua/room_state.lua")
+            )),
             transition: Script::new(include_str!("../../lua/transition.lua")),
             load_sale: Script::new(include_str!("../../lua/load_sale.lua")),
             reject: Script::new(include_str!("../../lua/reject.lua")),

@@ -14,7 +14,7 @@ use super::skus::SkuView;
 use super::{ApiError, AppState};
 use crate::app::resync::ResyncJob;
 use crate::audit::SkuAudit;
-use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
+use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku, WaitingRoom};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(prewarm))
         .routes(routes!(audit))
         .routes(routes!(restock))
+        .routes(routes!(set_waiting_room))
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(resync))
@@ -71,6 +72,10 @@ pub struct SaleBody {
     pub starts_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
+    /// The sale's waiting room. Left out, an existing sale keeps its own and a new sale gets the
+    /// deployment's default (`FLASHGATE_WAITING_ROOM*`); changeable while the sale is live.
+    #[serde(default)]
+    pub waiting_room: Option<WaitingRoom>,
 }
 
 /// The currency's schema: the ISO 4217 codes the server knows, so a generated client offers
@@ -109,6 +114,7 @@ impl SaleBody {
             hold_ttl_seconds: self.hold_ttl_seconds,
             starts_at: self.starts_at,
             ends_at: self.ends_at,
+            waiting_room: self.waiting_room,
         }
         .validate()?)
     }
@@ -277,6 +283,32 @@ async fn restock(
         .app()
         .restock(&sku, body.quantity, key.as_ref())
         .await?;
+    Ok(Json(SkuView::from_change(changed)))
+}
+
+/// Sets the sale's waiting room, live or not: on at once for every gate (reserves then need an
+/// admitted ticket), off at once (reserves need none).
+#[utoipa::path(put, path = "/v1/admin/skus/{sku}/waiting-room", tag = "admin", params(SkuPath), request_body = WaitingRoom,
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "the sale", body = SkuView),
+        (status = 400, description = "malformed_json", body = ErrorBody),
+        (status = 404, description = "unknown_sku", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "invalid_request (field waiting_room.admit_per_second or waiting_room.admission_window_seconds), invalid_body", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many wrong admin tokens from this client; Retry-After", body = ErrorBody),
+        (status = 503, description = "service_unavailable, request_timeout; Retry-After", body = ErrorBody),
+    ))]
+async fn set_waiting_room(
+    State(state): State<AppState>,
+    _: Admin,
+    AppPath(raw): AppPath<String>,
+    AppJson(room): AppJson<WaitingRoom>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = Sku::parse(&raw).map_err(|_| ApiError::UnknownSku(raw))?;
+    let changed = state.app().set_waiting_room(&sku, room.validate()?).await?;
     Ok(Json(SkuView::from_change(changed)))
 }
 

@@ -109,6 +109,23 @@ struct SaleNow {
     pulse: SalePulse,
     /// The last audit, rerun when older than [`AUDIT_EVERY`].
     audit: Option<AuditNow>,
+    /// The sale's waiting room, and its line when the room is on and the sale live.
+    waiting_room: crate::domain::WaitingRoom,
+    line: Option<LineNow>,
+}
+
+/// A waiting room's line; its totals are the line's own, so the page derives per-second rates.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct LineNow {
+    waiting: u64,
+    frontier: u64,
+    issued: u64,
+    admitted: u64,
+    expired: u64,
+    sold_out: u64,
+    admit_per_second: u32,
+    /// The stock at the admit rate, each admitted place taking the buyer limit.
+    sell_out_eta_seconds: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -157,6 +174,21 @@ async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNo
         metrics::gauge!("flashgate_settlement_backlog", "sku" => sku.to_string())
             .set(backlog as f64);
         let (events_pending, events_lag_ms) = state.events.sku_backlog(sku.as_str());
+        let line = match &live {
+            Some(live) if live.waiting_room.enabled => {
+                state.gate.line(&sku).await?.map(|line| LineNow {
+                    waiting: line.waiting(),
+                    frontier: line.frontier,
+                    issued: line.issued,
+                    admitted: line.frontier,
+                    expired: line.expired,
+                    sold_out: line.sold_out(),
+                    admit_per_second: line.admit_per_second,
+                    sell_out_eta_seconds: line.estimated_sell_out().as_secs_f64(),
+                })
+            }
+            _ => None,
+        };
         sales.push(SaleNow {
             name: record.name,
             state: record.state,
@@ -173,6 +205,8 @@ async fn sales(State(state): State<AppState>, _: Admin) -> Result<Json<ConsoleNo
             resync_required: record.resync_required.clone(),
             pulse: crate::pulse::snapshot(&sku),
             audit: last_audit(&state, &sku).await,
+            waiting_room: record.waiting_room,
+            line,
             sku,
         });
     }

@@ -96,6 +96,13 @@ pub enum ApiError {
     UriTooLong,
     #[error("the request is not valid HTTP/1.1")]
     MalformedRequest,
+    /// A `Queue-Ticket` (or a polled ticket) that this deployment did not sign for this buyer
+    /// on this SKU: malformed, truncated, forged, another buyer's or another SKU's.
+    #[error(transparent)]
+    TicketInvalid(#[from] crate::domain::InvalidTicket),
+    /// A place in line was asked for on a sale without a waiting room.
+    #[error("sale {0} has no waiting room: reserve directly")]
+    WaitingRoomOff(Sku),
     #[error("internal error")]
     Internal(String),
 }
@@ -130,6 +137,11 @@ pub const CODES: &[&str] = &[
     "sold_out",
     "client_limit_reached",
     "hold_quota_reached",
+    "not_your_turn",
+    "ticket_expired",
+    "ticket_used",
+    "ticket_invalid",
+    "waiting_room_off",
     "sale_not_prewarmed",
     "sale_live",
     "namespace_mismatch",
@@ -184,6 +196,10 @@ impl utoipa::PartialSchema for ErrorBody {
             )
             .property("available", integer("sold_out: units left"))
             .property(
+                "ahead",
+                integer("not_your_turn: places before the frontier reaches the ticket"),
+            )
+            .property(
                 "opens_at",
                 text("sale_not_open: when the window opens (RFC 3339)"),
             )
@@ -226,7 +242,12 @@ impl ApiError {
                 Refusal::SoldOut { .. } => "sold_out",
                 Refusal::ClientLimitReached { .. } => "client_limit_reached",
                 Refusal::HoldQuotaReached { .. } => "hold_quota_reached",
+                Refusal::NotYourTurn { .. } => "not_your_turn",
+                Refusal::TicketExpired => "ticket_expired",
+                Refusal::TicketUsed => "ticket_used",
             },
+            Self::TicketInvalid(_) => "ticket_invalid",
+            Self::WaitingRoomOff(_) => "waiting_room_off",
             Self::ClientShed { .. } => "rate_limited",
             Self::SaleLive(_) => "sale_live",
             Self::NamespaceMismatch(_) => "namespace_mismatch",
@@ -281,8 +302,13 @@ impl ApiError {
                 | Refusal::SalePaused
                 | Refusal::BuyerLimitReached { .. }
                 | Refusal::ClientLimitReached { .. }
-                | Refusal::SoldOut { .. } => StatusCode::CONFLICT,
+                | Refusal::SoldOut { .. }
+                | Refusal::NotYourTurn { .. }
+                | Refusal::TicketExpired
+                | Refusal::TicketUsed => StatusCode::CONFLICT,
             },
+            Self::TicketInvalid(_) => StatusCode::FORBIDDEN,
+            Self::WaitingRoomOff(_) => StatusCode::CONFLICT,
             Self::ClientShed { .. } | Self::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::SaleLive(_)
@@ -532,6 +558,11 @@ impl IntoResponse for ApiError {
             Self::Refused(Refusal::SoldOut { available }) => {
                 body.insert("available".into(), json!(available));
             }
+            Self::Refused(Refusal::NotYourTurn { ahead }) => {
+                body.insert("ahead".into(), json!(ahead));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                body.insert("retry_after_seconds".into(), json!(1));
+            }
             Self::Refused(Refusal::HoldQuotaReached {
                 limit,
                 window,
@@ -676,6 +707,11 @@ mod tests {
                 window: Duration::ZERO,
                 retry_after: Duration::ZERO,
             }),
+            ApiError::Refused(Refusal::NotYourTurn { ahead: 0 }),
+            ApiError::Refused(Refusal::TicketExpired),
+            ApiError::Refused(Refusal::TicketUsed),
+            ApiError::TicketInvalid(crate::domain::InvalidTicket),
+            ApiError::WaitingRoomOff(Sku::parse("s").expect("sku")),
             ApiError::ClientShed {
                 retry_after: Duration::ZERO,
                 burst: 0,
@@ -742,6 +778,8 @@ mod tests {
                 | ApiError::HeadTooLarge
                 | ApiError::UriTooLong
                 | ApiError::MalformedRequest
+                | ApiError::TicketInvalid(_)
+                | ApiError::WaitingRoomOff(_)
                 | ApiError::Internal(_) => {}
             }
         }

@@ -333,7 +333,7 @@ fn idempotency_key_parameter(required: bool) -> Parameter {
     )
 }
 
-fn parameter(
+pub(super) fn parameter(
     name: &str,
     location: ParameterIn,
     required: bool,

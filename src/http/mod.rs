@@ -17,6 +17,7 @@ mod events;
 mod extract;
 mod health;
 mod observe;
+mod queue;
 mod reservations;
 mod server;
 mod shedding;
@@ -94,7 +95,14 @@ impl AppState {
 /// description together: [`app`] and [`openapi`] use these same functions, so the document and
 /// the router cannot disagree.
 fn new_buyer_routes() -> OpenApiRouter<AppState> {
-    reservations::new_holds().merge(skus::router())
+    reservations::new_holds()
+        .merge(skus::router())
+        .merge(queue::places())
+}
+
+/// Polls of a place in a waiting room: answered from the gate's cached line, in no lane.
+fn waiting_routes() -> OpenApiRouter<AppState> {
+    queue::polls()
 }
 
 fn payer_routes() -> OpenApiRouter<AppState> {
@@ -114,6 +122,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
         let (_, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
             .merge(new_buyer_routes())
             .merge(payer_routes())
+            .merge(waiting_routes())
             .merge(observed_routes())
             .merge(health::probes())
             .merge(health::operations())
@@ -206,7 +215,10 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
             state.admission.clone(),
             admission::payers,
         ));
-        routes = routes.merge(new_buyers).merge(payers);
+        routes = routes
+            .merge(new_buyers)
+            .merge(payers)
+            .merge(waiting_routes());
     }
     if operations {
         routes = routes.merge(observed_routes());

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use utoipa_axum::router::OpenApiRouter;
@@ -112,16 +112,16 @@ impl ReservationView {
 
 /// Reserve units of a sale (one atomic decision in Redis).
 #[utoipa::path(post, path = "/v1/skus/{sku}/reservations", tag = "buyers",
-    params(SkuPath, IdempotencyKeyParam),
+    params(SkuPath, IdempotencyKeyParam, super::queue::QueueTicketParam),
     request_body = ReserveBody,
     security(("buyerToken" = [])),
     responses(
         (status = 201, description = "a hold (replayed with Idempotent-Replayed: true)", body = ReservationView),
         (status = 400, description = "idempotency_key_missing, idempotency_key_invalid, malformed_json, invalid_path", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 403, description = "forbidden: a payments or admin credential takes no holds", body = ErrorBody),
+        (status = 403, description = "forbidden: a payments or admin credential takes no holds; ticket_invalid: the Queue-Ticket is malformed, forged, or another buyer's or SKU's", body = ErrorBody),
         (status = 404, description = "unknown_sku", body = ErrorBody),
-        (status = 409, description = "sold_out, buyer_limit_reached, client_limit_reached, sale_not_open, sale_not_prewarmed, sale_paused", body = ErrorBody),
+        (status = 409, description = "sold_out, buyer_limit_reached, client_limit_reached, sale_not_open, sale_not_prewarmed, sale_paused; with a waiting room: not_your_turn (Retry-After), ticket_expired, ticket_used", body = ErrorBody),
         (status = 413, description = "body_too_large", body = ErrorBody),
         (status = 415, description = "unsupported_media_type", body = ErrorBody),
         (status = 422, description = "invalid_request, invalid_body, idempotency_key_reused", body = ErrorBody),
@@ -135,6 +135,7 @@ async fn reserve(
     AppPath(sku_raw): AppPath<String>,
     client: Option<axum::Extension<ClientAddr>>,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    headers: HeaderMap,
     AppJson(body): AppJson<ReserveBody>,
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&sku_raw).map_err(|_| ApiError::UnknownSku(sku_raw.clone()))?;
@@ -146,6 +147,7 @@ async fn reserve(
         .transpose()?;
     let metadata = body.metadata.map(HoldMetadata::parse).transpose()?;
     let client = client.map(|axum::Extension(client)| client.tiers());
+    let ticket = super::queue::ticket_header(&state, &headers, &sku, &buyer)?;
     let reserved = state
         .app()
         .reserve(ReserveRequest {
@@ -156,6 +158,7 @@ async fn reserve(
             client: client.as_deref(),
             reference: reference.as_ref(),
             metadata: metadata.as_ref(),
+            ticket,
         })
         .await?;
     let location = format!("/v1/reservations/{}", reserved.hold.id);

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use super::extract::{AppPath, SkuPath};
 use super::{ApiError, AppState};
-use crate::domain::{Currency, Money, SaleState, Sku, timestamp};
+use crate::domain::{Currency, Money, SaleState, Sku, WaitingRoom, timestamp};
 use crate::store::SkuRecord;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,6 +42,8 @@ pub struct SkuView {
     pub live: bool,
     /// Whether a hold could be taken right now: live, open, and inside the window.
     pub open: bool,
+    /// With the room on, a reserve needs an admitted place in line (`POST .../queue`).
+    pub waiting_room: WaitingRoom,
 }
 
 impl SkuView {
@@ -74,6 +76,7 @@ impl SkuView {
             state: record.state,
             live: false,
             open: false,
+            waiting_room: record.waiting_room,
         }
     }
 }
@@ -136,6 +139,7 @@ pub(super) async fn sale_view(
             state: live.state,
             live: true,
             open,
+            waiting_room: live.waiting_room,
         });
     }
     let record = state

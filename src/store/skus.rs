@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use super::{Store, StoreError};
-use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku};
+use crate::domain::{Currency, Money, SaleDefinition, SaleState, Sku, WaitingRoom};
 use crate::events::{Draft, Facts, SaleFacts, Stock, StockCause, StockChangeFacts};
 
 /// A SKU's sale definition joined with its inventory.
@@ -34,6 +34,7 @@ pub struct SkuRecord {
     /// The Redis namespace the sale was launched in (`None` before, or if launched before
     /// this was recorded).
     pub redis_namespace: Option<String>,
+    pub waiting_room: WaitingRoom,
 }
 
 #[derive(sqlx::FromRow)]
@@ -55,6 +56,9 @@ struct SkuRow {
     launched_at: Option<DateTime<Utc>>,
     resync_required: Option<String>,
     redis_namespace: Option<String>,
+    waiting_room: bool,
+    admit_per_second: i32,
+    admission_window_seconds: i32,
 }
 
 impl TryFrom<SkuRow> for SkuRecord {
@@ -86,13 +90,22 @@ impl TryFrom<SkuRow> for SkuRecord {
             launched_at: row.launched_at,
             resync_required: row.resync_required,
             redis_namespace: row.redis_namespace,
+            waiting_room: WaitingRoom {
+                enabled: row.waiting_room,
+                admit_per_second: positive(row.admit_per_second, "admit_per_second")?,
+                admission_window_seconds: positive(
+                    row.admission_window_seconds,
+                    "admission_window_seconds",
+                )?,
+            },
         })
     }
 }
 
 const SELECT_SKU: &str = "SELECT s.sku, s.num, s.name, s.price, s.currency, s.per_buyer_limit, \
      s.hold_ttl_seconds, s.starts_at, s.ends_at, s.state, \
-     i.total, i.available, i.reserved, i.sold, s.launched_at, s.resync_required, s.redis_namespace \
+     i.total, i.available, i.reserved, i.sold, s.launched_at, s.resync_required, s.redis_namespace, \
+     s.waiting_room, s.admit_per_second, s.admission_window_seconds \
      FROM skus s JOIN inventory i ON i.sku = s.sku";
 
 impl Store {
@@ -109,14 +122,19 @@ impl Store {
         sale: &SaleDefinition,
         with_total: bool,
     ) -> Result<SkuRecord, StoreError> {
+        // The caller resolves a definition without a room (the sale's own, or the default).
+        let room = sale.waiting_room.unwrap_or_default();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO skus (sku, name, price, currency, per_buyer_limit, hold_ttl_seconds, starts_at, ends_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO skus (sku, name, price, currency, per_buyer_limit, hold_ttl_seconds, starts_at, ends_at, \
+               waiting_room, admit_per_second, admission_window_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, \
                currency = EXCLUDED.currency, per_buyer_limit = EXCLUDED.per_buyer_limit, \
                hold_ttl_seconds = EXCLUDED.hold_ttl_seconds, starts_at = EXCLUDED.starts_at, \
-               ends_at = EXCLUDED.ends_at, updated_at = now()",
+               ends_at = EXCLUDED.ends_at, waiting_room = EXCLUDED.waiting_room, \
+               admit_per_second = EXCLUDED.admit_per_second, \
+               admission_window_seconds = EXCLUDED.admission_window_seconds, updated_at = now()",
         )
         .bind(sku.as_str())
         .bind(&sale.name)
@@ -126,6 +144,9 @@ impl Store {
         .bind(i32::try_from(sale.hold_ttl_seconds).unwrap_or(i32::MAX))
         .bind(sale.starts_at)
         .bind(sale.ends_at)
+        .bind(room.enabled)
+        .bind(i32::try_from(room.admit_per_second).unwrap_or(i32::MAX))
+        .bind(i32::try_from(room.admission_window_seconds).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
 
@@ -226,6 +247,28 @@ impl Store {
 
     /// Records whether new holds may be taken; `None` for an unknown SKU. A change of state
     /// records `sale.paused` or `sale.resumed`; setting the state it already has records nothing.
+    /// Sets the sale's waiting room; `None` for an unknown SKU.
+    pub async fn set_waiting_room(
+        &self,
+        sku: &Sku,
+        room: WaitingRoom,
+    ) -> Result<Option<SkuRecord>, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE skus SET waiting_room = $2, admit_per_second = $3, \
+               admission_window_seconds = $4, updated_at = now() WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .bind(room.enabled)
+        .bind(i32::try_from(room.admit_per_second).unwrap_or(i32::MAX))
+        .bind(i32::try_from(room.admission_window_seconds).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Self::fetch_sku(&self.pool, sku).await
+    }
+
     pub async fn set_sale_state(
         &self,
         sku: &Sku,

@@ -205,6 +205,8 @@ pub struct AppOptions {
     /// Serve the operators' routes on a listener of their own (`FLASHGATE_ADMIN_LISTEN`).
     pub operations_listener: bool,
     pub holds_per_client: u32,
+    /// `FLASHGATE_PLACES_PER_CLIENT` (off unless a test sets it).
+    pub places_per_client: u32,
     /// `FLASHGATE_BUYER_HOLD_QUOTA` (off unless a test sets it).
     pub hold_quota: Option<flashgate::gate::HoldQuota>,
     pub request_timeout: Duration,
@@ -244,6 +246,7 @@ impl Default for AppOptions {
             },
             operations_listener: false,
             holds_per_client: 0,
+            places_per_client: 0,
             hold_quota: None,
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
@@ -315,6 +318,11 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
             reservation_seal: Some(flashgate::domain::ReservationSeal::derive(
                 JWT_SECRET.as_bytes(),
             )),
+            waiting_room: flashgate::gate::RoomSettings {
+                places_per_client: options.places_per_client,
+                ticket_seal: Some(flashgate::domain::TicketSeal::derive(JWT_SECRET.as_bytes())),
+                ..Default::default()
+            },
         },
     )
     .expect("gate");

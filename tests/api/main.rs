@@ -31,3 +31,4 @@ mod settlement;
 mod skus;
 mod sold_out;
 mod unavailable;
+mod waiting_room;

@@ -326,6 +326,7 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
             hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
+            waiting_room: Default::default(),
         },
     )
     .expect("gate");

@@ -42,6 +42,7 @@ async fn reserve_many(
                     client: None,
                     reference: None,
                     metadata: None,
+                    ticket: None,
                 };
                 matches!(
                     gate.reserve(request).await.expect("reserve"),

@@ -100,6 +100,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
             hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
+            waiting_room: Default::default(),
         },
     )
     .expect("gate");
@@ -118,6 +119,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
                     client: None,
                     reference: None,
                     metadata: None,
+                    ticket: None,
                 })
                 .await
                 .expect("reserve")

@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             hold_quota: None,
             durability: Default::default(),
             reservation_seal: None,
+            waiting_room: Default::default(),
         },
     )?;
     let result = measure(&config, &store, &gate).await;
@@ -100,6 +101,7 @@ async fn measure(config: &Config, store: &Store, gate: &Gate) -> anyhow::Result<
             hold_ttl_seconds: 3600,
             starts_at: None,
             ends_at: None,
+            waiting_room: None,
         };
         let record = store.upsert_sku(&sku, &sale, true).await?;
         gate.prewarm(&record, true).await?;
@@ -137,6 +139,7 @@ async fn measure(config: &Config, store: &Store, gate: &Gate) -> anyhow::Result<
                         client: None,
                         reference: None,
                         metadata: None,
+                        ticket: None,
                     };
                     match gate.reserve(request).await {
                         Ok(ReserveOutcome::Created(_)) => created.fetch_add(1, Ordering::Relaxed),
