@@ -123,7 +123,9 @@ if not refusal and meta[9] == '1' then
       {meta[9], meta[10], meta[11], meta[4], meta[1], meta[2], meta[3], meta[8]}, now_ms), now_ms)
     if ticket > line.frontier then
       if line.sold_out_from > 0 and ticket >= line.sold_out_from then
-        refusal = {'refused', 'sold_out', '0'}
+        -- The units left, not 0: this place is sold out, not the stock (0 would turn on the
+        -- gate's sold-out shortcut for every buyer).
+        refusal = {'refused', 'sold_out', int(line.stock)}
       else
         refusal = {'refused', 'not_your_turn', int(ticket - line.frontier)}
       end

@@ -4,7 +4,9 @@
 #   1. wrk: POST /v1/skus/hot/reservations, every request a new hold (stock never runs out);
 #   2. wrk: the same on a sold-out SKU (every answer 409 sold_out);
 #   3. redis-benchmark: EVALSHA of the same lua/reserve.lua with the same keys and arguments the
-#      gate sends, every call a new hold, at the same concurrency.
+#      gate sends, every call a new hold, at the same concurrency;
+#   4. wrk: POST /v1/skus/line/queue, a place in a sale's waiting room (one buyer token, so every
+#      answer is its one place again: take_place.lua runs in full but for the INCR).
 # and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh.
 #   CONNECTIONS=64 DURATION=10 scripts/perf.sh
 set -euo pipefail
@@ -35,6 +37,7 @@ bin=target/release/flashgate
 "$bin" migrate >/dev/null
 "$bin" sku upsert hot --name Hot --price 9.99 --stock 100000000 --per-buyer-limit 100000000 >/dev/null
 "$bin" sku upsert gone --name Gone --price 9.99 --stock 0 --per-buyer-limit 5 >/dev/null
+"$bin" sku upsert line --name Line --price 9.99 --stock 100000000 --waiting-room true >/dev/null
 "$bin" prewarm --all >/dev/null
 "$bin" serve & server=$!
 cleanup() {
@@ -94,10 +97,20 @@ if (( decided < requests / 2 )); then
   echo "perf.sh: only $decided of $requests EVALSHA calls made a hold: the arguments no longer match lua/reserve.lua" >&2
   exit 1
 fi
+echo "== wrk -t2 -c$connections -d${duration}s: a place in a waiting room"
+out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/line/queue)
+echo "$out"
+places=$(rps <<<"$out")
+if grep -q 'Non-2xx or 3xx responses' <<<"$out"; then
+  echo "perf.sh: the places run was answered with errors, not places (see above)" >&2
+  exit 1
+fi
 echo
 printf 'HTTP new holds/s:        %10.0f\n' "$holds"
+printf 'HTTP places/s:           %10.0f\n' "$places"
 printf 'HTTP sold-out answers/s: %10.0f\n' "$sold_out"
 printf 'redis-benchmark reserve: %10.0f\n' "$ceiling"
 awk -v h="$holds" -v c="$ceiling" -v s="$sold_out" 'BEGIN {
   printf "HTTP holds / single-shard ceiling: %.1f%%\n", 100 * h / c;
   printf "sold-out answers / holds: %.2fx\n", s / h }'
+awk -v h="$holds" -v p="$places" 'BEGIN { printf "places / holds: %.2fx\n", p / h }'

@@ -86,6 +86,23 @@ pub struct Config {
     #[arg(long, default_value_t = 0.2)]
     pub release: f64,
 
+    /// Instead of the usual drive: the waiting-room fairness run. `--buyers` arrive over
+    /// `--arrival-seconds` at a sale of `--stock` units with its room on (SKU `<sku>-room`), then
+    /// at the same sale without it (`<sku>-direct`); holds are paid at once. The verdict adds
+    /// that holds went in arrival order and nobody told `sold_out` held later; then a burst of
+    /// places against a burst of holds.
+    #[arg(long)]
+    pub waiting_room: bool,
+    /// With --waiting-room: the window the arrivals are spread over, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub arrival_seconds: f64,
+    /// With --waiting-room: the room's admit rate.
+    #[arg(long, default_value_t = 500)]
+    pub admit_per_second: u32,
+    /// With --waiting-room: the room's admission window, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub admission_window_seconds: u32,
+
     /// The gate's Postgres: the verdict then checks that every hold a buyer was told about
     /// (201) is in Postgres, and compares the events with it.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

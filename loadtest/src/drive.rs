@@ -192,7 +192,7 @@ struct Shared {
 
 /// The address virtual buyer `n` comes from with `--clients`: one of `clients` addresses of the
 /// benchmarking range 198.18.0.0/15, so they never collide with a real network.
-fn client_address(n: usize, clients: usize) -> Option<String> {
+pub(crate) fn client_address(n: usize, clients: usize) -> Option<String> {
     (clients > 0).then(|| {
         let host = (n % clients) as u32 + 1;
         std::net::Ipv4Addr::from(0xC612_0000_u32 + host).to_string()

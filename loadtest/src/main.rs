@@ -3,13 +3,15 @@
 //!
 //! Modules: [`config`] (the command line), [`drive`] (virtual buyers and what they record),
 //! [`events`] (`--consume-events`), [`ledger`] (what Postgres recorded), [`report`]
-//! (percentiles, JSON and the HTML page), [`verdict`] (the invariant checks).
+//! (percentiles, JSON and the HTML page), [`verdict`] (the invariant checks), [`room`] (the
+//! waiting-room fairness run, `--waiting-room`).
 
 mod config;
 mod drive;
 mod events;
 mod ledger;
 mod report;
+mod room;
 mod verdict;
 
 use std::process::ExitCode;
@@ -33,6 +35,12 @@ async fn main() -> ExitCode {
 
 /// Returns whether the verdict passed.
 async fn run(mut config: config::Config) -> anyhow::Result<bool> {
+    if config.waiting_room {
+        let run = room::run(&config).await?;
+        print!("{}", run.text());
+        write_report(&config.report_json, &serde_json::to_vec_pretty(&run)?)?;
+        return Ok(run.passed());
+    }
     let admin = drive::Admin::new(&config)?;
     if config.create {
         admin

@@ -280,7 +280,6 @@ impl Gate {
     /// The sale's line, read from Redis at most once per [`LINE_REFRESH`] per gate: every poll
     /// in between is answered from the line read last. `None` for a sale not loaded.
     pub async fn line(&self, sku: &Sku) -> Result<Option<Arc<Line>>, GateError> {
-        metrics::counter!("flashgate_room_polls_total").increment(1);
         let slot = self.inner.lines.slot(sku);
         if let Some(line) = slot.fresh() {
             return Ok(Some(line));

@@ -177,10 +177,11 @@ impl PlaceView {
     }
 }
 
-/// Half the estimated wait, from 1 to 10 seconds: a buyer asks a few times while waiting,
-/// and never more than once a second.
+/// Half the estimated wait, from 1 to 2 seconds: a buyer learns within 2 s that it was
+/// admitted or that its place cannot be served, and never asks more than once a second (a
+/// poll costs no Redis call).
 fn retry_after(estimated_wait: Duration) -> u64 {
-    (estimated_wait.as_secs() / 2).clamp(1, 10)
+    (estimated_wait.as_secs() / 2).clamp(1, 2)
 }
 
 fn millis(ms: u64) -> DateTime<Utc> {
@@ -267,6 +268,7 @@ async fn poll(
     AppPath((sku_raw, raw)): AppPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    metrics::counter!("flashgate_room_polls_total").increment(1);
     let sku = Sku::parse(&sku_raw).map_err(|_| ApiError::UnknownSku(sku_raw.clone()))?;
     let ticket = seal(&state)?.verify(&sku, &buyer, &raw)?;
     let line = current(&state, &sku).await?;

@@ -383,9 +383,10 @@ async fn the_room_is_switched_live_and_kept_by_a_put_that_leaves_it_out(pool: Pg
     )
     .await;
     assert_eq!((status, code.as_str()), (422, "invalid_request"), "{body}");
-    let off = set(json!({"enabled": false, "admit_per_second": 50, "admission_window_seconds": 30}))
-        .await
-        .expect("put");
+    let off =
+        set(json!({"enabled": false, "admit_per_second": 50, "admission_window_seconds": 30}))
+            .await
+            .expect("put");
     assert_eq!(off.status(), 200);
     let off: Value = off.json().await.expect("json");
     assert_eq!(off["waiting_room"]["enabled"], false);
@@ -498,5 +499,40 @@ async fn polls_are_answered_from_the_line_the_gate_read_last(pool: PgPool) {
     assert!(
         !std::sync::Arc::ptr_eq(&later, &first),
         "a stale line is read again"
+    );
+}
+
+/// A ticket told `sold_out` that tries to reserve anyway is refused — and that refusal must not
+/// look like the stock running out: it once turned on the gate's sold-out shortcut, and every
+/// admitted buyer after it was refused `sold_out` with units still in stock.
+#[sqlx::test]
+async fn a_sold_out_place_trying_its_ticket_does_not_stop_admitted_buyers(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &room_sale(2, 1000, 60)).await;
+    let first = admitted_hold(&app, "sneaker", "a").await;
+    let b = ticket_of(&place(&app, "sneaker", "b").await);
+    assert_eq!(
+        settled(&app, "sneaker", "b", &b, Duration::from_secs(5)).await["status"],
+        "admitted"
+    );
+    // a's unit may come back and b may take the other: c waits.
+    let c = ticket_of(&place(&app, "sneaker", "c").await);
+    assert_eq!(poll(&app, "sneaker", "c", &c).await["status"], "waiting");
+    // a pays: nothing can come back, and b may take the last unit: c is sold out.
+    assert_eq!(
+        app.act(&first, "commit", &app.token("a")).await.status(),
+        200
+    );
+    let told = settled(&app, "sneaker", "c", &c, Duration::from_secs(3)).await;
+    assert_eq!(told["status"], "sold_out", "{told}");
+    let (status, code, _) =
+        error_code(reserve_with_ticket(&app, "sneaker", "c", "c1", &c).await).await;
+    assert_eq!((status, code.as_str()), (409, "sold_out"));
+    // b's unit is still there.
+    assert_eq!(
+        reserve_with_ticket(&app, "sneaker", "b", "b1", &b)
+            .await
+            .status(),
+        201
     );
 }
