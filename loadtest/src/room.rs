@@ -460,11 +460,21 @@ impl Crowd {
                         )
                         .await;
                         seen.requests += 1;
-                        status = poll.body["status"].as_str().unwrap_or("").to_owned();
                         retry = poll.retry_after;
-                        if poll.status != 200 {
-                            seen.unexpected = Some(format!("poll {} {}", poll.status, code(&poll)));
-                            break;
+                        match poll.status {
+                            200 => {
+                                status = poll.body["status"].as_str().unwrap_or("").to_owned();
+                            }
+                            // The gate or the network asked for patience: poll again.
+                            0 | 429 | 503 => {
+                                seen.retried
+                                    .push(format!("poll {} {}", poll.status, code(&poll)));
+                            }
+                            _ => {
+                                seen.unexpected =
+                                    Some(format!("poll {} {}", poll.status, code(&poll)));
+                                break;
+                            }
                         }
                     }
                     match status.as_str() {
