@@ -431,6 +431,12 @@ const CATALOGUE: &[(&str, Kind, &str, &[Labels])] = &[
         &[&[]],
     ),
     (
+        "flashgate_reserve_batch_size",
+        Kind::Histogram,
+        "Reserves of one SKU sent to Redis in one script call (FLASHGATE_RESERVE_BATCH)",
+        &[],
+    ),
+    (
         "flashgate_room_places_total",
         Kind::Counter,
         "Places in a waiting room handed out by this gate, per SKU",

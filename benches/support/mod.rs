@@ -83,6 +83,7 @@ impl BenchEnv {
                 durability: Default::default(),
                 reservation_seal: None,
                 waiting_room: Default::default(),
+                reserve_batching: Default::default(),
             },
         )
         .ok()?;

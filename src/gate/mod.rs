@@ -16,6 +16,7 @@
 //! - `shortcut.rs`: the in-process sold-out shortcut;
 //! - `breaker.rs`: the circuit breaker every Redis call goes through.
 
+mod batch;
 mod breaker;
 mod connection;
 mod contract;
@@ -28,6 +29,7 @@ mod sale;
 mod scripts;
 mod shortcut;
 
+pub use batch::ReserveBatching;
 pub use breaker::BreakerSettings;
 use breaker::GuardedConnection;
 pub use connection::RedisConnection;
@@ -53,8 +55,8 @@ use redis::AsyncCommands;
 use crate::domain::{ReservationId, ReservationSeal, Sku, TicketSeal, WaitingRoom};
 use scripts::Scripts;
 
-/// Why the gate could not decide.
-#[derive(Debug, thiserror::Error)]
+/// Why the gate could not decide. Cloned when one failed batch answers every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GateError {
     /// Redis could not be reached in time; the caller may retry later.
     #[error("redis is unavailable: {0}")]
@@ -133,6 +135,8 @@ pub struct GateSettings {
     pub reservation_seal: Option<ReservationSeal>,
     /// The waiting rooms: the default for new sales, the per-client cap on places, the seal.
     pub waiting_room: RoomSettings,
+    /// How reserves of one SKU are batched into one script call.
+    pub reserve_batching: ReserveBatching,
 }
 
 /// Settings of the waiting rooms (see `gate::room`).
@@ -285,6 +289,8 @@ struct GateInner {
     breaker: Arc<breaker::CircuitBreaker>,
     /// The waiting rooms' lines as this gate read them last.
     lines: room::LineCache,
+    /// The per-SKU queues of batched reserves.
+    batcher: batch::Batcher,
 }
 
 /// How long requests share one connection before it is taken afresh from the pool.
@@ -330,6 +336,7 @@ impl Gate {
             shortcut,
             breaker: Arc::new(breaker::CircuitBreaker::new(redis.breaker)),
             lines: room::LineCache::default(),
+            batcher: batch::Batcher::default(),
         });
         // The shortcut needs its listener; outside a server (no runtime) or disabled it stays off.
         if inner.shortcut.enabled() && tokio::runtime::Handle::try_current().is_ok() {

@@ -2,9 +2,12 @@
 
 use redis::AsyncCommands;
 
+use super::batch::ReserveCall;
 use super::contract::{Refusal, ReserveOutcome, parse_reserve};
 use super::{Durability, Gate, GateError};
-use crate::domain::{BuyerId, HoldMetadata, HoldReference, IdempotencyKey, Quantity, Sku, Ticket};
+use crate::domain::{
+    BuyerId, HoldMetadata, HoldReference, IdempotencyKey, Quantity, ReservationId, Sku, Ticket,
+};
 
 /// One buyer's request for a hold.
 #[derive(Debug, Clone, Copy)]
@@ -66,60 +69,98 @@ impl Gate {
             return Ok(ReserveOutcome::Refused(Refusal::UnknownSku));
         };
         let id = self.mint_id(number);
+        let call = self.reserve_call(&req, id);
+        let decided = if self.batches_reserves() {
+            match self.decide_batched(req.sku, call).await {
+                Ok(reply) => parse_reserve(
+                    &reply,
+                    req,
+                    self.inner.settings.buyer_rate,
+                    self.inner.settings.hold_quota,
+                ),
+                Err(err) => Err(err),
+            }
+        } else {
+            self.decide_alone(req, call).await
+        };
+        let outcome = decided?;
+        if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
+            && self.inner.shortcut.enabled()
+            && !self.inner.shortcut.is_on(req.sku)
+        {
+            self.turn_on_shortcut(req.sku, epoch).await;
+        }
+        Ok(outcome)
+    }
+
+    /// The keys and arguments of `lua/reserve.lua` for one request (see its header).
+    pub(super) fn reserve_call(&self, req: &ReserveRequest<'_>, id: ReservationId) -> ReserveCall {
+        let settings = &self.inner.settings;
         let keys = self.namespace().sku(req.sku);
-        let (interval_us, burst) = match self.inner.settings.buyer_rate {
+        let (interval_us, burst) = match settings.buyer_rate {
             Some(rate) => (rate.emission_interval_us(), rate.burst),
             None => (0, 0),
         };
-        let client = req.client.unwrap_or("");
         let [client_key, client56_key, client48_key] = keys.client_counters(req.client);
-        let caps = self.inner.settings.holds_per_client;
-        let quota = self.inner.settings.hold_quota;
+        let caps = settings.holds_per_client;
+        let quota = settings.hold_quota;
+        ReserveCall {
+            keys: vec![
+                keys.meta(),
+                keys.stock(),
+                keys.buyer(req.buyer),
+                keys.idempotency(req.buyer, req.idempotency_key),
+                keys.rate_limit(req.buyer),
+                keys.hold(id),
+                keys.holds(),
+                keys.events(),
+                keys.buyers(),
+                client_key,
+                keys.hold_quota(req.buyer),
+                client56_key,
+                client48_key,
+                keys.room(),
+                keys.room_admits(),
+                keys.room_used(),
+            ],
+            args: vec![
+                id.to_string(),
+                req.buyer.as_str().to_owned(),
+                req.quantity.get().to_string(),
+                req.fingerprint(),
+                settings.idempotency_ttl.as_secs().max(1).to_string(),
+                interval_us.to_string(),
+                burst.to_string(),
+                req.idempotency_key.as_str().to_owned(),
+                req.sku.as_str().to_owned(),
+                req.client.unwrap_or("").to_owned(),
+                caps.per_client.to_string(),
+                u8::from(settings.durability != Durability::Master).to_string(),
+                quota.map_or(0, |q| q.holds).to_string(),
+                quota
+                    .map_or(0, |q| q.window.as_millis().max(1) as u64)
+                    .to_string(),
+                caps.per_56.to_string(),
+                caps.per_48.to_string(),
+                req.reference.map_or("", HoldReference::as_str).to_owned(),
+                req.metadata.map_or("", HoldMetadata::as_str).to_owned(),
+                req.ticket.map_or(0, |t| t.position).to_string(),
+            ],
+        }
+    }
+
+    /// One `reserve.lua` call for this request alone, on the connection durability asks for:
+    /// with `FLASHGATE_DURABILITY=replica`, a connection of its own that then `WAIT`s.
+    async fn decide_alone(
+        &self,
+        req: ReserveRequest<'_>,
+        call: ReserveCall,
+    ) -> Result<ReserveOutcome, GateError> {
         let (mut conn, dedicated) = self.dedicated_connection().await?;
         let decided = async {
-            let reply: Vec<String> = self
-                .inner
-                .scripts
-                .reserve
-                .key(keys.meta())
-                .key(keys.stock())
-                .key(keys.buyer(req.buyer))
-                .key(keys.idempotency(req.buyer, req.idempotency_key))
-                .key(keys.rate_limit(req.buyer))
-                .key(keys.hold(id))
-                .key(keys.holds())
-                .key(keys.events())
-                .key(keys.buyers())
-                .key(client_key)
-                .key(keys.hold_quota(req.buyer))
-                .key(client56_key)
-                .key(client48_key)
-                .key(keys.room())
-                .key(keys.room_admits())
-                .key(keys.room_used())
-                .arg(id.to_string())
-                .arg(req.buyer.as_str())
-                .arg(req.quantity.get())
-                .arg(req.fingerprint())
-                .arg(self.inner.settings.idempotency_ttl.as_secs().max(1))
-                .arg(interval_us)
-                .arg(burst)
-                .arg(req.idempotency_key.as_str())
-                .arg(req.sku.as_str())
-                .arg(client)
-                .arg(caps.per_client)
-                .arg(u8::from(
-                    self.inner.settings.durability != Durability::Master,
-                ))
-                .arg(quota.map_or(0, |q| q.holds))
-                .arg(quota.map_or(0, |q| q.window.as_millis().max(1) as u64))
-                .arg(caps.per_56)
-                .arg(caps.per_48)
-                .arg(req.reference.map_or("", HoldReference::as_str))
-                .arg(req.metadata.map_or("", HoldMetadata::as_str))
-                .arg(req.ticket.map_or(0, |t| t.position))
-                .invoke_async(&mut conn)
-                .await?;
+            let mut invocation = self.inner.scripts.reserve.prepare_invoke();
+            call.add_to(&mut invocation);
+            let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
             let outcome = parse_reserve(
                 &reply,
                 req,
@@ -134,7 +175,8 @@ impl Gate {
             {
                 // WAIT covers every write this connection sent before it, the decision included
                 // (a replay wrote too, see reserve.lua), so 1 means a replica has the hold.
-                let replicas = conn.wait_for_replicas(&keys.stock(), 1, timeout).await?;
+                let stock = self.namespace().sku(req.sku).stock();
+                let replicas = conn.wait_for_replicas(&stock, 1, timeout).await?;
                 if replicas < 1 {
                     metrics::counter!("flashgate_not_replicated_total").increment(1);
                     return Err(GateError::NotReplicated);
@@ -143,20 +185,10 @@ impl Gate {
             Ok(outcome)
         }
         .await;
-        let outcome = match decided {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                super::connection::DedicatedPool::discard_if_broken(dedicated, &err);
-                return Err(err);
-            }
-        };
-        if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
-            && self.inner.shortcut.enabled()
-            && !self.inner.shortcut.is_on(req.sku)
-        {
-            self.turn_on_shortcut(req.sku, epoch).await;
+        if let Err(err) = &decided {
+            super::connection::DedicatedPool::discard_if_broken(dedicated, err);
         }
-        Ok(outcome)
+        decided
     }
 
     /// Loads the SKU's buyers and turns the sold-out shortcut on, unless anything changed since

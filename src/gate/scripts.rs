@@ -10,6 +10,7 @@ use redis::Script;
 #[derive(Debug)]
 pub struct Scripts {
     pub reserve: Script,
+    pub reserve_batch: Script,
     pub take_place: Script,
     pub room_state: Script,
     pub transition: Script,
@@ -33,6 +34,13 @@ impl Scripts {
             reserve: Script::new(concat!(
                 include_str!("../../lua/room.lua"),
                 include_str!("../../lua/reserve.lua")
+            )),
+            reserve_batch: Script::new(concat!(
+                include_str!("../../lua/room.lua"),
+                "local function decide(KEYS, ARGV)\n",
+                include_str!("../../lua/reserve.lua"),
+                "\nend\n",
+                include_str!("../../lua/reserve_batch.lua")
             )),
             take_place: Script::new(concat!(
                 include_str!("../../lua/room.lua"),

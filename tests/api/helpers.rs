@@ -207,6 +207,8 @@ pub struct AppOptions {
     pub holds_per_client: u32,
     /// `FLASHGATE_PLACES_PER_CLIENT` (off unless a test sets it).
     pub places_per_client: u32,
+    /// `FLASHGATE_RESERVE_BATCH*` (the defaults: batches of up to 64, no wait).
+    pub reserve_batching: flashgate::gate::ReserveBatching,
     /// `FLASHGATE_BUYER_HOLD_QUOTA` (off unless a test sets it).
     pub hold_quota: Option<flashgate::gate::HoldQuota>,
     pub request_timeout: Duration,
@@ -247,6 +249,7 @@ impl Default for AppOptions {
             operations_listener: false,
             holds_per_client: 0,
             places_per_client: 0,
+            reserve_batching: Default::default(),
             hold_quota: None,
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
@@ -323,6 +326,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
                 ticket_seal: Some(flashgate::domain::TicketSeal::derive(JWT_SECRET.as_bytes())),
                 ..Default::default()
             },
+            reserve_batching: options.reserve_batching,
         },
     )
     .expect("gate");

@@ -27,6 +27,7 @@ mod hostile;
 mod identity_provider;
 mod reference;
 mod reserve;
+mod reserve_batch;
 mod settlement;
 mod skus;
 mod sold_out;

@@ -327,6 +327,7 @@ async fn an_audit_under_the_wrong_namespace_is_not_green(pool: PgPool) {
             durability: Default::default(),
             reservation_seal: None,
             waiting_room: Default::default(),
+            reserve_batching: Default::default(),
         },
     )
     .expect("gate");

@@ -101,6 +101,7 @@ async fn units_coming_back_switch_the_shortcut_off_in_every_instance(pool: PgPoo
             durability: Default::default(),
             reservation_seal: None,
             waiting_room: Default::default(),
+            reserve_batching: Default::default(),
         },
     )
     .expect("gate");

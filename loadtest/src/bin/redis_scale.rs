@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             durability: Default::default(),
             reservation_seal: None,
             waiting_room: Default::default(),
+            reserve_batching: Default::default(),
         },
     )?;
     let result = measure(&config, &store, &gate).await;

@@ -1,0 +1,229 @@
+//! Admission batching for a hot SKU (`FLASHGATE_RESERVE_BATCH`): reserves of one SKU that queue
+//! up in this gate go to Redis as one `lua/reserve_batch.lua` call, decided in arrival order with
+//! exactly `reserve.lua`'s semantics (the batch script runs `reserve.lua` itself per request).
+//!
+//! Each SKU has one worker task fed by a channel. It takes the first request waiting, adds what
+//! is already queued (up to the batch size; `FLASHGATE_RESERVE_BATCH_WAIT_US` lets it wait that
+//! long for more) and sends the batch; up to [`BATCHES_IN_FLIGHT`] batches of a SKU are in
+//! flight at once, so an idle gate adds no latency and a busy one fills its batches while the
+//! previous ones are decided.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Gate, GateError, GateInner};
+use crate::domain::Sku;
+
+/// Batches of one SKU sent and not yet answered, at most.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// How reserves are batched (`FLASHGATE_RESERVE_BATCH`, `FLASHGATE_RESERVE_BATCH_WAIT_US`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReserveBatching {
+    /// Most requests in one call; 1 sends each alone (no batching).
+    pub max: usize,
+    /// How long a batch waits for more requests; zero sends what is already queued.
+    pub wait: Duration,
+}
+
+impl Default for ReserveBatching {
+    fn default() -> Self {
+        Self {
+            max: 64,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// The keys and arguments of one `reserve.lua` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReserveCall {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+}
+
+impl ReserveCall {
+    pub fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg);
+        }
+    }
+}
+
+struct Pending {
+    call: ReserveCall,
+    answer: oneshot::Sender<Result<Vec<String>, GateError>>,
+}
+
+/// The per-SKU queues of this gate.
+#[derive(Debug, Default)]
+pub(super) struct Batcher {
+    queues: Mutex<HashMap<Sku, mpsc::UnboundedSender<Pending>>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending(..)")
+    }
+}
+
+impl Gate {
+    /// Whether reserves go through the batcher: batching is on, and a hold is answered when
+    /// the master decided it (a `WAIT` for replicas needs the connection of its own decision).
+    pub(super) fn batches_reserves(&self) -> bool {
+        self.inner.settings.reserve_batching.max > 1
+            && self.inner.settings.durability == super::Durability::Master
+            && tokio::runtime::Handle::try_current().is_ok()
+    }
+
+    /// `reserve.lua`'s reply for `call`, decided in a batch with the SKU's other reserves.
+    pub(super) async fn decide_batched(
+        &self,
+        sku: &Sku,
+        call: ReserveCall,
+    ) -> Result<Vec<String>, GateError> {
+        let (answer, answered) = oneshot::channel();
+        let queue = self.batch_queue(sku);
+        queue
+            .send(Pending { call, answer })
+            .map_err(|_| GateError::Unavailable("the reserve batcher stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| GateError::Unavailable("the reserve batch was dropped".into()))?
+    }
+
+    fn batch_queue(&self, sku: &Sku) -> mpsc::UnboundedSender<Pending> {
+        let mut queues = self
+            .inner
+            .batcher
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = queues.get(sku).filter(|q| !q.is_closed()) {
+            return queue.clone();
+        }
+        let (queue, requests) = mpsc::unbounded_channel();
+        tokio::spawn(work(
+            Arc::downgrade(&self.inner),
+            requests,
+            self.inner.settings.reserve_batching,
+        ));
+        queues.insert(sku.clone(), queue.clone());
+        queue
+    }
+
+    /// Decides `requests` in order, with the ids given: one `reserve.lua` call each, or all in
+    /// one `reserve_batch.lua` call. The raw replies, for the test that proves the two agree.
+    #[doc(hidden)]
+    pub async fn decide_sequence(
+        &self,
+        requests: &[(crate::domain::ReservationId, super::ReserveRequest<'_>)],
+        batched: bool,
+    ) -> Result<Vec<Vec<String>>, GateError> {
+        let calls: Vec<ReserveCall> = requests
+            .iter()
+            .map(|(id, req)| self.reserve_call(req, *id))
+            .collect();
+        let mut conn = self.connection().await?;
+        if batched {
+            let mut invocation = self.inner.scripts.reserve_batch.prepare_invoke();
+            invocation.arg(calls.len());
+            for call in &calls {
+                call.add_to(&mut invocation);
+            }
+            return Ok(invocation.invoke_async(&mut conn).await?);
+        }
+        let mut replies = Vec::with_capacity(calls.len());
+        for call in &calls {
+            let mut invocation = self.inner.scripts.reserve.prepare_invoke();
+            call.add_to(&mut invocation);
+            replies.push(invocation.invoke_async(&mut conn).await?);
+        }
+        Ok(replies)
+    }
+
+    /// Sends one batch and hands each request its reply.
+    async fn send_batch(&self, batch: Vec<Pending>) {
+        metrics::histogram!("flashgate_reserve_batch_size").record(batch.len() as f64);
+        let decided: Result<Vec<Vec<String>>, GateError> = async {
+            let mut conn = self.connection().await?;
+            if let [one] = batch.as_slice() {
+                let mut invocation = self.inner.scripts.reserve.prepare_invoke();
+                one.call.add_to(&mut invocation);
+                return Ok(vec![invocation.invoke_async(&mut conn).await?]);
+            }
+            let mut invocation = self.inner.scripts.reserve_batch.prepare_invoke();
+            invocation.arg(batch.len());
+            for pending in &batch {
+                pending.call.add_to(&mut invocation);
+            }
+            let replies: Vec<Vec<String>> = invocation.invoke_async(&mut conn).await?;
+            if replies.len() != batch.len() {
+                return Err(GateError::Protocol(format!(
+                    "reserve_batch.lua answered {} replies to {} requests",
+                    replies.len(),
+                    batch.len()
+                )));
+            }
+            Ok(replies)
+        }
+        .await;
+        match decided {
+            Ok(replies) => {
+                for (pending, reply) in batch.into_iter().zip(replies) {
+                    // A caller that went away (its request timed out) is answered by nobody.
+                    let _ = pending.answer.send(Ok(reply));
+                }
+            }
+            Err(err) => {
+                for pending in batch {
+                    let _ = pending.answer.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One SKU's worker: forms batches in arrival order while the gate lives.
+async fn work(
+    gate: Weak<GateInner>,
+    mut requests: mpsc::UnboundedReceiver<Pending>,
+    batching: ReserveBatching,
+) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        // A place for the batch first: while every place is taken, requests queue up and the
+        // next batch is fuller.
+        let Ok(place) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = requests.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + batching.wait;
+        while batch.len() < batching.max {
+            match requests.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) if batching.wait.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, requests.recv()).await {
+                    Ok(Some(pending)) => batch.push(pending),
+                    _ => break,
+                },
+            }
+        }
+        let Some(inner) = gate.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            Gate { inner }.send_batch(batch).await;
+            drop(place);
+        });
+    }
+}
