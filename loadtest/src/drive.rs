@@ -96,22 +96,37 @@ impl Admin {
         })
     }
 
+    /// The same admin client for another SKU.
+    pub fn for_sku(&self, sku: &str) -> Self {
+        Self {
+            client: self.client.clone(),
+            url: self.url.clone(),
+            token: self.token.clone(),
+            sku: sku.to_owned(),
+        }
+    }
+
     /// Creates or resets the sale and loads it into Redis (`prewarm?force=true`).
     pub async fn create_sale(&self, config: &Config) -> anyhow::Result<()> {
-        let body = json!({
+        self.put_and_prewarm(&json!({
             "name": format!("load test {}", self.sku),
             "price": config.price,
             "currency": "USD",
             "stock": config.stock,
             "per_buyer_limit": config.per_buyer_limit,
             "hold_ttl_seconds": config.hold_ttl_seconds,
-        });
+        }))
+        .await
+    }
+
+    /// `PUT /v1/admin/skus/{sku}` with `body`, then `prewarm?force=true`.
+    pub async fn put_and_prewarm(&self, body: &Value) -> anyhow::Result<()> {
         let base = format!("{}/v1/admin/skus/{}", self.url, self.sku);
         let put = self
             .client
             .put(&base)
             .bearer_auth(&self.token)
-            .json(&body)
+            .json(body)
             .send()
             .await?;
         if !put.status().is_success() {
@@ -129,7 +144,8 @@ impl Admin {
             .await?;
         if !warm.status().is_success() {
             bail!(
-                "prewarm: {} {}",
+                "prewarm {}: {} {}",
+                self.sku,
                 warm.status(),
                 warm.text().await.unwrap_or_default()
             );

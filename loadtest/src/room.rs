@@ -12,7 +12,6 @@ use flashgate::auth::BearerTokens;
 use flashgate::domain::BuyerId;
 use futures::StreamExt;
 use rand::Rng;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -214,10 +213,11 @@ impl RoomRun {
 struct Gate {
     client: reqwest::Client,
     url: String,
-    admin_token: String,
+    admin: crate::drive::Admin,
 }
 
 impl Gate {
+    /// Creates (or resets) `sku` with `room` (none: the room off) and pre-warms it.
     async fn create(
         &self,
         sku: &str,
@@ -225,65 +225,20 @@ impl Gate {
         limit: u32,
         room: Option<Value>,
     ) -> anyhow::Result<()> {
-        let mut body = json!({
-            "name": format!("waiting room test {sku}"),
-            "price": "19.99",
-            "stock": stock,
-            "per_buyer_limit": limit,
-            "hold_ttl_seconds": 300,
-        });
-        body["waiting_room"] = room.unwrap_or(json!({
+        let room = room.unwrap_or(json!({
             "enabled": false, "admit_per_second": 100, "admission_window_seconds": 60
         }));
-        let base = format!("{}/v1/admin/skus/{sku}", self.url);
-        let put = self
-            .client
-            .put(&base)
-            .bearer_auth(&self.admin_token)
-            .json(&body)
-            .send()
-            .await?;
-        if !put.status().is_success() {
-            bail!(
-                "PUT {base}: {} {}",
-                put.status(),
-                put.text().await.unwrap_or_default()
-            );
-        }
-        let warm = self
-            .client
-            .post(format!("{base}/prewarm?force=true"))
-            .bearer_auth(&self.admin_token)
-            .send()
-            .await?;
-        if !warm.status().is_success() {
-            bail!(
-                "prewarm {sku}: {} {}",
-                warm.status(),
-                warm.text().await.unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-
-    /// The audit once the settler drained the SKU's stream.
-    async fn settled_audit(&self, sku: &str, timeout: Duration) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let audit: Value = self
-                .client
-                .get(format!("{}/v1/admin/skus/{sku}/audit", self.url))
-                .bearer_auth(&self.admin_token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            let drained = audit["backlog"] == 0 && audit["pending_write_backs"] == 0;
-            if drained || Instant::now() >= deadline {
-                return Ok(audit);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.admin
+            .for_sku(sku)
+            .put_and_prewarm(&json!({
+                "name": format!("waiting room test {sku}"),
+                "price": "19.99",
+                "stock": stock,
+                "per_buyer_limit": limit,
+                "hold_ttl_seconds": 300,
+                "waiting_room": room,
+            }))
+            .await
     }
 
     /// A counter of `/metrics` (unlabelled), if the gate serves it here.
@@ -535,7 +490,7 @@ pub async fn run(config: &Config) -> anyhow::Result<RoomRun> {
     let gate = Gate {
         client: client.clone(),
         url: url.clone(),
-        admin_token: config.admin_token.expose_secret().to_owned(),
+        admin: crate::drive::Admin::new(config)?,
     };
     let tokens = BearerTokens::new(&config.jwt_secret);
     let run: u32 = rand::random();
@@ -614,9 +569,7 @@ pub async fn run(config: &Config) -> anyhow::Result<RoomRun> {
             .await
             .zip(reads_before)
             .map(|(after, before)| after.saturating_sub(before));
-        let audit = gate
-            .settled_audit(&sku, Duration::from_secs(config.settle_timeout_seconds))
-            .await?;
+        let audit = gate.admin.for_sku(&sku).wait_for_settlement(config).await?;
         phases.push(judge(
             &sku,
             with_room,

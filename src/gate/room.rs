@@ -233,12 +233,7 @@ impl Gate {
             .inner
             .scripts
             .take_place
-            .key(keys.meta())
-            .key(keys.room())
-            .key(keys.room_admits())
-            .key(keys.room_used())
-            .key(keys.stock())
-            .key(keys.holds())
+            .key(line_keys(&keys))
             .key(keys.room_place(buyer))
             .key(keys.room_client(client))
             .arg(self.inner.settings.waiting_room.places_per_client)
@@ -314,16 +309,23 @@ impl Gate {
             .inner
             .scripts
             .room_state
-            .key(keys.meta())
-            .key(keys.room())
-            .key(keys.room_admits())
-            .key(keys.room_used())
-            .key(keys.stock())
-            .key(keys.holds())
+            .key(line_keys(&keys))
             .invoke_async(&mut conn)
             .await?;
         Line::parse(&reply)
     }
+}
+
+/// KEYS 1–6 of the scripts that move the line: meta, room, admits, used, stock, holds.
+fn line_keys(keys: &super::SkuKeys) -> Vec<String> {
+    vec![
+        keys.meta(),
+        keys.room(),
+        keys.room_admits(),
+        keys.room_used(),
+        keys.stock(),
+        keys.holds(),
+    ]
 }
 
 /// The line's figures as metrics: the totals are the line's own (the same on every gate), so
