@@ -310,6 +310,11 @@ pub struct HttpConfig {
     /// Longest a request may take before it is answered 503 `request_timeout`, in ms.
     #[arg(long, env = "FLASHGATE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Serves `POST /v1/skus/{sku}/floor`, a route for benchmarks only: it answers exactly what a
+    /// sold-out reserve answers without reading the request, behind every layer a reserve
+    /// passes, so `scripts/perf.sh` can measure the HTTP floor a sold-out answer is held to.
+    #[arg(long, env = "FLASHGATE_FLOOR_ROUTE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub floor_route: bool,
     /// Most open client connections; past it new connections wait in the listen backlog.
     #[arg(long, env = "FLASHGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -256,6 +256,7 @@ impl Application {
             events,
             request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
             metrics: crate::telemetry::metrics(),
+            floor_route: http.floor_route,
         };
         let server = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
             Ok((soft, _)) => http.server().within_file_limit(soft),

@@ -537,6 +537,45 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::Refused(Refusal::SoldOut { available: 0 }) = self {
+            return sold_out_response();
+        }
+        let code = ErrorCode(self.code());
+        let (status, headers, body) = self.parts();
+        let mut response = (status, headers, Json(Value::Object(body))).into_response();
+        // For the observing middleware: the answer's code without parsing the body.
+        response.extensions_mut().insert(code);
+        response
+    }
+}
+
+/// `409 sold_out` with no units left: after a sell-out nearly every answer is this one, so its
+/// body is rendered once (by the same [`ApiError::parts`] as every other error) and shared.
+fn sold_out_response() -> Response {
+    static BODY: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let error = ApiError::Refused(Refusal::SoldOut { available: 0 });
+    let body = BODY.get_or_init(|| {
+        let (_, _, body) = error.parts();
+        serde_json::to_vec(&Value::Object(body))
+            .unwrap_or_default()
+            .into()
+    });
+    let mut response = (
+        StatusCode::CONFLICT,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.clone(),
+    )
+        .into_response();
+    response.extensions_mut().insert(ErrorCode("sold_out"));
+    response
+}
+
+impl ApiError {
+    /// An error's status, headers and JSON body.
+    fn parts(&self) -> (StatusCode, HeaderMap, Map<String, Value>) {
         let status = self.status();
         let mut body = self.base_body();
         let mut headers = HeaderMap::new();
@@ -616,11 +655,7 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let code = ErrorCode(self.code());
-        let mut response = (status, headers, Json(Value::Object(body))).into_response();
-        // For the observing middleware: the answer's code without parsing the body.
-        response.extensions_mut().insert(code);
-        response
+        (status, headers, body)
     }
 }
 
@@ -631,6 +666,31 @@ pub struct ErrorCode(pub &'static str);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared sold-out answer is byte for byte what rendering the error gives.
+    #[tokio::test]
+    async fn the_shared_sold_out_answer_is_the_rendered_one() {
+        let error = ApiError::Refused(Refusal::SoldOut { available: 0 });
+        let (status, headers, body) = error.parts();
+        let rendered = (status, headers, Json(Value::Object(body))).into_response();
+        let shared = error.into_response();
+        assert_eq!(shared.status(), rendered.status());
+        assert_eq!(shared.headers(), rendered.headers());
+        assert_eq!(
+            shared.extensions().get::<ErrorCode>(),
+            Some(&ErrorCode("sold_out"))
+        );
+        let shared = axum::body::to_bytes(shared.into_body(), 4096)
+            .await
+            .expect("body");
+        let rendered = axum::body::to_bytes(rendered.into_body(), 4096)
+            .await
+            .expect("body");
+        assert_eq!(shared, rendered);
+        let body: Value = serde_json::from_slice(&shared).expect("json");
+        assert_eq!(body["error"], "sold_out");
+        assert_eq!(body["available"], 0);
+    }
 
     #[test]
     fn retry_after_rounds_up() {

@@ -76,6 +76,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Whether the benchmarks' floor route is served (`FLASHGATE_FLOOR_ROUTE`).
+    pub floor_route: bool,
 }
 
 impl AppState {
@@ -207,7 +209,11 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
     let operations = surface != Surface::Public;
     let mut routes = OpenApiRouter::new();
     if public {
-        let new_buyers = new_buyer_routes().route_layer(from_fn_with_state(
+        let mut new_buyer_routes = new_buyer_routes();
+        if state.floor_route {
+            new_buyer_routes = new_buyer_routes.merge(reservations::floor());
+        }
+        let new_buyers = new_buyer_routes.route_layer(from_fn_with_state(
             (state.admission.clone(), state.tokens.clone()),
             admission::new_buyers,
         ));

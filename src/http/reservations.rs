@@ -34,6 +34,21 @@ pub fn payments() -> OpenApiRouter<AppState> {
         .routes(routes!(release))
 }
 
+/// The benchmarks' floor (`FLASHGATE_FLOOR_ROUTE`, off unless set): served in the new-buyer
+/// lane, behind every layer a reserve passes, it answers exactly what a sold-out reserve answers
+/// without reading the path, the key, the body or the sale. `scripts/perf.sh` holds sold-out
+/// answers to it. Left out of the API's document: it is no part of the API.
+pub fn floor() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(sold_out_floor))
+}
+
+#[utoipa::path(post, path = "/v1/skus/{sku}/floor", tag = "operations",
+    params(SkuPath),
+    responses((status = 409, description = "sold_out, always", body = ErrorBody)))]
+async fn sold_out_floor() -> ApiError {
+    ApiError::Refused(crate::gate::Refusal::SoldOut { available: 0 })
+}
+
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 struct ReserveBody {
     /// Signed so that `0` and `-1` are refused by `Quantity::parse` with a clear message.

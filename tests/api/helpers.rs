@@ -212,6 +212,8 @@ pub struct AppOptions {
     /// `FLASHGATE_BUYER_HOLD_QUOTA` (off unless a test sets it).
     pub hold_quota: Option<flashgate::gate::HoldQuota>,
     pub request_timeout: Duration,
+    /// Serve the benchmarks' floor route (`FLASHGATE_FLOOR_ROUTE`).
+    pub floor_route: bool,
     pub durability: flashgate::gate::Durability,
     /// The pace of the app's own settler (the one its handlers post work to).
     pub settler: SettlerSettings,
@@ -253,6 +255,7 @@ impl Default for AppOptions {
             hold_quota: None,
             durability: Default::default(),
             request_timeout: Duration::from_secs(10),
+            floor_route: false,
             settler: settler_settings(),
             events: flashgate::events::EventFilter::default(),
         }
@@ -352,6 +355,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         events: events.clone(),
         request_timeout: options.request_timeout,
         metrics: flashgate::telemetry::metrics(),
+        floor_route: options.floor_route,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("addr"));

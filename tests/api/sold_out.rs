@@ -295,3 +295,56 @@ async fn a_killed_subscription_turns_the_shortcut_off_until_it_is_back(pool: PgP
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.reserve("hot", "after-kill", "k", 1).await.status(), 201);
 }
+
+/// The benchmarks' floor route answers what a sold-out reserve answers, byte for byte and
+/// header for header (but the request id), and exists only when `FLASHGATE_FLOOR_ROUTE` is set.
+#[sqlx::test]
+async fn the_floor_route_answers_exactly_what_a_sold_out_reserve_answers(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        AppOptions {
+            floor_route: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    app.open_sale("gone", &sale_body(0, 1)).await;
+    let sold_out = app.reserve("gone", "alice", "k", 1).await;
+    let floor = app
+        .client
+        .post(app.url("/v1/skus/gone/floor"))
+        .send()
+        .await
+        .expect("floor");
+    assert_eq!(floor.status(), sold_out.status());
+    assert_eq!(floor.status(), 409);
+    let headers = |response: &reqwest::Response| {
+        let mut named: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "x-request-id" | "date"))
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("").to_owned()))
+            .collect();
+        named.sort();
+        named
+    };
+    assert_eq!(headers(&floor), headers(&sold_out));
+    assert_eq!(
+        floor.bytes().await.expect("body"),
+        sold_out.bytes().await.expect("body")
+    );
+}
+
+#[sqlx::test]
+async fn without_the_setting_there_is_no_floor_route(pool: PgPool) {
+    let app = spawn_app_with(pool, AppOptions::default()).await;
+    app.open_sale("gone", &sale_body(0, 1)).await;
+    let floor = app
+        .client
+        .post(app.url("/v1/skus/gone/floor"))
+        .send()
+        .await
+        .expect("floor");
+    let (status, code, _) = error_code(floor).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+}
