@@ -1,4 +1,5 @@
--- reject.lua — write back a hold that Postgres refused (docs/DESIGN.md §1).
+-- reject.lua — write back a hold that Postgres refused (docs/DESIGN.md §1). Preceded by
+-- idempotency.lua.
 --
 -- Postgres refuses a hold Redis admitted only after Redis lost data or drifted. The hold becomes
 -- 'rejected' and the buyer's count drops. Refused for stock, its units are NOT given back to
@@ -7,7 +8,7 @@
 -- given back and announced, or they would never be sold. Idempotent: a second run finds the
 -- hold already rejected. All checks run before the first write.
 --
--- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (hash), 4 holds (zset), 5 the live-hold counter
+-- KEYS: 1 hold (hash), 2 buyer (string), 3 idem (idempotency.lua), 4 holds (zset), 5 the live-hold counter
 --       of the client recorded in the hold (any key of the SKU when it records none), 6 stock
 --       (string), 7 the sale-changed channel, 8 and 9 the counters of the /56 and /48 it records
 --       for an IPv6 client (any key of the SKU if none)
@@ -24,7 +25,6 @@ end
 if status == 'rejected' then
   return 'rejected'
 end
-local answers_for_this_hold = redis.call('HGET', KEYS[3], 'id') == ARGV[1]
 
 redis.call('HSET', KEYS[1], 'status', 'rejected')
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -46,7 +46,5 @@ if ARGV[4] == '1' and (status == 'held' or status == 'committed') then
   redis.call('INCRBY', KEYS[6], ARGV[2])
   redis.call(ARGV[5], KEYS[7], ARGV[6])
 end
-if answers_for_this_hold then
-  redis.call('HSET', KEYS[3], 'status', 'rejected')
-end
+idem_move(KEYS[3], ARGV[1], 'rejected')
 return status

@@ -1,4 +1,5 @@
--- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4). Preceded by room.lua.
+-- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4). Preceded by
+-- idempotency.lua and room.lua.
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
@@ -15,7 +16,8 @@
 --   2 stock     string  units a new hold may take
 --   3 buyer     string  units this buyer holds or bought (invariant 4); expires at the sale's
 --                       end plus the idempotency ttl
---   4 idem      hash    the stored answer and request fingerprint for (buyer, key)
+--   4 idem      string  the stored answer and request fingerprint for (buyer, key)
+--                       (idempotency.lua)
 --   5 rl        string  the buyer's GCRA theoretical arrival time, in microseconds
 --   6 hold      hash    the new hold's state
 --   7 holds     zset    hold id -> deadline (ms), for the expiry sweeper
@@ -56,9 +58,9 @@ local qty = tonumber(ARGV[3])
 local function int(n) return string.format('%.0f', n) end
 
 -- 1. Idempotency: a key seen before answers with what it answered then.
-local stored = redis.call('HMGET', KEYS[4], 'fp', 'id', 'q', 'price', 'cur', 'created', 'expires', 'status')
-if stored[1] then
-  if stored[1] ~= ARGV[4] then
+local stored = idem_read(KEYS[4])
+if stored then
+  if stored.fp ~= ARGV[4] then
     return {'refused', 'idempotency_key_reused', '0'}
   end
   if ARGV[12] == '1' then
@@ -66,7 +68,8 @@ if stored[1] then
     -- connection may have sent: replication is in order, and this lands after it.
     redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
   end
-  return {'replayed', stored[2], stored[3], stored[4], stored[5], stored[6], stored[7], stored[8]}
+  return {'replayed', stored.id, stored.q, stored.price, stored.cur, stored.created, stored.expires,
+    stored.status}
 end
 
 local t = redis.call('TIME')
@@ -139,8 +142,9 @@ end
 
 -- 4. Per-buyer limit, counting units held and bought.
 local limit = tonumber(meta[4])
+local holding
 if not refusal then
-  local holding = tonumber(redis.call('GET', KEYS[3]) or '0')
+  holding = tonumber(redis.call('GET', KEYS[3]) or '0')
   if holding + qty > limit then
     refusal = {'refused', 'buyer_limit_reached', int(limit)}
   end
@@ -198,11 +202,13 @@ end
 local expires_ms = now_ms + tonumber(meta[5]) * 1000
 local price, currency = meta[6], meta[7]
 redis.call('DECRBY', KEYS[2], qty)
-redis.call('INCRBY', KEYS[3], qty)
 -- A buyer's count is needed while the sale sells and its holds may be replayed: past its end
 -- plus the idempotency window nobody reads it, so it goes then. A sale without an end keeps it.
+-- One SET, from the count read above, writes the count and its expiry together.
 if ends_ms > 0 then
-  redis.call('PEXPIREAT', KEYS[3], int(ends_ms + tonumber(ARGV[5]) * 1000))
+  redis.call('SET', KEYS[3], int(holding + qty), 'PXAT', int(ends_ms + tonumber(ARGV[5]) * 1000))
+else
+  redis.call('SET', KEYS[3], int(holding + qty), 'KEEPTTL')
 end
 redis.call('HSET', KEYS[6],
   'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
@@ -230,10 +236,8 @@ if room_keys then
 end
 redis.call('SADD', KEYS[9], ARGV[2])
 redis.call('EXPIRE', KEYS[9], tonumber(ARGV[5]))
-redis.call('HSET', KEYS[4],
-  'fp', ARGV[4], 'id', ARGV[1], 'q', ARGV[3], 'price', price, 'cur', currency,
-  'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held')
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+idem_write(KEYS[4], {status = 'held', id = ARGV[1], q = ARGV[3], price = price, cur = currency,
+  created = int(now_ms), expires = int(expires_ms), fp = ARGV[4]}, tonumber(ARGV[5]))
 local event_id = redis.call('XADD', KEYS[8], '*',
   'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[8], 'q', ARGV[3],
   'price', price, 'cur', currency, 'created', int(now_ms), 'expires', int(expires_ms), unpack(own))

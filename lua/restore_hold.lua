@@ -1,4 +1,5 @@
--- restore_hold.lua — make Redis follow a hold's Postgres record (resync).
+-- restore_hold.lua — make Redis follow a hold's Postgres record (resync). Preceded by
+-- idempotency.lua.
 --
 -- A hold Redis lost is put back. A hold Redis still has is left alone, unless Redis says 'held'
 -- while Postgres already has it terminal (Redis lost the transition, e.g. a failover to a replica
@@ -9,7 +10,7 @@
 -- (set_buyer_counts.lua), since a count Redis kept would otherwise be counted twice for a hold
 -- whose record merely expired. The checks run before the first write.
 --
--- KEYS: 1 hold (hash), 2 idem (hash), 3 holds (zset), 4 buyers (set),
+-- KEYS: 1 hold (hash), 2 idem (idempotency.lua), 3 holds (zset), 4 buyers (set),
 --       5 the live-hold counter of the client recorded in the hold (any key of the SKU if none),
 --       6 and 7 the counters of the /56 and /48 it records for an IPv6 client (likewise)
 -- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
@@ -32,9 +33,7 @@ if status then
       if redis.call('DECR', counters[tier]) <= 0 then redis.call('DEL', counters[tier]) end
     end
   end
-  if redis.call('HGET', KEYS[2], 'id') == ARGV[1] then
-    redis.call('HSET', KEYS[2], 'status', ARGV[9])
-  end
+  idem_move(KEYS[2], ARGV[1], ARGV[9])
   return 'followed'
 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q', ARGV[4],
@@ -51,8 +50,7 @@ end
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('EXPIRE', KEYS[4], ARGV[12])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'fp', ARGV[11], 'id', ARGV[1], 'q', ARGV[4], 'price', ARGV[5],
-    'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9])
-  redis.call('EXPIRE', KEYS[2], ARGV[12])
+  idem_write(KEYS[2], {status = ARGV[9], id = ARGV[1], q = ARGV[4], price = ARGV[5], cur = ARGV[6],
+    created = ARGV[7], expires = ARGV[8], fp = ARGV[11]}, ARGV[12])
 end
 return 'restored'

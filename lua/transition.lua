@@ -1,4 +1,5 @@
 -- transition.lua — move a hold out of 'held' (docs/DESIGN.md §3): commit, release or expire.
+-- Preceded by idempotency.lua.
 --
 -- One round trip: the script reads the hold itself and derives the keys the hold names (its
 -- buyer's count, its idempotency record, its client's counters) from the SKU's key prefix, all
@@ -58,7 +59,6 @@ else
 end
 local prefix = ARGV[6]
 local idem = prefix .. 'idem:' .. hold.buyer .. ':' .. hold.idem
-local answers_for_this_hold = redis.call('HGET', idem, 'id') == ARGV[1]
 
 -- Every write below is unconditional.
 redis.call('HSET', KEYS[1], 'status', target)
@@ -78,9 +78,7 @@ if target ~= 'committed' then
   if redis.call('DECRBY', buyer, hold.q) <= 0 then redis.call('DEL', buyer) end
   redis.call(ARGV[3], KEYS[5], ARGV[4])
 end
-if answers_for_this_hold then
-  redis.call('HSET', idem, 'status', target)
-end
+idem_move(idem, ARGV[1], target)
 local event_id = redis.call('XADD', KEYS[4], '*', 'type', target, 'id', ARGV[1], 'q', hold.q)
 fields[status_at] = target
 return {'changed', event_id, unpack(fields)}

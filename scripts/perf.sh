@@ -6,7 +6,11 @@
 #   3. redis-benchmark: EVALSHA of the same lua/reserve.lua with the same keys and arguments the
 #      gate sends, every call a new hold, at the same concurrency;
 #   4. wrk: POST /v1/skus/line/queue, a place in a sale's waiting room (one buyer token, so every
-#      answer is its one place again: take_place.lua runs in full but for the INCR).
+#      answer is its one place again: take_place.lua runs in full but for the INCR);
+#   5. wrk: POST /v1/skus/gone/floor (FLASHGATE_FLOOR_ROUTE), the same 409 a sold-out reserve
+#      answers, behind the same layers, without the handler: the HTTP floor;
+#   6. redis-benchmark: a minimal reserve script (check stock, decrement, record the hold, append
+#      the event), the floor reserve.lua's cost is held to.
 # and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh.
 #   CONNECTIONS=64 DURATION=10 scripts/perf.sh
 set -euo pipefail
@@ -33,6 +37,7 @@ export FLASHGATE_LISTEN="127.0.0.1:${FLASHGATE_PERF_PORT:-18081}" FLASHGATE_CLIE
 # One buyer takes every hold, so the per-buyer hold quota (100 an hour by default) is off too:
 # with it on, every request after the 100th was a 429, not a hold.
 export FLASHGATE_REQUESTS_PER_CLIENT=0 FLASHGATE_REQUESTS_PER_BUYER=0 FLASHGATE_BUYER_HOLD_QUOTA=0
+export FLASHGATE_FLOOR_ROUTE=true
 bin=target/release/flashgate
 "$bin" migrate >/dev/null
 "$bin" sku upsert hot --name Hot --price 9.99 --stock 100000000 --per-buyer-limit 100000000 >/dev/null
@@ -75,8 +80,8 @@ echo "$out"
 sold_out=$(rps <<<"$out")
 
 echo "== redis-benchmark -c$connections: EVALSHA lua/reserve.lua, every call a new hold"
-# The gate sends reserve.lua behind room.lua (the waiting room's rules): the same text here.
-sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/room.lua lua/reserve.lua)")
+# The gate sends reserve.lua behind idempotency.lua and room.lua: the same text here.
+sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/idempotency.lua lua/room.lua lua/reserve.lua)")
 hp=$(_fg_host_port "$REDIS_URL" 6379)
 # A SKU of its own, loaded like `hot`: the gate's settler never reads its synthetic stream.
 k="$ns:{ceiling}"
@@ -105,12 +110,40 @@ if grep -q 'Non-2xx or 3xx responses' <<<"$out"; then
   echo "perf.sh: the places run was answered with errors, not places (see above)" >&2
   exit 1
 fi
+echo "== wrk -t2 -c$connections -d${duration}s: the floor (a static sold-out 409)"
+out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLASHGATE_LISTEN" -- /v1/skus/gone/floor)
+echo "$out"
+floor=$(rps <<<"$out")
+
+echo "== redis-benchmark -c$connections: EVALSHA of a minimal reserve script, every call a new hold"
+minimal_sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "
+local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
+if stock < 1 then return {'refused', 'sold_out'} end
+redis.call('DECRBY', KEYS[1], 1)
+redis.call('HSET', KEYS[2], 'buyer', ARGV[2], 'q', '1', 'status', 'held')
+return redis.call('XADD', KEYS[3], '*', 'type', 'reserved', 'id', ARGV[1], 'q', '1')")
+m="$ns:{minimal}"
+redis-cli -u "$REDIS_URL" SET "$m:stock" 100000000 >/dev/null
+minimal=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
+  EVALSHA "$minimal_sha" 3 "$m:stock" "$m:hold:h__rand_int__" "$m:events" h__rand_int__ b__rand_int__ \
+  | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
+echo "$minimal EVALSHA/s"
+if (( $(redis-cli -u "$REDIS_URL" XLEN "$m:events") < requests / 2 )); then
+  echo "perf.sh: the minimal script made no holds" >&2
+  exit 1
+fi
+
 echo
 printf 'HTTP new holds/s:        %10.0f\n' "$holds"
 printf 'HTTP places/s:           %10.0f\n' "$places"
 printf 'HTTP sold-out answers/s: %10.0f\n' "$sold_out"
+printf 'HTTP floor (static 409)/s:%9.0f\n' "$floor"
 printf 'redis-benchmark reserve: %10.0f\n' "$ceiling"
+printf 'redis-benchmark minimal: %10.0f\n' "$minimal"
 awk -v h="$holds" -v c="$ceiling" -v s="$sold_out" 'BEGIN {
   printf "HTTP holds / single-shard ceiling: %.1f%%\n", 100 * h / c;
   printf "sold-out answers / holds: %.2fx\n", s / h }'
 awk -v h="$holds" -v p="$places" 'BEGIN { printf "places / holds: %.2fx\n", p / h }'
+awk -v s="$sold_out" -v f="$floor" -v c="$ceiling" -v m="$minimal" 'BEGIN {
+  printf "sold-out answer cost / floor: %.2fx\n", f / s;
+  printf "reserve.lua cost / minimal script: %.2fx\n", m / c }'

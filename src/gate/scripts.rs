@@ -1,5 +1,6 @@
 //! The Lua decision scripts, loaded once. `lua/room.lua` is not a script but the waiting room's
-//! rules, put in front of each script that moves the line.
+//! rules, put in front of each script that moves the line; `lua/idempotency.lua` is the
+//! idempotency record's format, put in front of each script that writes, reads or moves one.
 //!
 //! `redis::Script` sends `EVALSHA` and, when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH` or a
 //! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed.
@@ -32,10 +33,12 @@ impl Scripts {
     pub fn load() -> Self {
         Self {
             reserve: Script::new(concat!(
+                include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/room.lua"),
                 include_str!("../../lua/reserve.lua")
             )),
             reserve_batch: Script::new(concat!(
+                include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/room.lua"),
                 "local function decide(KEYS, ARGV)\n",
                 include_str!("../../lua/reserve.lua"),
@@ -50,12 +53,21 @@ impl Scripts {
                 include_str!("../../lua/room.lua"),
                 include_str!("../../lua/room_state.lua")
             )),
-            transition: Script::new(include_str!("../../lua/transition.lua")),
+            transition: Script::new(concat!(
+                include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/transition.lua")
+            )),
             load_sale: Script::new(include_str!("../../lua/load_sale.lua")),
-            reject: Script::new(include_str!("../../lua/reject.lua")),
+            reject: Script::new(concat!(
+                include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/reject.lua")
+            )),
             sale_admin: Script::new(include_str!("../../lua/sale_admin.lua")),
             adjust_sale: Script::new(include_str!("../../lua/adjust_sale.lua")),
-            restore_hold: Script::new(include_str!("../../lua/restore_hold.lua")),
+            restore_hold: Script::new(concat!(
+                include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/restore_hold.lua")
+            )),
             fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
             rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),

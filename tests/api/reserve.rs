@@ -447,3 +447,62 @@ async fn a_quantity_written_as_a_whole_float_is_a_quantity(pool: PgPool) {
         assert_eq!(refused.status(), 422, "{bad}");
     }
 }
+
+/// A gate of an earlier version wrote idempotency records as hashes; those still answer a
+/// retry and follow their hold's transitions until their TTL ends (a rolling upgrade during a
+/// sale must not turn retries into errors or second holds).
+#[sqlx::test]
+async fn an_idempotency_record_written_as_a_hash_still_answers_retries(pool: PgPool) {
+    use flashgate::domain::{BuyerId, IdempotencyKey, Sku};
+    use redis::AsyncCommands;
+
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let first: Value = app
+        .reserve("sneaker", "alice", "k1", 2)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    // Rewrite the record as the earlier version wrote it.
+    let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
+    let record_key = keys.idempotency(
+        &BuyerId::parse("alice").expect("buyer"),
+        &IdempotencyKey::parse("k1").expect("key"),
+    );
+    let mut conn = app.redis_connection().await;
+    let record: String = conn.get(&record_key).await.expect("GET");
+    let fields: Vec<&str> = record.split('\n').collect();
+    assert_eq!(fields.len(), 8, "{record}");
+    let _: i64 = conn.del(&record_key).await.expect("DEL");
+    let names = [
+        "status", "id", "q", "price", "cur", "created", "expires", "fp",
+    ];
+    let pairs: Vec<(&str, &str)> = names.iter().copied().zip(fields.iter().copied()).collect();
+    let _: () = conn.hset_multiple(&record_key, &pairs).await.expect("HSET");
+    let _: bool = conn.expire(&record_key, 3600).await.expect("EXPIRE");
+
+    let retry = app.reserve("sneaker", "alice", "k1", 2).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let replayed: Value = retry.json().await.expect("json");
+    assert_eq!(replayed["id"], first["id"]);
+    assert_eq!(replayed["status"], "held");
+    let (status, code, _) = error_code(app.reserve("sneaker", "alice", "k1", 3).await).await;
+    assert_eq!((status, code.as_str()), (422, "idempotency_key_reused"));
+
+    let id = first["id"].as_str().expect("id");
+    let released = app.act(id, "release", &app.token("alice")).await;
+    assert_eq!(released.status(), 200);
+    let status: String = conn.hget(&record_key, "status").await.expect("HGET");
+    assert_eq!(status, "released");
+    let replayed: Value = app
+        .reserve("sneaker", "alice", "k1", 2)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replayed["status"], "released");
+    assert_eq!(replayed["id"], first["id"]);
+}

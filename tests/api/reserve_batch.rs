@@ -95,12 +95,19 @@ async fn state(gate: &Gate, namespace: &Namespace, ids: &[ReservationId]) -> Vec
         pipe.add_command(get(keys.hold_quota(&buyer)));
         for k in 0..3 {
             let key = IdempotencyKey::parse(&format!("k{k}")).expect("key");
-            pipe.add_command(
-                redis::cmd("HMGET")
-                    .arg(keys.idempotency(&buyer, &key))
-                    .arg(&["fp", "id", "q", "status"])
-                    .clone(),
-            );
+            let record: Option<String> = get(keys.idempotency(&buyer, &key))
+                .query_async(&mut conn)
+                .await
+                .expect("idempotency record");
+            // status, id, q, price, cur, (created, expires), fingerprint
+            out.push(record.map_or_else(String::new, |record| {
+                let fields: Vec<&str> = record.split('\n').collect();
+                [0, 1, 2, 3, 4, 7]
+                    .iter()
+                    .filter_map(|&i| fields.get(i).copied())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }));
         }
     }
     for c in 1..4 {
