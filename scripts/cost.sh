@@ -11,7 +11,15 @@
 # Each phase waits 2 s for the settler before it reads the counters, so the background
 # settlement of its requests is counted in it (an idle gate's own timers add ~0.1 µs/request).
 #
-#   COST_N=20000 CONNECTIONS=64 scripts/cost.sh        FLASHGATE_GATE_BIN=... compares another build
+# Then, where valgrind is installed, the steady figure: instructions per request, counted by
+# `valgrind --tool=callgrind` in a gate started under it (the first one stopped, so one settler
+# settles everything), for COST_CALLGRIND_N requests per phase, 8 in flight: instruction counts
+# do not depend on what else the machine runs. The gate's idle timers are counted over an idle
+# spell first and taken off each phase in proportion to its length.
+#
+#   COST_N=20000 CONNECTIONS=64 COST_CALLGRIND_N=1000 scripts/cost.sh
+#   FLASHGATE_GATE_BIN=... compares another build; COST_CALLGRIND_N=0 skips the instruction counts;
+#   COST_CALLGRIND_KEEP=DIR keeps the phases' dumps there (hold, sold_out, pair) for callgrind_annotate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -112,3 +120,85 @@ printf '%-12s %16s %17s %14s\n' phase "gate CPU µs/req" "redis CPU µs/req" "µ
 printf '%-12s %16s %17s %14s\n' hold "$hold_gate" "$hold_redis" "$hold_eval"
 printf '%-12s %16s %17s %14s\n' sold_out "$sold_gate" "$sold_redis" "$sold_eval"
 printf '%-12s %16s %17s %14s\n' commit "$commit_gate" "$commit_redis" "(pair $pair_eval)"
+
+# ---- Instructions per request (callgrind) ----
+cg_n=${COST_CALLGRIND_N:-1000}
+if [ "$cg_n" = 0 ]; then exit 0; fi
+if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
+  echo "valgrind is not installed: no instruction counts (apt-get install valgrind)"
+  exit 0
+fi
+flashgate_stop_gates
+cg_dir=$(mktemp -d)
+trap 'rm -rf "$lua" "$phase_out" "$cg_dir"; _fg_private_cleanup' EXIT
+printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s/out.%%p "%s" "$@"\n' \
+  "$cg_dir" "${FLASHGATE_GATE_BIN:-$bin}" >"$cg_dir/gate"
+chmod +x "$cg_dir/gate"
+port=$(flashgate_free_port)
+FLASHGATE_GATE_BIN=$cg_dir/gate flashgate_start_gate "$port"
+cg_gate=$FLASHGATE_GATE_PID
+base="http://127.0.0.1:$port"
+
+# N POSTs of one path, `in_flight` connections each sending its share in turn (keep-alive), each
+# request a new idempotency key; exits non-zero unless every answer has the expected status.
+fixed_requests() { # path count expected-status
+  python3 - "$port" "$1" "$2" "$3" "$TOKEN" <<'PY'
+import http.client, sys, threading
+port, path, count, expected, token = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+in_flight, wrong = 8, []
+def buyer(lane):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for i in range(lane, count, in_flight):
+        conn.request("POST", path, body=b'{"quantity":1}', headers={
+            "Authorization": "Bearer " + token, "Content-Type": "application/json",
+            "Idempotency-Key": f"cg-{path}-{i}"})
+        answer = conn.getresponse()
+        answer.read()
+        if answer.status != expected:
+            wrong.append(answer.status)
+threads = [threading.Thread(target=buyer, args=(lane,)) for lane in range(in_flight)]
+for t in threads: t.start()
+for t in threads: t.join()
+if wrong:
+    sys.exit(f"{len(wrong)} of {count} answers were not {expected}: {sorted(set(wrong))}")
+PY
+}
+newest_total() { # the instruction total of the newest callgrind dump
+  awk '/^totals:/ {print $2}' "$(ls -t "$cg_dir"/out.* | head -1)"
+}
+# One counted spell: zero the counters, run "$@", let the settler finish, dump; prints
+# "<instructions> <seconds>".
+counted() {
+  local t0 t1
+  callgrind_control --zero "$cg_gate" >/dev/null 2>&1
+  t0=$(date +%s.%N)
+  "$@" >"$phase_out" 2>&1 || { cat "$phase_out" >&2; exit 1; }
+  sleep 3
+  t1=$(date +%s.%N)
+  callgrind_control --dump "$cg_gate" >/dev/null 2>&1
+  if [ -n "${COST_CALLGRIND_KEEP:-}" ] && [ -n "${cg_phase:-}" ]; then
+    mkdir -p "$COST_CALLGRIND_KEEP" && cp "$(ls -t "$cg_dir"/out.* | head -1)" "$COST_CALLGRIND_KEEP/$cg_phase.callgrind"
+  fi
+  echo "$(newest_total) $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')"
+}
+# Warm up (connections, scripts, caches) with what the phases do, uncounted.
+fixed_requests /v1/skus/hot/reservations 200 201 >/dev/null
+fixed_requests /v1/skus/gone/reservations 200 409 >/dev/null
+read -r idle_ir idle_s < <(counted sleep 5)
+per_request() { # "<instructions> <seconds>" requests: net of the idle timers
+  awk -v ir="${1% *}" -v s="${1#* }" -v n="$2" -v idle="$idle_ir" -v idle_s="$idle_s" \
+    'BEGIN {printf "%.0f", (ir - idle / idle_s * s) / n}'
+}
+cg_phase=hold
+cg_hold=$(per_request "$(counted fixed_requests /v1/skus/hot/reservations "$cg_n" 201)" "$cg_n")
+cg_phase=sold_out
+cg_sold=$(per_request "$(counted fixed_requests /v1/skus/gone/reservations "$cg_n" 409)" "$cg_n")
+cg_phase=pair
+cg_pair=$(per_request "$(counted "$FLASHGATE_BIN_DIR/flashgate-settle-bench" --url "$base" --payers "$cg_n" \
+  --in-flight 8 --releases 0 --json)" "$cg_n")
+echo
+echo "== instructions per request (callgrind, $cg_n per phase, 8 in flight; idle timers $(awk -v i="$idle_ir" -v s="$idle_s" 'BEGIN {printf "%.1f", i / s / 1e6}') M/s taken off)"
+printf '%-12s %16s\n' phase "instructions/req"
+printf '%-12s %16s\n' hold "$cg_hold"
+printf '%-12s %16s\n' sold_out "$cg_sold"
+printf '%-12s %16s\n' commit "$((cg_pair - cg_hold))"

@@ -11,7 +11,8 @@
 #      answers, behind the same layers, without the handler: the HTTP floor;
 #   6. redis-benchmark: a minimal reserve script (check stock, decrement, record the hold, append
 #      the event), the floor reserve.lua's cost is held to.
-# and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh.
+# and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh;
+# FLASHGATE_GATE_BIN runs another build's `flashgate` as the gate (to compare builds).
 #   CONNECTIONS=64 DURATION=10 scripts/perf.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ bin=target/release/flashgate
 "$bin" sku upsert gone --name Gone --price 9.99 --stock 0 --per-buyer-limit 5 >/dev/null
 "$bin" sku upsert line --name Line --price 9.99 --stock 100000000 --waiting-room true >/dev/null
 "$bin" prewarm --all >/dev/null
-"$bin" serve & server=$!
+"${FLASHGATE_GATE_BIN:-$bin}" serve & server=$!
 cleanup() {
   kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
   flashgate_delete_namespace "$ns" || true
