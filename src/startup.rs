@@ -18,7 +18,9 @@ use crate::config::{DatabaseConfig, HttpConfig, RedisConfig, RelayConfig};
 use crate::domain::{ReservationSeal, TicketSeal};
 use crate::events::{AmqpSink, Relay, RelayStatus, WebhookSink};
 use crate::gate::{Gate, GateError};
-use crate::http::{self, Admission, AppState, ClientShedder, Listeners, Readiness, ServerSettings};
+use crate::http::{
+    self, Admission, AppState, ClientShedder, Listeners, Readiness, ServerSettings, Services,
+};
 use crate::store::Store;
 
 /// Connects to Postgres (lazily: a down Postgres does not stop the gate from starting), with
@@ -241,7 +243,7 @@ impl Application {
                 .context("cannot load the identity provider's keys")?;
             tokens = tokens.with_jwks(jwks);
         }
-        let state = AppState {
+        let state = AppState::from(Services {
             gate,
             store,
             settler,
@@ -257,7 +259,7 @@ impl Application {
             request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
             metrics: crate::telemetry::metrics(),
             floor_route: http.floor_route,
-        };
+        });
         let server = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
             Ok((soft, _)) => http.server().within_file_limit(soft),
             Err(_) => http.server(),

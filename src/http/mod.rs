@@ -51,9 +51,29 @@ use crate::store::Store;
 /// Request bodies are tiny JSON objects; anything larger is refused before it is read.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, because every request clones the router's state
+/// several times (each middleware layer and the handler take their own), and one reference
+/// count is cheaper than one per service.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl From<Services> for AppState {
+    fn from(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+#[derive(Debug)]
+pub struct Services {
     /// Redis: decides reservations.
     pub gate: Gate,
     /// Postgres: the authoritative record.
@@ -80,7 +100,7 @@ pub struct AppState {
     pub floor_route: bool,
 }
 
-impl AppState {
+impl Services {
     /// The sale operations that span both stores (`app`).
     /// The application layer over this process's stores.
     pub fn app(&self) -> crate::app::App<'_> {

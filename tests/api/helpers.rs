@@ -8,7 +8,7 @@ use flashgate::domain::{BuyerId, Sku};
 use flashgate::gate::{BuyerRate, Gate, GateSettings, Namespace, RedisSettings};
 use flashgate::http::{
     Admission, AdmissionSettings, AppState, ClientAddrPolicy, ClientShedder, ForwardedHeader,
-    Readiness, ServerSettings, TrustedProxies,
+    Readiness, ServerSettings, Services, TrustedProxies,
 };
 use flashgate::settler::{Settler, SettlerSettings};
 use flashgate::store::Store;
@@ -337,7 +337,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
     let secret = SecretString::from(JWT_SECRET.to_owned());
     let own_settler = Settler::new(gate.clone(), store.clone(), options.settler.clone());
     let events = flashgate::events::RelayStatus::default();
-    let state = AppState {
+    let state = AppState::from(Services {
         settler: own_settler.clone(),
         gate: gate.clone(),
         store: store.clone(),
@@ -356,7 +356,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         request_timeout: options.request_timeout,
         metrics: flashgate::telemetry::metrics(),
         floor_route: options.floor_route,
-    };
+    });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("addr"));
     let operations = if options.operations_listener {
