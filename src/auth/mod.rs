@@ -190,6 +190,20 @@ pub struct BearerTokens {
     keys: std::sync::Arc<TokenKeys>,
     /// The identity provider's keys, when configured.
     jwks: Option<Jwks>,
+    /// Tokens signed with the shared secret that verified, with whom they name, until their
+    /// `exp`: a buyer presents the same token on every reserve, retry, poll and commit, and
+    /// verifying it again (two base64 decodes, a JSON parse, an HMAC key set-up and check) was a
+    /// tenth of a hold's instructions. Only successes are kept, so a bad token costs what it
+    /// did; the identity provider's tokens are not kept (its keys rotate).
+    verified: std::sync::Arc<quick_cache::sync::Cache<Box<str>, Verified>>,
+}
+
+/// A token that verified, and the last second it may be answered from [`BearerTokens`]'s cache
+/// without being verified again: its `exp`, before the leeway (past it, the full check decides).
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    until: u64,
 }
 
 struct TokenKeys {
@@ -210,6 +224,10 @@ impl std::fmt::Debug for BearerTokens {
 impl BearerTokens {
     /// Tolerated clock skew between whoever minted a token and this gate.
     const LEEWAY_SECONDS: u64 = 30;
+    /// Verified tokens kept: the buyers active in the last moments of a sale.
+    const VERIFIED_CAPACITY: usize = 16_384;
+    /// Longer tokens are verified every time, so the cache's memory stays bounded (~8 MiB).
+    const VERIFIED_MAX_TOKEN_BYTES: usize = 512;
 
     /// Tokens under `secret` with the default policy (no issuer or audience, 24 h at most).
     pub fn new(secret: &SecretString) -> Self {
@@ -253,6 +271,7 @@ impl BearerTokens {
                 policy,
             }),
             jwks: None,
+            verified: std::sync::Arc::new(quick_cache::sync::Cache::new(Self::VERIFIED_CAPACITY)),
         }
     }
 
@@ -299,7 +318,32 @@ impl BearerTokens {
 
     /// Who a valid, unexpired token names, and in which role.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(verified) = self.verified.get(token)
+            && now <= verified.until
+        {
+            return Ok(verified.principal);
+        }
+        let (principal, shared_secret_until) = self.verify_in_full(token, now)?;
+        if let Some(until) = shared_secret_until
+            && token.len() <= Self::VERIFIED_MAX_TOKEN_BYTES
+        {
+            self.verified.insert(
+                token.into(),
+                Verified {
+                    principal: principal.clone(),
+                    until,
+                },
+            );
+        }
+        Ok(principal)
+    }
+
+    /// Every check of `token`; with the principal, the token's `exp` when it was signed with the
+    /// shared secret (so it may be kept as verified until then).
+    fn verify_in_full(&self, token: &str, now: u64) -> Result<(Principal, Option<u64>), AuthError> {
         let header = jsonwebtoken::decode_header(token)?;
+        let shared_secret = header.alg == Algorithm::HS256;
         let claims = match (header.alg, &self.jwks) {
             (Algorithm::HS256, _) => {
                 jsonwebtoken::decode::<Claims>(token, &self.keys.decoding, &self.keys.validation)?
@@ -332,7 +376,6 @@ impl BearerTokens {
                 ));
             }
         };
-        let now = jsonwebtoken::get_current_timestamp();
         if let Some(iat) = claims.iat
             && iat > now + Self::LEEWAY_SECONDS
         {
@@ -345,7 +388,10 @@ impl BearerTokens {
         }
         let role = Role::of(&claims)?;
         let subject = BuyerId::parse(&claims.sub).map_err(AuthError::BadSubject)?;
-        Ok(Principal { subject, role })
+        Ok((
+            Principal { subject, role },
+            shared_secret.then_some(claims.exp),
+        ))
     }
 
     /// The buyer a valid buyer's token names; any other role is refused.
@@ -523,6 +569,49 @@ mod tests {
 
     fn buyer() -> BuyerId {
         BuyerId::parse("buyer-1").expect("buyer")
+    }
+
+    #[test]
+    fn a_token_that_verified_is_kept_until_its_exp_and_one_that_failed_never() {
+        let t = tokens("s3cret");
+        let exp = now() + 600;
+        let good = sign(&serde_json::json!({"sub": "buyer-1", "exp": exp}), "s3cret");
+        let forged = sign(&serde_json::json!({"sub": "buyer-1", "exp": exp}), "other");
+        let long = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": exp, "pad": "x".repeat(600)}),
+            "s3cret",
+        );
+        assert!(t.verify(&good).is_ok());
+        assert_eq!(
+            t.verified.get(good.as_str()).map(|kept| kept.until),
+            Some(exp)
+        );
+        assert!(t.verify(&forged).is_err());
+        assert!(t.verified.get(forged.as_str()).is_none());
+        assert!(t.verify(&long).is_ok());
+        assert!(t.verified.get(long.as_str()).is_none(), "too long to keep");
+    }
+
+    #[test]
+    fn a_kept_token_past_its_exp_is_checked_in_full_again() {
+        let t = tokens("s3cret");
+        // Signed with another secret: only what was kept could make it pass.
+        let forged = sign(
+            &serde_json::json!({"sub": "buyer-1", "exp": now() + 600}),
+            "other",
+        );
+        let principal = Principal {
+            subject: BuyerId::parse("buyer-1").expect("id"),
+            role: Role::Buyer,
+        };
+        let keep = |until| Verified {
+            principal: principal.clone(),
+            until,
+        };
+        t.verified.insert(forged.as_str().into(), keep(now() + 60));
+        assert_eq!(t.verify(&forged).ok(), Some(principal.clone()));
+        t.verified.insert(forged.as_str().into(), keep(now() - 1));
+        assert!(t.verify(&forged).is_err());
     }
 
     fn sign(claims: &serde_json::Value, secret: &str) -> String {

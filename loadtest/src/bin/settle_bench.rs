@@ -132,6 +132,8 @@ struct Bench {
     gates: Vec<String>,
     admin: String,
     tokens: BearerTokens,
+    /// Each buyer's one token, as a buyer's app keeps it from its reserve to its commit.
+    buyer_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Keeps this run's sales and buyers apart from an earlier run's on the same stores.
     label: String,
 }
@@ -153,6 +155,7 @@ impl Bench {
                 .collect(),
             admin: config.admin_token.expose_secret().to_owned(),
             tokens: BearerTokens::new(&config.jwt_secret),
+            buyer_tokens: Default::default(),
             label: format!("{:x}", rand::random::<u32>()),
         }))
     }
@@ -167,7 +170,16 @@ impl Bench {
     }
 
     fn token(&self, buyer: &str) -> anyhow::Result<String> {
-        admin_client::buyer_token(&self.tokens, buyer)
+        let mut kept = self
+            .buyer_tokens
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a buyer-token lock was poisoned"))?;
+        if let Some(token) = kept.get(buyer) {
+            return Ok(token.clone());
+        }
+        let token = admin_client::buyer_token(&self.tokens, buyer)?;
+        kept.insert(buyer.to_owned(), token.clone());
+        Ok(token)
     }
 
     /// Reserves one unit for `buyer` through gate `n`; returns the hold's id.
