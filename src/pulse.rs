@@ -92,9 +92,12 @@ impl Call {
 
 /// Counts `outcome` for `sku`.
 pub fn record(sku: &Sku, outcome: Outcome, count: u64) {
-    metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
-        .increment(count);
     let sale = pulse().sale(sku);
+    sale.outcome_counters[outcome.index()]
+        .get_or_init(|| {
+            metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
+        })
+        .increment(count);
     sale.counts[outcome.index()].fetch_add(count, Ordering::Relaxed);
     sale.history.record(unix_second(), outcome, count);
 }
@@ -167,13 +170,16 @@ impl History {
 
 /// Records how long a buyer's `call` on `sku` took, answered as it was.
 pub fn record_latency(sku: &Sku, call: Call, took: Duration) {
-    metrics::histogram!("flashgate_sale_call_duration_seconds", "call" => call.as_str())
-        .record(took.as_secs_f64());
     let sale = pulse().sale(sku);
-    let window = match call {
-        Call::Reserve => &sale.reserve,
-        Call::Commit => &sale.commit,
+    let (window, duration) = match call {
+        Call::Reserve => (&sale.reserve, &sale.reserve_duration),
+        Call::Commit => (&sale.commit, &sale.commit_duration),
     };
+    duration
+        .get_or_init(
+            || metrics::histogram!("flashgate_sale_call_duration_seconds", "call" => call.as_str()),
+        )
+        .record(took.as_secs_f64());
     window
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -230,6 +236,12 @@ struct Sale {
     history: History,
     reserve: Mutex<Window>,
     commit: Mutex<Window>,
+    /// The exported metrics' handles, each registered on its first use: the `counter!` and
+    /// `histogram!` macros build, hash and look up their key on every call, which was a twelfth
+    /// of a sold-out answer's instructions.
+    outcome_counters: [OnceLock<metrics::Counter>; Outcome::ALL.len()],
+    reserve_duration: OnceLock<metrics::Histogram>,
+    commit_duration: OnceLock<metrics::Histogram>,
 }
 
 fn pulse() -> &'static Pulse {
@@ -257,6 +269,9 @@ impl Pulse {
                     history: History::new(),
                     reserve: Mutex::new(Window::new()),
                     commit: Mutex::new(Window::new()),
+                    outcome_counters: Default::default(),
+                    reserve_duration: OnceLock::new(),
+                    commit_duration: OnceLock::new(),
                 })
             })
             .clone()
