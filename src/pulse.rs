@@ -93,12 +93,13 @@ impl Call {
 /// Counts `outcome` for `sku`.
 pub fn record(sku: &Sku, outcome: Outcome, count: u64) {
     let sale = pulse().sale(sku);
-    sale.outcome_counters[outcome.index()]
+    let slot = outcome.index();
+    sale.outcome_counters[slot]
         .get_or_init(|| {
             metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
         })
         .increment(count);
-    sale.counts[outcome.index()].fetch_add(count, Ordering::Relaxed);
+    sale.counts[slot].fetch_add(count, Ordering::Relaxed);
     sale.history.record(unix_second(), outcome, count);
 }
 

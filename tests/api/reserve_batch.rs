@@ -89,27 +89,31 @@ async fn state(gate: &Gate, namespace: &Namespace, ids: &[ReservationId]) -> Vec
     let get = |key: String| redis::cmd("GET").arg(key).clone();
     let mut pipe = redis::pipe();
     pipe.add_command(get(keys.stock()));
+    let mut records = redis::cmd("MGET");
     for b in 0..4 {
         let buyer = BuyerId::parse(&format!("b{b}")).expect("buyer");
         pipe.add_command(get(keys.buyer(&buyer)));
         pipe.add_command(get(keys.hold_quota(&buyer)));
         for k in 0..3 {
             let key = IdempotencyKey::parse(&format!("k{k}")).expect("key");
-            let record: Option<String> = get(keys.idempotency(&buyer, &key))
-                .query_async(&mut conn)
-                .await
-                .expect("idempotency record");
-            // status, id, q, price, cur, (created, expires), fingerprint
-            out.push(record.map_or_else(String::new, |record| {
-                let fields: Vec<&str> = record.split('\n').collect();
-                [0, 1, 2, 3, 4, 7]
-                    .iter()
-                    .filter_map(|&i| fields.get(i).copied())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }));
+            records.arg(keys.idempotency(&buyer, &key));
         }
     }
+    let records: Vec<Option<String>> = records
+        .query_async(&mut conn)
+        .await
+        .expect("idempotency records");
+    // status, id, q, price, cur, (created, expires), fingerprint
+    out.extend(records.into_iter().map(|record| {
+        record.map_or_else(String::new, |record| {
+            let fields: Vec<&str> = record.split('\n').collect();
+            [0, 1, 2, 3, 4, 7]
+                .iter()
+                .filter_map(|&i| fields.get(i).copied())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }));
     for c in 1..4 {
         pipe.add_command(get(keys.client(&format!("192.0.2.{c}"))));
     }

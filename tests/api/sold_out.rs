@@ -296,6 +296,14 @@ async fn a_killed_subscription_turns_the_shortcut_off_until_it_is_back(pool: PgP
     assert_eq!(app.reserve("hot", "after-kill", "k", 1).await.status(), 201);
 }
 
+async fn post_floor(app: &TestApp) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/skus/gone/floor"))
+        .send()
+        .await
+        .expect("floor")
+}
+
 /// The benchmarks' floor route answers what a sold-out reserve answers, byte for byte and
 /// header for header (but the request id), and exists only when `FLASHGATE_FLOOR_ROUTE` is set.
 #[sqlx::test]
@@ -310,12 +318,7 @@ async fn the_floor_route_answers_exactly_what_a_sold_out_reserve_answers(pool: P
     .await;
     app.open_sale("gone", &sale_body(0, 1)).await;
     let sold_out = app.reserve("gone", "alice", "k", 1).await;
-    let floor = app
-        .client
-        .post(app.url("/v1/skus/gone/floor"))
-        .send()
-        .await
-        .expect("floor");
+    let floor = post_floor(&app).await;
     assert_eq!(floor.status(), sold_out.status());
     assert_eq!(floor.status(), 409);
     let headers = |response: &reqwest::Response| {
@@ -339,12 +342,7 @@ async fn the_floor_route_answers_exactly_what_a_sold_out_reserve_answers(pool: P
 async fn without_the_setting_there_is_no_floor_route(pool: PgPool) {
     let app = spawn_app_with(pool, AppOptions::default()).await;
     app.open_sale("gone", &sale_body(0, 1)).await;
-    let floor = app
-        .client
-        .post(app.url("/v1/skus/gone/floor"))
-        .send()
-        .await
-        .expect("floor");
+    let floor = post_floor(&app).await;
     let (status, code, _) = error_code(floor).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
 }
