@@ -110,15 +110,26 @@ pub struct Store {
 }
 
 /// A SKU's resync lock ([`Store::lock_resync`]); dropping it closes its connection, which
-/// releases the lock.
+/// releases the lock once that connection's backend has exited.
 #[derive(Debug)]
-pub struct ResyncLock(sqlx::PgConnection);
+pub struct ResyncLock {
+    conn: sqlx::PgConnection,
+    key: String,
+}
 
 impl ResyncLock {
-    /// Releases the lock now.
-    pub async fn release(self) {
+    /// Releases the lock now: unlocked before the connection closes, since a backend frees its
+    /// locks only as it exits, after the close has returned (the next resync was refused).
+    pub async fn release(mut self) {
         use sqlx::Connection as _;
-        if let Err(err) = self.0.close().await {
+        if let Err(err) = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&self.key)
+            .execute(&mut self.conn)
+            .await
+        {
+            tracing::debug!(error = %err, "unlocking the resync lock; its connection's close frees it");
+        }
+        if let Err(err) = self.conn.close().await {
             tracing::debug!(error = %err, "closing the resync lock's connection");
         }
     }
@@ -202,13 +213,14 @@ impl Store {
     ) -> Result<Option<ResyncLock>, StoreError> {
         use sqlx::Connection as _;
         let mut conn = self.pool.acquire().await?.detach();
+        let key = format!("flashgate.resync:{sku}");
         let locked: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(format!("flashgate.resync:{sku}"))
+                .bind(&key)
                 .fetch_one(&mut conn)
                 .await?;
         if locked {
-            Ok(Some(ResyncLock(conn)))
+            Ok(Some(ResyncLock { conn, key }))
         } else {
             let _ = conn.close().await;
             Ok(None)

@@ -751,3 +751,29 @@ async fn a_decision_whose_event_left_the_stream_is_retryable_not_an_internal_err
     assert!(err.is_transient());
     assert_eq!(flashgate::http::ApiError::from(err).status().as_u16(), 503);
 }
+
+#[sqlx::test]
+async fn a_released_resync_lock_is_free_at_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.open_sale("sneaker", &sale_body(10, 2)).await;
+    // Asked on a connection already open, so the question reaches Postgres right after the
+    // release: a lock freed only when its connection's backend exits is still listed then.
+    let mut onlooker = pool.acquire().await.expect("connection");
+    for round in 0..200 {
+        let lock = app
+            .store
+            .lock_resync(&sku("sneaker"))
+            .await
+            .expect("lock")
+            .expect("free");
+        lock.release().await;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+        )
+        .fetch_one(&mut *onlooker)
+        .await
+        .expect("pg_locks");
+        assert_eq!(held, 0, "round {round}: the released lock is still held");
+    }
+}
