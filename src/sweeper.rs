@@ -146,26 +146,42 @@ impl Sweeper {
     pub async fn recover_abandoned_pauses(&self) -> Result<Vec<Sku>, RecoveryError> {
         let mut recovered = Vec::new();
         for sku in self.store.paused_by_a_resync().await? {
-            // Held: a resync is running, and puts the state back itself.
-            let Some(lock) = self.store.lock_resync(&sku).await? else {
-                continue;
-            };
-            let outcome = async {
-                if let Some(record) = self.store.find_sku(&sku).await? {
-                    self.gate.set_state(&sku, record.state).await?;
-                }
-                self.store.mark_resync_pause(&sku, false).await?;
-                Ok::<_, RecoveryError>(())
+            if self.recover_abandoned_pause(&sku).await? {
+                recovered.push(sku);
             }
-            .await;
-            lock.release().await;
-            outcome?;
+        }
+        Ok(recovered)
+    }
+
+    /// Puts back the state Postgres records for `sku` if a resync paused it and none holds it
+    /// now; answers whether it did.
+    pub async fn recover_abandoned_pause(&self, sku: &Sku) -> Result<bool, RecoveryError> {
+        // Held: a resync is running, and puts the state back itself.
+        let Some(lock) = self.store.lock_resync(sku).await? else {
+            return Ok(false);
+        };
+        let outcome = async {
+            // Asked again under the lock: the list was read before it, and a resync that ended
+            // in between has put the state back and cleared its mark (this sweeper then reported
+            // a dead resync that never was).
+            if !self.store.resync_pause_marked(sku).await? {
+                return Ok(false);
+            }
+            if let Some(record) = self.store.find_sku(sku).await? {
+                self.gate.set_state(sku, record.state).await?;
+            }
+            self.store.mark_resync_pause(sku, false).await?;
+            Ok::<_, RecoveryError>(true)
+        }
+        .await;
+        lock.release().await;
+        if outcome? {
             tracing::warn!(sku = %sku,
                 "a resync died with the sale paused; put back the state postgres records");
             metrics::counter!("flashgate_abandoned_resync_pauses_total").increment(1);
-            recovered.push(sku);
+            return Ok(true);
         }
-        Ok(recovered)
+        Ok(false)
     }
 
     /// Expires every hold of `sku` that is past its deadline and puts the SKU's next deadline on

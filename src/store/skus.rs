@@ -380,6 +380,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a resync's pause mark is on `sku` (see [`Self::paused_by_a_resync`]).
+    pub async fn resync_pause_marked(&self, sku: &Sku) -> Result<bool, StoreError> {
+        let marked: Option<bool> =
+            sqlx::query_scalar("SELECT resync_paused_at IS NOT NULL FROM skus WHERE sku = $1")
+                .bind(sku.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(marked.unwrap_or(false))
+    }
+
     /// The SKUs a resync paused in Redis and has not (yet) put back: running ones, and ones a
     /// killed resync left paused.
     pub async fn paused_by_a_resync(&self) -> Result<Vec<Sku>, StoreError> {

@@ -496,6 +496,31 @@ async fn a_resync_killed_with_the_sale_paused_is_undone_by_the_sweepers(pool: Pg
 }
 
 #[sqlx::test]
+async fn a_sweeper_that_listed_a_resync_which_has_since_ended_reports_no_dead_resync(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 1)).await;
+    // The sweeper read the list while a resync ran; by the time it takes the lock the resync
+    // has ended and cleared its mark. Redis's paused state here is not a resync's to undo.
+    app.gate
+        .set_state(&sku("sneaker"), flashgate::domain::SaleState::Paused)
+        .await
+        .expect("pause");
+    let sweeper = flashgate::sweeper::Sweeper::new(
+        app.gate.clone(),
+        app.store.clone(),
+        app.settler().board(),
+        SweeperSettings::default(),
+    );
+    let recovered = sweeper
+        .recover_abandoned_pause(&sku("sneaker"))
+        .await
+        .expect("recover");
+    assert!(!recovered, "no resync died");
+    let probe = app.reserve("sneaker", "alice", "a", 1).await;
+    assert_eq!(error_code(probe).await.1, "sale_paused");
+}
+
+#[sqlx::test]
 async fn a_key_reused_after_redis_forgot_it_gives_its_units_back_when_postgres_refuses_it(
     pool: PgPool,
 ) {
