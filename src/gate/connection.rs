@@ -398,7 +398,10 @@ impl Source {
     pub(super) async fn get(&self) -> Result<RedisConnection, GateError> {
         match self {
             Self::Single(pool) => {
-                let pooled = pool.get().await?;
+                // Boxed: deadpool's get holds the whole connect path (~7 KB of future) though it
+                // almost always finds an idle connection; inline, every gate call's future and
+                // every request's carried and copied it (memcpy was a sixth of a hold).
+                let pooled = Box::pin(pool.get()).await?;
                 Ok(RedisConnection::Single(MultiplexedConnection::clone(
                     &pooled,
                 )))
@@ -409,14 +412,19 @@ impl Source {
                 timeout,
             } => {
                 let conn = connection
-                    .get_or_try_init(|| async {
-                        match tokio::time::timeout(*timeout, client.get_async_connection()).await {
-                            Ok(Ok(conn)) => Ok(conn),
-                            Ok(Err(err)) => Err(cluster_connect_error(err)),
-                            Err(_) => Err(GateError::Unavailable(
-                                "no redis cluster node answered in time".into(),
-                            )),
-                        }
+                    // Boxed for the same reason as the pool's get: the connect path is rare.
+                    .get_or_try_init(|| {
+                        Box::pin(async {
+                            match tokio::time::timeout(*timeout, client.get_async_connection())
+                                .await
+                            {
+                                Ok(Ok(conn)) => Ok(conn),
+                                Ok(Err(err)) => Err(cluster_connect_error(err)),
+                                Err(_) => Err(GateError::Unavailable(
+                                    "no redis cluster node answered in time".into(),
+                                )),
+                            }
+                        })
                     })
                     .await?;
                 Ok(RedisConnection::Cluster(conn.clone()))
@@ -508,7 +516,8 @@ impl DedicatedPool {
     /// which a client retries under the same key.
     pub(super) async fn get(&self) -> Result<DedicatedConnection, GateError> {
         use deadpool::managed::PoolError;
-        match self.0.get().await {
+        // Boxed, as `Source::get` is: the connect path is rare and large.
+        match Box::pin(self.0.get()).await {
             Ok(conn) => Ok(conn),
             Err(PoolError::Timeout(deadpool::managed::TimeoutType::Wait)) => {
                 Err(GateError::NotReplicated)
