@@ -16,10 +16,8 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use forwarded_header_value::ForwardedHeaderValue;
 use ipnet::IpNet;
 
@@ -210,35 +208,22 @@ impl ClientAddrPolicy {
     }
 }
 
-/// Middleware: resolves the request's [`ClientAddr`] once and stores it as an extension for the
-/// shedder, the admission limits and the reserve script. Requests without a peer address
-/// (tests driving the router in process) get none.
-pub async fn resolve(
-    State(policy): State<std::sync::Arc<ClientAddrPolicy>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        let client = policy.client(peer.ip(), request.headers());
-        request.extensions_mut().insert(client);
-    }
-    next.run(request).await
-}
-
-/// Middleware, outermost: a request's `x-request-id` is kept only from a trusted proxy and only
-/// when it is 1–64 of `A-Z a-z 0-9 -`; otherwise it is dropped and a fresh one is made. Every log
-/// line of the request carries the id, so a client must not choose it (8,000 characters, or
-/// text made to look like another log line).
-pub async fn vet_request_id(
-    State(policy): State<std::sync::Arc<ClientAddrPolicy>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// The edge's first step, before the request id is set: a request's `x-request-id` is kept
+/// only from a trusted proxy and only when it is 1–64 of `A-Z a-z 0-9 -`; otherwise it is
+/// dropped and a fresh one is made. Every log line of the request carries the id, so a client
+/// must not choose it (8,000 characters, or text made to look like another log line). Then the
+/// request gets its [`ClientAddr`], resolved through the trusted proxies.
+pub fn vet(policy: &ClientAddrPolicy, mut request: Request) -> Request {
+    let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    else {
+        request.headers_mut().remove("x-request-id");
+        return request;
+    };
     if let Some(value) = request.headers().get("x-request-id") {
-        let from_proxy = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(peer)| policy.trusted.trusts(peer.ip().to_canonical()));
+        let from_proxy = policy.trusted.trusts(peer.ip().to_canonical());
         let bytes = value.as_bytes();
         let well_formed = (1..=64).contains(&bytes.len())
             && bytes
@@ -248,7 +233,9 @@ pub async fn vet_request_id(
             request.headers_mut().remove("x-request-id");
         }
     }
-    next.run(request).await
+    let client = policy.client(peer.ip(), request.headers());
+    request.extensions_mut().insert(client);
+    request
 }
 
 #[cfg(test)]

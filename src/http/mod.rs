@@ -4,8 +4,9 @@
 //! Errors become responses in one place: [`ApiError`], in `error.rs` — unknown routes, wrong
 //! methods, bad paths and query strings, and timeouts included.
 //!
-//! A request passes, outside in: tracing → client address (`client_addr`) → the request
-//! deadline → body limit → routing → its lane's admission (`admission`) → the handler.
+//! A request passes, outside in: the edge — its id vetted and its client address resolved
+//! (`client_addr::vet`), its id set, tracing, the request deadline, the body limit — then
+//! routing → its lane's admission (`admission`) → the handler.
 //! Connections are accepted, capped and timed out in `server`.
 
 mod admin;
@@ -35,8 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -218,13 +219,48 @@ pub enum Surface {
     Operations,
 }
 
-/// The whole API as one router.
-pub fn app(state: AppState) -> Router {
+/// The whole API as one service.
+pub fn app(state: AppState) -> Api {
     app_for(state, Surface::Everything)
 }
 
-/// The routes of `surface` as one router, with every layer.
-pub fn app_for(state: AppState, surface: Surface) -> Router {
+/// What a listener serves: the router inside the edge layers, cloned once per connection and
+/// once per request.
+pub type Api = tower::util::BoxCloneSyncService<Request, Response, std::convert::Infallible>;
+
+/// The routes of `surface` with every layer. The edge layers (request id, tracing, client
+/// address, deadline, body limit) wrap the router once, as one service: added with
+/// `Router::layer` they wrapped each route in a boxed service of its own, so every request
+/// cloned, boxed and dropped the stack once per layer (a fifth of a hold's instructions).
+pub fn app_for(state: AppState, surface: Surface) -> Api {
+    let client_addr = state.client_addr.clone();
+    let timeout = state.request_timeout;
+    let router = router_for(state, surface);
+    let edge = tower::ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(axum::body::Body::new))
+        .map_request(move |request: Request| client_addr::vet(&client_addr, request))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Every log line of a request carries its id; the id is kept from a trusted proxy that
+        // set a well-formed one (`client_addr::vet`).
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
+            crate::telemetry::continue_trace(&span, request.headers());
+            span
+        }))
+        .map_future(move |answer| deadline(timeout, answer))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .service(router);
+    tower::util::BoxCloneSyncService::new(edge)
+}
+
+/// The routes of `surface` with their lanes' layers and the fallbacks, without the edge.
+fn router_for(state: AppState, surface: Surface) -> Router {
     let public = surface != Surface::Operations;
     let operations = surface != Surface::Public;
     let mut routes = OpenApiRouter::new();
@@ -259,41 +295,20 @@ pub fn app_for(state: AppState, surface: Surface) -> Router {
     routes
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(from_fn_with_state(state.request_timeout, deadline))
-        .layer(from_fn_with_state(
-            state.client_addr.clone(),
-            client_addr::resolve,
-        ))
-        // Every log line of a request carries its id; the id is kept from a trusted proxy that
-        // set a well-formed one (`client_addr::vet_request_id`).
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
-            crate::telemetry::continue_trace(&span, request.headers());
-            span
-        }))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(from_fn_with_state(
-            state.client_addr.clone(),
-            client_addr::vet_request_id,
-        ))
         .with_state(state)
 }
 
-/// Middleware: a request still running after `timeout` is abandoned and answered
-/// `503 request_timeout` + `Retry-After`, in the API's error format.
-async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
+/// A request still running after `timeout` is abandoned and answered `503 request_timeout` +
+/// `Retry-After`, in the API's error format.
+async fn deadline<E>(
+    timeout: Duration,
+    answer: impl Future<Output = Result<Response, E>>,
+) -> Result<Response, E> {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(answered) => answered,
         Err(_) => {
             metrics::counter!("flashgate_request_timeouts_total").increment(1);
-            ApiError::RequestTimeout.into_response()
+            Ok(ApiError::RequestTimeout.into_response())
         }
     }
 }

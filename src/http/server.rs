@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -104,7 +103,7 @@ impl Default for ServerSettings {
 /// `trusted` peers are exempt from the per-client cap.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: super::Api,
     settings: ServerSettings,
     trusted: TrustedProxies,
     shutdown: impl Future<Output = ()> + Send + 'static,
