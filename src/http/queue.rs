@@ -66,16 +66,32 @@ fn seal(state: &AppState) -> Result<&TicketSeal, ApiError> {
         .ok_or_else(|| ApiError::Internal("this gate has no ticket seal".into()))
 }
 
+/// The reserve's `Queue-Ticket` header as shown, unverified (taken alone: extracting the whole
+/// `HeaderMap` cloned every header of every reserve).
+#[derive(Debug, Clone)]
+pub(super) struct ShownTicket(Option<HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ShownTicket {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Infallible> {
+        Ok(Self(parts.headers.get(QUEUE_TICKET).cloned()))
+    }
+}
+
 /// The reserve's `Queue-Ticket`, verified for this buyer and SKU: `None` when not shown (the
 /// reserve script decides whether the sale needs one), 403 `ticket_invalid` when it does not
 /// verify.
 pub(super) fn ticket_header(
     state: &AppState,
-    headers: &HeaderMap,
+    ShownTicket(shown): &ShownTicket,
     sku: &Sku,
     buyer: &BuyerId,
 ) -> Result<Option<Ticket>, ApiError> {
-    let Some(raw) = headers.get(QUEUE_TICKET) else {
+    let Some(raw) = shown else {
         return Ok(None);
     };
     let raw = raw
