@@ -112,7 +112,9 @@ async fn the_console_data_shows_both_stores_and_this_gates_outcomes(pool: PgPool
         .expect("metrics");
     let outcome = format!("flashgate_sale_outcomes_total{{sku=\"{sku}\",outcome=\"held\"}} 2");
     assert!(metrics.contains(&outcome), "no {outcome}");
-    assert!(metrics.contains("flashgate_http_request_duration_seconds_bucket{"));
+    assert!(metrics.contains(
+        "flashgate_http_request_duration_seconds_count{route=\"/v1/skus/{sku}/reservations\",method=\"POST\",outcome=\"201\"}"
+    ));
     assert!(metrics.contains("flashgate_sale_call_duration_seconds_bucket{call=\"reserve\""));
     assert!(metrics.contains("flashgate_redis_call_duration_seconds_bucket{"));
     assert!(
