@@ -167,17 +167,11 @@ impl IntoIterator for Entries {
     }
 }
 
-impl Entries {
-    fn first(&self) -> Option<&Entry> {
-        self.0.first()
-    }
+impl std::ops::Deref for Entries {
+    type Target = [Entry];
 
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    fn deref(&self) -> &[Entry] {
+        &self.0
     }
 }
 
@@ -345,8 +339,10 @@ impl Gate {
                 !reply.is_empty()
             } else {
                 // Intact and idle: exactly the cursor's own entry.
-                !(reply.len() == 1
-                    && reply.first().map(|entry| parse_id(&entry.id)).transpose()? == Some(*cursor))
+                match &reply[..] {
+                    [only] => parse_id(&only.id)? != *cursor,
+                    _ => true,
+                }
             };
             if has_work {
                 busy.push(sku.clone());

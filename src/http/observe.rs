@@ -2,9 +2,7 @@
 //! for each routed request, and the sale's pulse (`crate::pulse`) for a buyer's reserve,
 //! commit and release.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher as _;
-use std::sync::{OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -34,14 +32,13 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let took = started.elapsed();
     let status = response.status().as_u16();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
-    durations()
-        .of(AnswerKind {
-            route,
-            method: method.as_str(),
-            status,
-            code,
-        })
-        .record(took.as_secs_f64());
+    duration_of(AnswerKind {
+        route,
+        method: method.as_str(),
+        status,
+        code,
+    })
+    .record(took.as_secs_f64());
 
     if let Some(sku) = &reserved_sku {
         let counted = match (status, code) {
@@ -83,78 +80,82 @@ fn is_shed(response: &Response) -> bool {
         .is_some_and(|v| v.contains("client"))
 }
 
-/// What one series of `flashgate_http_request_duration_seconds` counts.
+/// What one series of `flashgate_http_request_duration_seconds` counts: borrowed from the
+/// request to look its handle up, owned (`Box<str>`) once kept. Both hash alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct AnswerKind<'a> {
-    route: &'a str,
-    method: &'a str,
+struct AnswerKind<S> {
+    route: S,
+    method: S,
     status: u16,
     code: Option<&'static str>,
+}
+
+impl quick_cache::Equivalent<AnswerKind<Box<str>>> for AnswerKind<&str> {
+    fn equivalent(&self, kept: &AnswerKind<Box<str>>) -> bool {
+        self.route == &*kept.route
+            && self.method == &*kept.method
+            && self.status == kept.status
+            && self.code == kept.code
+    }
 }
 
 /// The duration histogram's handles, one per route, method and outcome, registered on first
 /// use: the `histogram!` macro built the key's three label strings and looked them up in the
-/// registry on every answer (~5,000 instructions, a twelfth of a sold-out answer).
-#[derive(Default)]
-struct Durations {
-    hasher: std::hash::RandomState,
-    /// By the hash of an [`AnswerKind`]; a collision only shares the bucket, never the handle.
-    series: RwLock<HashMap<u64, Vec<(OwnedAnswerKind, metrics::Histogram)>>>,
+/// registry on every answer (~5,000 instructions, a twelfth of a sold-out answer). A handle
+/// evicted from the cache is registered again: the registry answers the same series.
+fn durations() -> &'static quick_cache::sync::Cache<AnswerKind<Box<str>>, metrics::Histogram> {
+    static DURATIONS: OnceLock<quick_cache::sync::Cache<AnswerKind<Box<str>>, metrics::Histogram>> =
+        OnceLock::new();
+    DURATIONS.get_or_init(|| quick_cache::sync::Cache::new(1024))
 }
 
-#[derive(Debug)]
-struct OwnedAnswerKind {
-    route: String,
-    method: String,
-    status: u16,
-    code: Option<&'static str>,
-}
-
-impl OwnedAnswerKind {
-    fn is(&self, kind: &AnswerKind<'_>) -> bool {
-        self.route == kind.route
-            && self.method == kind.method
-            && self.status == kind.status
-            && self.code == kind.code
+fn duration_of(kind: AnswerKind<&str>) -> metrics::Histogram {
+    let series = durations();
+    if let Some(histogram) = series.get(&kind) {
+        return histogram;
     }
+    let outcome = match kind.code {
+        Some(code) => format!("{} {code}", kind.status),
+        None => kind.status.to_string(),
+    };
+    let histogram = metrics::histogram!("flashgate_http_request_duration_seconds",
+        "route" => kind.route.to_owned(), "method" => kind.method.to_owned(), "outcome" => outcome);
+    series.insert(
+        AnswerKind {
+            route: kind.route.into(),
+            method: kind.method.into(),
+            status: kind.status,
+            code: kind.code,
+        },
+        histogram.clone(),
+    );
+    histogram
 }
 
-fn durations() -> &'static Durations {
-    static DURATIONS: OnceLock<Durations> = OnceLock::new();
-    DURATIONS.get_or_init(Durations::default)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Durations {
-    fn of(&self, kind: AnswerKind<'_>) -> metrics::Histogram {
-        let hash = self.hasher.hash_one(kind);
-        let find = |series: &HashMap<u64, Vec<(OwnedAnswerKind, metrics::Histogram)>>| {
-            series
-                .get(&hash)
-                .and_then(|bucket| bucket.iter().find(|(known, _)| known.is(&kind)))
-                .map(|(_, histogram)| histogram.clone())
+    /// A kept handle is found from the request's borrowed strings: the two forms hash alike.
+    #[test]
+    fn a_kept_answer_kind_is_found_by_its_borrowed_form() {
+        let kept = quick_cache::sync::Cache::<AnswerKind<Box<str>>, u8>::new(16);
+        let owned = |code| AnswerKind {
+            route: "/v1/skus/{sku}/reservations".into(),
+            method: "POST".into(),
+            status: 409,
+            code,
         };
-        if let Some(histogram) = find(&self.series.read().unwrap_or_else(|p| p.into_inner())) {
-            return histogram;
-        }
-        let mut series = self.series.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(histogram) = find(&series) {
-            return histogram;
-        }
-        let outcome = match kind.code {
-            Some(code) => format!("{} {code}", kind.status),
-            None => kind.status.to_string(),
+        kept.insert(owned(Some("sold_out")), 1);
+        kept.insert(owned(None), 2);
+        let asked = |code| AnswerKind {
+            route: "/v1/skus/{sku}/reservations",
+            method: "POST",
+            status: 409,
+            code,
         };
-        let histogram = metrics::histogram!("flashgate_http_request_duration_seconds",
-            "route" => kind.route.to_owned(), "method" => kind.method.to_owned(), "outcome" => outcome);
-        series.entry(hash).or_default().push((
-            OwnedAnswerKind {
-                route: kind.route.to_owned(),
-                method: kind.method.to_owned(),
-                status: kind.status,
-                code: kind.code,
-            },
-            histogram.clone(),
-        ));
-        histogram
+        assert_eq!(kept.get(&asked(Some("sold_out"))), Some(1));
+        assert_eq!(kept.get(&asked(None)), Some(2));
+        assert_eq!(kept.get(&asked(Some("sale_paused"))), None);
     }
 }
