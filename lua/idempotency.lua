@@ -8,16 +8,13 @@
 -- an eight-field read on every new hold. A record a gate of an earlier version wrote as a hash
 -- is still read and moved as one, until its TTL ends.
 
-local IDEM_FIELDS = {'status', 'id', 'q', 'price', 'cur', 'created', 'expires', 'fp'}
-
 -- The record at key, or nil; and whether it is a hash of an earlier version.
 local function idem_read(key)
   local raw = redis.pcall('GET', key)
   if type(raw) == 'table' and raw.err then
-    local values = redis.call('HMGET', key, unpack(IDEM_FIELDS))
-    local record = {}
-    for i, field in ipairs(IDEM_FIELDS) do record[field] = values[i] end
-    return record, true
+    local v = redis.call('HMGET', key, 'status', 'id', 'q', 'price', 'cur', 'created', 'expires', 'fp')
+    return {status = v[1], id = v[2], q = v[3], price = v[4], cur = v[5], created = v[6],
+      expires = v[7], fp = v[8]}, true
   end
   if not raw then
     return nil, false
@@ -28,14 +25,16 @@ local function idem_read(key)
     expires = expires, fp = fp}, false
 end
 
-local function idem_encode(record)
-  return record.status .. '\n' .. record.id .. '\n' .. record.q .. '\n' .. record.price .. '\n' ..
-    record.cur .. '\n' .. record.created .. '\n' .. record.expires .. '\n' .. record.fp
+-- The fields are passed one by one, not as a record table: a new hold writes a record on every
+-- call, and a table is an allocation the script need not make.
+local function idem_encode(status, id, q, price, cur, created, expires, fp)
+  return status .. '\n' .. id .. '\n' .. q .. '\n' .. price .. '\n' .. cur .. '\n' .. created .. '\n' ..
+    expires .. '\n' .. fp
 end
 
 -- Writes a new record that lives ttl_s seconds.
-local function idem_write(key, record, ttl_s)
-  redis.call('SET', key, idem_encode(record), 'EX', ttl_s)
+local function idem_write(key, ttl_s, status, id, q, price, cur, created, expires, fp)
+  redis.call('SET', key, idem_encode(status, id, q, price, cur, created, expires, fp), 'EX', ttl_s)
 end
 
 -- Moves the record to status when it answers for hold id (a key reused after its record
@@ -48,8 +47,8 @@ local function idem_move(key, id, status)
   if hash then
     redis.call('HSET', key, 'status', status)
   else
-    record.status = status
-    redis.call('SET', key, idem_encode(record), 'KEEPTTL')
+    redis.call('SET', key, idem_encode(status, record.id, record.q, record.price, record.cur,
+      record.created, record.expires, record.fp), 'KEEPTTL')
   end
 end
 

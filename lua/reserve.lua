@@ -78,7 +78,7 @@ local now_ms = math.floor(now_us / 1000)
 
 -- 2. Per-buyer rate limit (GCRA). The new arrival time is written below, after every check,
 -- whether or not the rest of the decision admits the hold: an attempt counts as an attempt.
-local interval = tonumber(ARGV[6])
+local interval = ARGV[6] ~= '0' and tonumber(ARGV[6]) or 0
 local new_tat
 if interval > 0 then
   local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -90,14 +90,10 @@ if interval > 0 then
   end
 end
 
-local function remember_attempt()
-  if new_tat then
-    redis.call('SET', KEYS[5], int(new_tat), 'PX', int(math.ceil((new_tat - now_us) / 1000) + 1000))
-  end
-end
-
 -- 3. Sale state and window.
-local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency', 'halted', 'room', 'room_rate', 'room_window_s')
+-- The room's own settings are read only for a sale with a room (3b): each field HMGET asks for
+-- is a scan of the sale's hash.
+local meta = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price', 'currency', 'halted', 'room')
 if not meta[1] then
   return {'refused', 'unknown_sku', '0'}
 end
@@ -115,15 +111,16 @@ elseif starts_ms > 0 and now_ms < starts_ms then
 end
 
 -- 3b. The waiting room: a sale with its room on sells only to an admitted place, once.
-local ticket = tonumber(ARGV[19])
+local ticket = ARGV[19] ~= '0' and tonumber(ARGV[19]) or 0
 local room_keys
 if not refusal and meta[9] == '1' then
   if ticket == 0 then
     refusal = {'refused', 'not_your_turn', '0'}
   else
     room_keys = {room = KEYS[14], admits = KEYS[15], used = KEYS[16], stock = KEYS[2], holds = KEYS[7]}
+    local pace = redis.call('HMGET', KEYS[1], 'room_rate', 'room_window_s')
     local line = room_line(room_keys, room_settings(
-      {meta[9], meta[10], meta[11], meta[4], meta[1], meta[2], meta[3], meta[8]}, now_ms), now_ms)
+      {meta[9], pace[1], pace[2], meta[4], meta[1], meta[2], meta[3], meta[8]}, now_ms), now_ms)
     if ticket > line.frontier then
       if line.sold_out_from > 0 and ticket >= line.sold_out_from then
         -- The units left, not 0: this place is sold out, not the stock (0 would turn on the
@@ -140,11 +137,13 @@ if not refusal and meta[9] == '1' then
   end
 end
 
--- 4. Per-buyer limit, counting units held and bought.
+-- 4. Per-buyer limit, counting units held and bought. The stock (step 6) is read with the
+-- buyer's count: one call, and nothing between here and step 6 writes it.
 local limit = tonumber(meta[4])
-local holding
+local holding, stock
 if not refusal then
-  holding = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local counts = redis.call('MGET', KEYS[3], KEYS[2])
+  holding, stock = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
   if holding + qty > limit then
     refusal = {'refused', 'buyer_limit_reached', int(limit)}
   end
@@ -152,7 +151,7 @@ end
 
 -- 4b. Holds this buyer took in the quota window, whatever became of them: releasing and
 -- reserving again (churn) cannot grow both stores without bound.
-local quota = tonumber(ARGV[13])
+local quota = ARGV[13] ~= '0' and tonumber(ARGV[13]) or 0
 if not refusal and quota > 0 then
   local taken = tonumber(redis.call('GET', KEYS[11]) or '0')
   if taken >= quota then
@@ -166,15 +165,16 @@ end
 -- Counted in holds, not units: the per-buyer limit already bounds units per hold. An IPv6
 -- client is counted at its /64, /56 and /48, each with its own cap: one subscriber usually has
 -- a whole /56 (or /48) to rotate through.
-local client_keys = {KEYS[10], KEYS[12], KEYS[13]}
-local client_limits = {tonumber(ARGV[11]), tonumber(ARGV[15]), tonumber(ARGV[16])}
+local client_keys, client_limits
 local client_tiers = 0
-if client_limits[1] + client_limits[2] + client_limits[3] > 0 then
-  for _ in string.gmatch(ARGV[10], '%S+') do client_tiers = client_tiers + 1 end
-end
 local track_client = false
-for tier = 1, client_tiers do
-  if client_limits[tier] > 0 then track_client = true end
+if ARGV[11] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0' then
+  client_keys = {KEYS[10], KEYS[12], KEYS[13]}
+  client_limits = {tonumber(ARGV[11]), tonumber(ARGV[15]), tonumber(ARGV[16])}
+  for _ in string.gmatch(ARGV[10], '%S+') do client_tiers = client_tiers + 1 end
+  for tier = 1, client_tiers do
+    if client_limits[tier] > 0 then track_client = true end
+  end
 end
 if not refusal and track_client then
   for tier = 1, client_tiers do
@@ -187,13 +187,14 @@ end
 
 -- 6. Stock.
 if not refusal then
-  local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
   if stock < qty then
     refusal = {'refused', 'sold_out', int(stock)}
   end
 end
 
-remember_attempt()
+if new_tat then
+  redis.call('SET', KEYS[5], int(new_tat), 'PX', int(math.ceil((new_tat - now_us) / 1000) + 1000))
+end
 if refusal then
   return refusal
 end
@@ -201,7 +202,8 @@ end
 -- Admitted: every write below is unconditional, so the script cannot stop half-way.
 local expires_ms = now_ms + tonumber(meta[5]) * 1000
 local price, currency = meta[6], meta[7]
-redis.call('DECRBY', KEYS[2], qty)
+local created, expires = int(now_ms), int(expires_ms)
+redis.call('DECRBY', KEYS[2], ARGV[3])
 -- A buyer's count is needed while the sale sells and its holds may be replayed: past its end
 -- plus the idempotency window nobody reads it, so it goes then. A sale without an end keeps it.
 -- One SET, from the count read above, writes the count and its expiry together.
@@ -212,7 +214,7 @@ else
 end
 redis.call('HSET', KEYS[6],
   'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
-  'created', int(now_ms), 'expires', int(expires_ms), 'status', 'held', 'idem', ARGV[8])
+  'created', created, 'expires', expires, 'status', 'held', 'idem', ARGV[8])
 -- The caller's own fields are written only when given: most holds carry none.
 local own = {}
 if ARGV[17] ~= '' then own[#own + 1] = 'ref'; own[#own + 1] = ARGV[17] end
@@ -230,15 +232,14 @@ end
 if quota > 0 and redis.call('INCR', KEYS[11]) == 1 then
   redis.call('PEXPIRE', KEYS[11], ARGV[14])
 end
-redis.call('ZADD', KEYS[7], int(expires_ms), ARGV[1])
+redis.call('ZADD', KEYS[7], expires, ARGV[1])
 if room_keys then
   redis.call('ZADD', KEYS[16], ticket, ticket)
 end
 redis.call('SADD', KEYS[9], ARGV[2])
-redis.call('EXPIRE', KEYS[9], tonumber(ARGV[5]))
-idem_write(KEYS[4], {status = 'held', id = ARGV[1], q = ARGV[3], price = price, cur = currency,
-  created = int(now_ms), expires = int(expires_ms), fp = ARGV[4]}, tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[9], ARGV[5])
+idem_write(KEYS[4], ARGV[5], 'held', ARGV[1], ARGV[3], price, currency, created, expires, ARGV[4])
 local event_id = redis.call('XADD', KEYS[8], '*',
   'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[8], 'q', ARGV[3],
-  'price', price, 'cur', currency, 'created', int(now_ms), 'expires', int(expires_ms), unpack(own))
-return {'created', ARGV[1], ARGV[3], price, currency, int(now_ms), int(expires_ms), 'held', event_id}
+  'price', price, 'cur', currency, 'created', created, 'expires', expires, unpack(own))
+return {'created', ARGV[1], ARGV[3], price, currency, created, expires, 'held', event_id}

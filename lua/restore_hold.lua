@@ -50,7 +50,6 @@ end
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('EXPIRE', KEYS[4], ARGV[12])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  idem_write(KEYS[2], {status = ARGV[9], id = ARGV[1], q = ARGV[4], price = ARGV[5], cur = ARGV[6],
-    created = ARGV[7], expires = ARGV[8], fp = ARGV[11]}, ARGV[12])
+  idem_write(KEYS[2], ARGV[12], ARGV[9], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[11])
 end
 return 'restored'

@@ -62,7 +62,7 @@ local idem = prefix .. 'idem:' .. hold.buyer .. ':' .. hold.idem
 
 -- Every write below is unconditional.
 redis.call('HSET', KEYS[1], 'status', target)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[3], ARGV[1])
 -- Out of 'held' whatever the target: the hold no longer counts against its client's live holds.
 if hold.client then
