@@ -12,7 +12,8 @@
 #   6. redis-benchmark: a minimal reserve script (check stock, decrement, record the hold, append
 #      the event), the floor reserve.lua's cost is held to.
 # and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh;
-# FLASHGATE_GATE_BIN runs another build's `flashgate` as the gate (to compare builds).
+# FLASHGATE_GATE_BIN runs another build's `flashgate` as the gate (to compare builds), and
+# PERF_LUA_DIR the same build's scripts under redis-benchmark (the gate carries its own).
 #   CONNECTIONS=64 DURATION=10 scripts/perf.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,9 +81,11 @@ out=$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$lua" "http://$FLA
 echo "$out"
 sold_out=$(rps <<<"$out")
 
-echo "== redis-benchmark -c$connections: EVALSHA lua/reserve.lua, every call a new hold"
-# The gate sends reserve.lua behind idempotency.lua and room.lua: the same text here.
-sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat lua/idempotency.lua lua/room.lua lua/reserve.lua)")
+lua_dir=${PERF_LUA_DIR:-lua}
+echo "== redis-benchmark -c$connections: EVALSHA $lua_dir/reserve.lua, every call a new hold"
+# The gate sends reserve.lua behind idempotency.lua and room.lua: the same text here, and the
+# arguments the gate sends in this run (no rate limit, no hold quota, no client caps).
+sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat "$lua_dir/idempotency.lua" "$lua_dir/room.lua" "$lua_dir/reserve.lua")")
 hp=$(_fg_host_port "$REDIS_URL" 6379)
 # A SKU of its own, loaded like `hot`: the gate's settler never reads its synthetic stream.
 k="$ns:{ceiling}"
@@ -94,13 +97,13 @@ ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$req
   EVALSHA "$sha" 16 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
   "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:" "$k:quota:b__rand_int__" \
   "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used" \
-  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling "" 0 0 100 3600000 0 0 "" "" 0 \
+  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling "" 0 0 0 3600000 0 0 "" "" 0 \
   | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
 echo "$ceiling EVALSHA/s"
 # redis-benchmark counts an error reply as a request: make sure the calls made holds.
 decided=$(redis-cli -u "$REDIS_URL" XLEN "$k:events")
 if (( decided < requests / 2 )); then
-  echo "perf.sh: only $decided of $requests EVALSHA calls made a hold: the arguments no longer match lua/reserve.lua" >&2
+  echo "perf.sh: only $decided of $requests EVALSHA calls made a hold: the arguments no longer match $lua_dir/reserve.lua" >&2
   exit 1
 fi
 echo "== wrk -t2 -c$connections -d${duration}s: a place in a waiting room"
