@@ -54,7 +54,9 @@
 
 local qty = tonumber(ARGV[3])
 
--- Lua 5.1's tostring keeps 14 significant digits; microsecond clocks have 16.
+-- Lua 5.1's tostring keeps 14 significant digits; microsecond clocks have 16. Formatting is
+-- sprintf either way, and so is Redis's for a number handed to redis.call: a figure is turned
+-- into its string once, and an argument that came as a string is passed on as that string.
 local function int(n) return string.format('%.0f', n) end
 
 -- 1. Idempotency: a key seen before answers with what it answered then.
@@ -234,7 +236,7 @@ if quota > 0 and redis.call('INCR', KEYS[11]) == 1 then
 end
 redis.call('ZADD', KEYS[7], expires, ARGV[1])
 if room_keys then
-  redis.call('ZADD', KEYS[16], ticket, ticket)
+  redis.call('ZADD', KEYS[16], ARGV[19], ARGV[19])
 end
 redis.call('SADD', KEYS[9], ARGV[2])
 redis.call('EXPIRE', KEYS[9], ARGV[5])
