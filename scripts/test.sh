@@ -59,6 +59,9 @@ if FLASHGATE_PROFILE=debug ./scripts/browser-test.sh; then checks=$((checks + 1)
 echo "== schemathesis: requests generated from /openapi.json, every check"
 if FLASHGATE_PROFILE=debug ./scripts/schemathesis.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
 
+echo "== script-cost.sh: reserve.lua's own arguments still make holds (a short instruction count)"
+if SCRIPT_COST_N=300 ./scripts/script-cost.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
+
 echo "== docker compose files parse (when a compose client is installed)"
 compose=()
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); elif command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose); fi
