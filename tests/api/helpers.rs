@@ -42,6 +42,14 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Each server `REDIS_URL` names: one Redis, or every node of a cluster.
+pub fn redis_servers() -> Vec<String> {
+    redis_url()
+        .split(',')
+        .map(|url| url.trim().to_owned())
+        .collect()
+}
+
 /// Whether this run's Redis is a cluster (`FLASHGATE_REDIS_CLUSTER=true`): scripts/test.sh runs
 /// the suite once against one Redis and once against a local 3-master cluster.
 pub fn on_cluster() -> bool {
@@ -392,10 +400,7 @@ pub async fn spawn_app_with(pool: PgPool, options: AppOptions) -> TestApp {
         own_settler,
         events,
         tokens: BearerTokens::new(&secret),
-        redis_servers: redis_url()
-            .split(',')
-            .map(|url| url.trim().to_owned())
-            .collect(),
+        redis_servers: redis_servers(),
         counts_attempts: options.buyer_rate.is_some(),
         shutdown: Some(tx),
     }

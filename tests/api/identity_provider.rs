@@ -168,21 +168,7 @@ async fn tokens_of_the_identity_provider_are_accepted_by_their_kid(pool: PgPool)
     .await;
     let client = reqwest::Client::new();
     let base = served.base.clone();
-    for (method, path) in [
-        ("PUT", "/v1/admin/skus/sneaker"),
-        ("POST", "/v1/admin/skus/sneaker/prewarm"),
-    ] {
-        let request = match method {
-            "PUT" => client.put(format!("{base}{path}")).json(&sale_body(50, 1)),
-            _ => client.post(format!("{base}{path}")),
-        };
-        let answer = request
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin");
-        assert!(answer.status().is_success(), "{path}: {}", answer.status());
-    }
+    served.open_sale("sneaker", &sale_body(50, 1)).await;
     assert_eq!(
         provider.reads.load(Ordering::SeqCst),
         1,

@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::helpers::{ADMIN_TOKEN, JWT_SECRET, PrivateRedis, database_url, free_port, redis_url};
+use flashgate::gate::Namespace;
+
+use crate::helpers::{
+    ADMIN_TOKEN, JWT_SECRET, PrivateRedis, database_url, delete_namespace, free_port,
+    redis_servers, redis_url, sale_body,
+};
 
 pub(crate) fn flashgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flashgate"))
@@ -176,6 +181,53 @@ async fn json_logs_name_the_request_on_every_line_logged_for_it(pool: PgPool) {
     );
 }
 
+/// A gate process that sold a hold leaves nothing in Redis once its test is over (before, every
+/// run left the sale, the hold, the counters and the stream behind, most of them without a TTL).
+#[sqlx::test]
+async fn a_served_gate_leaves_no_keys_behind(pool: PgPool) {
+    let served = Served::start(&pool, 0).await;
+    served.open_sale("sneaker", &sale_body(5, 1)).await;
+    let client = reqwest::Client::new();
+    let tokens =
+        flashgate::auth::BearerTokens::new(&secrecy::SecretString::from(JWT_SECRET.to_owned()));
+    let alice = flashgate::domain::BuyerId::parse("alice").expect("buyer");
+    let held = client
+        .post(format!("{}/v1/skus/sneaker/reservations", served.base))
+        .bearer_auth(
+            tokens
+                .mint(&alice, Duration::from_secs(600))
+                .expect("token"),
+        )
+        .header("Idempotency-Key", "a1")
+        .json(&serde_json::json!({"quantity": 1}))
+        .send()
+        .await
+        .expect("reserve");
+    assert_eq!(held.status().as_u16(), 201);
+    let namespace = served.namespace.clone();
+    let keys_of = |namespace: &Namespace| -> usize {
+        redis_servers()
+            .iter()
+            .map(|server| {
+                let mut conn = redis::Client::open(server.as_str())
+                    .and_then(|client| client.get_connection())
+                    .expect("redis");
+                redis::Commands::scan_match::<_, String>(&mut conn, namespace.pattern())
+                    .expect("scan")
+                    .count()
+            })
+            .sum()
+    };
+    assert!(keys_of(&namespace) > 0, "the hold was written");
+    drop(served);
+    assert_eq!(
+        keys_of(&namespace),
+        0,
+        "keys left in {}",
+        namespace.as_str()
+    );
+}
+
 /// A dashboard or an alert on a fresh gate finds its metrics at zero, each with `# HELP`, rather
 /// than nothing until the first event (before: a fresh gate showed none of them).
 #[sqlx::test]
@@ -200,10 +252,12 @@ async fn a_fresh_gate_shows_its_metrics_at_zero_with_help(pool: PgPool) {
     }
 }
 
-/// A running `flashgate serve` on this test's database and a fresh Redis namespace.
+/// A running `flashgate serve` on this test's database and a fresh Redis namespace, whose keys
+/// go when it is dropped.
 pub(crate) struct Served {
     child: Child,
     pub(crate) base: String,
+    namespace: Namespace,
 }
 
 impl Served {
@@ -225,14 +279,13 @@ impl Served {
         stderr: Stdio,
     ) -> Self {
         let port = free_port();
+        let namespace = Namespace::parse(&format!("fgproc-{}", uuid::Uuid::new_v4().simple()))
+            .expect("namespace");
         let child = flashgate()
             .arg("serve")
             .env("DATABASE_URL", database_url(pool).await)
             .env("REDIS_URL", redis_url())
-            .env(
-                "FLASHGATE_REDIS_NAMESPACE",
-                format!("fgproc-{}", uuid::Uuid::new_v4().simple()),
-            )
+            .env("FLASHGATE_REDIS_NAMESPACE", namespace.as_str())
             .env("FLASHGATE_LISTEN", format!("127.0.0.1:{port}"))
             .env("FLASHGATE_JWT_SECRET", JWT_SECRET)
             .env("FLASHGATE_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -249,6 +302,7 @@ impl Served {
         let served = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            namespace,
         };
         let started = Instant::now();
         while served.status("/healthz").await != Some(200) {
@@ -256,6 +310,23 @@ impl Served {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         served
+    }
+
+    /// Opens `sku` with `body` and pre-warms it, as the admin.
+    pub(crate) async fn open_sale(&self, sku: &str, body: &serde_json::Value) {
+        let client = reqwest::Client::new();
+        let admin = format!("{}/v1/admin/skus/{sku}", self.base);
+        for request in [
+            client.put(&admin).json(body),
+            client.post(format!("{admin}/prewarm")),
+        ] {
+            let answer = request
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("admin");
+            assert!(answer.status().is_success(), "{sku}: {}", answer.status());
+        }
     }
 
     async fn status(&self, path: &str) -> Option<u16> {
@@ -287,9 +358,12 @@ impl Served {
 }
 
 impl Drop for Served {
+    /// Stops the process, then deletes its namespace: nothing it wrote is left in a shared Redis
+    /// (before, every run left the holds, counters and stream it made, most without a TTL).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = delete_namespace(&redis_servers(), &self.namespace);
     }
 }
 
