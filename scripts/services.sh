@@ -218,12 +218,16 @@ flashgate_services() {
 
 # Deletes every key of the namespace $1 from $REDIS_URL: on each server of the list (every master
 # of a cluster seed list), one DEL per key, since a DEL of keys from several slots is refused on a
-# cluster even within one node. Fails when redis-cli is missing.
+# cluster even within one node. Each key is sent double-quoted, its \ and " escaped: redis-cli
+# splits an unquoted line at spaces and refuses one with an unbalanced quote, and keys carry what
+# requests carried (Schemathesis's admin ids left keys such as `...:admin:NA0,'-...` behind).
+# Fails when redis-cli is missing.
 flashgate_delete_namespace() {
   command -v redis-cli >/dev/null 2>&1 || return 1
   local server
   for server in ${REDIS_URL//,/ }; do
-    redis-cli -u "$server" --scan --pattern "$1:*" | sed 's/^/DEL /' | redis-cli -u "$server" >/dev/null
+    redis-cli -u "$server" --scan --pattern "$1:*" |
+      sed 's/\\/\\\\/g; s/"/\\"/g; s/^/DEL "/; s/$/"/' | redis-cli -u "$server" >/dev/null
   done
 }
 

@@ -59,6 +59,19 @@ if FLASHGATE_PROFILE=debug ./scripts/browser-test.sh; then checks=$((checks + 1)
 echo "== schemathesis: requests generated from /openapi.json, every check"
 if FLASHGATE_PROFILE=debug ./scripts/schemathesis.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
 
+echo "== flashgate_delete_namespace deletes keys whose names hold quotes, spaces and backslashes"
+ns="fgclean-$$-$RANDOM"
+for key in plain "admin:NA0,'-x" 'a b"c' 'back\slash'; do
+  redis-cli -u "$REDIS_URL" SET "$ns:$key" 1 >/dev/null
+done
+flashgate_delete_namespace "$ns"
+left=$(redis-cli -u "$REDIS_URL" --scan --pattern "$ns:*")
+if [ -n "$left" ]; then
+  echo "left behind: $left" >&2; failed=$((failed + 1))
+else
+  checks=$((checks + 1))
+fi
+
 echo "== script-cost.sh: reserve.lua's own arguments still make holds (a short instruction count)"
 if SCRIPT_COST_N=300 ./scripts/script-cost.sh; then checks=$((checks + 1)); else failed=$((failed + 1)); fi
 
