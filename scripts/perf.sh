@@ -9,7 +9,7 @@
 #      answer is its one place again: take_place.lua runs in full but for the INCR);
 #   5. wrk: POST /v1/skus/gone/floor (FLASHGATE_FLOOR_ROUTE), the same 409 a sold-out reserve
 #      answers, behind the same layers, without the handler: the HTTP floor;
-#   6. redis-benchmark: a minimal reserve script (check stock, decrement, record the hold, append
+#   6. redis-benchmark: scripts/minimal-reserve.lua (check stock, decrement, record the hold, append
 #      the event), the floor reserve.lua's cost is held to.
 # and prints the ratios. Uses a private gate (release build) like scripts/loadtest.sh;
 # FLASHGATE_GATE_BIN runs another build's `flashgate` as the gate (to compare builds), and
@@ -120,12 +120,7 @@ echo "$out"
 floor=$(rps <<<"$out")
 
 echo "== redis-benchmark -c$connections: EVALSHA of a minimal reserve script, every call a new hold"
-minimal_sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "
-local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
-if stock < 1 then return {'refused', 'sold_out'} end
-redis.call('DECRBY', KEYS[1], 1)
-redis.call('HSET', KEYS[2], 'buyer', ARGV[2], 'q', '1', 'status', 'held')
-return redis.call('XADD', KEYS[3], '*', 'type', 'reserved', 'id', ARGV[1], 'q', '1')")
+minimal_sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat scripts/minimal-reserve.lua)")
 m="$ns:{minimal}"
 redis-cli -u "$REDIS_URL" SET "$m:stock" 100000000 >/dev/null
 minimal=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \

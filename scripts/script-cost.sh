@@ -7,9 +7,9 @@
 # by ±30 % between runs here. It reports:
 #   - an empty script sent reserve.lua's 16 keys and 19 arguments (what any call with those
 #     arguments costs before its first command);
-#   - the minimal reserve script of scripts/perf.sh (read the stock, decrement it, write a
-#     3-field hold hash, append a 6-field event), with its own 3 keys and 2 arguments, and with
-#     reserve.lua's arguments;
+#   - scripts/minimal-reserve.lua (read the stock, decrement it, write a 3-field hold hash,
+#     append a 6-field event, as perf.sh runs it), with its own 3 keys and 2 arguments, and sent
+#     as many keys and arguments as reserve.lua;
 #   - reserve.lua deciding a new hold, and a sold-out refusal, with the arguments perf.sh's
 #     ceiling sends (rate limit, hold quota and client caps off, as in the perf runs);
 # SCRIPT_COST_LUA_DIR measures another tree's scripts (`git worktree add` a base), to compare.
@@ -42,15 +42,11 @@ reserve_keys=("$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int
   "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:" "$k:quota:b__rand_int__"
   "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used")
 reserve_args=(h__rand_int__ b__rand_int__ 1 "cost|1" 86400 0 0 k cost "" 0 0 0 3600000 0 0 "" "" 0)
-minimal='
-local stock = tonumber(redis.call("GET", KEYS[1]) or "0")
-if stock < 1 then return {"refused", "sold_out"} end
-redis.call("DECRBY", KEYS[1], 1)
-redis.call("HSET", KEYS[2], "buyer", ARGV[2], "q", "1", "status", "held")
-return redis.call("XADD", KEYS[3], "*", "type", "reserved", "id", ARGV[1], "q", "1")'
-minimal_wide=${minimal//KEYS\[1\]/KEYS[2]}
-minimal_wide=${minimal_wide//KEYS\[2\], \"buyer\"/KEYS[6], \"buyer\"}
-minimal_wide=${minimal_wide//KEYS\[3\]/KEYS[8]}
+minimal=$(cat scripts/minimal-reserve.lua)
+# The minimal script's own keys, then the rest of reserve.lua's, so that it is sent as many.
+minimal_keys=("$k:stock" "$k:hold:h__rand_int__" "$k:events" "$k:meta" "$k:buyer:b__rand_int__"
+  "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" "$k:holds" "$k:buyers" "$k:client:"
+  "$k:quota:b__rand_int__" "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used")
 
 # A fresh sale: open, no end, stock for every call.
 fresh_sale() { # stock
@@ -84,7 +80,7 @@ empty=$(counted "$(load 'return 1')" 16 "${reserve_keys[@]}" "${reserve_args[@]}
 fresh_sale 100000000
 minimal_own=$(counted "$(load "$minimal")" 3 "$k:stock" "$k:hold:h__rand_int__" "$k:events" h__rand_int__ b__rand_int__)
 fresh_sale 100000000
-minimal_wide=$(counted "$(load "$minimal_wide")" 16 "${reserve_keys[@]}" "${reserve_args[@]}")
+minimal_wide=$(counted "$(load "$minimal")" 16 "${minimal_keys[@]}" "${reserve_args[@]}")
 fresh_sale 100000000
 hold=$(counted "$(load "$reserve_script")" 16 "${reserve_keys[@]}" "${reserve_args[@]}")
 held=$(cli XLEN "$k:events")
