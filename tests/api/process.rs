@@ -205,7 +205,7 @@ async fn a_served_gate_leaves_no_keys_behind(pool: PgPool) {
         .expect("reserve");
     assert_eq!(held.status().as_u16(), 201);
     let namespace = served.namespace.clone();
-    let keys_of = |namespace: &Namespace| -> usize {
+    let keys_left = || -> usize {
         redis_servers()
             .iter()
             .map(|server| {
@@ -218,14 +218,9 @@ async fn a_served_gate_leaves_no_keys_behind(pool: PgPool) {
             })
             .sum()
     };
-    assert!(keys_of(&namespace) > 0, "the hold was written");
+    assert!(keys_left() > 0, "the hold was written");
     drop(served);
-    assert_eq!(
-        keys_of(&namespace),
-        0,
-        "keys left in {}",
-        namespace.as_str()
-    );
+    assert_eq!(keys_left(), 0, "keys left in {}", namespace.as_str());
 }
 
 /// A dashboard or an alert on a fresh gate finds its metrics at zero, each with `# HELP`, rather
