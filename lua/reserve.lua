@@ -11,6 +11,9 @@
 -- The script is idempotent by its own checks: if the client resends it after a dropped
 -- connection, the idempotency record written by the first run answers the second.
 --
+-- A call sends only what its checks use: eight keys and nine arguments always, then the groups
+-- ARGV[9] names, in its order. Each key and argument costs Redis about 900 instructions before the
+-- script's first command (scripts/script-cost.sh), and most limits are off in most sales.
 -- KEYS (all under the SKU's hash tag, so the script runs unchanged on Redis Cluster):
 --   1 meta      hash    state, starts_ms, ends_ms, limit, ttl_s, price, currency, halted
 --   2 stock     string  units a new hold may take
@@ -18,31 +21,36 @@
 --                       end plus the idempotency ttl
 --   4 idem      string  the stored answer and request fingerprint for (buyer, key)
 --                       (idempotency.lua)
---   5 rl        string  the buyer's GCRA theoretical arrival time, in microseconds
---   6 hold      hash    the new hold's state
---   7 holds     zset    hold id -> deadline (ms), for the expiry sweeper
---   8 events    stream  every decision, in order, for the settler
---   9 buyers    set     every buyer who got a hold on this SKU within the idempotency ttl (for the
+--   5 hold      hash    the new hold's state
+--   6 holds     zset    hold id -> deadline (ms), for the expiry sweeper
+--   7 events    stream  every decision, in order, for the settler
+--   8 buyers    set     every buyer who got a hold on this SKU within the idempotency ttl (for the
 --                       sold-out shortcut: its ttl is renewed on every addition, so it holds every
 --                       buyer whose hold may still be replayed, and no more once the sale is quiet)
---  10 client    string  live holds of this client (an IPv4 address or an IPv6 /64) on this SKU
---                       (anti-scalping)
---  11 quota     string  holds this buyer took on this SKU in the current quota window
---  12 client56  string  live holds of an IPv6 client's /56 (any key of the SKU for IPv4)
---  13 client48  string  live holds of an IPv6 client's /48 (any key of the SKU for IPv4)
---  14 room  15 admits  16 used   the waiting room's line (see room.lua)
 -- ARGV:
 --   1 hold id            2 buyer id          3 quantity        4 request fingerprint
---   5 idempotency ttl s  6 rate-limit emission interval us (0 = no limit)
---   7 rate-limit burst   8 idempotency key   9 sku
---  10 the client's tiers, narrowest first, space-separated: an IPv4 address, or an IPv6 /64,
---     /56 and /48 ('' = unknown)             11 live holds per client (0 = no limit)
---  12 '1' when the caller WAITs for a replica (FLASHGATE_DURABILITY=replica)
---  13 holds per buyer per quota window (0 = no quota)   14 quota window ms
---  15 live holds per /56, 16 per /48 (0 = no limit at that tier)
---  17 the caller's reference  18 the caller's metadata, canonical JSON ('' = none for either;
---     both are part of the fingerprint, so a replay answers the request's own)
---  19 the position of the caller's ticket, already verified by the gate (0 = none)
+--   5 idempotency ttl s  6 idempotency key   7 sku
+--   8 '1' when the caller WAITs for a replica (FLASHGATE_DURABILITY=replica)
+--   9 the optional groups that follow, a letter each, in this order ('' = none):
+--     r  the per-buyer rate limit      ARGV: emission interval us, burst
+--                                       KEYS: rl (string: the buyer's GCRA theoretical arrival
+--                                             time, in microseconds)
+--     q  the per-buyer hold quota      ARGV: holds per quota window, window ms
+--                                       KEYS: quota (string: holds this buyer took on this SKU
+--                                             in the current window)
+--     c  live holds per client         ARGV: the client's tiers, narrowest first, space-separated
+--                                             (an IPv4 address, or an IPv6 /64, /56 and /48;
+--                                             '' = unknown), live holds per client, per /56, per
+--                                             /48 (0 = no limit at that tier)
+--                                       KEYS: client, client56, client48 (strings: live holds of
+--                                             the tier; any key of the SKU where IPv4 has none)
+--     t  the caller's waiting-room ticket, already verified by the gate
+--                                       ARGV: its position
+--                                       KEYS: room, admits, used (see room.lua)
+--     o  the caller's own fields       ARGV: reference, metadata as canonical JSON ('' = none
+--                                             for either; both are part of the fingerprint, so a
+--                                             replay answers the request's own)
+--                                       KEYS: none
 -- Returns one of:
 --   {'created',  id, quantity, price, currency, created_ms, expires_ms, status, event_id}
 --   {'replayed', id, quantity, price, currency, created_ms, expires_ms, status}
@@ -65,7 +73,7 @@ if stored then
   if stored.fp ~= ARGV[4] then
     return {'refused', 'idempotency_key_reused', '0'}
   end
-  if ARGV[12] == '1' then
+  if ARGV[8] == '1' then
     -- A write, so that the caller's WAIT also covers the original decision, which another
     -- connection may have sent: replication is in order, and this lands after it.
     redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
@@ -74,21 +82,47 @@ if stored then
     stored.status}
 end
 
+-- The optional groups ARGV[9] names: their values, and their keys (nil when not sent).
+local interval, burst, rl_key = 0, 0, nil
+local quota, quota_window, quota_key = 0, nil, nil
+local client_tiers, client_limits, client_keys = nil, nil, nil
+local ticket, ticket_arg, room_keys_at = 0, nil, nil
+local reference, metadata = '', ''
+local a, k = 10, 9
+for i = 1, #ARGV[9] do
+  local group = string.sub(ARGV[9], i, i)
+  if group == 'r' then
+    interval, burst, rl_key = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), KEYS[k]
+    a, k = a + 2, k + 1
+  elseif group == 'q' then
+    quota, quota_window, quota_key = tonumber(ARGV[a]), ARGV[a + 1], KEYS[k]
+    a, k = a + 2, k + 1
+  elseif group == 'c' then
+    client_tiers = ARGV[a]
+    client_limits = {tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])}
+    client_keys = {KEYS[k], KEYS[k + 1], KEYS[k + 2]}
+    a, k = a + 4, k + 3
+  elseif group == 't' then
+    ticket, ticket_arg, room_keys_at = tonumber(ARGV[a]), ARGV[a], k
+    a, k = a + 1, k + 3
+  elseif group == 'o' then
+    reference, metadata = ARGV[a], ARGV[a + 1]
+    a = a + 2
+  end
+end
+
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
 
 -- 2. Per-buyer rate limit (GCRA). The new arrival time is written below, after every check,
 -- whether or not the rest of the decision admits the hold: an attempt counts as an attempt.
--- Here and below, an argument that is '0' (a limit that is off, as most are) is not parsed:
--- tonumber runs strtod twice on a string (inlined, not a helper: a Lua call costs as much).
-local interval = ARGV[6] ~= '0' and tonumber(ARGV[6]) or 0
 local new_tat
 if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
+  local tat = tonumber(redis.call('GET', rl_key) or '0')
   if tat < now_us then tat = now_us end
   new_tat = tat + interval
-  local allow_at = new_tat - interval * tonumber(ARGV[7])
+  local allow_at = new_tat - interval * burst
   if allow_at > now_us then
     return {'refused', 'rate_limited', int(allow_at - now_us)}
   end
@@ -115,13 +149,13 @@ elseif starts_ms > 0 and now_ms < starts_ms then
 end
 
 -- 3b. The waiting room: a sale with its room on sells only to an admitted place, once.
-local ticket = ARGV[19] ~= '0' and tonumber(ARGV[19]) or 0
 local room_keys
 if not refusal and meta[9] == '1' then
   if ticket == 0 then
     refusal = {'refused', 'not_your_turn', '0'}
   else
-    room_keys = {room = KEYS[14], admits = KEYS[15], used = KEYS[16], stock = KEYS[2], holds = KEYS[7]}
+    room_keys = {room = KEYS[room_keys_at], admits = KEYS[room_keys_at + 1],
+      used = KEYS[room_keys_at + 2], stock = KEYS[2], holds = KEYS[6]}
     local pace = redis.call('HMGET', KEYS[1], 'room_rate', 'room_window_s')
     local line = room_line(room_keys, room_settings(
       {meta[9], pace[1], pace[2], meta[4], meta[1], meta[2], meta[3], meta[8]}, now_ms), now_ms)
@@ -135,7 +169,7 @@ if not refusal and meta[9] == '1' then
       end
     elseif ticket <= line.expired_through then
       refusal = {'refused', 'ticket_expired', '0'}
-    elseif redis.call('ZSCORE', KEYS[16], ticket) then
+    elseif redis.call('ZSCORE', room_keys.used, ticket_arg) then
       refusal = {'refused', 'ticket_used', '0'}
     end
   end
@@ -155,12 +189,11 @@ end
 
 -- 4b. Holds this buyer took in the quota window, whatever became of them: releasing and
 -- reserving again (churn) cannot grow both stores without bound.
-local quota = ARGV[13] ~= '0' and tonumber(ARGV[13]) or 0
 if not refusal and quota > 0 then
-  local taken = tonumber(redis.call('GET', KEYS[11]) or '0')
+  local taken = tonumber(redis.call('GET', quota_key) or '0')
   if taken >= quota then
-    local left_ms = redis.call('PTTL', KEYS[11])
-    if left_ms < 0 then left_ms = tonumber(ARGV[14]) end
+    local left_ms = redis.call('PTTL', quota_key)
+    if left_ms < 0 then left_ms = tonumber(quota_window) end
     refusal = {'refused', 'hold_quota_reached', int(left_ms)}
   end
 end
@@ -169,19 +202,16 @@ end
 -- Counted in holds, not units: the per-buyer limit already bounds units per hold. An IPv6
 -- client is counted at its /64, /56 and /48, each with its own cap: one subscriber usually has
 -- a whole /56 (or /48) to rotate through.
-local client_keys, client_limits
-local client_tiers = 0
+local tier_count = 0
 local track_client = false
-if ARGV[11] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0' then
-  client_keys = {KEYS[10], KEYS[12], KEYS[13]}
-  client_limits = {tonumber(ARGV[11]), tonumber(ARGV[15]), tonumber(ARGV[16])}
-  for _ in string.gmatch(ARGV[10], '%S+') do client_tiers = client_tiers + 1 end
-  for tier = 1, client_tiers do
+if client_tiers then
+  for _ in string.gmatch(client_tiers, '%S+') do tier_count = tier_count + 1 end
+  for tier = 1, tier_count do
     if client_limits[tier] > 0 then track_client = true end
   end
 end
 if not refusal and track_client then
-  for tier = 1, client_tiers do
+  for tier = 1, tier_count do
     local limit = client_limits[tier]
     if not refusal and limit > 0 and tonumber(redis.call('GET', client_keys[tier]) or '0') >= limit then
       refusal = {'refused', 'client_limit_reached', int(limit)}
@@ -197,7 +227,7 @@ if not refusal then
 end
 
 if new_tat then
-  redis.call('SET', KEYS[5], int(new_tat), 'PX', int(math.ceil((new_tat - now_us) / 1000) + 1000))
+  redis.call('SET', rl_key, int(new_tat), 'PX', int(math.ceil((new_tat - now_us) / 1000) + 1000))
 end
 if refusal then
   return refusal
@@ -216,34 +246,34 @@ if ends_ms > 0 then
 else
   redis.call('SET', KEYS[3], int(holding + qty), 'KEEPTTL')
 end
-redis.call('HSET', KEYS[6],
-  'id', ARGV[1], 'sku', ARGV[9], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
-  'created', created, 'expires', expires, 'status', 'held', 'idem', ARGV[8])
+redis.call('HSET', KEYS[5],
+  'id', ARGV[1], 'sku', ARGV[7], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
+  'created', created, 'expires', expires, 'status', 'held', 'idem', ARGV[6])
 -- The caller's own fields are written only when given: most holds carry none.
 local own = {}
-if ARGV[17] ~= '' then own[#own + 1] = 'ref'; own[#own + 1] = ARGV[17] end
-if ARGV[18] ~= '' then own[#own + 1] = 'meta'; own[#own + 1] = ARGV[18] end
+if reference ~= '' then own[#own + 1] = 'ref'; own[#own + 1] = reference end
+if metadata ~= '' then own[#own + 1] = 'meta'; own[#own + 1] = metadata end
 if #own > 0 then
-  redis.call('HSET', KEYS[6], unpack(own))
+  redis.call('HSET', KEYS[5], unpack(own))
 end
 if track_client then
-  redis.call('HSET', KEYS[6], 'client', ARGV[10])
-  for tier = 1, client_tiers do
+  redis.call('HSET', KEYS[5], 'client', client_tiers)
+  for tier = 1, tier_count do
     redis.call('INCR', client_keys[tier])
     redis.call('PEXPIRE', client_keys[tier], int(expires_ms - now_ms + 60000))
   end
 end
-if quota > 0 and redis.call('INCR', KEYS[11]) == 1 then
-  redis.call('PEXPIRE', KEYS[11], ARGV[14])
+if quota > 0 and redis.call('INCR', quota_key) == 1 then
+  redis.call('PEXPIRE', quota_key, quota_window)
 end
-redis.call('ZADD', KEYS[7], expires, ARGV[1])
+redis.call('ZADD', KEYS[6], expires, ARGV[1])
 if room_keys then
-  redis.call('ZADD', KEYS[16], ARGV[19], ARGV[19])
+  redis.call('ZADD', room_keys.used, ticket_arg, ticket_arg)
 end
-redis.call('SADD', KEYS[9], ARGV[2])
-redis.call('EXPIRE', KEYS[9], ARGV[5])
+redis.call('SADD', KEYS[8], ARGV[2])
+redis.call('EXPIRE', KEYS[8], ARGV[5])
 idem_write(KEYS[4], ARGV[5], 'held', ARGV[1], ARGV[3], price, currency, created, expires, ARGV[4])
-local event_id = redis.call('XADD', KEYS[8], '*',
-  'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[8], 'q', ARGV[3],
+local event_id = redis.call('XADD', KEYS[7], '*',
+  'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[6], 'q', ARGV[3],
   'price', price, 'cur', currency, 'created', created, 'expires', expires, unpack(own))
 return {'created', ARGV[1], ARGV[3], price, currency, created, expires, 'held', event_id}

@@ -4,17 +4,22 @@
 -- exactly reserve.lua's, on its own keys and arguments, so a batch answers what the same
 -- requests sent one by one in this order would.
 --
--- KEYS: n × 16, request i's reserve.lua KEYS at (i - 1) × 16 + 1 .. i × 16
--- ARGV: 1 n, then n × 19, request i's reserve.lua ARGV at 1 + (i - 1) × 19 + 1 .. 1 + i × 19
+-- A reserve.lua call sends only the optional keys and arguments its request uses, so each
+-- request says how many it has:
+-- KEYS: each request's reserve.lua KEYS, one request after another
+-- ARGV: 1 n, then per request: its key count, its argument count, its reserve.lua ARGV
 -- Returns n replies, each reserve.lua's.
 
 local n = tonumber(ARGV[1])
-local keys_each, args_each = 16, 19
 local replies = {}
-for i = 0, n - 1 do
+local next_key, next_arg = 1, 2
+for i = 1, n do
+  local key_count, arg_count = tonumber(ARGV[next_arg]), tonumber(ARGV[next_arg + 1])
+  next_arg = next_arg + 2
   local keys, args = {}, {}
-  for j = 1, keys_each do keys[j] = KEYS[i * keys_each + j] end
-  for j = 1, args_each do args[j] = ARGV[1 + i * args_each + j] end
-  replies[i + 1] = decide(keys, args)
+  for j = 1, key_count do keys[j] = KEYS[next_key + j - 1] end
+  for j = 1, arg_count do args[j] = ARGV[next_arg + j - 1] end
+  next_key, next_arg = next_key + key_count, next_arg + arg_count
+  replies[i] = decide(keys, args)
 end
 return replies

@@ -93,11 +93,9 @@ redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 
   price 9.99 currency USD name Ceiling num 0 >/dev/null
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
+flashgate_reserve_call "$k" ceiling
 ceiling=$(redis-benchmark -h "${hp% *}" -p "${hp#* }" -c "$connections" -n "$requests" -r 1000000000 -q \
-  EVALSHA "$sha" 16 "$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" \
-  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:" "$k:quota:b__rand_int__" \
-  "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used" \
-  h__rand_int__ b__rand_int__ 1 "ceiling|1" 86400 0 0 k ceiling "" 0 0 0 3600000 0 0 "" "" 0 \
+  EVALSHA "$sha" "${#RESERVE_KEYS[@]}" "${RESERVE_KEYS[@]}" "${RESERVE_ARGS[@]}" \
   | tr '\r' '\n' | awk '/requests per second/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) v = $i} END {print v}')
 echo "$ceiling EVALSHA/s"
 # redis-benchmark counts an error reply as a request: make sure the calls made holds.

@@ -5,13 +5,14 @@
 # running those calls (`readQueryFromClient`, inclusive) divided by the calls. Instruction
 # counts do not depend on what else the machine runs, where `INFO commandstats` µs per call move
 # by ±30 % between runs here. It reports:
-#   - an empty script sent reserve.lua's 16 keys and 19 arguments (what any call with those
-#     arguments costs before its first command);
+#   - an empty script sent reserve.lua's keys and arguments (what any call with those costs
+#     before its first command);
 #   - scripts/minimal-reserve.lua (read the stock, decrement it, write a 3-field hold hash,
 #     append a 6-field event, as perf.sh runs it), with its own 3 keys and 2 arguments, and sent
 #     as many keys and arguments as reserve.lua;
 #   - reserve.lua deciding a new hold, and a sold-out refusal, with the arguments perf.sh's
-#     ceiling sends (rate limit, hold quota and client caps off, as in the perf runs);
+#     ceiling sends (flashgate_reserve_call: rate limit, hold quota and client caps off, as in
+#     the perf runs);
 # SCRIPT_COST_LUA_DIR measures another tree's scripts (`git worktree add` a base), to compare.
 #   SCRIPT_COST_N=5000 scripts/script-cost.sh
 set -euo pipefail
@@ -38,15 +39,15 @@ for _ in $(seq 100); do cli PING >/dev/null 2>&1 && break; sleep 0.2; done
 cli PING >/dev/null || { cat "$work/redis.log" >&2; exit 1; }
 
 k='{c}'
-reserve_keys=("$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__"
-  "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers" "$k:client:" "$k:quota:b__rand_int__"
-  "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used")
-reserve_args=(h__rand_int__ b__rand_int__ 1 "cost|1" 86400 0 0 k cost "" 0 0 0 3600000 0 0 "" "" 0)
+flashgate_reserve_call "$k" cost
+reserve_keys=("${RESERVE_KEYS[@]}")
+reserve_args=("${RESERVE_ARGS[@]}")
 minimal=$(cat scripts/minimal-reserve.lua)
 # The minimal script's own keys, then the rest of reserve.lua's, so that it is sent as many.
-minimal_keys=("$k:stock" "$k:hold:h__rand_int__" "$k:events" "$k:meta" "$k:buyer:b__rand_int__"
-  "$k:idem:b__rand_int__:k" "$k:rl:b__rand_int__" "$k:holds" "$k:buyers" "$k:client:"
-  "$k:quota:b__rand_int__" "$k:client:" "$k:client:" "$k:room" "$k:room:admits" "$k:room:used")
+minimal_keys=("$k:stock" "$k:hold:h__rand_int__" "$k:events")
+for key in "${reserve_keys[@]}"; do
+  case $key in "$k:stock" | "$k:hold:"* | "$k:events") ;; *) minimal_keys+=("$key") ;; esac
+done
 
 # A fresh sale: open, no end, stock for every call.
 fresh_sale() { # stock
@@ -76,24 +77,24 @@ counted() {
 reserve_script=$(cat "$lua/idempotency.lua" "$lua/room.lua" "$lua/reserve.lua")
 
 fresh_sale 100000000
-empty=$(counted "$(load 'return 1')" 16 "${reserve_keys[@]}" "${reserve_args[@]}")
+empty=$(counted "$(load 'return 1')" "${#reserve_keys[@]}" "${reserve_keys[@]}" "${reserve_args[@]}")
 fresh_sale 100000000
 minimal_own=$(counted "$(load "$minimal")" 3 "$k:stock" "$k:hold:h__rand_int__" "$k:events" h__rand_int__ b__rand_int__)
 fresh_sale 100000000
-minimal_wide=$(counted "$(load "$minimal")" 16 "${minimal_keys[@]}" "${reserve_args[@]}")
+minimal_wide=$(counted "$(load "$minimal")" "${#minimal_keys[@]}" "${minimal_keys[@]}" "${reserve_args[@]}")
 fresh_sale 100000000
-hold=$(counted "$(load "$reserve_script")" 16 "${reserve_keys[@]}" "${reserve_args[@]}")
+hold=$(counted "$(load "$reserve_script")" "${#reserve_keys[@]}" "${reserve_keys[@]}" "${reserve_args[@]}")
 held=$(cli XLEN "$k:events")
 if (( held < n )); then
   echo "script-cost.sh: only $held of $n reserve.lua calls made a hold: the arguments no longer match $lua/reserve.lua" >&2
   exit 1
 fi
 fresh_sale 0
-sold_out=$(counted "$(load "$reserve_script")" 16 "${reserve_keys[@]}" "${reserve_args[@]}")
+sold_out=$(counted "$(load "$reserve_script")" "${#reserve_keys[@]}" "${reserve_keys[@]}" "${reserve_args[@]}")
 
 
 echo "== instructions per call, Redis side (callgrind, $n calls each, scripts from $lua/)"
-printf '%-58s %9s\n' "empty script, reserve.lua's 16 keys and 19 arguments" "$empty"
+printf '%-58s %9s\n' "empty script, reserve.lua's ${#reserve_keys[@]} keys and ${#reserve_args[@]} arguments" "$empty"
 printf '%-58s %9s\n' "minimal reserve script, its own 3 keys and 2 arguments" "$minimal_own"
 printf '%-58s %9s\n' "minimal reserve script, reserve.lua's arguments" "$minimal_wide"
 printf '%-58s %9s\n' "reserve.lua, a new hold" "$hold"

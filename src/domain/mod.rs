@@ -5,6 +5,7 @@
 //! unit tests beside it.
 
 mod buyer;
+mod client;
 mod event_id;
 mod idempotency_key;
 mod money;
@@ -17,6 +18,7 @@ pub mod timestamp;
 mod waiting_room;
 
 pub use buyer::BuyerId;
+pub use client::ClientAddr;
 pub use event_id::EventId;
 pub use idempotency_key::IdempotencyKey;
 pub use money::{Currency, Money};

@@ -46,6 +46,22 @@ pub(super) struct ReserveCall {
 }
 
 impl ReserveCall {
+    /// Where `reserve.lua` takes the letters of the optional groups sent (ARGV[9]).
+    const GROUPS: usize = 8;
+
+    /// Appends one of `reserve.lua`'s optional groups: its letter, keys and arguments.
+    pub fn add_group<const K: usize, const A: usize>(
+        &mut self,
+        letter: char,
+        keys: [String; K],
+        args: [String; A],
+    ) {
+        self.args[Self::GROUPS].push(letter);
+        self.keys.extend(keys);
+        self.args.extend(args);
+    }
+
+    /// Adds this call's keys and arguments to a `reserve.lua` invocation.
     pub fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
         for key in &self.keys {
             invocation.key(key);
@@ -53,6 +69,13 @@ impl ReserveCall {
         for arg in &self.args {
             invocation.arg(arg);
         }
+    }
+
+    /// Adds this call to a `reserve_batch.lua` invocation: its key and argument counts first,
+    /// as calls differ in which optional groups they send.
+    pub fn add_to_batch(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        invocation.arg(self.keys.len()).arg(self.args.len());
+        self.add_to(invocation);
     }
 }
 
@@ -128,14 +151,14 @@ impl Gate {
     ) -> Result<Vec<Vec<String>>, GateError> {
         let calls: Vec<ReserveCall> = requests
             .iter()
-            .map(|(id, req)| self.reserve_call(req, *id))
+            .map(|(id, req)| self.reserve_call(req, *id, self.client_tiers(req).as_deref()))
             .collect();
         let mut conn = self.connection().await?;
         if batched {
             let mut invocation = self.inner.scripts.reserve_batch.prepare_invoke();
             invocation.arg(calls.len());
             for call in &calls {
-                call.add_to(&mut invocation);
+                call.add_to_batch(&mut invocation);
             }
             return Ok(invocation.invoke_async(&mut conn).await?);
         }
@@ -161,7 +184,7 @@ impl Gate {
             let mut invocation = self.inner.scripts.reserve_batch.prepare_invoke();
             invocation.arg(batch.len());
             for pending in &batch {
-                pending.call.add_to(&mut invocation);
+                pending.call.add_to_batch(&mut invocation);
             }
             let replies: Vec<Vec<String>> = invocation.invoke_async(&mut conn).await?;
             if replies.len() != batch.len() {

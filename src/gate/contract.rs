@@ -87,6 +87,7 @@ pub enum Refusal {
 pub(super) fn parse_reserve(
     reply: &[String],
     req: ReserveRequest<'_>,
+    client_tiers: Option<&str>,
     rate: Option<BuyerRate>,
     quota: Option<HoldQuota>,
 ) -> Result<ReserveOutcome, GateError> {
@@ -104,7 +105,7 @@ pub(super) fn parse_reserve(
             "status" => Some(f[6].as_str()),
             "buyer" => Some(req.buyer.as_str()),
             "idem" => Some(req.idempotency_key.as_str()),
-            "client" => req.client,
+            "client" => client_tiers,
             "ref" => req.reference.map(crate::domain::HoldReference::as_str),
             "meta" => req.metadata.map(crate::domain::HoldMetadata::as_str),
             _ => None,

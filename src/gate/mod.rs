@@ -163,6 +163,11 @@ pub struct ClientHoldCaps {
 }
 
 impl ClientHoldCaps {
+    /// Whether any tier is capped (the client is counted at all).
+    pub fn is_on(self) -> bool {
+        self != Self::default()
+    }
+
     /// The caps of one client, with the looser tiers' defaults: 4× per /56 and 16× per /48.
     pub fn per_client(limit: u32) -> Self {
         Self {

@@ -6,7 +6,8 @@ use super::batch::ReserveCall;
 use super::contract::{Refusal, ReserveOutcome, parse_reserve};
 use super::{Durability, Gate, GateError};
 use crate::domain::{
-    BuyerId, HoldMetadata, HoldReference, IdempotencyKey, Quantity, ReservationId, Sku, Ticket,
+    BuyerId, ClientAddr, HoldMetadata, HoldReference, IdempotencyKey, Quantity, ReservationId, Sku,
+    Ticket,
 };
 
 /// One buyer's request for a hold.
@@ -16,10 +17,8 @@ pub struct ReserveRequest<'a> {
     pub buyer: &'a BuyerId,
     pub quantity: Quantity,
     pub idempotency_key: &'a IdempotencyKey,
-    /// The client the request came from, as the tiers it is counted at (for
-    /// `FLASHGATE_HOLDS_PER_CLIENT*`: an IPv4 address, or an IPv6 /64, /56 and /48, narrowest
-    /// first and space-separated), if known.
-    pub client: Option<&'a str>,
+    /// The client the request came from, if known (counted by `FLASHGATE_HOLDS_PER_CLIENT*`).
+    pub client: Option<ClientAddr>,
     /// The caller's reference (its cart or order id), kept with the hold.
     pub reference: Option<&'a HoldReference>,
     /// The caller's metadata, kept with the hold.
@@ -69,19 +68,21 @@ impl Gate {
             return Ok(ReserveOutcome::Refused(Refusal::UnknownSku));
         };
         let id = self.mint_id(number);
-        let call = self.reserve_call(&req, id);
+        let client_tiers = self.client_tiers(&req);
+        let call = self.reserve_call(&req, id, client_tiers.as_deref());
         let decided = if self.batches_reserves() {
             match self.decide_batched(req.sku, call).await {
                 Ok(reply) => parse_reserve(
                     &reply,
                     req,
+                    client_tiers.as_deref(),
                     self.inner.settings.buyer_rate,
                     self.inner.settings.hold_quota,
                 ),
                 Err(err) => Err(err),
             }
         } else {
-            self.decide_alone(req, call).await
+            self.decide_alone(req, client_tiers.as_deref(), call).await
         };
         let outcome = decided?;
         if outcome == ReserveOutcome::Refused(Refusal::SoldOut { available: 0 })
@@ -93,60 +94,102 @@ impl Gate {
         Ok(outcome)
     }
 
-    /// The keys and arguments of `lua/reserve.lua` for one request (see its header).
-    pub(super) fn reserve_call(&self, req: &ReserveRequest<'_>, id: ReservationId) -> ReserveCall {
+    /// The tiers the request's client is counted at, when a cap counts it: formatted only then
+    /// (most sales have no cap, and the sold-out shortcut answers before this).
+    pub(super) fn client_tiers(&self, req: &ReserveRequest<'_>) -> Option<String> {
+        if !self.inner.settings.holds_per_client.is_on() {
+            return None;
+        }
+        req.client.map(ClientAddr::tiers)
+    }
+
+    /// The keys and arguments of `lua/reserve.lua` for one request (see its header): the fixed
+    /// ones, then only the optional groups this request's checks use.
+    pub(super) fn reserve_call(
+        &self,
+        req: &ReserveRequest<'_>,
+        id: ReservationId,
+        client_tiers: Option<&str>,
+    ) -> ReserveCall {
         let settings = &self.inner.settings;
         let keys = self.namespace().sku(req.sku);
-        let (interval_us, burst) = match settings.buyer_rate {
-            Some(rate) => (rate.emission_interval_us(), rate.burst),
-            None => (0, 0),
+        let mut call = ReserveCall {
+            keys: Vec::with_capacity(16),
+            args: Vec::with_capacity(19),
         };
-        let [client_key, client56_key, client48_key] = keys.client_counters(req.client);
-        let caps = settings.holds_per_client;
-        let quota = settings.hold_quota;
-        ReserveCall {
-            keys: vec![
-                keys.meta(),
-                keys.stock(),
-                keys.buyer(req.buyer),
-                keys.idempotency(req.buyer, req.idempotency_key),
-                keys.rate_limit(req.buyer),
-                keys.hold(id),
-                keys.holds(),
-                keys.events(),
-                keys.buyers(),
-                client_key,
-                keys.hold_quota(req.buyer),
-                client56_key,
-                client48_key,
-                keys.room(),
-                keys.room_admits(),
-                keys.room_used(),
-            ],
-            args: vec![
-                id.to_string(),
-                req.buyer.as_str().to_owned(),
-                req.quantity.get().to_string(),
-                req.fingerprint(),
-                settings.idempotency_ttl.as_secs().max(1).to_string(),
-                interval_us.to_string(),
-                burst.to_string(),
-                req.idempotency_key.as_str().to_owned(),
-                req.sku.as_str().to_owned(),
-                req.client.unwrap_or("").to_owned(),
-                caps.per_client.to_string(),
-                u8::from(settings.durability != Durability::Master).to_string(),
-                quota.map_or(0, |q| q.holds).to_string(),
-                quota
-                    .map_or(0, |q| q.window.as_millis().max(1) as u64)
-                    .to_string(),
-                caps.per_56.to_string(),
-                caps.per_48.to_string(),
-                req.reference.map_or("", HoldReference::as_str).to_owned(),
-                req.metadata.map_or("", HoldMetadata::as_str).to_owned(),
-                req.ticket.map_or(0, |t| t.position).to_string(),
-            ],
+        call.keys.extend([
+            keys.meta(),
+            keys.stock(),
+            keys.buyer(req.buyer),
+            keys.idempotency(req.buyer, req.idempotency_key),
+            keys.hold(id),
+            keys.holds(),
+            keys.events(),
+            keys.buyers(),
+        ]);
+        call.args.extend([
+            id.to_string(),
+            req.buyer.as_str().to_owned(),
+            req.quantity.get().to_string(),
+            req.fingerprint(),
+            settings.idempotency_ttl.as_secs().max(1).to_string(),
+            req.idempotency_key.as_str().to_owned(),
+            req.sku.as_str().to_owned(),
+            u8::from(settings.durability != Durability::Master).to_string(),
+            // The letters of the optional groups that follow (`ReserveCall::add_group`).
+            String::new(),
+        ]);
+        if let Some(rate) = settings.buyer_rate {
+            call.add_group(
+                'r',
+                [keys.rate_limit(req.buyer)],
+                [
+                    rate.emission_interval_us().to_string(),
+                    rate.burst.to_string(),
+                ],
+            );
         }
+        if let Some(quota) = settings.hold_quota {
+            call.add_group(
+                'q',
+                [keys.hold_quota(req.buyer)],
+                [
+                    quota.holds.to_string(),
+                    (quota.window.as_millis().max(1) as u64).to_string(),
+                ],
+            );
+        }
+        let caps = settings.holds_per_client;
+        if caps.is_on() {
+            call.add_group(
+                'c',
+                keys.client_counters(client_tiers),
+                [
+                    client_tiers.unwrap_or("").to_owned(),
+                    caps.per_client.to_string(),
+                    caps.per_56.to_string(),
+                    caps.per_48.to_string(),
+                ],
+            );
+        }
+        if let Some(ticket) = req.ticket {
+            call.add_group(
+                't',
+                [keys.room(), keys.room_admits(), keys.room_used()],
+                [ticket.position.to_string()],
+            );
+        }
+        if req.reference.is_some() || req.metadata.is_some() {
+            call.add_group(
+                'o',
+                [],
+                [
+                    req.reference.map_or("", HoldReference::as_str).to_owned(),
+                    req.metadata.map_or("", HoldMetadata::as_str).to_owned(),
+                ],
+            );
+        }
+        call
     }
 
     /// One `reserve.lua` call for this request alone, on the connection durability asks for:
@@ -154,6 +197,7 @@ impl Gate {
     async fn decide_alone(
         &self,
         req: ReserveRequest<'_>,
+        client_tiers: Option<&str>,
         call: ReserveCall,
     ) -> Result<ReserveOutcome, GateError> {
         let (mut conn, dedicated) = self.dedicated_connection().await?;
@@ -164,6 +208,7 @@ impl Gate {
             let outcome = parse_reserve(
                 &reply,
                 req,
+                client_tiers,
                 self.inner.settings.buyer_rate,
                 self.inner.settings.hold_quota,
             )?;

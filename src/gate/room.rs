@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Gate, GateError};
-use crate::domain::{BuyerId, Sku, Ticket};
+use crate::domain::{BuyerId, ClientAddr, Sku, Ticket};
 
 /// How long a gate answers polls from the line it read last: polls cost no Redis call, and a
 /// line moves at most this much behind Redis.
@@ -221,13 +221,11 @@ impl Gate {
         &self,
         sku: &Sku,
         buyer: &BuyerId,
-        client: Option<&str>,
+        client: Option<ClientAddr>,
     ) -> Result<PlaceOutcome, GateError> {
         let keys = self.namespace().sku(sku);
         // Places are capped per IPv4 address or IPv6 /64: the narrowest tier.
-        let client = client
-            .and_then(|tiers| tiers.split_whitespace().next())
-            .unwrap_or("");
+        let client = client.map(|client| client.to_string()).unwrap_or_default();
         let mut conn = self.connection().await?;
         let reply: Vec<String> = self
             .inner
@@ -235,9 +233,9 @@ impl Gate {
             .take_place
             .key(line_keys(&keys))
             .key(keys.room_place(buyer))
-            .key(keys.room_client(client))
+            .key(keys.room_client(&client))
             .arg(self.inner.settings.waiting_room.places_per_client)
-            .arg(client)
+            .arg(&client)
             .invoke_async(&mut conn)
             .await?;
         let bad = || GateError::Protocol(format!("take_place.lua answered {reply:?}"));

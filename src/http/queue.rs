@@ -226,12 +226,8 @@ async fn take_place(
 ) -> Result<Response, ApiError> {
     let sku = Sku::parse(&sku_raw).map_err(|_| ApiError::UnknownSku(sku_raw.clone()))?;
     let seal = seal(&state)?;
-    let client = client.map(|axum::Extension(client)| client.tiers());
-    let ticket = match state
-        .gate
-        .take_place(&sku, &buyer, client.as_deref())
-        .await?
-    {
+    let client = client.map(|axum::Extension(client)| client);
+    let ticket = match state.gate.take_place(&sku, &buyer, client).await? {
         PlaceOutcome::Placed { ticket, .. } => ticket,
         PlaceOutcome::Refused(refusal) => {
             use crate::gate::Refusal;

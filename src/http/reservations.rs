@@ -161,7 +161,6 @@ async fn reserve(
         .map(HoldReference::parse)
         .transpose()?;
     let metadata = body.metadata.map(HoldMetadata::parse).transpose()?;
-    let client = client.map(|axum::Extension(client)| client.tiers());
     let ticket = super::queue::ticket_header(&state, &shown_ticket, &sku, &buyer)?;
     let reserved = state
         .app()
@@ -170,7 +169,7 @@ async fn reserve(
             buyer: &buyer,
             quantity,
             idempotency_key: &key,
-            client: client.as_deref(),
+            client: client.map(|axum::Extension(client)| client),
             reference: reference.as_ref(),
             metadata: metadata.as_ref(),
             ticket,

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use flashgate::domain::{BuyerId, HoldReference, IdempotencyKey, Quantity, ReservationId, Sku};
+use flashgate::domain::{
+    BuyerId, ClientAddr, HoldReference, IdempotencyKey, Quantity, ReservationId, Sku,
+};
 use flashgate::gate::{
     BuyerRate, ClientHoldCaps, Gate, GateSettings, HoldQuota, Namespace, RedisSettings,
     ReserveRequest,
@@ -199,7 +201,8 @@ async fn equivalent(requests: Vec<Request>, stock: u32) -> Result<(), TestCaseEr
     let keys: Vec<IdempotencyKey> = (0..3)
         .map(|k| IdempotencyKey::parse(&format!("k{k}")).expect("key"))
         .collect();
-    let clients = ["192.0.2.1", "192.0.2.2", "192.0.2.3"];
+    let clients = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+        .map(|ip| ClientAddr::of(ip.parse().expect("an IPv4 address")));
     let reference = HoldReference::parse("order-1").expect("reference");
     let ids: Vec<ReservationId> = requests
         .iter()
