@@ -246,8 +246,8 @@ if ends_ms > 0 then
 else
   redis.call('SET', KEYS[3], int(holding + qty), 'KEEPTTL')
 end
-redis.call('HSET', KEYS[5],
-  'id', ARGV[1], 'sku', ARGV[7], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
+-- The hold's id and SKU are in its key's name, not among its fields.
+redis.call('HSET', KEYS[5], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
   'created', created, 'expires', expires, 'status', 'held', 'idem', ARGV[6])
 -- The caller's own fields are written only when given: most holds carry none.
 local own = {}

@@ -13,18 +13,18 @@
 -- KEYS: 1 hold (hash), 2 idem (idempotency.lua), 3 holds (zset), 4 buyers (set),
 --       5 the live-hold counter of the client recorded in the hold (any key of the SKU if none),
 --       6 and 7 the counters of the /56 and /48 it records for an IPv6 client (likewise)
--- ARGV: 1 id, 2 sku, 3 buyer, 4 quantity, 5 price, 6 currency, 7 created ms, 8 expires ms,
---       9 status, 10 idempotency key, 11 request fingerprint, 12 idempotency ttl s,
---       13 the caller's reference, 14 its metadata ('' = none)
+-- ARGV: 1 id, 2 buyer, 3 quantity, 4 price, 5 currency, 6 created ms, 7 expires ms,
+--       8 status, 9 idempotency key, 10 request fingerprint, 11 idempotency ttl s,
+--       12 the caller's reference, 13 its metadata ('' = none)
 -- Returns: 'restored', 'followed' (a held hold moved to the Postgres status) or 'kept'
 
 local status, client = unpack(redis.call('HMGET', KEYS[1], 'status', 'client'))
 if status then
-  if status ~= 'held' or ARGV[9] == 'held' then
+  if status ~= 'held' or ARGV[8] == 'held' then
     return 'kept'
   end
-  redis.call('HSET', KEYS[1], 'status', ARGV[9])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[12]))
+  redis.call('HSET', KEYS[1], 'status', ARGV[8])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[11]))
   redis.call('ZREM', KEYS[3], ARGV[1])
   if client then
     local counters, tier = {KEYS[5], KEYS[6], KEYS[7]}, 0
@@ -33,23 +33,22 @@ if status then
       if redis.call('DECR', counters[tier]) <= 0 then redis.call('DEL', counters[tier]) end
     end
   end
-  idem_move(KEYS[2], ARGV[1], ARGV[9])
+  idem_move(KEYS[2], ARGV[1], ARGV[8])
   return 'followed'
 end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'buyer', ARGV[3], 'q', ARGV[4],
-  'price', ARGV[5], 'cur', ARGV[6], 'created', ARGV[7], 'expires', ARGV[8], 'status', ARGV[9],
-  'idem', ARGV[10])
-if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'ref', ARGV[13]) end
-if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'meta', ARGV[14]) end
-if ARGV[9] == 'held' then
-  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
+redis.call('HSET', KEYS[1], 'buyer', ARGV[2], 'q', ARGV[3], 'price', ARGV[4], 'cur', ARGV[5],
+  'created', ARGV[6], 'expires', ARGV[7], 'status', ARGV[8], 'idem', ARGV[9])
+if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'ref', ARGV[12]) end
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'meta', ARGV[13]) end
+if ARGV[8] == 'held' then
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
 else
   -- A terminal hold lives as long as its idempotency record, as when it left 'held'.
-  redis.call('EXPIRE', KEYS[1], ARGV[12])
+  redis.call('EXPIRE', KEYS[1], ARGV[11])
 end
-redis.call('SADD', KEYS[4], ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[12])
+redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[11])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  idem_write(KEYS[2], ARGV[12], ARGV[9], ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[11])
+  idem_write(KEYS[2], ARGV[11], ARGV[8], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[10])
 end
 return 'restored'

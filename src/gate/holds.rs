@@ -385,7 +385,6 @@ impl Gate {
             .key(keys.buyers())
             .key(&keys.client_counters(client.as_deref())[..])
             .arg(hold.id.to_string())
-            .arg(hold.sku.as_str())
             .arg(hold.buyer.as_str())
             .arg(hold.quantity.get())
             .arg(hold.unit_price.to_string())
