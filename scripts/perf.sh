@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+source scripts/reserve-call.sh
 flashgate_services
 connections=${CONNECTIONS:-64}
 duration=${DURATION:-10}

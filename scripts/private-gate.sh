@@ -7,27 +7,12 @@
 #   flashgate_start_gate PORT     start `flashgate serve` on 127.0.0.1:PORT (extra settings from
 #                                 the environment); waits until that process answers, else
 #                                 prints its log and exits 2. Sets FLASHGATE_GATE_PID.
-#   flashgate_reserve_call PREFIX SKU
-#                                 set RESERVE_KEYS and RESERVE_ARGS: a lua/reserve.lua call for
-#                                 redis-benchmark on the SKU whose keys start with PREFIX (its
-#                                 hash tag included), every call a new buyer and hold
-#                                 (__rand_int__), no optional group (rate limit, hold quota,
-#                                 client caps, ticket, own fields: off, as in perf.sh's gate)
 #
 # FLASHGATE_GATE_BIN runs another build's `flashgate` as the gates (to compare builds);
 # migrations and the tools come from this checkout.
 
 flashgate_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-flashgate_reserve_call() {
-  local k=$1 sku=$2
-  RESERVE_KEYS=("$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k"
-    "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers")
-  # hold id, buyer, quantity, fingerprint, idempotency ttl s, idempotency key, sku, durability,
-  # the optional groups that follow (none)
-  RESERVE_ARGS=(h__rand_int__ b__rand_int__ 1 "$sku|1" 86400 k "$sku" 0 "")
 }
 
 flashgate_private_run() {

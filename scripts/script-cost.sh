@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+source scripts/reserve-call.sh
 source scripts/private-gate.sh
 n=${SCRIPT_COST_N:-5000}
 lua=${SCRIPT_COST_LUA_DIR:-lua}

@@ -1,0 +1,16 @@
+# Sourced by perf.sh and script-cost.sh: the lua/reserve.lua call they run under redis-benchmark,
+# in one place so that it follows the script's KEYS and ARGV (see its header).
+#
+#   flashgate_reserve_call PREFIX SKU
+#       set RESERVE_KEYS and RESERVE_ARGS for the SKU whose keys start with PREFIX (its hash tag
+#       included): every call a new buyer and hold (__rand_int__), no optional group (rate
+#       limit, hold quota, client caps, ticket, own fields all off, as in perf.sh's gate)
+
+flashgate_reserve_call() {
+  local k=$1 sku=$2
+  RESERVE_KEYS=("$k:meta" "$k:stock" "$k:buyer:b__rand_int__" "$k:idem:b__rand_int__:k"
+    "$k:hold:h__rand_int__" "$k:holds" "$k:events" "$k:buyers")
+  # hold id, buyer, quantity, fingerprint, idempotency ttl s, idempotency key, sku, durability,
+  # the optional groups that follow (none)
+  RESERVE_ARGS=(h__rand_int__ b__rand_int__ 1 "$sku|1" 86400 k "$sku" 0 "")
+}
