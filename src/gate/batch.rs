@@ -81,7 +81,7 @@ impl ReserveCall {
 
 struct Pending {
     call: ReserveCall,
-    answer: oneshot::Sender<Result<Vec<String>, GateError>>,
+    answer: oneshot::Sender<Result<String, GateError>>,
 }
 
 /// The per-SKU queues of this gate.
@@ -110,7 +110,7 @@ impl Gate {
         &self,
         sku: &Sku,
         call: ReserveCall,
-    ) -> Result<Vec<String>, GateError> {
+    ) -> Result<String, GateError> {
         let (answer, answered) = oneshot::channel();
         let queue = self.batch_queue(sku);
         queue
@@ -148,7 +148,7 @@ impl Gate {
         &self,
         requests: &[(crate::domain::ReservationId, super::ReserveRequest<'_>)],
         batched: bool,
-    ) -> Result<Vec<Vec<String>>, GateError> {
+    ) -> Result<Vec<String>, GateError> {
         let calls: Vec<ReserveCall> = requests
             .iter()
             .map(|(id, req)| self.reserve_call(req, *id, self.client_tiers(req).as_deref()))
@@ -174,7 +174,7 @@ impl Gate {
     /// Sends one batch and hands each request its reply.
     async fn send_batch(&self, batch: Vec<Pending>) {
         metrics::histogram!("flashgate_reserve_batch_size").record(batch.len() as f64);
-        let decided: Result<Vec<Vec<String>>, GateError> = async {
+        let decided: Result<Vec<String>, GateError> = async {
             let mut conn = self.connection().await?;
             if let [one] = batch.as_slice() {
                 let mut invocation = self.inner.scripts.reserve.prepare_invoke();
@@ -186,7 +186,7 @@ impl Gate {
             for pending in &batch {
                 pending.call.add_to_batch(&mut invocation);
             }
-            let replies: Vec<Vec<String>> = invocation.invoke_async(&mut conn).await?;
+            let replies: Vec<String> = invocation.invoke_async(&mut conn).await?;
             if replies.len() != batch.len() {
                 return Err(GateError::Protocol(format!(
                     "reserve_batch.lua answered {} replies to {} requests",

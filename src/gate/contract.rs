@@ -85,24 +85,25 @@ pub enum Refusal {
 }
 
 pub(super) fn parse_reserve(
-    reply: &[String],
+    reply: &str,
     req: ReserveRequest<'_>,
     client_tiers: Option<&str>,
     rate: Option<BuyerRate>,
     quota: Option<HoldQuota>,
 ) -> Result<ReserveOutcome, GateError> {
     let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
-    // `{tag, id, q, price, cur, created, expires, status, ...}`: the hold's own field names,
-    // in this order; the request supplies the rest.
-    let hold = |f: &[String]| -> Result<Hold, GateError> {
-        let id = ReservationId::parse(&f[0]).map_err(|e| GateError::Protocol(e.to_string()))?;
+    // One string: `tag id q price cur created expires status ...`, a newline between fields.
+    // After the tag, the hold's own field names in this order; the request supplies the rest.
+    let fields: Vec<&str> = reply.split('\n').collect();
+    let hold = |f: &[&str]| -> Result<Hold, GateError> {
+        let id = ReservationId::parse(f[0]).map_err(|e| GateError::Protocol(e.to_string()))?;
         Hold::from_redis(id, req.sku.clone(), |name| match name {
-            "q" => Some(f[1].as_str()),
-            "price" => Some(f[2].as_str()),
-            "cur" => Some(f[3].as_str()),
-            "created" => Some(f[4].as_str()),
-            "expires" => Some(f[5].as_str()),
-            "status" => Some(f[6].as_str()),
+            "q" => Some(f[1]),
+            "price" => Some(f[2]),
+            "cur" => Some(f[3]),
+            "created" => Some(f[4]),
+            "expires" => Some(f[5]),
+            "status" => Some(f[6]),
             "buyer" => Some(req.buyer.as_str()),
             "idem" => Some(req.idempotency_key.as_str()),
             "client" => client_tiers,
@@ -111,17 +112,13 @@ pub(super) fn parse_reserve(
             _ => None,
         })
     };
-    match reply.split_first() {
-        Some((tag, rest)) if tag == "created" && rest.len() >= 7 => {
-            Ok(ReserveOutcome::Created(hold(rest)?))
-        }
-        Some((tag, rest)) if tag == "replayed" && rest.len() >= 7 => {
-            Ok(ReserveOutcome::Replayed(hold(rest)?))
-        }
-        Some((tag, [code, detail, ..])) if tag == "refused" => {
+    match fields.split_first() {
+        Some((&"created", rest)) if rest.len() >= 7 => Ok(ReserveOutcome::Created(hold(rest)?)),
+        Some((&"replayed", rest)) if rest.len() >= 7 => Ok(ReserveOutcome::Replayed(hold(rest)?)),
+        Some((&"refused", [code, detail, ..])) => {
             let detail: u64 = detail.parse().map_err(|_| bad())?;
             let small = u32::try_from(detail).unwrap_or(u32::MAX);
-            Ok(ReserveOutcome::Refused(match code.as_str() {
+            Ok(ReserveOutcome::Refused(match *code {
                 "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
                 "rate_limited" => Refusal::RateLimited {
                     retry_after: Duration::from_micros(detail),

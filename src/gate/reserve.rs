@@ -204,7 +204,7 @@ impl Gate {
         let decided = async {
             let mut invocation = self.inner.scripts.reserve.prepare_invoke();
             call.add_to(&mut invocation);
-            let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+            let reply: String = invocation.invoke_async(&mut conn).await?;
             let outcome = parse_reserve(
                 &reply,
                 req,

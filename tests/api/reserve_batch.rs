@@ -67,19 +67,20 @@ fn gate(namespace: &Namespace) -> Gate {
     .expect("gate")
 }
 
-/// The parts of a reply that do not come from the clock.
-fn comparable(reply: &[String]) -> Vec<String> {
-    match reply.first().map(String::as_str) {
+/// The parts of a reply (one string, a newline between fields) that do not come from the clock.
+fn comparable(reply: &str) -> Vec<&str> {
+    let fields: Vec<&str> = reply.split('\n').collect();
+    match fields.first() {
         // tag, id, q, price, cur, (created, expires), status
-        Some("created" | "replayed") => [0, 1, 2, 3, 4, 7]
+        Some(&("created" | "replayed")) => [0, 1, 2, 3, 4, 7]
             .iter()
-            .filter_map(|&i| reply.get(i).cloned())
+            .filter_map(|&i| fields.get(i).copied())
             .collect(),
         // A retry-after or a quota window's end is a time.
-        Some("refused") if matches!(reply[1].as_str(), "rate_limited" | "hold_quota_reached") => {
-            reply[..2].to_vec()
+        Some(&"refused") if matches!(fields[1], "rate_limited" | "hold_quota_reached") => {
+            fields[..2].to_vec()
         }
-        _ => reply.to_vec(),
+        _ => fields,
     }
 }
 
