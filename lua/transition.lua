@@ -20,13 +20,14 @@
 --       expires: Redis memory is bounded by the holds of the last ttl, not by every hold ever
 --       sold), 6 the SKU's key prefix ('<namespace>:{<sku>}:'), 7 the buyer the caller acts
 --       for ('' = any: a payments credential, the admin, the sweeper)
--- Returns: {'missing'} | {'not_yours'} | {'unchanged', field, value, ...} |
---          {'changed', event id, field, value, ...} — the hold's fields as HGETALL gives them,
---          its status the new one
+-- Returns one string, its parts separated by newlines (no field name or value holds one: the
+-- metadata is compact JSON, a reference has no control characters), as reserve.lua does:
+--   missing | not_yours | unchanged field value ... | changed event_id field value ...
+-- the hold's fields as HGETALL gives them, its status the new one.
 
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then
-  return {'missing'}
+  return 'missing'
 end
 local hold, status_at = {}, 0
 for i = 1, #fields, 2 do
@@ -34,10 +35,10 @@ for i = 1, #fields, 2 do
   if fields[i] == 'status' then status_at = i + 1 end
 end
 if ARGV[7] ~= '' and hold.buyer ~= ARGV[7] then
-  return {'not_yours'}
+  return 'not_yours'
 end
 if hold.status ~= 'held' then
-  return {'unchanged', unpack(fields)}
+  return 'unchanged\n' .. table.concat(fields, '\n')
 end
 
 local t = redis.call('TIME')
@@ -51,7 +52,7 @@ elseif action == 'release' then
   target = 'released'
 elseif action == 'expire' then
   if not past_deadline then
-    return {'unchanged', unpack(fields)}
+    return 'unchanged\n' .. table.concat(fields, '\n')
   end
   target = 'expired'
 else
@@ -81,4 +82,4 @@ end
 idem_move(idem, ARGV[1], target)
 local event_id = redis.call('XADD', KEYS[4], '*', 'type', target, 'id', ARGV[1], 'q', hold.q)
 fields[status_at] = target
-return {'changed', event_id, unpack(fields)}
+return 'changed\n' .. event_id .. '\n' .. table.concat(fields, '\n')

@@ -213,22 +213,23 @@ pub enum TransitionOutcome {
 }
 
 pub(super) fn parse_transition(
-    reply: &[String],
+    reply: &str,
     id: ReservationId,
     sku: &Sku,
 ) -> Result<TransitionOutcome, GateError> {
-    let hold = |pairs: &[String]| -> Result<Hold, GateError> {
+    let parts: Vec<&str> = reply.split('\n').collect();
+    let hold = |pairs: &[&str]| -> Result<Hold, GateError> {
         let fields: std::collections::HashMap<&str, &str> = pairs
             .chunks_exact(2)
-            .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+            .map(|pair| (pair[0], pair[1]))
             .collect();
         Hold::from_redis(id, sku.clone(), |name| fields.get(name).copied())
     };
-    match reply.split_first() {
-        Some((tag, [])) if tag == "missing" => Ok(TransitionOutcome::Missing),
-        Some((tag, [])) if tag == "not_yours" => Ok(TransitionOutcome::NotYours),
-        Some((tag, pairs)) if tag == "unchanged" => Ok(TransitionOutcome::Unchanged(hold(pairs)?)),
-        Some((tag, [event, pairs @ ..])) if tag == "changed" => Ok(TransitionOutcome::Changed {
+    match parts.split_first() {
+        Some((&"missing", [])) => Ok(TransitionOutcome::Missing),
+        Some((&"not_yours", [])) => Ok(TransitionOutcome::NotYours),
+        Some((&"unchanged", pairs)) => Ok(TransitionOutcome::Unchanged(hold(pairs)?)),
+        Some((&"changed", [event, pairs @ ..])) => Ok(TransitionOutcome::Changed {
             event: parse_id(event)?,
             hold: hold(pairs)?,
         }),

@@ -265,7 +265,7 @@ impl Gate {
         let keys = self.namespace().sku(sku);
         let (channel, announce) = self.announcement(sku);
         let mut conn = self.connection().await?;
-        let reply: Vec<String> = self
+        let reply: String = self
             .inner
             .scripts
             .transition
