@@ -110,6 +110,9 @@ for i = 1, #ARGV[9] do
   elseif group == 'o' then
     reference, metadata = ARGV[a], ARGV[a + 1]
     a = a + 2
+  else
+    -- Before any write: a letter this script does not know would misread every group after it.
+    return redis.error_reply('reserve.lua: unknown argument group ' .. group)
   end
 end
 

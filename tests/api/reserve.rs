@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use flashgate::domain::{BuyerId, IdempotencyKey, ReservationId, Sku};
 use flashgate::gate::BuyerRate;
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -505,4 +507,62 @@ async fn an_idempotency_record_written_as_a_hash_still_answers_retries(pool: PgP
         .expect("json");
     assert_eq!(replayed["status"], "released");
     assert_eq!(replayed["id"], first["id"]);
+}
+
+/// reserve.lua reads its optional groups by the letters in ARGV[9]: a letter it does not know
+/// would shift every group after it, so it is an error before any write.
+#[sqlx::test]
+async fn reserve_lua_refuses_an_unknown_argument_group_before_any_write(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
+    let buyer = BuyerId::parse("alice").expect("buyer");
+    let key = IdempotencyKey::parse("k-1").expect("key");
+    let id = ReservationId::generate(1);
+    let script = redis::Script::new(concat!(
+        include_str!("../../lua/idempotency.lua"),
+        include_str!("../../lua/room.lua"),
+        include_str!("../../lua/reserve.lua")
+    ));
+    let mut conn = app.redis_connection().await;
+    let events_before: u64 = conn.xlen(keys.events()).await.expect("XLEN");
+    let mut call = script.prepare_invoke();
+    for k in [
+        keys.meta(),
+        keys.stock(),
+        keys.buyer(&buyer),
+        keys.idempotency(&buyer, &key),
+        keys.hold(id),
+        keys.holds(),
+        keys.events(),
+        keys.buyers(),
+    ] {
+        call.key(k);
+    }
+    // The fixed arguments, then a group 'x' no script version defines.
+    for arg in [
+        &id.to_string(),
+        "alice",
+        "1",
+        "sneaker|1",
+        "86400",
+        "k-1",
+        "sneaker",
+        "0",
+        "x",
+    ] {
+        call.arg(arg);
+    }
+    let answer: redis::RedisResult<String> = call.invoke_async(&mut conn).await;
+    let err = answer.expect_err("an unknown group is an error");
+    assert!(
+        err.to_string().contains("unknown argument group x"),
+        "{err}"
+    );
+    let stock: i64 = conn.get(keys.stock()).await.expect("GET");
+    assert_eq!(stock, 10);
+    let events_after: u64 = conn.xlen(keys.events()).await.expect("XLEN");
+    assert_eq!(events_after, events_before);
+    let held: bool = conn.exists(keys.hold(id)).await.expect("EXISTS");
+    assert!(!held);
 }
