@@ -21,6 +21,7 @@ use axum::http::HeaderMap;
 use forwarded_header_value::ForwardedHeaderValue;
 use ipnet::IpNet;
 
+use super::header_names::{X_FORWARDED_FOR, X_REQUEST_ID};
 pub use crate::domain::ClientAddr;
 use crate::domain::ValidationError;
 
@@ -88,7 +89,7 @@ enum Hop {
 
 fn x_forwarded_for_hops(headers: &HeaderMap) -> Option<Vec<Hop>> {
     let mut hops = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
+    for value in headers.get_all(&X_FORWARDED_FOR) {
         for part in value.to_str().unwrap_or("?").split(',') {
             let part = part.trim();
             if part.is_empty() {
@@ -177,10 +178,10 @@ pub fn vet(policy: &ClientAddrPolicy, mut request: Request) -> Request {
         .get::<ConnectInfo<SocketAddr>>()
         .copied()
     else {
-        request.headers_mut().remove("x-request-id");
+        request.headers_mut().remove(&X_REQUEST_ID);
         return request;
     };
-    if let Some(value) = request.headers().get("x-request-id") {
+    if let Some(value) = request.headers().get(&X_REQUEST_ID) {
         let from_proxy = policy.trusted.trusts(peer.ip().to_canonical());
         let bytes = value.as_bytes();
         let well_formed = (1..=64).contains(&bytes.len())
@@ -188,7 +189,7 @@ pub fn vet(policy: &ClientAddrPolicy, mut request: Request) -> Request {
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
         if !(from_proxy && well_formed) {
-            request.headers_mut().remove("x-request-id");
+            request.headers_mut().remove(&X_REQUEST_ID);
         }
     }
     let client = policy.client(peer.ip(), request.headers());

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use super::header_names::{RATELIMIT, RATELIMIT_POLICY};
 use crate::domain::{ReservationStatus, Sku, ValidationError};
 use crate::gate::{GateError, Refusal};
 use crate::store::StoreError;
@@ -483,12 +484,9 @@ fn rate_limit_headers(
         }
     };
     set(header::RETRY_AFTER, secs.to_string());
+    set(RATELIMIT.clone(), format!("\"{policy}\";r=0;t={secs}"));
     set(
-        HeaderName::from_static("ratelimit"),
-        format!("\"{policy}\";r=0;t={secs}"),
-    );
-    set(
-        HeaderName::from_static("ratelimit-policy"),
+        RATELIMIT_POLICY.clone(),
         format!("\"{policy}\";q={quota};w={}", ceil_seconds(window).max(1)),
     );
 }

@@ -242,7 +242,10 @@ impl<S: Send + Sync> FromRequestParts<S> for OptionalIdempotencyKey {
 }
 
 fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
-    let mut values = parts.headers.get_all("idempotency-key").iter();
+    let mut values = parts
+        .headers
+        .get_all(&super::header_names::IDEMPOTENCY_KEY)
+        .iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };

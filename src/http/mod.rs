@@ -16,6 +16,7 @@ mod console;
 mod error;
 mod events;
 mod extract;
+mod header_names;
 mod health;
 mod observe;
 mod queue;
@@ -246,7 +247,7 @@ pub fn app_for(state: AppState, surface: Surface) -> Api {
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request
                 .headers()
-                .get("x-request-id")
+                .get(&header_names::X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ErrorCode;
+use super::header_names::{IDEMPOTENT_REPLAYED, RATELIMIT_POLICY};
 use crate::domain::Sku;
 use crate::pulse::{self, Call, Outcome};
 
@@ -42,7 +43,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
 
     if let Some(sku) = &reserved_sku {
         let counted = match (status, code) {
-            (201, _) if response.headers().contains_key("idempotent-replayed") => {
+            (201, _) if response.headers().contains_key(&IDEMPOTENT_REPLAYED) => {
                 Some(Outcome::Replayed)
             }
             (201, _) => Some(Outcome::Held),
@@ -75,7 +76,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
 fn is_shed(response: &Response) -> bool {
     response
         .headers()
-        .get("ratelimit-policy")
+        .get(&RATELIMIT_POLICY)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("client"))
 }

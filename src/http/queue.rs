@@ -20,12 +20,10 @@ use utoipa_axum::routes;
 use super::client_addr::ClientAddr;
 use super::error::ErrorBody;
 use super::extract::{AppPath, Buyer, SkuPath};
+use super::header_names::QUEUE_TICKET;
 use super::{ApiError, AppState};
 use crate::domain::{BuyerId, Sku, Ticket, TicketSeal, timestamp};
 use crate::gate::{Line, PlaceOutcome, PlaceRefusal, PlaceStatus};
-
-/// The header a reserve shows its ticket in.
-pub const QUEUE_TICKET: &str = "queue-ticket";
 
 /// Taking a place: in the new buyers' lane, like a reserve.
 pub fn places() -> OpenApiRouter<AppState> {
@@ -78,7 +76,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ShownTicket {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Infallible> {
-        Ok(Self(parts.headers.get(QUEUE_TICKET).cloned()))
+        Ok(Self(parts.headers.get(&QUEUE_TICKET).cloned()))
     }
 }
 

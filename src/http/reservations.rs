@@ -13,6 +13,7 @@ use super::error::ErrorBody;
 use super::extract::{
     AppJson, AppPath, Buyer, Caller, IdempotencyKeyHeader, IdempotencyKeyParam, SkuPath,
 };
+use super::header_names::IDEMPOTENT_REPLAYED;
 use super::observe::SaleOf;
 use super::{ApiError, AppState};
 use crate::domain::{
@@ -182,7 +183,10 @@ async fn reserve(
         headers.insert(header::LOCATION, location);
     }
     if reserved.replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        headers.insert(
+            IDEMPOTENT_REPLAYED.clone(),
+            HeaderValue::from_static("true"),
+        );
     }
     Ok(response)
 }
