@@ -130,9 +130,10 @@ impl FromRequestParts<AppState> for Buyer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The new-buyer lane verified the token already, before admission.
-        if let Some(buyer) = parts.extensions.get::<Buyer>() {
-            return Ok(buyer.clone());
+        // The new-buyer lane verified the token already, before admission; taken, not cloned:
+        // nothing after the handler's extractors reads it.
+        if let Some(buyer) = parts.extensions.remove::<Buyer>() {
+            return Ok(buyer);
         }
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         match state.tokens.verify(token) {
