@@ -1,11 +1,11 @@
 //! The sale's pulse: what buyers got, second by second, per SKU — for the operator's console and
 //! for Prometheus, from one call per event.
 //!
-//! Every answer to a buyer's reserve, commit or release, every expiry and every rejection is
-//! recorded once with [`record`]: it increments the Prometheus counter
+//! Every answer to a buyer's reserve or commit is recorded once with [`record_call`], every
+//! release, expiry and rejection with [`record`]: each outcome increments the Prometheus counter
 //! `flashgate_sale_outcomes_total{sku, outcome}` and the in-process counter the console reads;
-//! [`record_latency`] feeds `flashgate_sale_call_duration_seconds{call}` and the console's recent
-//! p50/p99. The counters are this process's: behind several gates, each console shows its own
+//! [`record_call`] also feeds `flashgate_sale_call_duration_seconds{call}` and the console's
+//! recent p50/p99. The counters are this process's: behind several gates, each console shows its own
 //! gate, and Prometheus sums them.
 
 use std::collections::HashMap;
@@ -92,15 +92,7 @@ impl Call {
 
 /// Counts `outcome` for `sku`.
 pub fn record(sku: &Sku, outcome: Outcome, count: u64) {
-    let sale = pulse().sale(sku);
-    let slot = outcome.index();
-    sale.outcome_counters[slot]
-        .get_or_init(|| {
-            metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
-        })
-        .increment(count);
-    sale.counts[slot].fetch_add(count, Ordering::Relaxed);
-    sale.history.record(unix_second(), outcome, count);
+    pulse().sale(sku).count(sku, outcome, count);
 }
 
 /// Seconds of per-second history kept for the console's charts: five minutes.
@@ -169,22 +161,15 @@ impl History {
     }
 }
 
-/// Records how long a buyer's `call` on `sku` took, answered as it was.
-pub fn record_latency(sku: &Sku, call: Call, took: Duration) {
+/// Records the answer to a buyer's `call` on `sku`: its outcome, when it counts one, and how long
+/// it took. The sale is looked up once for both (each lookup hashes the SKU under a lock and
+/// touches a shared reference count: a reserve's answer looked it up twice).
+pub fn record_call(sku: &Sku, outcome: Option<Outcome>, call: Call, took: Duration) {
     let sale = pulse().sale(sku);
-    let (window, duration) = match call {
-        Call::Reserve => (&sale.reserve, &sale.reserve_duration),
-        Call::Commit => (&sale.commit, &sale.commit_duration),
-    };
-    duration
-        .get_or_init(
-            || metrics::histogram!("flashgate_sale_call_duration_seconds", "call" => call.as_str()),
-        )
-        .record(took.as_secs_f64());
-    window
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .record(took);
+    if let Some(outcome) = outcome {
+        sale.count(sku, outcome, 1);
+    }
+    sale.time(call, took);
 }
 
 /// One SKU's counters and recent latencies, as the console shows them.
@@ -243,6 +228,35 @@ struct Sale {
     outcome_counters: [OnceLock<metrics::Counter>; Outcome::ALL.len()],
     reserve_duration: OnceLock<metrics::Histogram>,
     commit_duration: OnceLock<metrics::Histogram>,
+}
+
+impl Sale {
+    fn count(&self, sku: &Sku, outcome: Outcome, count: u64) {
+        let slot = outcome.index();
+        self.outcome_counters[slot]
+            .get_or_init(|| {
+                metrics::counter!("flashgate_sale_outcomes_total", "sku" => sku.to_string(), "outcome" => outcome.as_str())
+            })
+            .increment(count);
+        self.counts[slot].fetch_add(count, Ordering::Relaxed);
+        self.history.record(unix_second(), outcome, count);
+    }
+
+    fn time(&self, call: Call, took: Duration) {
+        let (window, duration) = match call {
+            Call::Reserve => (&self.reserve, &self.reserve_duration),
+            Call::Commit => (&self.commit, &self.commit_duration),
+        };
+        duration
+            .get_or_init(
+                || metrics::histogram!("flashgate_sale_call_duration_seconds", "call" => call.as_str()),
+            )
+            .record(took.as_secs_f64());
+        window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(took);
+    }
 }
 
 fn pulse() -> &'static Pulse {
@@ -342,7 +356,7 @@ mod tests {
         record(&sku, Outcome::Held, 3);
         record(&sku, Outcome::SoldOut, 1);
         for ms in 1..=100 {
-            record_latency(&sku, Call::Reserve, Duration::from_millis(ms));
+            record_call(&sku, None, Call::Reserve, Duration::from_millis(ms));
         }
         let seen = snapshot(&sku);
         assert_eq!(seen.counts[&Outcome::Held], 3);

@@ -54,16 +54,11 @@ pub async fn observe(request: Request, next: Next) -> Response {
             (409, Some(_)) => Some(Outcome::Refused),
             _ => None,
         };
-        if let Some(outcome) = counted {
-            pulse::record(sku, outcome, 1);
-        }
-        pulse::record_latency(sku, Call::Reserve, took);
+        pulse::record_call(sku, counted, Call::Reserve, took);
     } else if let Some(SaleOf(sku)) = response.extensions().get::<SaleOf>() {
         if route.ends_with("/commit") {
-            if status == 200 {
-                pulse::record(sku, Outcome::Committed, 1);
-            }
-            pulse::record_latency(sku, Call::Commit, took);
+            let committed = (status == 200).then_some(Outcome::Committed);
+            pulse::record_call(sku, committed, Call::Commit, took);
         } else if route.ends_with("/release") && status == 200 {
             pulse::record(sku, Outcome::Released, 1);
         }
