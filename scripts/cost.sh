@@ -19,7 +19,9 @@
 #
 #   COST_N=20000 CONNECTIONS=64 COST_CALLGRIND_N=1000 scripts/cost.sh
 #   FLASHGATE_GATE_BIN=... compares another build; COST_CALLGRIND_N=0 skips the instruction counts;
-#   COST_CALLGRIND_KEEP=DIR keeps the phases' dumps there (hold, sold_out, pair) for callgrind_annotate
+#   COST_CALLGRIND_KEEP=DIR keeps the phases' dumps there (hold, sold_out, floor, pair) for callgrind_annotate
+# The instruction counts also count the HTTP floor (FLASHGATE_FLOOR_ROUTE: the sold-out 409 behind
+# every layer, without the handler), so the sold-out answer's cost over it is a steady figure too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -36,6 +38,7 @@ flashgate_private_run cost
 # One buyer and one client drive the holds: no per-buyer or per-client caps, no hold quota.
 export FLASHGATE_REQUESTS_PER_CLIENT=0 FLASHGATE_REQUESTS_PER_BUYER=0 FLASHGATE_BUYER_HOLD_QUOTA=0
 export FLASHGATE_CLIENT_RATE=0 FLASHGATE_BUYER_RATE=0 FLASHGATE_TRUSTED_PROXIES=127.0.0.1/32,::1/128
+export FLASHGATE_FLOOR_ROUTE=true
 bin=$FLASHGATE_BIN_DIR/flashgate
 "$bin" sku upsert hot --name Hot --price 9.99 --stock 100000000 --per-buyer-limit 100000000 >/dev/null
 "$bin" sku upsert gone --name Gone --price 9.99 --stock 0 --per-buyer-limit 5 >/dev/null
@@ -184,6 +187,7 @@ counted() {
 # Warm up (connections, scripts, caches) with what the phases do, uncounted.
 fixed_requests /v1/skus/hot/reservations 200 201 >/dev/null
 fixed_requests /v1/skus/gone/reservations 200 409 >/dev/null
+fixed_requests /v1/skus/gone/floor 200 409 >/dev/null
 read -r idle_ir idle_s < <(counted sleep 5)
 per_request() { # "<instructions> <seconds>" requests: net of the idle timers
   awk -v ir="${1% *}" -v s="${1#* }" -v n="$2" -v idle="$idle_ir" -v idle_s="$idle_s" \
@@ -193,6 +197,8 @@ cg_phase=hold
 cg_hold=$(per_request "$(counted fixed_requests /v1/skus/hot/reservations "$cg_n" 201)" "$cg_n")
 cg_phase=sold_out
 cg_sold=$(per_request "$(counted fixed_requests /v1/skus/gone/reservations "$cg_n" 409)" "$cg_n")
+cg_phase=floor
+cg_floor=$(per_request "$(counted fixed_requests /v1/skus/gone/floor "$cg_n" 409)" "$cg_n")
 cg_phase=pair
 cg_pair=$(per_request "$(counted "$FLASHGATE_BIN_DIR/flashgate-settle-bench" --url "$base" --payers "$cg_n" \
   --in-flight 8 --releases 0 --json)" "$cg_n")
@@ -201,4 +207,6 @@ echo "== instructions per request (callgrind, $cg_n per phase, 8 in flight; idle
 printf '%-12s %16s\n' phase "instructions/req"
 printf '%-12s %16s\n' hold "$cg_hold"
 printf '%-12s %16s\n' sold_out "$cg_sold"
+printf '%-12s %16s\n' floor "$cg_floor"
 printf '%-12s %16s\n' commit "$((cg_pair - cg_hold))"
+echo "sold-out answer / floor: $(awk -v s="$cg_sold" -v f="$cg_floor" 'BEGIN {printf "%.3f", s / f}')x"
