@@ -85,8 +85,17 @@ _fg_apt_install() {
     return 1
   fi
   _fg_log "installing $* with apt-get"
+  # A package's own service is not what these scripts use (they start theirs on private ports),
+  # and its start fails the install where its port is taken (a broker already answering on
+  # 5672, say): invoke-rc.d is told to start nothing while apt runs.
+  local policy=/usr/sbin/policy-rc.d placed=0 status=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && placed=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 || status=$?
+  [ "$placed" = 1 ] && rm -f "$policy"
+  return "$status"
 }
 
 _fg_pg_bin() { # newest Postgres server binary of that name
@@ -130,14 +139,21 @@ _fg_start_private_postgres() {
   _fg_wait postgres _fg_pg_ok "$server/postgres" && echo "$server"
 }
 
+# Debian's rabbitmq-server, installed when missing. The test suite needs it even where the broker
+# it uses runs elsewhere: the broker fault test runs a node of its own, which it kills and starts.
+_fg_rabbitmq_server=/usr/lib/rabbitmq/bin/rabbitmq-server
+flashgate_rabbitmq_server() {
+  [ -x "$_fg_rabbitmq_server" ] || _fg_apt_install rabbitmq-server || return 1
+  [ -x "$_fg_rabbitmq_server" ] || { _fg_log "no $_fg_rabbitmq_server after installing rabbitmq-server"; return 1; }
+}
+
 # RabbitMQ on its own port and folders, as the current user (no systemd needed). Installs
 # Debian's rabbitmq-server first when it is missing.
 _fg_start_private_rabbitmq() {
   local url="amqp://guest:guest@127.0.0.1:${FLASHGATE_PRIVATE_AMQP_PORT}/%2f"
   _fg_amqp_ok "$url" && { echo "$url"; return 0; }
-  local server=/usr/lib/rabbitmq/bin/rabbitmq-server
-  [ -x "$server" ] || _fg_apt_install rabbitmq-server || return 1
-  [ -x "$server" ] || { _fg_log "no $server after installing rabbitmq-server"; return 1; }
+  flashgate_rabbitmq_server || return 1
+  local server=$_fg_rabbitmq_server
   local dir="$FLASHGATE_STATE_DIR/rabbitmq"
   mkdir -p "$dir"
   [ -f "$dir/enabled_plugins" ] || echo '[].' >"$dir/enabled_plugins"

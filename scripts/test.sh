@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 flashgate_services
 flashgate_cluster
+flashgate_rabbitmq_server
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,6 @@
 //! RabbitMQ for the event tests: the machine's broker with an exchange of the test's own (so
 //! tests run in parallel and a consumer sees only its test's events), or a private broker node
-//! that a fault test stops and starts (scripts/services.sh installs `rabbitmq-server`).
+//! that a fault test stops and starts (scripts/test.sh installs `rabbitmq-server`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -251,7 +251,9 @@ fn message(delivery: lapin::message::Delivery) -> Message {
 
 /// A RabbitMQ node of the test's own, on its own ports and data folder, that the test can kill
 /// and start again (its durable exchanges, queues and persistent messages survive, as on a
-/// real broker's restart). `None` where `rabbitmq-server` is not installed.
+/// real broker's restart). Its ports lie below the kernel's ephemeral range: inside it, another
+/// test's connection (or the readiness probe itself, retrying a closed port) can take the node's
+/// port as its source port before the node binds it, and the node never comes up.
 pub struct PrivateRabbit {
     pub url: String,
     port: u16,
@@ -262,31 +264,53 @@ pub struct PrivateRabbit {
 
 const RABBIT_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
+/// How long a node may take to take connections; it takes ~5 s on an idle development machine.
+const RABBIT_BOOT: Duration = Duration::from_secs(90);
+
 impl PrivateRabbit {
-    pub async fn start() -> Option<Self> {
+    /// A running node, or why there is none: not installed, or it did not come up (with the
+    /// end of what it printed).
+    pub async fn start() -> Result<Self, String> {
         if !std::path::Path::new(RABBIT_SERVER).exists() {
-            return None;
+            return Err(format!(
+                "{RABBIT_SERVER} is not installed (scripts/test.sh installs rabbitmq-server)"
+            ));
         }
-        let port = crate::helpers::free_port();
+        let port = crate::helpers::free_port_outside_ephemeral_range();
         let dir = std::env::temp_dir().join(format!(
             "flashgate-rabbit-{port}-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::create_dir_all(&dir).ok()?;
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").ok()?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join("enabled_plugins"), "[].\n")
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut node = Self {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
             port,
-            dist_port: crate::helpers::free_port(),
+            dist_port: crate::helpers::free_port_outside_ephemeral_range(),
             dir,
             child: None,
         };
-        node.boot().await.then_some(node)
+        node.boot().await?;
+        Ok(node)
     }
 
-    /// Starts the node and waits until it takes connections; false after 60 s.
-    pub async fn boot(&mut self) -> bool {
+    /// Starts the node and waits until it takes connections; on failure, why, with the end of
+    /// what the node printed.
+    pub async fn boot(&mut self) -> Result<(), String> {
         let dir = &self.dir;
+        let output = dir.join(format!("node-{}.out", uuid::Uuid::new_v4().simple()));
+        let printed = |why: String| {
+            let text = std::fs::read_to_string(&output).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            format!(
+                "the private rabbitmq node (port {}, distribution port {}) {why}; it printed:\n{tail}",
+                self.port, self.dist_port
+            )
+        };
+        let log = std::fs::File::create(&output).map_err(|e| printed(e.to_string()))?;
+        let log_too = log.try_clone().map_err(|e| printed(e.to_string()))?;
         let child = Command::new(RABBIT_SERVER)
             .env(
                 "RABBITMQ_NODENAME",
@@ -301,15 +325,21 @@ impl PrivateRabbit {
             .env("RABBITMQ_PID_FILE", dir.join("rabbit.pid"))
             // Its own process group: `kill` takes the script and the Erlang VM together.
             .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = child else {
-            return false;
-        };
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_too))
+            .spawn()
+            .map_err(|e| printed(format!("did not start: {e}")))?;
         self.child = Some(child);
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
+        while started.elapsed() < RABBIT_BOOT {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(printed(format!(
+                        "exited ({status}) before taking connections"
+                    )));
+                }
+            }
             if let Ok(Ok(connection)) = tokio::time::timeout(
                 Duration::from_secs(2),
                 Connection::connect(&self.url, ConnectionProperties::default()),
@@ -317,11 +347,14 @@ impl PrivateRabbit {
             .await
             {
                 let _ = connection.close(200, "ready".into()).await;
-                return true;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        false
+        Err(printed(format!(
+            "took no connection in {} s",
+            RABBIT_BOOT.as_secs()
+        )))
     }
 
     /// Kills the node at once (SIGKILL to its process group), as a crash would.

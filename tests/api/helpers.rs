@@ -78,17 +78,26 @@ pub fn free_port() -> u16 {
 /// A free port below the kernel's ephemeral range, for a server a test starts later on a port a
 /// client already dials: a client retrying a closed port inside that range can be given the very
 /// same port as its own source and connect to itself (TCP simultaneous open), which then holds the
-/// port the server wanted.
+/// port the server wanted; and any other test's connection may take a port of that range as its
+/// source between the moment it was found free and the server's bind. Each call goes on from the
+/// port the last one gave, so a server's two ports, or two tests' servers, never get the same one.
 pub fn free_port_outside_ephemeral_range() -> u16 {
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
     let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
-    let start = 10_000 + (std::process::id() % 1_000) as u16 * 7;
-    (start..low)
+    let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !(10_000..low).contains(&*next) {
+        *next = 10_000 + (std::process::id() % 1_000) as u16 * 7;
+    }
+    let start = *next;
+    let port = (start..low)
         .chain(10_000..start)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .expect("a free port below the ephemeral range")
+        .expect("a free port below the ephemeral range");
+    *next = port + 1;
+    port
 }
 
 /// A private `redis-server` with the given extra arguments, stopped on drop; `None` where the
