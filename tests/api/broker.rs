@@ -332,13 +332,13 @@ impl PrivateRabbit {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < RABBIT_BOOT {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(printed(format!(
-                        "exited ({status}) before taking connections"
-                    )));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(printed(format!(
+                    "exited ({status}) before taking connections"
+                )));
             }
             if let Ok(Ok(connection)) = tokio::time::timeout(
                 Duration::from_secs(2),
