@@ -9,12 +9,31 @@ use super::{Quantity, ValidationError};
 /// An ISO 4217 currency code, known to the standard (`iso_currency`'s table).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(transparent)]
-pub struct Currency(String);
+pub struct Currency(&'static str);
+
+/// ISO 4217 by code, sorted for a binary search: `iso_currency::Currency::from_code` compares
+/// the code with each currency's in turn (~800 instructions for USD), and every hold's answer and
+/// every event the settler reads parses its currency.
+fn iso_4217(code: &str) -> Option<(&'static str, iso_currency::Currency)> {
+    use iso_currency::IntoEnumIterator as _;
+    static BY_CODE: std::sync::LazyLock<Vec<(&'static str, iso_currency::Currency)>> =
+        std::sync::LazyLock::new(|| {
+            let mut table: Vec<_> = iso_currency::Currency::iter()
+                .map(|currency| (currency.code(), currency))
+                .collect();
+            table.sort_unstable_by_key(|(code, _)| *code);
+            table
+        });
+    BY_CODE
+        .binary_search_by(|(known, _)| (*known).cmp(code))
+        .ok()
+        .map(|at| BY_CODE[at])
+}
 
 impl Currency {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        match iso_currency::Currency::from_code(raw) {
-            Some(_) => Ok(Self(raw.to_owned())),
+        match iso_4217(raw) {
+            Some((code, _)) => Ok(Self(code)),
             None => Err(ValidationError::new(
                 "currency",
                 "must be an ISO 4217 currency code such as USD",
@@ -25,19 +44,19 @@ impl Currency {
     /// Decimal places the currency allows (ISO 4217: USD 2, JPY 0, BHD 3); a code without a
     /// minor unit (such as XAU) allows [`Money::MAX_SCALE`].
     pub fn minor_units(&self) -> u32 {
-        iso_currency::Currency::from_code(&self.0)
-            .and_then(iso_currency::Currency::exponent)
+        iso_4217(self.0)
+            .and_then(|(_, currency)| currency.exponent())
             .map_or(Money::MAX_SCALE, u32::from)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0
     }
 }
 
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0)
     }
 }
 
@@ -152,6 +171,34 @@ mod tests {
         assert!(Currency::parse("USD").is_ok());
         for bad in ["usd", "US", "USDX", "U$D"] {
             assert!(Currency::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn currency_lookup_knows_exactly_the_codes_iso_currency_knows() {
+        let letters = || (b'A'..=b'Z').chain([b'a', b'0', b'$']);
+        let mut known = 0;
+        for a in letters() {
+            for b in letters() {
+                for c in letters() {
+                    let code = String::from_utf8(vec![a, b, c]).expect("ascii");
+                    let theirs = iso_currency::Currency::from_code(&code);
+                    let ours = Currency::parse(&code).ok();
+                    assert_eq!(
+                        ours.as_ref().map(Currency::as_str),
+                        theirs.map(|c| c.code())
+                    );
+                    if let (Some(ours), Some(theirs)) = (ours, theirs) {
+                        let exponent = theirs.exponent().map_or(Money::MAX_SCALE, u32::from);
+                        assert_eq!(ours.minor_units(), exponent, "{code}");
+                        known += 1;
+                    }
+                }
+            }
+        }
+        assert!(known > 150, "only {known} codes known");
+        for odd in ["", "US", "USDX", "USD ", " USD"] {
+            assert!(Currency::parse(odd).is_err(), "{odd:?}");
         }
     }
 }
