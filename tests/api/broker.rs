@@ -276,7 +276,7 @@ impl PrivateRabbit {
                 "{RABBIT_SERVER} is not installed (scripts/test.sh installs rabbitmq-server)"
             ));
         }
-        let port = crate::helpers::free_port_outside_ephemeral_range();
+        let port = crate::helpers::free_port();
         let dir = std::env::temp_dir().join(format!(
             "flashgate-rabbit-{port}-{}",
             uuid::Uuid::new_v4().simple()
@@ -287,7 +287,7 @@ impl PrivateRabbit {
         let mut node = Self {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
             port,
-            dist_port: crate::helpers::free_port_outside_ephemeral_range(),
+            dist_port: crate::helpers::free_port(),
             dir,
             child: None,
         };

@@ -67,32 +67,31 @@ pub fn single_server_test(name: &str) -> bool {
     skip
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a server a test starts on it next. It lies below the
+/// kernel's ephemeral range: any of the suite's thousands of outgoing connections may take a port
+/// of that range as its source between the moment it was found free and the server's bind (a
+/// private RabbitMQ node then exited with `eaddrinuse`), and a client retrying a closed port there
+/// can be given that very port as its own source and connect to itself. Ports come from 10,000 up
+/// to 20,000 so a cluster node's bus port (its port + 10,000) is never a port this gives; each call
+/// goes on from the last one, so two servers of a test never get the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A free port below the kernel's ephemeral range, for a server a test starts later on a port a
-/// client already dials: a client retrying a closed port inside that range can be given the very
-/// same port as its own source and connect to itself (TCP simultaneous open), which then holds the
-/// port the server wanted; and any other test's connection may take a port of that range as its
-/// source between the moment it was found free and the server's bind. Each call goes on from the
-/// port the last one gave, so a server's two ports, or two tests' servers, never get the same one.
-pub fn free_port_outside_ephemeral_range() -> u16 {
     static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
-    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
+    // A range starting lower than 10,000 leaves no port outside it: take ports from it then.
+    let high = if ephemeral_low > 10_000 {
+        ephemeral_low.min(20_000)
+    } else {
+        20_000
+    };
     let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !(10_000..low).contains(&*next) {
-        *next = 10_000 + (std::process::id() % 1_000) as u16 * 7;
+    if !(10_000..high).contains(&*next) {
+        *next = 10_000 + (std::process::id() % 1_000) as u16 * 7 % (high - 10_000);
     }
     let start = *next;
-    let port = (start..low)
+    let port = (start..high)
         .chain(10_000..start)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
         .expect("a free port below the ephemeral range");
@@ -111,8 +110,8 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     /// A `redis-server` of the test's own on a free port. The port is free when asked for, but
-    /// another test's outgoing connection may take it before the server binds it (the suite
-    /// opens thousands): a server that exits at once is started again on another port.
+    /// another process may bind it before the server does: a server that exits at once is
+    /// started again on another port.
     pub fn start(args: &[&str]) -> Option<Self> {
         for _ in 0..5 {
             match Self::start_once(args)? {

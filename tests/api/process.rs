@@ -420,7 +420,7 @@ fn serve_refuses_a_redis_that_may_evict_keys() {
 fn a_redis_unreachable_at_start_is_checked_when_it_first_answers() {
     // Nothing listens on the port yet: serve starts (the gate answers 503 until Redis is there).
     // Outside the ephemeral range: the gate's retries must not connect to themselves on it.
-    let port = crate::helpers::free_port_outside_ephemeral_range();
+    let port = free_port();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = flashgate()
         .arg("serve")
