@@ -6,6 +6,9 @@
 #     (/proc/<pid>/stat) over the phase, divided by the requests answered;
 #   - Redis CPU per request: `INFO cpu` (used_cpu_user + used_cpu_sys) over the phase, divided
 #     likewise, and `INFO commandstats` µs per EVALSHA (the scripts' own time);
+#   - Postgres CPU per request: user + system time of every `postgres` process on this machine
+#     (backends, and the postmaster's reaped children), i.e. the settlement of the phase's
+#     decisions; other clusters on the machine count too, so keep them idle;
 # for three phases: N new holds (every answer 201), N sold-out answers (409), and N commits
 # (settle-bench: N reserves then N commits, the holds phase's cost per hold taken off).
 # Each phase waits 2 s for the settler before it reads the counters, so the background
@@ -57,6 +60,14 @@ redis_cpu_us() {
   redis-cli -u "$REDIS_URL" INFO cpu | tr -d '\r' |
     awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.0f", s * 1000000}'
 }
+postgres_cpu_us() { # every postgres process: its own time and its reaped children's
+  local total=0 pid fields
+  for pid in $(pgrep -x postgres || true); do
+    fields=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + fields))
+  done
+  echo $((total * 1000000 / ticks))
+}
 evalsha_stats() { # "calls usec"
   redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' |
     sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2/p'
@@ -85,21 +96,23 @@ response = function(status)
 end
 LUA
 
-# One phase: runs "$@" and prints "<requests> <gate µs/request> <redis µs/request> <µs/EVALSHA>",
+# One phase: runs "$@" and prints
+# "<requests> <gate µs/request> <redis µs/request> <µs/EVALSHA> <postgres µs/request>",
 # the requests being what wrk says it sent (a thread stops after its share, but the answers in
 # flight then still count), else N.
 measure() {
-  local g0 r0 e0 g1 r1 e1 requests
-  g0=$(gate_cpu_us); r0=$(redis_cpu_us); e0=$(evalsha_stats)
+  local g0 r0 e0 p0 g1 r1 e1 p1 requests
+  g0=$(gate_cpu_us); r0=$(redis_cpu_us); e0=$(evalsha_stats); p0=$(postgres_cpu_us)
   "$@" >"$phase_out" 2>&1 || { cat "$phase_out" >&2; exit 1; }
   settled
-  g1=$(gate_cpu_us); r1=$(redis_cpu_us); e1=$(evalsha_stats)
+  g1=$(gate_cpu_us); r1=$(redis_cpu_us); e1=$(evalsha_stats); p1=$(postgres_cpu_us)
   requests=$(awk '/ requests in / {print $1}' "$phase_out")
-  awk -v n="${requests:-$n}" -v g0="$g0" -v g1="$g1" -v r0="$r0" -v r1="$r1" -v e0="$e0" -v e1="$e1" 'BEGIN {
+  awk -v n="${requests:-$n}" -v g0="$g0" -v g1="$g1" -v r0="$r0" -v r1="$r1" -v e0="$e0" -v e1="$e1" \
+    -v p0="$p0" -v p1="$p1" 'BEGIN {
     split(e0, a, " "); split(e1, b, " ");
     calls = b[1] - a[1]; usec = b[2] - a[2];
     per = 0; if (calls > 0) per = usec / calls;
-    printf "%d %.1f %.1f %.2f\n", n, (g1 - g0) / n, (r1 - r0) / n, per }'
+    printf "%d %.1f %.1f %.2f %.1f\n", n, (g1 - g0) / n, (r1 - r0) / n, per, (p1 - p0) / n }'
 }
 wrk_n() { # path: N POSTs, each thread its half
   wrk -t2 -c"$connections" -d120s -s "$lua" "$base" -- "$1" $(( n / 2 ))
@@ -114,15 +127,16 @@ sold_out=$(measure wrk_n /v1/skus/gone/reservations)
 pairs=$(measure "$FLASHGATE_BIN_DIR/flashgate-settle-bench" --url "$base" --payers "$n" \
   --in-flight "$connections" --releases 0 --json)
 
-read -r _ hold_gate hold_redis hold_eval <<<"$holds"
-read -r _ sold_gate sold_redis sold_eval <<<"$sold_out"
-read -r _ pair_gate pair_redis pair_eval <<<"$pairs"
+read -r _ hold_gate hold_redis hold_eval hold_pg <<<"$holds"
+read -r _ sold_gate sold_redis sold_eval sold_pg <<<"$sold_out"
+read -r _ pair_gate pair_redis pair_eval pair_pg <<<"$pairs"
 commit_gate=$(awk -v p="$pair_gate" -v h="$hold_gate" 'BEGIN {printf "%.1f", p - h}')
 commit_redis=$(awk -v p="$pair_redis" -v h="$hold_redis" 'BEGIN {printf "%.1f", p - h}')
-printf '%-12s %16s %17s %14s\n' phase "gate CPU µs/req" "redis CPU µs/req" "µs/EVALSHA"
-printf '%-12s %16s %17s %14s\n' hold "$hold_gate" "$hold_redis" "$hold_eval"
-printf '%-12s %16s %17s %14s\n' sold_out "$sold_gate" "$sold_redis" "$sold_eval"
-printf '%-12s %16s %17s %14s\n' commit "$commit_gate" "$commit_redis" "(pair $pair_eval)"
+commit_pg=$(awk -v p="$pair_pg" -v h="$hold_pg" 'BEGIN {printf "%.1f", p - h}')
+printf '%-12s %16s %17s %14s %20s\n' phase "gate CPU µs/req" "redis CPU µs/req" "µs/EVALSHA" "postgres CPU µs/req"
+printf '%-12s %16s %17s %14s %20s\n' hold "$hold_gate" "$hold_redis" "$hold_eval" "$hold_pg"
+printf '%-12s %16s %17s %14s %20s\n' sold_out "$sold_gate" "$sold_redis" "$sold_eval" "$sold_pg"
+printf '%-12s %16s %17s %14s %20s\n' commit "$commit_gate" "$commit_redis" "(pair $pair_eval)" "$commit_pg"
 
 # ---- Instructions per request (callgrind) ----
 cg_n=${COST_CALLGRIND_N:-1000}
