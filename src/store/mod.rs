@@ -293,3 +293,39 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every index is paid for by every insert into its table and every update of an indexed
+    /// column, and the settler does both for each decision: an index whose key columns lead a
+    /// wider index of the same table answers nothing the wider one does not
+    /// (`reservations (sku, buyer_id)` under the unique `(sku, buyer_id, idempotency_key)` did).
+    /// Unique and partial indexes say more than their columns and are left out.
+    #[sqlx::test]
+    async fn no_index_repeats_the_leading_columns_of_a_wider_one(pool: sqlx::PgPool) {
+        let repeated: Vec<(String, String)> = sqlx::query_as(
+            "SELECT a.indexrelid::regclass::text, b.indexrelid::regclass::text \
+             FROM pg_index a \
+             JOIN pg_index b ON b.indrelid = a.indrelid AND b.indexrelid <> a.indexrelid \
+             JOIN pg_class t ON t.oid = a.indrelid \
+             JOIN pg_class ia ON ia.oid = a.indexrelid \
+             JOIN pg_class ib ON ib.oid = b.indexrelid \
+             WHERE t.relnamespace = current_schema()::regnamespace \
+               AND ia.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') \
+               AND ib.relam = ia.relam \
+               AND NOT a.indisunique AND a.indpred IS NULL AND b.indpred IS NULL \
+               AND a.indexprs IS NULL AND b.indexprs IS NULL \
+               AND a.indnkeyatts <= b.indnkeyatts \
+               AND (string_to_array(a.indkey::text, ' '))[1:a.indnkeyatts] \
+                 = (string_to_array(b.indkey::text, ' '))[1:a.indnkeyatts] \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("indexes");
+        assert!(
+            repeated.is_empty(),
+            "indexes whose columns lead a wider one: {repeated:?}"
+        );
+    }
+}
