@@ -71,6 +71,24 @@ impl Outcome {
     fn index(self) -> usize {
         Self::ALL.iter().position(|o| *o == self).unwrap_or(0)
     }
+
+    /// Whether this outcome is a decision about a sale that exists, so that it may start the
+    /// SKU's pulse. The others name a SKU taken from a URL that need not be a sale at all: a
+    /// buyer's rate limit, a shed or refused request, an answer with no outcome (401, 404
+    /// `unknown_sku`). Counted only for a SKU already tracked, they cannot make the process keep
+    /// ~40 KB of history per made-up SKU (it did, for every request to one).
+    fn proves_a_sale(self) -> bool {
+        match self {
+            Self::Held
+            | Self::Replayed
+            | Self::SoldOut
+            | Self::Committed
+            | Self::Released
+            | Self::Expired
+            | Self::Rejected => true,
+            Self::RateLimited | Self::Shed | Self::Refused => false,
+        }
+    }
 }
 
 /// A buyer's call whose latency the console shows.
@@ -90,9 +108,12 @@ impl Call {
     }
 }
 
-/// Counts `outcome` for `sku`.
+/// Counts `outcome` for `sku` (see [`Outcome::proves_a_sale`] for when a SKU starts being
+/// tracked).
 pub fn record(sku: &Sku, outcome: Outcome, count: u64) {
-    pulse().sale(sku).count(sku, outcome, count);
+    if let Some(sale) = pulse().sale_for(sku, Some(outcome)) {
+        sale.count(sku, outcome, count);
+    }
 }
 
 /// Seconds of per-second history kept for the console's charts: five minutes.
@@ -165,7 +186,9 @@ impl History {
 /// it took. The sale is looked up once for both (each lookup hashes the SKU under a lock and
 /// touches a shared reference count: a reserve's answer looked it up twice).
 pub fn record_call(sku: &Sku, outcome: Option<Outcome>, call: Call, took: Duration) {
-    let sale = pulse().sale(sku);
+    let Some(sale) = pulse().sale_for(sku, outcome) else {
+        return;
+    };
     if let Some(outcome) = outcome {
         sale.count(sku, outcome, 1);
     }
@@ -194,7 +217,17 @@ pub struct Percentiles {
 
 /// What this process has seen of `sku`.
 pub fn snapshot(sku: &Sku) -> SalePulse {
-    let sale = pulse().sale(sku);
+    let Some(sale) = pulse().tracked(sku) else {
+        return SalePulse {
+            counts: Outcome::ALL.iter().map(|o| (*o, 0)).collect(),
+            per_second: Outcome::ALL
+                .iter()
+                .map(|o| (*o, vec![0; HISTORY_SECONDS]))
+                .collect(),
+            reserve_ms: None,
+            commit_ms: None,
+        };
+    };
     let percentiles = |window: &Mutex<Window>| {
         window
             .lock()
@@ -265,14 +298,25 @@ fn pulse() -> &'static Pulse {
 }
 
 impl Pulse {
-    fn sale(&self, sku: &Sku) -> Arc<Sale> {
-        if let Some(sale) = self
-            .sales
+    /// The SKU's pulse: started by an outcome that proves a sale, else only if already tracked.
+    fn sale_for(&self, sku: &Sku, outcome: Option<Outcome>) -> Option<Arc<Sale>> {
+        match outcome {
+            Some(outcome) if outcome.proves_a_sale() => Some(self.sale(sku)),
+            _ => self.tracked(sku),
+        }
+    }
+
+    fn tracked(&self, sku: &Sku) -> Option<Arc<Sale>> {
+        self.sales
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(sku)
-        {
-            return sale.clone();
+            .cloned()
+    }
+
+    fn sale(&self, sku: &Sku) -> Arc<Sale> {
+        if let Some(sale) = self.tracked(sku) {
+            return sale;
         }
         self.sales
             .write()
@@ -366,6 +410,56 @@ mod tests {
         assert!((98.0..=100.5).contains(&reserve.p99), "{reserve:?}");
         assert!(seen.commit_ms.is_none());
         assert_eq!(snapshot(&other).counts[&Outcome::Held], 0);
+    }
+
+    #[test]
+    fn only_a_decision_about_a_sale_starts_tracking_its_sku() {
+        let made_up = Sku::parse("pulse-made-up").expect("sku");
+        record_call(&made_up, None, Call::Reserve, Duration::from_millis(1));
+        for outcome in [Outcome::RateLimited, Outcome::Shed, Outcome::Refused] {
+            record_call(
+                &made_up,
+                Some(outcome),
+                Call::Reserve,
+                Duration::from_millis(1),
+            );
+            record(&made_up, outcome, 1);
+        }
+        record_call(&made_up, None, Call::Commit, Duration::from_millis(1));
+        assert!(pulse().tracked(&made_up).is_none());
+        let seen = snapshot(&made_up);
+        assert!(seen.counts.values().all(|count| *count == 0));
+        assert!(seen.reserve_ms.is_none());
+        assert!(
+            pulse().tracked(&made_up).is_none(),
+            "a snapshot tracks nothing"
+        );
+
+        let sale = Sku::parse("pulse-real").expect("sku");
+        record_call(
+            &sale,
+            Some(Outcome::Shed),
+            Call::Reserve,
+            Duration::from_millis(1),
+        );
+        record_call(
+            &sale,
+            Some(Outcome::SoldOut),
+            Call::Reserve,
+            Duration::from_millis(2),
+        );
+        record_call(
+            &sale,
+            Some(Outcome::Shed),
+            Call::Reserve,
+            Duration::from_millis(3),
+        );
+        record_call(&sale, None, Call::Reserve, Duration::from_millis(4));
+        let seen = snapshot(&sale);
+        assert_eq!(seen.counts[&Outcome::SoldOut], 1);
+        // The shed before the first decision is not counted; the one after is.
+        assert_eq!(seen.counts[&Outcome::Shed], 1);
+        assert_eq!(seen.reserve_ms.expect("latencies").count, 3);
     }
 
     #[test]
