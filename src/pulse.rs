@@ -76,7 +76,7 @@ impl Outcome {
     /// SKU's pulse. The others name a SKU taken from a URL that need not be a sale at all: a
     /// buyer's rate limit, a shed or refused request, an answer with no outcome (401, 404
     /// `unknown_sku`). Counted only for a SKU already tracked, they cannot make the process keep
-    /// ~40 KB of history per made-up SKU (it did, for every request to one).
+    /// a pulse (~130 KB resident) per made-up SKU (it did, for every request to one).
     fn proves_a_sale(self) -> bool {
         match self {
             Self::Held

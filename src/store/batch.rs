@@ -614,29 +614,25 @@ mod tests {
     use super::*;
     use crate::domain::{EventId, ReservationId};
 
-    /// A batch moves holds to different ends in one statement per end: every row must get its
-    /// own status and the id of the event that moved it, whatever the order of the batch.
-    #[sqlx::test]
-    async fn each_moved_hold_records_its_own_end_and_event(pool: sqlx::PgPool) {
-        const HOLDS: i64 = 12;
-        let sku = Sku::parse("mixed-ends").expect("sku");
+    /// A sale of `holds` units, every one held by its own buyer, straight in Postgres: the ids.
+    async fn sale_with_holds(pool: &sqlx::PgPool, sku: &Sku, holds: i64) -> Vec<Uuid> {
         sqlx::query(
             "INSERT INTO skus (sku, name, price, currency, per_buyer_limit, hold_ttl_seconds) \
              VALUES ($1, $1, 1, 'USD', 1, 600)",
         )
         .bind(sku.as_str())
-        .execute(&pool)
+        .execute(pool)
         .await
         .expect("sku");
         sqlx::query(
             "INSERT INTO inventory (sku, total, available, reserved) VALUES ($1, $2, 0, $2)",
         )
         .bind(sku.as_str())
-        .bind(HOLDS)
-        .execute(&pool)
+        .bind(holds)
+        .execute(pool)
         .await
         .expect("inventory");
-        let held: Vec<Uuid> = sqlx::query_scalar(
+        sqlx::query_scalar(
             "INSERT INTO reservations (id, sku, buyer_id, idempotency_key, quantity, unit_price, \
                total, currency, status, created_at, expires_at, created_event, last_event) \
              SELECT gen_random_uuid(), $1, 'buyer-' || n, 'k', 1, 1, 1, 'USD', 'held', now(), \
@@ -644,10 +640,19 @@ mod tests {
              FROM generate_series(1, $2) AS n RETURNING id",
         )
         .bind(sku.as_str())
-        .bind(HOLDS)
-        .fetch_all(&pool)
+        .bind(holds)
+        .fetch_all(pool)
         .await
-        .expect("holds");
+        .expect("holds")
+    }
+
+    /// A batch moves holds to different ends in one statement per end: every row must get its
+    /// own status and the id of the event that moved it, whatever the order of the batch.
+    #[sqlx::test]
+    async fn each_moved_hold_records_its_own_end_and_event(pool: sqlx::PgPool) {
+        const HOLDS: i64 = 12;
+        let sku = Sku::parse("mixed-ends").expect("sku");
+        let held = sale_with_holds(&pool, &sku, HOLDS).await;
         let ends = [
             ReservationStatus::Committed,
             ReservationStatus::Released,
@@ -701,34 +706,7 @@ mod tests {
     async fn a_batch_of_transitions_reads_its_own_holds_not_the_whole_sale(pool: sqlx::PgPool) {
         const HOLDS: i64 = 30_000;
         let sku = Sku::parse("fresh-sale").expect("sku");
-        sqlx::query(
-            "INSERT INTO skus (sku, name, price, currency, per_buyer_limit, hold_ttl_seconds) \
-             VALUES ($1, $1, 1, 'USD', 1, 600)",
-        )
-        .bind(sku.as_str())
-        .execute(&pool)
-        .await
-        .expect("sku");
-        sqlx::query(
-            "INSERT INTO inventory (sku, total, available, reserved) VALUES ($1, $2, 0, $2)",
-        )
-        .bind(sku.as_str())
-        .bind(HOLDS)
-        .execute(&pool)
-        .await
-        .expect("inventory");
-        let held: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO reservations (id, sku, buyer_id, idempotency_key, quantity, unit_price, \
-               total, currency, status, created_at, expires_at, created_event, last_event) \
-             SELECT gen_random_uuid(), $1, 'buyer-' || n, 'k', 1, 1, 1, 'USD', 'held', now(), \
-               now() + interval '10 minutes', '1-' || n, '1-' || n \
-             FROM generate_series(1, $2) AS n RETURNING id",
-        )
-        .bind(sku.as_str())
-        .bind(HOLDS)
-        .fetch_all(&pool)
-        .await
-        .expect("holds");
+        let held = sale_with_holds(&pool, &sku, HOLDS).await;
         let events: Vec<Event> = held
             .iter()
             .take(10)
