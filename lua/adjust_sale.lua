@@ -1,4 +1,5 @@
 -- adjust_sale.lua — change a live sale: its metadata and its total (docs/DESIGN.md §10).
+-- Preceded by sale.lua.
 --
 -- A change of stock is decided here, against what Redis has handed out, and appended to the
 -- SKU's stream like any decision: the settler applies it to Postgres in stream order, where
@@ -45,6 +46,7 @@ end
 -- Every write below is unconditional.
 if #ARGV > 6 then
   redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+  sale_pack(KEYS[1])
 end
 local event = ''
 if delta ~= 0 then

@@ -1,4 +1,5 @@
 -- halt_sale.lua — stop a sale's new holds until a resync (docs/DESIGN.md §2, fencing).
+-- Preceded by sale.lua.
 --
 -- The settler found the SKU's stream no longer holding its settlement cursor: Redis lost data,
 -- was rolled back or failed over to a replica that lagged, so its stock and idempotency records
@@ -14,6 +15,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 local was = redis.call('HSETNX', KEYS[1], 'halted', ARGV[1])
+sale_pack(KEYS[1])
 -- Every gate drops its sold-out shortcut, so the refusal is the gate's, not a stale sold_out.
 redis.call(ARGV[2], KEYS[2], ARGV[3])
 return was

@@ -1,4 +1,5 @@
 -- load_sale.lua — load a sale's metadata and stock into Redis from its Postgres record.
+-- Preceded by sale.lua.
 --
 -- Used by prewarm and by resync; they differ only in the guard, checked before the first write
 -- (a live sale is changed by adjust_sale.lua instead, which never resets its stock):
@@ -28,6 +29,7 @@ if ARGV[1] == 'drained' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+sale_pack(KEYS[1])
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call(ARGV[4], KEYS[4], ARGV[5])
 return 'ok'

@@ -1,5 +1,5 @@
 -- sale_admin.lua — set a live sale's state (open / paused) or its waiting room. Stock changes go
--- through adjust_sale.lua, which records them in the stream.
+-- through adjust_sale.lua, which records them in the stream. Preceded by sale.lua.
 --
 -- A sale that is not live in Redis (no meta hash) is left alone: prewarm loads it from Postgres,
 -- which the caller has already updated. The check runs before the first write.
@@ -23,5 +23,6 @@ elseif ARGV[1] == 'room' then
 else
   return redis.error_reply('unknown operation ' .. tostring(ARGV[1]))
 end
+sale_pack(KEYS[1])
 redis.call(ARGV[3], KEYS[3], ARGV[4])
 return 1

@@ -84,14 +84,16 @@ sold_out=$(rps <<<"$out")
 
 lua_dir=${PERF_LUA_DIR:-lua}
 echo "== redis-benchmark -c$connections: EVALSHA $lua_dir/reserve.lua, every call a new hold"
-# The gate sends reserve.lua behind idempotency.lua and room.lua: the same text here, and the
+# The gate sends reserve.lua behind the files it is put after: the same text here, and the
 # arguments the gate sends in this run (no rate limit, no hold quota, no client caps).
-sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(cat "$lua_dir/idempotency.lua" "$lua_dir/room.lua" "$lua_dir/reserve.lua")")
+sha=$(redis-cli -u "$REDIS_URL" SCRIPT LOAD "$(flashgate_reserve_script "$lua_dir")")
 hp=$(_fg_host_port "$REDIS_URL" 6379)
 # A SKU of its own, loaded like `hot`: the gate's settler never reads its synthetic stream.
 k="$ns:{ceiling}"
 redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 100000000 ttl_s 300 \
   price 9.99 currency USD name Ceiling num 0 >/dev/null
+pack=$(flashgate_sale_pack_script "$lua_dir")
+[ -z "$pack" ] || redis-cli -u "$REDIS_URL" EVAL "$pack" 1 "$k:meta" >/dev/null
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
 flashgate_reserve_call "$k" ceiling

@@ -14,3 +14,23 @@ flashgate_reserve_call() {
   # the optional groups that follow (none)
   RESERVE_ARGS=(h__rand_int__ b__rand_int__ 1 "$sku|1" 86400 k "$sku" 0 "")
 }
+
+#   flashgate_reserve_script LUA_DIR
+#       print reserve.lua as the gate sends it: behind the files it is put after
+#       (src/gate/scripts.rs). A tree from before sale.lua existed is sent without it.
+flashgate_reserve_script() {
+  local dir=$1 file
+  for file in idempotency sale room reserve; do
+    [ "$file" != sale ] || [ -f "$dir/sale.lua" ] || continue
+    cat "$dir/$file.lua"
+  done
+}
+
+#   flashgate_sale_pack_script LUA_DIR
+#       print a script that packs the sale's `decide` field (KEYS[1]: its meta hash) as
+#       load_sale.lua does, for a sale written field by field; nothing for a tree without sale.lua
+flashgate_sale_pack_script() {
+  [ -f "$1/sale.lua" ] || return 0
+  cat "$1/sale.lua"
+  echo 'sale_pack(KEYS[1])'
+}

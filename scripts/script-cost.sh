@@ -55,6 +55,9 @@ fresh_sale() { # stock
   cli FLUSHALL >/dev/null
   cli HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 100000000 ttl_s 300 price 9.99 \
     currency USD name Cost num 0 >/dev/null
+  local pack
+  pack=$(flashgate_sale_pack_script "$lua")
+  [ -z "$pack" ] || cli EVAL "$pack" 1 "$k:meta" >/dev/null
   cli SET "$k:stock" "$1" >/dev/null
 }
 load() { cli SCRIPT LOAD "$1"; }
@@ -75,7 +78,7 @@ counted() {
     awk -v n="$n" '/readQueryFromClient/ {gsub(",", "", $1); printf "%.0f", $1 / n; exit}'
   rm -f "$work"/out.*.*
 }
-reserve_script=$(cat "$lua/idempotency.lua" "$lua/room.lua" "$lua/reserve.lua")
+reserve_script=$(flashgate_reserve_script "$lua")
 
 fresh_sale 100000000
 empty=$(counted "$(load 'return 1')" "${#reserve_keys[@]}" "${reserve_keys[@]}" "${reserve_args[@]}")

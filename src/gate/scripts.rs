@@ -1,6 +1,8 @@
 //! The Lua decision scripts, loaded once. `lua/room.lua` is not a script but the waiting room's
 //! rules, put in front of each script that moves the line; `lua/idempotency.lua` is the
-//! idempotency record's format, put in front of each script that writes, reads or moves one.
+//! idempotency record's format, put in front of each script that writes, reads or moves one;
+//! `lua/sale.lua` packs the sale's `decide` field, put in front of reserve.lua and of each
+//! script that writes the sale's meta hash.
 //!
 //! `redis::Script` sends `EVALSHA` and, when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH` or a
 //! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed.
@@ -34,11 +36,13 @@ impl Scripts {
         Self {
             reserve: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/sale.lua"),
                 include_str!("../../lua/room.lua"),
                 include_str!("../../lua/reserve.lua")
             )),
             reserve_batch: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/sale.lua"),
                 include_str!("../../lua/room.lua"),
                 "local function decide(KEYS, ARGV)\n",
                 include_str!("../../lua/reserve.lua"),
@@ -57,13 +61,22 @@ impl Scripts {
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/transition.lua")
             )),
-            load_sale: Script::new(include_str!("../../lua/load_sale.lua")),
+            load_sale: Script::new(concat!(
+                include_str!("../../lua/sale.lua"),
+                include_str!("../../lua/load_sale.lua")
+            )),
             reject: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/reject.lua")
             )),
-            sale_admin: Script::new(include_str!("../../lua/sale_admin.lua")),
-            adjust_sale: Script::new(include_str!("../../lua/adjust_sale.lua")),
+            sale_admin: Script::new(concat!(
+                include_str!("../../lua/sale.lua"),
+                include_str!("../../lua/sale_admin.lua")
+            )),
+            adjust_sale: Script::new(concat!(
+                include_str!("../../lua/sale.lua"),
+                include_str!("../../lua/adjust_sale.lua")
+            )),
             restore_hold: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/restore_hold.lua")
@@ -71,7 +84,10 @@ impl Scripts {
             fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
             rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),
-            halt_sale: Script::new(include_str!("../../lua/halt_sale.lua")),
+            halt_sale: Script::new(concat!(
+                include_str!("../../lua/sale.lua"),
+                include_str!("../../lua/halt_sale.lua")
+            )),
             set_buyer_counts: Script::new(include_str!("../../lua/set_buyer_counts.lua")),
             claim_lease: Script::new(include_str!("../../lua/claim_lease.lua")),
             release_lease: Script::new(include_str!("../../lua/release_lease.lua")),

@@ -521,6 +521,7 @@ async fn reserve_lua_refuses_an_unknown_argument_group_before_any_write(pool: Pg
     let id = ReservationId::generate(1);
     let script = redis::Script::new(concat!(
         include_str!("../../lua/idempotency.lua"),
+        include_str!("../../lua/sale.lua"),
         include_str!("../../lua/room.lua"),
         include_str!("../../lua/reserve.lua")
     ));
@@ -565,4 +566,32 @@ async fn reserve_lua_refuses_an_unknown_argument_group_before_any_write(pool: Pg
     assert_eq!(events_after, events_before);
     let held: bool = conn.exists(keys.hold(id)).await.expect("EXISTS");
     assert!(!held);
+}
+
+/// A sale an earlier version loaded has no packed `decide` field in its meta hash (lua/sale.lua):
+/// reserve.lua reads its fields one by one, so the sale keeps selling, and keeps following its
+/// fields, through an upgrade.
+#[sqlx::test]
+async fn a_sale_loaded_before_its_fields_were_packed_is_still_decided(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.open_sale("sneaker", &sale_body(10, 5)).await;
+    let keys = app.namespace.sku(&Sku::parse("sneaker").expect("sku"));
+    let mut conn = app.redis_connection().await;
+    let removed: u64 = conn.hdel(keys.meta(), "decide").await.expect("HDEL");
+    assert_eq!(removed, 1, "load_sale.lua packs the sale's fields");
+
+    let response = app.reserve("sneaker", "alice", "k-1", 2).await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["unit_price"], "19.99");
+    assert_eq!(app.redis_stock("sneaker").await, 8);
+
+    // An earlier version's admin wrote the field alone.
+    let _: () = conn
+        .hset(keys.meta(), "state", "paused")
+        .await
+        .expect("HSET");
+    let response = app.reserve("sneaker", "bob", "k-1", 1).await;
+    let (status, code, _) = error_code(response).await;
+    assert_eq!((status, code.as_str()), (409, "sale_paused"));
 }
