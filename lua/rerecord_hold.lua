@@ -1,4 +1,5 @@
 -- rerecord_hold.lua — record again, from the hold itself, decisions its stream lost (resync).
+-- Preceded by hold_event.lua.
 --
 -- When a stream was lost or fenced (fence_stream.lua), a hold Redis decided may be missing from
 -- Postgres, or be further along in Redis than in Postgres. This appends the events that bring
@@ -24,9 +25,7 @@ if ARGV[2] == '1' then
   local own = {}
   if ref then own[#own + 1] = 'ref'; own[#own + 1] = ref end
   if meta then own[#own + 1] = 'meta'; own[#own + 1] = meta end
-  last = redis.call('XADD', KEYS[2], '*', 'type', 'reserved', 'id', ARGV[1], 'buyer', buyer,
-    'idem', idem, 'q', q, 'price', price, 'cur', cur, 'created', created, 'expires', expires,
-    unpack(own))
+  last = append_reserved(KEYS[2], ARGV[1], buyer, idem, q, price, cur, created, expires, own)
 end
 if status ~= 'held' then
   last = redis.call('XADD', KEYS[2], '*', 'type', status, 'id', ARGV[1], 'q', q)

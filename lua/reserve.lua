@@ -1,5 +1,5 @@
 -- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4). Preceded by
--- idempotency.lua, sale.lua and room.lua.
+-- idempotency.lua, sale.lua, hold_event.lua and room.lua.
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
@@ -24,7 +24,7 @@
 --                       (idempotency.lua)
 --   5 hold      hash    the new hold's state
 --   6 holds     zset    hold id -> deadline (ms), for the expiry sweeper
---   7 events    stream  every decision, in order, for the settler
+--   7 events    stream  every decision, in order, for the settler (a hold's: hold_event.lua)
 --   8 buyers    set     every buyer who got a hold on this SKU within the idempotency ttl (for the
 --                       sold-out shortcut: its ttl is renewed on every addition, so it holds every
 --                       buyer whose hold may still be replayed, and no more once the sale is quiet)
@@ -281,8 +281,7 @@ end
 redis.call('SADD', KEYS[8], ARGV[2])
 redis.call('EXPIRE', KEYS[8], ARGV[5])
 idem_write(KEYS[4], ARGV[5], 'held', ARGV[1], ARGV[3], price, currency, created, expires, ARGV[4])
-local event_id = redis.call('XADD', KEYS[7], '*',
-  'type', 'reserved', 'id', ARGV[1], 'buyer', ARGV[2], 'idem', ARGV[6], 'q', ARGV[3],
-  'price', price, 'cur', currency, 'created', created, 'expires', expires, unpack(own))
+local event_id = append_reserved(KEYS[7], ARGV[1], ARGV[2], ARGV[6], ARGV[3], price, currency,
+  created, expires, own)
 return 'created\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n' .. price .. '\n' .. currency .. '\n' .. created
   .. '\n' .. expires .. '\nheld\n' .. event_id

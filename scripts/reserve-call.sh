@@ -17,11 +17,12 @@ flashgate_reserve_call() {
 
 #   flashgate_reserve_script LUA_DIR
 #       print reserve.lua as the gate sends it: behind the files it is put after
-#       (src/gate/scripts.rs). A tree from before sale.lua existed is sent without it.
+#       (src/gate/scripts.rs). A tree from before sale.lua or hold_event.lua existed is sent
+#       without them.
 flashgate_reserve_script() {
   local dir=$1 file
-  for file in idempotency sale room reserve; do
-    [ "$file" != sale ] || [ -f "$dir/sale.lua" ] || continue
+  for file in idempotency sale hold_event room reserve; do
+    [ -f "$dir/$file.lua" ] || [ "$file" != sale -a "$file" != hold_event ] || continue
     cat "$dir/$file.lua"
   done
 }

@@ -70,25 +70,50 @@ impl Event {
         let optional = |name: &str| entry.field(name).map(|_| text(name)).transpose();
         let hold = || ReservationId::parse(&text("id")?).map_err(invalid);
         let kind = match text("type")?.as_str() {
-            "reserved" => EventKind::Reserved(NewHold {
-                id: hold()?,
-                buyer: BuyerId::parse(&text("buyer")?).map_err(invalid)?,
-                idempotency_key: text("idem")?,
-                quantity: Quantity::parse(text("q")?.parse().map_err(|_| bad("q"))?)
-                    .map_err(invalid)?,
-                unit_price: Money::parse(&text("price")?).map_err(invalid)?,
-                currency: Currency::parse(&text("cur")?).map_err(invalid)?,
-                created_at: millis(&text("created")?)?,
-                expires_at: millis(&text("expires")?)?,
-                reference: optional("ref")?
-                    .map(|r| HoldReference::parse(&r))
-                    .transpose()
-                    .map_err(invalid)?,
-                metadata: optional("meta")?
-                    .map(|m| HoldMetadata::from_stored(&m))
-                    .transpose()
-                    .map_err(invalid)?,
-            }),
+            "reserved" => {
+                // Packed in `hold` (lua/hold_event.lua); an earlier version wrote the eight
+                // fields one by one.
+                let (packed, separate);
+                let [id, buyer, idem, q, price, cur, created, expires]: [&str; 8] =
+                    if entry.field("hold").is_some() {
+                        packed = text("hold")?;
+                        packed
+                            .split('\n')
+                            .collect::<Vec<_>>()
+                            .try_into()
+                            .map_err(|_| bad("hold: not eight fields"))?
+                    } else {
+                        separate = [
+                            text("id")?,
+                            text("buyer")?,
+                            text("idem")?,
+                            text("q")?,
+                            text("price")?,
+                            text("cur")?,
+                            text("created")?,
+                            text("expires")?,
+                        ];
+                        separate.each_ref().map(String::as_str)
+                    };
+                EventKind::Reserved(NewHold {
+                    id: ReservationId::parse(id).map_err(invalid)?,
+                    buyer: BuyerId::parse(buyer).map_err(invalid)?,
+                    idempotency_key: idem.to_owned(),
+                    quantity: Quantity::parse(q.parse().map_err(|_| bad("q"))?).map_err(invalid)?,
+                    unit_price: Money::parse(price).map_err(invalid)?,
+                    currency: Currency::parse(cur).map_err(invalid)?,
+                    created_at: millis(created)?,
+                    expires_at: millis(expires)?,
+                    reference: optional("ref")?
+                        .map(|r| HoldReference::parse(&r))
+                        .transpose()
+                        .map_err(invalid)?,
+                    metadata: optional("meta")?
+                        .map(|m| HoldMetadata::from_stored(&m))
+                        .transpose()
+                        .map_err(invalid)?,
+                })
+            }
             "committed" => EventKind::Transition {
                 hold: hold()?,
                 to: ReservationStatus::Committed,
@@ -457,6 +482,56 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// reserve.lua packs a new hold's fields into `hold` (lua/hold_event.lua); an earlier
+    /// version's entry has them one by one. Both read as the same hold, and a packed value
+    /// without exactly eight fields is refused.
+    #[test]
+    fn a_packed_hold_reads_as_the_same_hold_as_its_fields_one_by_one() {
+        let fields = [
+            ("id", "0190b6a4-0000-8000-8000-000000000001"),
+            ("buyer", "alice"),
+            ("idem", "k 1"),
+            ("q", "2"),
+            ("price", "19.99"),
+            ("cur", "EUR"),
+            ("created", "1700000000000"),
+            ("expires", "1700000600000"),
+        ];
+        let packed = fields.map(|(_, value)| value).join("\n");
+        let mut one_by_one = vec![("type", "reserved")];
+        one_by_one.extend(fields);
+        one_by_one.push(("ref", "order-7"));
+        let reply = Value::Array(vec![
+            entry("1-0", &one_by_one),
+            entry(
+                "1-0",
+                &[("type", "reserved"), ("hold", &packed), ("ref", "order-7")],
+            ),
+        ]);
+        let entries: Entries = redis::from_redis_value(reply).expect("entries");
+        let events = parse_entries(entries).expect("events");
+        assert_eq!(events[0], events[1]);
+        let EventKind::Reserved(hold) = &events[1].kind else {
+            panic!("{:?}", events[1]);
+        };
+        assert_eq!(hold.idempotency_key, "k 1");
+        assert_eq!(hold.currency.as_str(), "EUR");
+        assert_eq!(hold.expires_at.timestamp_millis(), 1_700_000_600_000);
+        assert_eq!(hold.reference.as_ref().map(|r| r.as_str()), Some("order-7"));
+
+        for broken in [
+            packed.rsplit_once('\n').expect("fields").0.to_owned(),
+            format!("{packed}\nextra"),
+        ] {
+            let reply = Value::Array(vec![entry(
+                "1-0",
+                &[("type", "reserved"), ("hold", &broken)],
+            )]);
+            let entries: Entries = redis::from_redis_value(reply).expect("entries");
+            assert!(parse_entries(entries).is_err(), "{broken:?}");
+        }
     }
 
     #[test]

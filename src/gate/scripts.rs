@@ -2,7 +2,8 @@
 //! rules, put in front of each script that moves the line; `lua/idempotency.lua` is the
 //! idempotency record's format, put in front of each script that writes, reads or moves one;
 //! `lua/sale.lua` packs the sale's `decide` field, put in front of reserve.lua and of each
-//! script that writes the sale's meta hash.
+//! script that writes the sale's meta hash; `lua/hold_event.lua` appends a new hold's stream
+//! entry, in front of the two scripts that append one.
 //!
 //! `redis::Script` sends `EVALSHA` and, when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH` or a
 //! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed.
@@ -37,12 +38,14 @@ impl Scripts {
             reserve: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/sale.lua"),
+                include_str!("../../lua/hold_event.lua"),
                 include_str!("../../lua/room.lua"),
                 include_str!("../../lua/reserve.lua")
             )),
             reserve_batch: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/sale.lua"),
+                include_str!("../../lua/hold_event.lua"),
                 include_str!("../../lua/room.lua"),
                 "local function decide(KEYS, ARGV)\n",
                 include_str!("../../lua/reserve.lua"),
@@ -82,7 +85,10 @@ impl Scripts {
                 include_str!("../../lua/restore_hold.lua")
             )),
             fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
-            rerecord_hold: Script::new(include_str!("../../lua/rerecord_hold.lua")),
+            rerecord_hold: Script::new(concat!(
+                include_str!("../../lua/hold_event.lua"),
+                include_str!("../../lua/rerecord_hold.lua")
+            )),
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),
             halt_sale: Script::new(concat!(
                 include_str!("../../lua/sale.lua"),

@@ -522,6 +522,7 @@ async fn reserve_lua_refuses_an_unknown_argument_group_before_any_write(pool: Pg
     let script = redis::Script::new(concat!(
         include_str!("../../lua/idempotency.lua"),
         include_str!("../../lua/sale.lua"),
+        include_str!("../../lua/hold_event.lua"),
         include_str!("../../lua/room.lua"),
         include_str!("../../lua/reserve.lua")
     ));

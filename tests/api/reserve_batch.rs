@@ -151,12 +151,19 @@ async fn state(gate: &Gate, namespace: &Namespace, ids: &[ReservationId]) -> Vec
         .await
         .expect("XRANGE");
     for (_, fields) in entries {
-        // Every field but the times, in the order written.
+        // Every field but the times, in the order written; a hold's packed fields end with
+        // its two times (lua/hold_event.lua).
         out.push(
             fields
                 .into_iter()
                 .filter(|(name, _)| name != "created" && name != "expires")
-                .map(|(name, value)| format!("{name}={value}"))
+                .map(|(name, value)| match name.as_str() {
+                    "hold" => {
+                        let fields: Vec<&str> = value.split('\n').collect();
+                        format!("hold={}", fields[..fields.len() - 2].join("|"))
+                    }
+                    _ => format!("{name}={value}"),
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
         );
