@@ -13,10 +13,15 @@
 -- limit, ttl_s, price, currency, then '1' when `halted` is set ('' when not), then `room`
 -- ('' when not set). load_sale.lua always writes the first seven.
 
+-- The nine fields, in the order above, as the hash at key has them (false where not set).
+local function sale_fields(key)
+  return redis.call('HMGET', key, 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price',
+    'currency', 'halted', 'room')
+end
+
 -- Rewrites `decide` from the meta hash at key; nothing when the hash does not exist.
 local function sale_pack(key)
-  local v = redis.call('HMGET', key, 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price',
-    'currency', 'halted', 'room')
+  local v = sale_fields(key)
   if not v[1] then
     return
   end
@@ -31,8 +36,7 @@ end
 local function sale_decides(key)
   local packed = redis.call('HGET', key, 'decide')
   if not packed then
-    return redis.call('HMGET', key, 'state', 'starts_ms', 'ends_ms', 'limit', 'ttl_s', 'price',
-      'currency', 'halted', 'room')
+    return sale_fields(key)
   end
   local v = {string.match(packed,
     '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')}

@@ -92,8 +92,7 @@ hp=$(_fg_host_port "$REDIS_URL" 6379)
 k="$ns:{ceiling}"
 redis-cli -u "$REDIS_URL" HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 100000000 ttl_s 300 \
   price 9.99 currency USD name Ceiling num 0 >/dev/null
-pack=$(flashgate_sale_pack_script "$lua_dir")
-[ -z "$pack" ] || redis-cli -u "$REDIS_URL" EVAL "$pack" 1 "$k:meta" >/dev/null
+flashgate_pack_sale "$lua_dir" "$k:meta" -u "$REDIS_URL"
 redis-cli -u "$REDIS_URL" SET "$k:stock" 100000000 >/dev/null
 requests=$(( ${duration} * 30000 ))
 flashgate_reserve_call "$k" ceiling

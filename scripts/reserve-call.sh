@@ -22,16 +22,17 @@ flashgate_reserve_call() {
 flashgate_reserve_script() {
   local dir=$1 file
   for file in idempotency sale hold_event room reserve; do
-    [ -f "$dir/$file.lua" ] || [ "$file" != sale -a "$file" != hold_event ] || continue
+    case $file in sale | hold_event) [ -f "$dir/$file.lua" ] || continue ;; esac
     cat "$dir/$file.lua"
   done
 }
 
-#   flashgate_sale_pack_script LUA_DIR
-#       print a script that packs the sale's `decide` field (KEYS[1]: its meta hash) as
-#       load_sale.lua does, for a sale written field by field; nothing for a tree without sale.lua
-flashgate_sale_pack_script() {
-  [ -f "$1/sale.lua" ] || return 0
-  cat "$1/sale.lua"
-  echo 'sale_pack(KEYS[1])'
+#   flashgate_pack_sale LUA_DIR META_KEY REDIS_CLI_ARGS...
+#       pack the sale's `decide` field as load_sale.lua does, for a sale written field by field
+#       (redis-cli REDIS_CLI_ARGS reaches its Redis); nothing for a tree without sale.lua
+flashgate_pack_sale() {
+  local dir=$1 key=$2
+  shift 2
+  [ -f "$dir/sale.lua" ] || return 0
+  redis-cli "$@" EVAL "$(cat "$dir/sale.lua"; echo 'sale_pack(KEYS[1])')" 1 "$key" >/dev/null
 }

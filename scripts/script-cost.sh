@@ -55,9 +55,7 @@ fresh_sale() { # stock
   cli FLUSHALL >/dev/null
   cli HSET "$k:meta" state open starts_ms 0 ends_ms 0 limit 100000000 ttl_s 300 price 9.99 \
     currency USD name Cost num 0 >/dev/null
-  local pack
-  pack=$(flashgate_sale_pack_script "$lua")
-  [ -z "$pack" ] || cli EVAL "$pack" 1 "$k:meta" >/dev/null
+  flashgate_pack_sale "$lua" "$k:meta" -p "$port"
   cli SET "$k:stock" "$1" >/dev/null
 }
 load() { cli SCRIPT LOAD "$1"; }

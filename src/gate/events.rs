@@ -75,8 +75,8 @@ impl Event {
                 // fields one by one.
                 let (packed, separate);
                 let [id, buyer, idem, q, price, cur, created, expires]: [&str; 8] =
-                    if entry.field("hold").is_some() {
-                        packed = text("hold")?;
+                    if let Some(hold) = optional("hold")? {
+                        packed = hold;
                         packed
                             .split('\n')
                             .collect::<Vec<_>>()
