@@ -1,5 +1,5 @@
 -- rerecord_hold.lua — record again, from the hold itself, decisions its stream lost (resync).
--- Preceded by hold_event.lua.
+-- Preceded by hold.lua.
 --
 -- When a stream was lost or fenced (fence_stream.lua), a hold Redis decided may be missing from
 -- Postgres, or be further along in Redis than in Postgres. This appends the events that bring
@@ -14,20 +14,22 @@
 -- Returns: the id of the last entry appended, or '' when there was nothing to record (the hold
 -- is gone or rejected, or still held and already in Postgres)
 
-local status, buyer, idem, q, price, cur, created, expires, ref, meta = unpack(redis.call('HMGET',
-  KEYS[1], 'status', 'buyer', 'idem', 'q', 'price', 'cur', 'created', 'expires', 'ref', 'meta'))
-if not status or status == 'rejected' then
+local hold = hold_read(redis.call('HGETALL', KEYS[1]))
+if not hold or not hold.status or hold.status == 'rejected' then
   return ''
 end
 local last = ''
 if ARGV[2] == '1' then
   -- The caller's own fields, as reserve.lua records them: only when the hold has them.
   local own = {}
-  if ref then own[#own + 1] = 'ref'; own[#own + 1] = ref end
-  if meta then own[#own + 1] = 'meta'; own[#own + 1] = meta end
-  last = append_reserved(KEYS[2], ARGV[1], buyer, idem, q, price, cur, created, expires, own)
+  if hold.ref then own[#own + 1] = 'ref'; own[#own + 1] = hold.ref end
+  if hold.meta then own[#own + 1] = 'meta'; own[#own + 1] = hold.meta end
+  -- A hold an earlier version wrote field by field is packed here, as reserve.lua packs it now.
+  local packed = hold.hold or hold_pack(ARGV[1], hold.buyer, hold.idem, hold.q, hold.price,
+    hold.cur, hold.created, hold.expires)
+  last = append_reserved(KEYS[2], packed, own)
 end
-if status ~= 'held' then
-  last = redis.call('XADD', KEYS[2], '*', 'type', status, 'id', ARGV[1], 'q', q)
+if hold.status ~= 'held' then
+  last = redis.call('XADD', KEYS[2], '*', 'type', hold.status, 'id', ARGV[1], 'q', hold.q)
 end
 return last

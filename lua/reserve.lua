@@ -1,5 +1,5 @@
 -- reserve.lua — decide one reservation atomically (docs/DESIGN.md §1, §4). Preceded by
--- idempotency.lua, sale.lua, hold_event.lua and room.lua.
+-- idempotency.lua, sale.lua, hold.lua and room.lua.
 --
 -- Every check runs before the first write, because Redis does not roll a script back: a script
 -- that failed half-way would leave stock taken with no hold to show for it. The checks run in
@@ -22,9 +22,9 @@
 --                       end plus the idempotency ttl
 --   4 idem      string  the stored answer and request fingerprint for (buyer, key)
 --                       (idempotency.lua)
---   5 hold      hash    the new hold's state
+--   5 hold      hash    the new hold's state: its packed fields and status (hold.lua)
 --   6 holds     zset    hold id -> deadline (ms), for the expiry sweeper
---   7 events    stream  every decision, in order, for the settler (a hold's: hold_event.lua)
+--   7 events    stream  every decision, in order, for the settler (a hold's: hold.lua)
 --   8 buyers    set     every buyer who got a hold on this SKU within the idempotency ttl (for the
 --                       sold-out shortcut: its ttl is renewed on every addition, so it holds every
 --                       buyer whose hold may still be replayed, and no more once the sale is quiet)
@@ -254,9 +254,9 @@ if ends_ms > 0 then
 else
   redis.call('SET', KEYS[3], int(holding + qty), 'KEEPTTL')
 end
--- The hold's id and SKU are in its key's name, not among its fields.
-redis.call('HSET', KEYS[5], 'buyer', ARGV[2], 'q', ARGV[3], 'price', price, 'cur', currency,
-  'created', created, 'expires', expires, 'status', 'held', 'idem', ARGV[6])
+-- One packed value for the hold's hash and its stream entry (hold.lua).
+local packed = hold_pack(ARGV[1], ARGV[2], ARGV[6], ARGV[3], price, currency, created, expires)
+redis.call('HSET', KEYS[5], 'hold', packed, 'status', 'held')
 -- The caller's own fields are written only when given: most holds carry none.
 local own = {}
 if reference ~= '' then own[#own + 1] = 'ref'; own[#own + 1] = reference end
@@ -281,7 +281,6 @@ end
 redis.call('SADD', KEYS[8], ARGV[2])
 redis.call('EXPIRE', KEYS[8], ARGV[5])
 idem_write(KEYS[4], ARGV[5], 'held', ARGV[1], ARGV[3], price, currency, created, expires, ARGV[4])
-local event_id = append_reserved(KEYS[7], ARGV[1], ARGV[2], ARGV[6], ARGV[3], price, currency,
-  created, expires, own)
+local event_id = append_reserved(KEYS[7], packed, own)
 return 'created\n' .. ARGV[1] .. '\n' .. ARGV[3] .. '\n' .. price .. '\n' .. currency .. '\n' .. created
   .. '\n' .. expires .. '\nheld\n' .. event_id

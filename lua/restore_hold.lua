@@ -1,5 +1,5 @@
 -- restore_hold.lua — make Redis follow a hold's Postgres record (resync). Preceded by
--- idempotency.lua.
+-- idempotency.lua and hold.lua.
 --
 -- A hold Redis lost is put back. A hold Redis still has is left alone, unless Redis says 'held'
 -- while Postgres already has it terminal (Redis lost the transition, e.g. a failover to a replica
@@ -36,8 +36,8 @@ if status then
   idem_move(KEYS[2], ARGV[1], ARGV[8])
   return 'followed'
 end
-redis.call('HSET', KEYS[1], 'buyer', ARGV[2], 'q', ARGV[3], 'price', ARGV[4], 'cur', ARGV[5],
-  'created', ARGV[6], 'expires', ARGV[7], 'status', ARGV[8], 'idem', ARGV[9])
+redis.call('HSET', KEYS[1], 'hold', hold_pack(ARGV[1], ARGV[2], ARGV[9], ARGV[3], ARGV[4], ARGV[5],
+  ARGV[6], ARGV[7]), 'status', ARGV[8])
 if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'ref', ARGV[12]) end
 if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'meta', ARGV[13]) end
 if ARGV[8] == 'held' then

@@ -1,5 +1,5 @@
 -- transition.lua — move a hold out of 'held' (docs/DESIGN.md §3): commit, release or expire.
--- Preceded by idempotency.lua.
+-- Preceded by idempotency.lua and hold.lua.
 --
 -- One round trip: the script reads the hold itself and derives the keys the hold names (its
 -- buyer's count, its idempotency record, its client's counters) from the SKU's key prefix, all
@@ -23,15 +23,16 @@
 -- Returns one string, its parts separated by newlines (no field name or value holds one: the
 -- metadata is compact JSON, a reference has no control characters), as reserve.lua does:
 --   missing | not_yours | unchanged field value ... | changed event_id field value ...
--- the hold's fields as HGETALL gives them, its status the new one.
+-- the hold's fields as HGETALL gives them, its status the new one (the packed `hold` value spans
+-- its eight lines, hold.lua).
 
 local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then
+local hold = hold_read(fields)
+if not hold then
   return 'missing'
 end
-local hold, status_at = {}, 0
+local status_at = 0
 for i = 1, #fields, 2 do
-  hold[fields[i]] = fields[i + 1]
   if fields[i] == 'status' then status_at = i + 1 end
 end
 if ARGV[7] ~= '' and hold.buyer ~= ARGV[7] then

@@ -17,12 +17,12 @@ flashgate_reserve_call() {
 
 #   flashgate_reserve_script LUA_DIR
 #       print reserve.lua as the gate sends it: behind the files it is put after
-#       (src/gate/scripts.rs). A tree from before sale.lua or hold_event.lua existed is sent
-#       without them.
+#       (src/gate/scripts.rs). A tree from before sale.lua, hold_event.lua or hold.lua (which
+#       replaced hold_event.lua) is sent without the ones it lacks.
 flashgate_reserve_script() {
   local dir=$1 file
-  for file in idempotency sale hold_event room reserve; do
-    case $file in sale | hold_event) [ -f "$dir/$file.lua" ] || continue ;; esac
+  for file in idempotency sale hold_event hold room reserve; do
+    case $file in sale | hold_event | hold) [ -f "$dir/$file.lua" ] || continue ;; esac
     cat "$dir/$file.lua"
   done
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::holds::PackedHold;
 use super::{BuyerRate, GateError, Hold, HoldQuota, ReserveRequest, optional_millis};
 use crate::domain::{BuyerId, EventId, ReservationId, ReservationStatus, SaleState, Sku};
 
@@ -217,26 +218,45 @@ pub(super) fn parse_transition(
     id: ReservationId,
     sku: &Sku,
 ) -> Result<TransitionOutcome, GateError> {
-    let parts: Vec<&str> = reply.split('\n').collect();
-    let hold = |pairs: &[&str]| -> Result<Hold, GateError> {
-        let fields: std::collections::HashMap<&str, &str> = pairs
-            .chunks_exact(2)
-            .map(|pair| (pair[0], pair[1]))
-            .collect();
+    let bad = || GateError::Protocol(format!("transition.lua answered {reply:?}"));
+    let hold = |pairs: &str| -> Result<Hold, GateError> {
+        let fields = hold_fields(pairs).ok_or_else(bad)?;
         Hold::from_redis(id, sku.clone(), |name| fields.get(name).copied())
     };
-    match parts.split_first() {
-        Some((&"missing", [])) => Ok(TransitionOutcome::Missing),
-        Some((&"not_yours", [])) => Ok(TransitionOutcome::NotYours),
-        Some((&"unchanged", pairs)) => Ok(TransitionOutcome::Unchanged(hold(pairs)?)),
-        Some((&"changed", [event, pairs @ ..])) => Ok(TransitionOutcome::Changed {
-            event: parse_id(event)?,
-            hold: hold(pairs)?,
-        }),
-        _ => Err(GateError::Protocol(format!(
-            "transition.lua answered {reply:?}"
-        ))),
+    match reply.split_once('\n') {
+        None if reply == "missing" => Ok(TransitionOutcome::Missing),
+        None if reply == "not_yours" => Ok(TransitionOutcome::NotYours),
+        Some(("unchanged", pairs)) => Ok(TransitionOutcome::Unchanged(hold(pairs)?)),
+        Some(("changed", rest)) => {
+            let (event, pairs) = rest.split_once('\n').ok_or_else(bad)?;
+            Ok(TransitionOutcome::Changed {
+                event: parse_id(event)?,
+                hold: hold(pairs)?,
+            })
+        }
+        _ => Err(bad()),
     }
+}
+
+/// A hold hash's names and values as a script answers them (`HGETALL`'s list, a newline after
+/// each), where the packed `hold` value spans its eight lines; `None` when a name has no value.
+fn hold_fields(mut text: &str) -> Option<std::collections::HashMap<&str, &str>> {
+    let mut fields = std::collections::HashMap::with_capacity(8);
+    while !text.is_empty() {
+        let (name, rest) = text.split_once('\n')?;
+        let lines = if name == PackedHold::FIELD {
+            PackedHold::VALUES
+        } else {
+            1
+        };
+        let end = match rest.match_indices('\n').nth(lines - 1) {
+            Some((at, _)) => at,
+            None => rest.len(),
+        };
+        fields.insert(name, &rest[..end]);
+        text = rest.get(end + 1..).unwrap_or("");
+    }
+    Some(fields)
 }
 
 // --- reject.lua --------------------------------------------------------------------------
@@ -456,4 +476,55 @@ pub(super) fn parse_due_holds(reply: (i64, Vec<String>)) -> Result<DueHolds, Gat
         }
     };
     Ok(DueHolds { due, next_due_in })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transition.lua answers the hold hash's names and values a line each; the packed `hold`
+    /// spans eight, and an earlier version's hold has its fields one by one. Both read as the
+    /// same hold.
+    #[test]
+    fn a_transition_answer_reads_the_packed_hold_and_the_fields_one_by_one_alike() {
+        let id = ReservationId::generate(1);
+        let sku = Sku::parse("sneaker").expect("sku");
+        let packed = format!(
+            "unchanged\nhold\n{id}\nalice\nk 1\n2\n19.99\nEUR\n1700000000000\n1700000600000\n\
+             status\ncommitted\nref\norder-7"
+        );
+        let one_by_one = "unchanged\nbuyer\nalice\nidem\nk 1\nq\n2\nprice\n19.99\ncur\nEUR\n\
+             created\n1700000000000\nexpires\n1700000600000\nstatus\ncommitted\nref\norder-7";
+        let read = |reply: &str| match parse_transition(reply, id, &sku) {
+            Ok(TransitionOutcome::Unchanged(hold)) => hold,
+            other => panic!("{reply:?}: {other:?}"),
+        };
+        let hold = read(&packed);
+        assert_eq!(hold, read(one_by_one));
+        assert_eq!(
+            (hold.buyer.as_str(), hold.quantity.get(), hold.status),
+            ("alice", 2, ReservationStatus::Committed)
+        );
+        assert_eq!(hold.reference.as_ref().map(|r| r.as_str()), Some("order-7"));
+
+        // The status last, as a changed hold's answer may have it, and a value left empty.
+        let changed = format!(
+            "changed\n1-0\nclient\n\nhold\n{id}\nalice\nk 1\n2\n19.99\nEUR\n1\n2\nstatus\nreleased"
+        );
+        match parse_transition(&changed, id, &sku) {
+            Ok(TransitionOutcome::Changed { hold, .. }) => {
+                assert_eq!(hold.status, ReservationStatus::Released);
+                assert_eq!(hold.client, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Seven packed values, or a name without its value, are refused.
+        let short = format!("unchanged\nhold\n{id}\nalice\nk 1\n2\n19.99\nEUR\n1");
+        assert!(parse_transition(&short, id, &sku).is_err());
+        assert!(parse_transition("unchanged\nstatus", id, &sku).is_err());
+        assert!(matches!(
+            parse_transition("missing", id, &sku),
+            Ok(TransitionOutcome::Missing)
+        ));
+    }
 }

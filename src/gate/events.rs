@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 
 use super::contract::{Fence, optional_id, parse_fence, parse_id};
+use super::holds::PackedHold;
 use super::{Gate, GateError, millis};
 use crate::domain::{
     BuyerId, Currency, EventId, HoldMetadata, HoldReference, Money, Quantity, ReservationId,
@@ -71,30 +72,45 @@ impl Event {
         let hold = || ReservationId::parse(&text("id")?).map_err(invalid);
         let kind = match text("type")?.as_str() {
             "reserved" => {
-                // Packed in `hold` (lua/hold_event.lua); an earlier version wrote the eight
+                // Packed in `hold` (lua/hold.lua); an earlier version wrote the eight
                 // fields one by one.
                 let (packed, separate);
-                let [id, buyer, idem, q, price, cur, created, expires]: [&str; 8] =
-                    if let Some(hold) = optional("hold")? {
-                        packed = hold;
-                        packed
-                            .split('\n')
-                            .collect::<Vec<_>>()
-                            .try_into()
-                            .map_err(|_| bad("hold: not eight fields"))?
-                    } else {
-                        separate = [
-                            text("id")?,
-                            text("buyer")?,
-                            text("idem")?,
-                            text("q")?,
-                            text("price")?,
-                            text("cur")?,
-                            text("created")?,
-                            text("expires")?,
-                        ];
-                        separate.each_ref().map(String::as_str)
-                    };
+                let PackedHold {
+                    id,
+                    buyer,
+                    idem,
+                    q,
+                    price,
+                    cur,
+                    created,
+                    expires,
+                } = if let Some(hold) = optional(PackedHold::FIELD)? {
+                    packed = hold;
+                    PackedHold::parse(&packed).ok_or_else(|| bad("hold: not eight fields"))?
+                } else {
+                    separate = [
+                        text("id")?,
+                        text("buyer")?,
+                        text("idem")?,
+                        text("q")?,
+                        text("price")?,
+                        text("cur")?,
+                        text("created")?,
+                        text("expires")?,
+                    ];
+                    let [id, buyer, idem, q, price, cur, created, expires] =
+                        separate.each_ref().map(String::as_str);
+                    PackedHold {
+                        id,
+                        buyer,
+                        idem,
+                        q,
+                        price,
+                        cur,
+                        created,
+                        expires,
+                    }
+                };
                 EventKind::Reserved(NewHold {
                     id: ReservationId::parse(id).map_err(invalid)?,
                     buyer: BuyerId::parse(buyer).map_err(invalid)?,
@@ -484,7 +500,7 @@ mod tests {
         ));
     }
 
-    /// reserve.lua packs a new hold's fields into `hold` (lua/hold_event.lua); an earlier
+    /// reserve.lua packs a new hold's fields into `hold` (lua/hold.lua); an earlier
     /// version's entry has them one by one. Both read as the same hold, and a packed value
     /// without exactly eight fields is refused.
     #[test]

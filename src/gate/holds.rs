@@ -79,27 +79,94 @@ pub struct RejectedHold {
     pub units_back: bool,
 }
 
-/// `HMGET hold status q buyer idem`.
-type HoldFields = (Option<String>, Option<u32>, Option<String>, Option<String>);
+/// A hold's eight fixed fields as `lua/hold.lua` packs them into one value, a newline between
+/// each: the hold hash's `hold` field and its `reserved` stream entry's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PackedHold<'a> {
+    pub id: &'a str,
+    pub buyer: &'a str,
+    pub idem: &'a str,
+    pub q: &'a str,
+    pub price: &'a str,
+    pub cur: &'a str,
+    pub created: &'a str,
+    pub expires: &'a str,
+}
+
+impl<'a> PackedHold<'a> {
+    /// The name of the field that carries it, in the hash and in the stream entry.
+    pub const FIELD: &'static str = "hold";
+    /// How many newline-separated values it has.
+    pub const VALUES: usize = 8;
+
+    /// `None` unless `packed` has exactly eight values.
+    pub fn parse(packed: &'a str) -> Option<Self> {
+        let mut values = packed.split('\n');
+        let mut next = || values.next();
+        let hold = Self {
+            id: next()?,
+            buyer: next()?,
+            idem: next()?,
+            q: next()?,
+            price: next()?,
+            cur: next()?,
+            created: next()?,
+            expires: next()?,
+        };
+        values.next().is_none().then_some(hold)
+    }
+
+    /// The value a hold written field by field (an earlier version) had under `name`.
+    fn field(&self, name: &str) -> Option<&'a str> {
+        Some(match name {
+            "buyer" => self.buyer,
+            "idem" => self.idem,
+            "q" => self.q,
+            "price" => self.price,
+            "cur" => self.cur,
+            "created" => self.created,
+            "expires" => self.expires,
+            _ => return None,
+        })
+    }
+}
+
+/// `HMGET hold status hold q buyer idem`: the packed fields, or an earlier version's own.
+type HoldFields = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// The summary of the hold under `key`, or `None` when the key is gone: a terminal hold whose
 /// TTL ran out between the scan that listed it and the read (an audit or resync must skip it,
 /// not fail on it).
 fn summary_of(prefix: &str, key: &str, row: HoldFields) -> Result<Option<HoldSummary>, GateError> {
     let bad = || GateError::Protocol(format!("hold key {key} is malformed"));
-    let (status, quantity, buyer, idempotency_key) = match row {
-        (None, None, None, None) => return Ok(None),
-        (Some(status), Some(quantity), Some(buyer), Some(idempotency_key)) => {
-            (status, quantity, buyer, idempotency_key)
+    let (status, quantity, buyer, idempotency_key) = match &row {
+        (None, None, None, None, None) => return Ok(None),
+        (Some(status), Some(packed), ..) => {
+            let hold = PackedHold::parse(packed).ok_or_else(bad)?;
+            (status, hold.q, hold.buyer, hold.idem)
         }
+        (Some(status), None, Some(quantity), Some(buyer), Some(idempotency_key)) => (
+            status,
+            quantity.as_str(),
+            buyer.as_str(),
+            idempotency_key.as_str(),
+        ),
         _ => return Err(bad()),
     };
+    let quantity = quantity.parse().map_err(|_| bad())?;
+    let (buyer, idempotency_key) = (buyer.to_owned(), idempotency_key.to_owned());
     Ok(Some(HoldSummary {
         id: key
             .strip_prefix(prefix)
             .and_then(|raw| ReservationId::parse(raw).ok())
             .ok_or_else(bad)?,
-        status: ReservationStatus::parse(&status).map_err(|_| bad())?,
+        status: ReservationStatus::parse(status).map_err(|_| bad())?,
         quantity,
         buyer,
         idempotency_key,
@@ -118,12 +185,20 @@ pub struct HoldSummary {
 
 impl Hold {
     /// A hold from its Redis fields — the hold hash (`HGETALL`) or the answer `reserve.lua`
-    /// gives, which uses the same field names. The one way a hold is read from Redis.
+    /// gives, which uses the same field names. The one way a hold is read from Redis. The fixed
+    /// fields come packed in `hold` ([`PackedHold`]), or one by one from an earlier version.
     pub(super) fn from_redis<'a>(
         id: ReservationId,
         sku: Sku,
         field: impl Fn(&str) -> Option<&'a str>,
     ) -> Result<Self, GateError> {
+        let packed = match field(PackedHold::FIELD) {
+            Some(packed) => Some(PackedHold::parse(packed).ok_or_else(|| {
+                GateError::Protocol(format!("hold {id}: its packed fields are not eight"))
+            })?),
+            None => None,
+        };
+        let field = |name: &str| packed.and_then(|p| p.field(name)).or_else(|| field(name));
         let required = |name: &str| {
             field(name).ok_or_else(|| GateError::Protocol(format!("hold {id} has no {name}")))
         };
@@ -472,9 +547,13 @@ impl Gate {
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();
             for key in chunk {
-                pipe.cmd("HMGET")
-                    .arg(key)
-                    .arg(&["status", "q", "buyer", "idem"]);
+                pipe.cmd("HMGET").arg(key).arg(&[
+                    "status",
+                    PackedHold::FIELD,
+                    "q",
+                    "buyer",
+                    "idem",
+                ]);
             }
             let rows: Vec<HoldFields> = pipe.query_async(&mut conn).await?;
             for (key, row) in chunk.iter().zip(rows) {
@@ -506,18 +585,39 @@ mod tests {
         let prefix = "fg:{A}:hold:";
         let key = format!("{prefix}{}", ReservationId::generate(1));
         assert!(matches!(
-            summary_of(prefix, &key, (None, None, None, None)),
+            summary_of(prefix, &key, (None, None, None, None, None)),
             Ok(None)
         ));
-        let whole = (
+        let packed = (
             Some("held".to_owned()),
-            Some(2),
+            Some("id\nalice\nk\n2\n9.99\nEUR\n1\n2".to_owned()),
+            None,
+            None,
+            None,
+        );
+        let one_by_one = (
+            Some("held".to_owned()),
+            None,
+            Some("2".to_owned()),
             Some("alice".to_owned()),
             Some("k".to_owned()),
         );
-        assert!(matches!(summary_of(prefix, &key, whole), Ok(Some(_))));
-        // Half a hold is still malformed.
-        let half = (Some("held".to_owned()), None, None, None);
+        let packed = summary_of(prefix, &key, packed).expect("packed");
+        assert!(packed.is_some());
+        assert_eq!(
+            packed,
+            summary_of(prefix, &key, one_by_one).expect("one by one")
+        );
+        // Half a hold is still malformed, and so is a packed value of seven fields.
+        let half = (Some("held".to_owned()), None, None, None, None);
         assert!(summary_of(prefix, &key, half).is_err());
+        let short = (
+            Some("held".to_owned()),
+            Some("a\nb\nc\nd\ne\nf\ng".to_owned()),
+            None,
+            None,
+            None,
+        );
+        assert!(summary_of(prefix, &key, short).is_err());
     }
 }

@@ -2,8 +2,8 @@
 //! rules, put in front of each script that moves the line; `lua/idempotency.lua` is the
 //! idempotency record's format, put in front of each script that writes, reads or moves one;
 //! `lua/sale.lua` packs the sale's `decide` field, put in front of reserve.lua and of each
-//! script that writes the sale's meta hash; `lua/hold_event.lua` appends a new hold's stream
-//! entry, in front of the two scripts that append one.
+//! script that writes the sale's meta hash; `lua/hold.lua` packs and reads a hold's fields (its
+//! hash and its stream entry), in front of each script that writes or reads them.
 //!
 //! `redis::Script` sends `EVALSHA` and, when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH` or a
 //! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed.
@@ -38,14 +38,14 @@ impl Scripts {
             reserve: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/sale.lua"),
-                include_str!("../../lua/hold_event.lua"),
+                include_str!("../../lua/hold.lua"),
                 include_str!("../../lua/room.lua"),
                 include_str!("../../lua/reserve.lua")
             )),
             reserve_batch: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
                 include_str!("../../lua/sale.lua"),
-                include_str!("../../lua/hold_event.lua"),
+                include_str!("../../lua/hold.lua"),
                 include_str!("../../lua/room.lua"),
                 "local function decide(KEYS, ARGV)\n",
                 include_str!("../../lua/reserve.lua"),
@@ -62,6 +62,7 @@ impl Scripts {
             )),
             transition: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/hold.lua"),
                 include_str!("../../lua/transition.lua")
             )),
             load_sale: Script::new(concat!(
@@ -82,11 +83,12 @@ impl Scripts {
             )),
             restore_hold: Script::new(concat!(
                 include_str!("../../lua/idempotency.lua"),
+                include_str!("../../lua/hold.lua"),
                 include_str!("../../lua/restore_hold.lua")
             )),
             fence_stream: Script::new(include_str!("../../lua/fence_stream.lua")),
             rerecord_hold: Script::new(concat!(
-                include_str!("../../lua/hold_event.lua"),
+                include_str!("../../lua/hold.lua"),
                 include_str!("../../lua/rerecord_hold.lua")
             )),
             due_holds: Script::new(include_str!("../../lua/due_holds.lua")),

@@ -120,16 +120,28 @@ async fn state(gate: &Gate, namespace: &Namespace, ids: &[ReservationId]) -> Vec
     for c in 1..4 {
         pipe.add_command(get(keys.client(&format!("192.0.2.{c}"))));
     }
+    let counts = pipe.cmd_iter().count();
     for id in ids {
         pipe.add_command(
             redis::cmd("HMGET")
                 .arg(keys.hold(*id))
-                .arg(&["status", "q", "buyer", "idem", "client", "ref"])
+                .arg(&["status", "hold", "client", "ref"])
                 .clone(),
         );
     }
     let values: Vec<redis::Value> = pipe.query_async(&mut conn).await.expect("state");
-    out.extend(values.iter().map(|value| format!("{value:?}")));
+    let (counts, holds) = values.split_at(counts);
+    out.extend(counts.iter().map(|value| format!("{value:?}")));
+    for hold in holds {
+        let fields: Vec<Option<String>> = redis::from_redis_value_ref(hold).expect("HMGET");
+        out.push(
+            fields
+                .iter()
+                .map(|field| field.as_deref().map_or_else(String::new, untimed))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
     // Members only: the holds' deadlines are times, and a set has no order.
     for members in [
         redis::cmd("ZRANGE")
@@ -151,24 +163,28 @@ async fn state(gate: &Gate, namespace: &Namespace, ids: &[ReservationId]) -> Vec
         .await
         .expect("XRANGE");
     for (_, fields) in entries {
-        // Every field but the times, in the order written; a hold's packed fields end with
-        // its two times (lua/hold_event.lua).
+        // Every field but the times, in the order written.
         out.push(
             fields
                 .into_iter()
                 .filter(|(name, _)| name != "created" && name != "expires")
-                .map(|(name, value)| match name.as_str() {
-                    "hold" => {
-                        let fields: Vec<&str> = value.split('\n').collect();
-                        format!("hold={}", fields[..fields.len() - 2].join("|"))
-                    }
-                    _ => format!("{name}={value}"),
-                })
+                .map(|(name, value)| format!("{name}={}", untimed(&value)))
                 .collect::<Vec<_>>()
                 .join(" "),
         );
     }
     out
+}
+
+/// A hold's packed fields (lua/hold.lua: the hash's `hold` and its stream entry's) without the
+/// two times they end with; any other value as it is.
+fn untimed(value: &str) -> String {
+    let fields: Vec<&str> = value.split('\n').collect();
+    if fields.len() == 8 {
+        fields[..6].join("|")
+    } else {
+        value.to_owned()
+    }
 }
 
 async fn open_sale(gate: &Gate, namespace: &Namespace, stock: u32) {
