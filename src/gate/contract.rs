@@ -238,8 +238,9 @@ pub(super) fn parse_transition(
     }
 }
 
-/// A hold hash's names and values as a script answers them (`HGETALL`'s list, a newline after
-/// each), where the packed `hold` value spans its eight lines; `None` when a name has no value.
+/// A hold hash's names and values as a script answers them (`HGETALL`'s list, a newline
+/// between each), where the packed `hold` value spans its eight lines; `None` when a name has no
+/// value.
 fn hold_fields(mut text: &str) -> Option<std::collections::HashMap<&str, &str>> {
     let mut fields = std::collections::HashMap::with_capacity(8);
     while !text.is_empty() {
