@@ -246,7 +246,7 @@ fn hold_fields(mut text: &str) -> Option<std::collections::HashMap<&str, &str>> 
     while !text.is_empty() {
         let (name, rest) = text.split_once('\n')?;
         let lines = if name == PackedHold::FIELD {
-            PackedHold::VALUES
+            PackedHold::NAMES.len()
         } else {
             1
         };

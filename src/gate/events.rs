@@ -74,43 +74,18 @@ impl Event {
             "reserved" => {
                 // Packed in `hold` (lua/hold.lua); an earlier version wrote the eight
                 // fields one by one.
-                let (packed, separate);
-                let PackedHold {
-                    id,
-                    buyer,
-                    idem,
-                    q,
-                    price,
-                    cur,
-                    created,
-                    expires,
-                } = if let Some(hold) = optional(PackedHold::FIELD)? {
-                    packed = hold;
-                    PackedHold::parse(&packed).ok_or_else(|| bad("hold: not eight fields"))?
-                } else {
-                    separate = [
-                        text("id")?,
-                        text("buyer")?,
-                        text("idem")?,
-                        text("q")?,
-                        text("price")?,
-                        text("cur")?,
-                        text("created")?,
-                        text("expires")?,
-                    ];
-                    let [id, buyer, idem, q, price, cur, created, expires] =
-                        separate.each_ref().map(String::as_str);
-                    PackedHold {
-                        id,
-                        buyer,
-                        idem,
-                        q,
-                        price,
-                        cur,
-                        created,
-                        expires,
-                    }
-                };
+                let (packed, mut separate);
+                let PackedHold([id, buyer, idem, q, price, cur, created, expires]) =
+                    if let Some(hold) = optional(PackedHold::FIELD)? {
+                        packed = hold;
+                        PackedHold::parse(&packed).ok_or_else(|| bad("hold: not eight fields"))?
+                    } else {
+                        separate = <[String; 8]>::default();
+                        for (value, name) in separate.iter_mut().zip(PackedHold::NAMES) {
+                            *value = text(name)?;
+                        }
+                        PackedHold(separate.each_ref().map(String::as_str))
+                    };
                 EventKind::Reserved(NewHold {
                     id: ReservationId::parse(id).map_err(invalid)?,
                     buyer: BuyerId::parse(buyer).map_err(invalid)?,

@@ -80,54 +80,33 @@ pub struct RejectedHold {
 }
 
 /// A hold's eight fixed fields as `lua/hold.lua` packs them into one value, a newline between
-/// each: the hold hash's `hold` field and its `reserved` stream entry's.
+/// each: the hold hash's `hold` field and its `reserved` stream entry's. In [`Self::NAMES`]'
+/// order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PackedHold<'a> {
-    pub id: &'a str,
-    pub buyer: &'a str,
-    pub idem: &'a str,
-    pub q: &'a str,
-    pub price: &'a str,
-    pub cur: &'a str,
-    pub created: &'a str,
-    pub expires: &'a str,
-}
+pub(super) struct PackedHold<'a>(pub [&'a str; 8]);
 
 impl<'a> PackedHold<'a> {
     /// The name of the field that carries it, in the hash and in the stream entry.
     pub const FIELD: &'static str = "hold";
-    /// How many newline-separated values it has.
-    pub const VALUES: usize = 8;
+    /// The names an earlier version wrote the fields under, one by one, in the packed order.
+    pub const NAMES: [&'static str; 8] = [
+        "id", "buyer", "idem", "q", "price", "cur", "created", "expires",
+    ];
 
     /// `None` unless `packed` has exactly eight values.
     pub fn parse(packed: &'a str) -> Option<Self> {
         let mut values = packed.split('\n');
-        let mut next = || values.next();
-        let hold = Self {
-            id: next()?,
-            buyer: next()?,
-            idem: next()?,
-            q: next()?,
-            price: next()?,
-            cur: next()?,
-            created: next()?,
-            expires: next()?,
-        };
-        values.next().is_none().then_some(hold)
+        let mut hold = [""; 8];
+        for value in &mut hold {
+            *value = values.next()?;
+        }
+        values.next().is_none().then_some(Self(hold))
     }
 
-    /// The value a hold written field by field (an earlier version) had under `name`.
+    /// The value an earlier version wrote under `name`.
     fn field(&self, name: &str) -> Option<&'a str> {
-        Some(match name {
-            "buyer" => self.buyer,
-            "idem" => self.idem,
-            "q" => self.q,
-            "price" => self.price,
-            "cur" => self.cur,
-            "created" => self.created,
-            "expires" => self.expires,
-            _ => return None,
-        })
+        let at = Self::NAMES.iter().position(|known| *known == name)?;
+        Some(self.0[at])
     }
 }
 
@@ -148,8 +127,8 @@ fn summary_of(prefix: &str, key: &str, row: HoldFields) -> Result<Option<HoldSum
     let (status, quantity, buyer, idempotency_key) = match &row {
         (None, None, None, None, None) => return Ok(None),
         (Some(status), Some(packed), ..) => {
-            let hold = PackedHold::parse(packed).ok_or_else(bad)?;
-            (status, hold.q, hold.buyer, hold.idem)
+            let PackedHold([_, buyer, idem, q, ..]) = PackedHold::parse(packed).ok_or_else(bad)?;
+            (status, q, buyer, idem)
         }
         (Some(status), None, Some(quantity), Some(buyer), Some(idempotency_key)) => (
             status,
@@ -584,24 +563,20 @@ mod tests {
     fn a_hold_gone_between_the_scan_and_the_read_is_skipped_not_an_error() {
         let prefix = "fg:{A}:hold:";
         let key = format!("{prefix}{}", ReservationId::generate(1));
-        assert!(matches!(
-            summary_of(prefix, &key, (None, None, None, None, None)),
-            Ok(None)
-        ));
-        let packed = (
-            Some("held".to_owned()),
-            Some("id\nalice\nk\n2\n9.99\nEUR\n1\n2".to_owned()),
+        // `HMGET status hold q buyer idem`'s answer.
+        let row = |fields: [Option<&str>; 5]| -> HoldFields {
+            let [status, packed, q, buyer, idem] = fields.map(|f| f.map(str::to_owned));
+            (status, packed, q, buyer, idem)
+        };
+        assert!(matches!(summary_of(prefix, &key, row([None; 5])), Ok(None)));
+        let packed = row([
+            Some("held"),
+            Some("id\nalice\nk\n2\n9.99\nEUR\n1\n2"),
             None,
             None,
             None,
-        );
-        let one_by_one = (
-            Some("held".to_owned()),
-            None,
-            Some("2".to_owned()),
-            Some("alice".to_owned()),
-            Some("k".to_owned()),
-        );
+        ]);
+        let one_by_one = row([Some("held"), None, Some("2"), Some("alice"), Some("k")]);
         let packed = summary_of(prefix, &key, packed).expect("packed");
         assert!(packed.is_some());
         assert_eq!(
@@ -609,15 +584,9 @@ mod tests {
             summary_of(prefix, &key, one_by_one).expect("one by one")
         );
         // Half a hold is still malformed, and so is a packed value of seven fields.
-        let half = (Some("held".to_owned()), None, None, None, None);
+        let half = row([Some("held"), None, None, None, None]);
         assert!(summary_of(prefix, &key, half).is_err());
-        let short = (
-            Some("held".to_owned()),
-            Some("a\nb\nc\nd\ne\nf\ng".to_owned()),
-            None,
-            None,
-            None,
-        );
+        let short = row([Some("held"), Some("a\nb\nc\nd\ne\nf\ng"), None, None, None]);
         assert!(summary_of(prefix, &key, short).is_err());
     }
 }
