@@ -157,27 +157,32 @@ cg_gate=$FLASHGATE_GATE_PID
 base="http://127.0.0.1:$port"
 
 # N POSTs of one path, `in_flight` connections each sending its share in turn (keep-alive), each
-# request a new idempotency key; exits non-zero unless every answer has the expected status.
-fixed_requests() { # path count expected-status
-  python3 - "$port" "$1" "$2" "$3" "$TOKEN" <<'PY'
+# request a new idempotency key (named after the run, so the warm-up's keys are never sent
+# again); exits non-zero unless every answer has the expected status and none is a replay.
+fixed_requests() { # run path count expected-status
+  python3 - "$port" "$1" "$2" "$3" "$4" "$TOKEN" <<'PY'
 import http.client, sys, threading
-port, path, count, expected, token = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-in_flight, wrong = 8, []
+port, run, path, count, expected, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+in_flight, wrong, replayed = 8, [], []
 def buyer(lane):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     for i in range(lane, count, in_flight):
         conn.request("POST", path, body=b'{"quantity":1}', headers={
             "Authorization": "Bearer " + token, "Content-Type": "application/json",
-            "Idempotency-Key": f"cg-{path}-{i}"})
+            "Idempotency-Key": f"cg-{run}-{path}-{i}"})
         answer = conn.getresponse()
         answer.read()
         if answer.status != expected:
             wrong.append(answer.status)
+        if answer.getheader("Idempotent-Replayed") is not None:
+            replayed.append(i)
 threads = [threading.Thread(target=buyer, args=(lane,)) for lane in range(in_flight)]
 for t in threads: t.start()
 for t in threads: t.join()
 if wrong:
     sys.exit(f"{len(wrong)} of {count} answers were not {expected}: {sorted(set(wrong))}")
+if replayed:
+    sys.exit(f"{len(replayed)} of {count} answers were replays of an earlier request, not new holds")
 PY
 }
 newest_total() { # the instruction total of the newest callgrind dump
@@ -199,23 +204,29 @@ counted() {
   echo "$(newest_total) $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')"
 }
 # Warm up (connections, scripts, caches) with what the phases do, uncounted.
-fixed_requests /v1/skus/hot/reservations 200 201 >/dev/null
-fixed_requests /v1/skus/gone/reservations 200 409 >/dev/null
-fixed_requests /v1/skus/gone/floor 200 409 >/dev/null
+fixed_requests warm /v1/skus/hot/reservations 200 201 >/dev/null
+fixed_requests warm /v1/skus/gone/reservations 200 409 >/dev/null
+fixed_requests warm /v1/skus/gone/floor 200 409 >/dev/null
 read -r idle_ir idle_s < <(counted sleep 5)
 per_request() { # "<instructions> <seconds>" requests: net of the idle timers
   awk -v ir="${1% *}" -v s="${1#* }" -v n="$2" -v idle="$idle_ir" -v idle_s="$idle_s" \
     'BEGIN {printf "%.0f", (ir - idle / idle_s * s) / n}'
 }
+# Each spell is assigned before it is divided: a phase that fails (wrong answers) then stops the
+# script, where a failure inside per_request's argument went unnoticed and printed 0.
 cg_phase=hold
-cg_hold=$(per_request "$(counted fixed_requests /v1/skus/hot/reservations "$cg_n" 201)" "$cg_n")
+spell=$(counted fixed_requests counted /v1/skus/hot/reservations "$cg_n" 201)
+cg_hold=$(per_request "$spell" "$cg_n")
 cg_phase=sold_out
-cg_sold=$(per_request "$(counted fixed_requests /v1/skus/gone/reservations "$cg_n" 409)" "$cg_n")
+spell=$(counted fixed_requests counted /v1/skus/gone/reservations "$cg_n" 409)
+cg_sold=$(per_request "$spell" "$cg_n")
 cg_phase=floor
-cg_floor=$(per_request "$(counted fixed_requests /v1/skus/gone/floor "$cg_n" 409)" "$cg_n")
+spell=$(counted fixed_requests counted /v1/skus/gone/floor "$cg_n" 409)
+cg_floor=$(per_request "$spell" "$cg_n")
 cg_phase=pair
-cg_pair=$(per_request "$(counted "$FLASHGATE_BIN_DIR/flashgate-settle-bench" --url "$base" --payers "$cg_n" \
-  --in-flight 8 --releases 0 --json)" "$cg_n")
+spell=$(counted "$FLASHGATE_BIN_DIR/flashgate-settle-bench" --url "$base" --payers "$cg_n" \
+  --in-flight 8 --releases 0 --json)
+cg_pair=$(per_request "$spell" "$cg_n")
 echo
 echo "== instructions per request (callgrind, $cg_n per phase, 8 in flight; idle timers $(awk -v i="$idle_ir" -v s="$idle_s" 'BEGIN {printf "%.1f", i / s / 1e6}') M/s taken off)"
 printf '%-12s %16s\n' phase "instructions/req"
