@@ -47,6 +47,17 @@ impl ReservationId {
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
+
+    /// Room for [`ReservationId::encode`].
+    pub fn text_buffer() -> [u8; uuid::fmt::Hyphenated::LENGTH] {
+        [0; uuid::fmt::Hyphenated::LENGTH]
+    }
+
+    /// The id as its `Display` writes it, into `buffer`: without a `String` or the formatting
+    /// machinery, for the keys and arguments of every reserve.
+    pub fn encode(self, buffer: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
+        self.0.hyphenated().encode_lower(buffer)
+    }
 }
 
 /// Signs the ids a gate mints, so that an id found in neither Redis nor Postgres can be told
@@ -115,7 +126,7 @@ fn keyed(key: &[u8]) -> Hmac<Sha256> {
 
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        f.write_str(self.encode(&mut Self::text_buffer()))
     }
 }
 
@@ -179,6 +190,13 @@ mod tests {
             assert_eq!(reparsed.sku_number(), n);
             assert_eq!(id.as_uuid().get_version_num(), 8);
         }
+    }
+
+    #[test]
+    fn an_id_is_written_as_its_uuid_is() {
+        let id = ReservationId::generate(42);
+        assert_eq!(id.to_string(), id.as_uuid().hyphenated().to_string());
+        assert_eq!(id.encode(&mut ReservationId::text_buffer()), id.to_string());
     }
 
     #[test]

@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use redis::{Cmd, Script};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::scripts::run_script;
 use super::{Gate, GateError, GateInner};
 use crate::domain::Sku;
 
@@ -61,22 +63,63 @@ impl ReserveCall {
         self.args.extend(args);
     }
 
-    /// Adds this call's keys and arguments to a `reserve.lua` invocation.
-    pub fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        for key in &self.keys {
-            invocation.key(key);
+    /// `EVALSHA` of `reserve.lua` with this call's keys and arguments. Written straight into
+    /// one command: `redis::ScriptInvocation` first copied each key and argument into a vector
+    /// of its own, then all of them again into the command.
+    pub fn command(&self, reserve: &Script) -> Cmd {
+        let mut cmd = evalsha(
+            reserve,
+            self.keys.len() + self.args.len(),
+            self.text_len(),
+            self.keys.len(),
+        );
+        self.write_keys(&mut cmd);
+        self.write_args(&mut cmd);
+        cmd
+    }
+
+    /// `EVALSHA` of `reserve_batch.lua` deciding `calls` in order: every call's keys, then
+    /// the number of calls and, per call, its key and argument counts (calls differ in which
+    /// optional groups they send) and its arguments.
+    pub fn batch_command(reserve_batch: &Script, calls: &[&ReserveCall]) -> Cmd {
+        let keys: usize = calls.iter().map(|call| call.keys.len()).sum();
+        let args: usize = calls.iter().map(|call| call.args.len() + 2).sum();
+        let text: usize = calls.iter().map(|call| call.text_len() + 8).sum();
+        let mut cmd = evalsha(reserve_batch, keys + args + 1, text, keys);
+        for call in calls {
+            call.write_keys(&mut cmd);
         }
-        for arg in &self.args {
-            invocation.arg(arg);
+        cmd.arg(calls.len());
+        for call in calls {
+            cmd.arg(call.keys.len()).arg(call.args.len());
+            call.write_args(&mut cmd);
+        }
+        cmd
+    }
+
+    fn text_len(&self) -> usize {
+        self.keys.iter().chain(&self.args).map(String::len).sum()
+    }
+
+    fn write_keys(&self, cmd: &mut Cmd) {
+        for key in &self.keys {
+            cmd.arg(key.as_str());
         }
     }
 
-    /// Adds this call to a `reserve_batch.lua` invocation: its key and argument counts first,
-    /// as calls differ in which optional groups they send.
-    pub fn add_to_batch(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        invocation.arg(self.keys.len()).arg(self.args.len());
-        self.add_to(invocation);
+    fn write_args(&self, cmd: &mut Cmd) {
+        for arg in &self.args {
+            cmd.arg(arg.as_str());
+        }
     }
+}
+
+/// The start of an `EVALSHA` of `script` with `keys` keys, sized for `values` keys and
+/// arguments of `text` bytes in all.
+fn evalsha(script: &Script, values: usize, text: usize, keys: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(3 + values, text + 64);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    cmd
 }
 
 struct Pending {
@@ -154,19 +197,16 @@ impl Gate {
             .map(|(id, req)| self.reserve_call(req, *id, self.client_tiers(req).as_deref()))
             .collect();
         let mut conn = self.connection().await?;
+        let scripts = &self.inner.scripts;
         if batched {
-            let mut invocation = self.inner.scripts.reserve_batch.prepare_invoke();
-            invocation.arg(calls.len());
-            for call in &calls {
-                call.add_to_batch(&mut invocation);
-            }
-            return Ok(invocation.invoke_async(&mut conn).await?);
+            let calls: Vec<&ReserveCall> = calls.iter().collect();
+            let batch = ReserveCall::batch_command(&scripts.reserve_batch, &calls);
+            return Ok(run_script(&scripts.reserve_batch, &batch, &mut conn).await?);
         }
         let mut replies = Vec::with_capacity(calls.len());
         for call in &calls {
-            let mut invocation = self.inner.scripts.reserve.prepare_invoke();
-            call.add_to(&mut invocation);
-            replies.push(invocation.invoke_async(&mut conn).await?);
+            let command = call.command(&scripts.reserve);
+            replies.push(run_script(&scripts.reserve, &command, &mut conn).await?);
         }
         Ok(replies)
     }
@@ -176,17 +216,17 @@ impl Gate {
         metrics::histogram!("flashgate_reserve_batch_size").record(batch.len() as f64);
         let decided: Result<Vec<String>, GateError> = async {
             let mut conn = self.connection().await?;
+            let scripts = &self.inner.scripts;
             if let [one] = batch.as_slice() {
-                let mut invocation = self.inner.scripts.reserve.prepare_invoke();
-                one.call.add_to(&mut invocation);
-                return Ok(vec![invocation.invoke_async(&mut conn).await?]);
+                let command = one.call.command(&scripts.reserve);
+                return Ok(vec![
+                    run_script(&scripts.reserve, &command, &mut conn).await?,
+                ]);
             }
-            let mut invocation = self.inner.scripts.reserve_batch.prepare_invoke();
-            invocation.arg(batch.len());
-            for pending in &batch {
-                pending.call.add_to_batch(&mut invocation);
-            }
-            let replies: Vec<String> = invocation.invoke_async(&mut conn).await?;
+            let calls: Vec<&ReserveCall> = batch.iter().map(|pending| &pending.call).collect();
+            let command = ReserveCall::batch_command(&scripts.reserve_batch, &calls);
+            let replies: Vec<String> =
+                run_script(&scripts.reserve_batch, &command, &mut conn).await?;
             if replies.len() != batch.len() {
                 return Err(GateError::Protocol(format!(
                     "reserve_batch.lua answered {} replies to {} requests",

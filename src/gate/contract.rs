@@ -95,8 +95,10 @@ pub(super) fn parse_reserve(
     let bad = || GateError::Protocol(format!("reserve.lua answered {reply:?}"));
     // One string: `tag id q price cur created expires status ...`, a newline between fields.
     // After the tag, the hold's own field names in this order; the request supplies the rest.
-    let fields: Vec<&str> = reply.split('\n').collect();
-    let hold = |f: &[&str]| -> Result<Hold, GateError> {
+    // Read in place: collecting them grew a vector three times per hold.
+    let mut fields = reply.split('\n');
+    let tag = fields.next().unwrap_or_default();
+    let hold = |f: [&str; 7]| -> Result<Hold, GateError> {
         let id = ReservationId::parse(f[0]).map_err(|e| GateError::Protocol(e.to_string()))?;
         Hold::from_redis(id, req.sku.clone(), |name| match name {
             "q" => Some(f[1]),
@@ -113,13 +115,18 @@ pub(super) fn parse_reserve(
             _ => None,
         })
     };
-    match fields.split_first() {
-        Some((&"created", rest)) if rest.len() >= 7 => Ok(ReserveOutcome::Created(hold(rest)?)),
-        Some((&"replayed", rest)) if rest.len() >= 7 => Ok(ReserveOutcome::Replayed(hold(rest)?)),
-        Some((&"refused", [code, detail, ..])) => {
+    match tag {
+        "created" => Ok(ReserveOutcome::Created(hold(
+            next_fields(&mut fields).ok_or_else(bad)?,
+        )?)),
+        "replayed" => Ok(ReserveOutcome::Replayed(hold(
+            next_fields(&mut fields).ok_or_else(bad)?,
+        )?)),
+        "refused" => {
+            let [code, detail] = next_fields(&mut fields).ok_or_else(bad)?;
             let detail: u64 = detail.parse().map_err(|_| bad())?;
             let small = u32::try_from(detail).unwrap_or(u32::MAX);
-            Ok(ReserveOutcome::Refused(match *code {
+            Ok(ReserveOutcome::Refused(match code {
                 "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
                 "rate_limited" => Refusal::RateLimited {
                     retry_after: Duration::from_micros(detail),
@@ -148,6 +155,17 @@ pub(super) fn parse_reserve(
         }
         _ => Err(bad()),
     }
+}
+
+/// The next `N` fields of an answer, if it has that many.
+fn next_fields<'a, const N: usize>(
+    fields: &mut impl Iterator<Item = &'a str>,
+) -> Option<[&'a str; N]> {
+    let mut next = [""; N];
+    for slot in &mut next {
+        *slot = fields.next()?;
+    }
+    Some(next)
 }
 
 // --- transition.lua ----------------------------------------------------------------------

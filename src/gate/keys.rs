@@ -35,7 +35,7 @@ impl Namespace {
     /// The keys of one SKU.
     pub fn sku(&self, sku: &Sku) -> SkuKeys {
         SkuKeys {
-            prefix: format!("{}:{{{}}}:", self.0, sku.as_str()),
+            prefix: joined(&[&self.0, ":{", sku.as_str(), "}:"]),
         }
     }
 
@@ -71,10 +71,7 @@ impl SkuKeys {
     }
 
     fn key(&self, name: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + name.len());
-        key.push_str(&self.prefix);
-        key.push_str(name);
-        key
+        joined(&[&self.prefix, name])
     }
 
     pub fn meta(&self) -> String {
@@ -84,20 +81,24 @@ impl SkuKeys {
         self.key("stock")
     }
     pub fn buyer(&self, buyer: &BuyerId) -> String {
-        self.key(&format!("buyer:{buyer}"))
+        joined(&[&self.prefix, "buyer:", buyer.as_str()])
     }
     pub fn idempotency(&self, buyer: &BuyerId, key: &IdempotencyKey) -> String {
-        self.key(&format!("idem:{buyer}:{key}"))
+        joined(&[&self.prefix, "idem:", buyer.as_str(), ":", key.as_str()])
     }
     pub fn rate_limit(&self, buyer: &BuyerId) -> String {
-        self.key(&format!("rl:{buyer}"))
+        joined(&[&self.prefix, "rl:", buyer.as_str()])
     }
     /// Holds the buyer took on the SKU in the current quota window (`FLASHGATE_BUYER_HOLD_QUOTA`).
     pub fn hold_quota(&self, buyer: &BuyerId) -> String {
-        self.key(&format!("quota:{buyer}"))
+        joined(&[&self.prefix, "quota:", buyer.as_str()])
     }
     pub fn hold(&self, id: ReservationId) -> String {
-        self.key(&format!("hold:{id}"))
+        joined(&[
+            &self.prefix,
+            "hold:",
+            id.encode(&mut ReservationId::text_buffer()),
+        ])
     }
     /// What every hold key of the SKU starts with.
     pub fn hold_prefix(&self) -> String {
@@ -131,11 +132,11 @@ impl SkuKeys {
     }
     /// One buyer's place in the room's line.
     pub fn room_place(&self, buyer: &BuyerId) -> String {
-        self.key(&format!("room:place:{buyer}"))
+        joined(&[&self.prefix, "room:place:", buyer.as_str()])
     }
     /// Places handed out to one client address (IPv4, or IPv6 /64).
     pub fn room_client(&self, client: &str) -> String {
-        self.key(&format!("room:client:{client}"))
+        joined(&[&self.prefix, "room:client:", client])
     }
     /// The state of one background resync job, as JSON.
     pub fn resync_job(&self, job: uuid::Uuid) -> String {
@@ -152,12 +153,12 @@ impl SkuKeys {
     }
     /// The record of one admin operation on the sale (a restock under an `Idempotency-Key`).
     pub fn admin_operation(&self, key: &IdempotencyKey) -> String {
-        self.key(&format!("admin:{key}"))
+        joined(&[&self.prefix, "admin:", key.as_str()])
     }
     /// Live holds of one client tier on the SKU (`FLASHGATE_HOLDS_PER_CLIENT*`): an IPv4
     /// address or an IPv6 /64, /56 or /48, which carry no braces to steal the hash tag.
     pub fn client(&self, client: &str) -> String {
-        self.key(&format!("client:{client}"))
+        joined(&[&self.prefix, "client:", client])
     }
     /// The live-hold counters of the client tiers a hold records (its `client` field: tiers
     /// narrowest first, space-separated), in the order the scripts take them. A tier the hold
@@ -166,6 +167,17 @@ impl SkuKeys {
         let mut tiers = recorded.unwrap_or("").split_whitespace();
         std::array::from_fn(|_| self.client(tiers.next().unwrap_or("")))
     }
+}
+
+/// `parts` one after the other, in a string allocated once at its final length: a reserve builds
+/// a dozen keys, and `format!` went through the formatting machinery and grew its buffer for
+/// each.
+fn joined(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
 }
 
 #[cfg(test)]
@@ -203,6 +215,33 @@ mod tests {
         ] {
             assert!(key.starts_with("fg:{A-1}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn keys_are_named_as_the_key_schema_says() {
+        // Redis already holds keys by these names: a gate that spelt one differently would not
+        // find a live sale's holds, counts or idempotency records.
+        let ns = Namespace::parse("fg").expect("namespace");
+        let keys = ns.sku(&Sku::parse("A-1").expect("sku"));
+        let buyer = BuyerId::parse("b1").expect("buyer");
+        let idem = IdempotencyKey::parse("k{x}:y").expect("key");
+        let id = crate::domain::ReservationId::generate(7);
+        assert_eq!(keys.meta(), "fg:{A-1}:meta");
+        assert_eq!(keys.buyer(&buyer), "fg:{A-1}:buyer:b1");
+        assert_eq!(keys.idempotency(&buyer, &idem), "fg:{A-1}:idem:b1:k{x}:y");
+        assert_eq!(keys.rate_limit(&buyer), "fg:{A-1}:rl:b1");
+        assert_eq!(keys.hold_quota(&buyer), "fg:{A-1}:quota:b1");
+        assert_eq!(keys.hold(id), format!("fg:{{A-1}}:hold:{}", id.as_uuid()));
+        assert_eq!(keys.room_place(&buyer), "fg:{A-1}:room:place:b1");
+        assert_eq!(
+            keys.room_client("192.0.2.1"),
+            "fg:{A-1}:room:client:192.0.2.1"
+        );
+        assert_eq!(keys.admin_operation(&idem), "fg:{A-1}:admin:k{x}:y");
+        assert_eq!(
+            keys.client("2001:db8::/64"),
+            "fg:{A-1}:client:2001:db8::/64"
+        );
     }
 
     #[test]

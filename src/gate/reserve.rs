@@ -4,6 +4,7 @@ use redis::AsyncCommands;
 
 use super::batch::ReserveCall;
 use super::contract::{Refusal, ReserveOutcome, parse_reserve};
+use super::scripts::run_script;
 use super::{Durability, Gate, GateError};
 use crate::domain::{
     BuyerId, ClientAddr, HoldMetadata, HoldReference, IdempotencyKey, Quantity, ReservationId, Sku,
@@ -45,7 +46,12 @@ pub fn fingerprint(
 ) -> String {
     use sha2::{Digest, Sha256};
     if reference.is_none() && metadata.is_none() {
-        return format!("{sku}|{}", quantity.get());
+        // Every reserve sends this: written without `format!`, which grew its buffer twice.
+        let mut plain = String::with_capacity(sku.as_str().len() + 11);
+        plain.push_str(sku.as_str());
+        plain.push('|');
+        plain.push_str(itoa::Buffer::new().format(quantity.get()));
+        return plain;
     }
     let mut hash = Sha256::new();
     hash.update(reference.map_or("", HoldReference::as_str));
@@ -135,7 +141,7 @@ impl Gate {
             keys.buyers(),
         ]);
         call.args.extend([
-            id.to_string(),
+            id.encode(&mut ReservationId::text_buffer()).to_owned(),
             req.buyer.as_str().to_owned(),
             req.quantity.get().to_string(),
             req.fingerprint(),
@@ -209,9 +215,8 @@ impl Gate {
     ) -> Result<ReserveOutcome, GateError> {
         let (mut conn, dedicated) = self.dedicated_connection().await?;
         let decided = async {
-            let mut invocation = self.inner.scripts.reserve.prepare_invoke();
-            call.add_to(&mut invocation);
-            let reply: String = invocation.invoke_async(&mut conn).await?;
+            let reserve = &self.inner.scripts.reserve;
+            let reply: String = run_script(reserve, &call.command(reserve), &mut conn).await?;
             let outcome = parse_reserve(
                 &reply,
                 req,

@@ -6,9 +6,12 @@
 //! hash and its stream entry), in front of each script that writes or reads them.
 //!
 //! `redis::Script` sends `EVALSHA` and, when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH` or a
-//! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed.
+//! restart), loads the script and retries, so no start-up `SCRIPT LOAD` is needed. Reserves
+//! write their `EVALSHA` themselves (`batch::ReserveCall`, the hot path) and send it through
+//! [`run_script`], which does the same.
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
 
 /// Every script the gate runs. Each script's header comment lists its KEYS, ARGV and reply.
 #[derive(Debug)]
@@ -100,5 +103,21 @@ impl Scripts {
             claim_lease: Script::new(include_str!("../../lua/claim_lease.lua")),
             release_lease: Script::new(include_str!("../../lua/release_lease.lua")),
         }
+    }
+}
+
+/// Sends `command`, an `EVALSHA` of `script`; after `NOSCRIPT` loads the script and sends the
+/// command again, as `redis::ScriptInvocation::invoke_async` does.
+pub(super) async fn run_script<T: FromRedisValue>(
+    script: &Script,
+    command: &Cmd,
+    conn: &mut impl ConnectionLike,
+) -> RedisResult<T> {
+    match command.query_async(conn).await {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(conn).await?;
+            command.query_async(conn).await
+        }
+        answered => answered,
     }
 }
