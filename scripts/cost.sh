@@ -12,7 +12,8 @@
 # for three phases: N new holds (every answer 201), N sold-out answers (409), and N commits
 # (settle-bench: N reserves then N commits, the holds phase's cost per hold taken off).
 # Each phase waits 2 s for the settler before it reads the counters, so the background
-# settlement of its requests is counted in it (an idle gate's own timers add ~0.1 µs/request).
+# settlement of its requests is counted in it; what the three spend idle (polls, timers), measured
+# over 5 s before the first phase, is taken off each phase in proportion to its length.
 #
 # Then, where valgrind is installed, the steady figure: instructions per request, counted by
 # `valgrind --tool=callgrind` in a gate started under it (the first one stopped, so one settler
@@ -78,13 +79,15 @@ settled() { # the settler applies a phase's decisions within a second or two: co
 
 lua=$(mktemp)
 phase_out=$(mktemp)
-trap 'rm -f "$lua" "$phase_out"; _fg_private_cleanup' EXIT
+done_dir=$(mktemp -d)
+trap 'rm -rf "$lua" "$phase_out" "$done_dir"; _fg_private_cleanup' EXIT
 cat >"$lua" <<'LUA'
--- Every request a new idempotency key; each thread stops after its share of COST_N answers.
+-- Every request a new idempotency key; each thread stops after its share of COST_N answers and
+-- says so in a file: wrk itself runs out its whole -d whatever its threads do (it sleeps that
+-- long before it collects them), so the phase ends when both files are there (wrk_n).
 local counter, answered, id = 0, 0, 0
-local threads = {}
-function setup(thread) id = id + 1; thread:set("tid", id); table.insert(threads, thread) end
-function init(args) path = args[1]; share = tonumber(args[2]) end
+function setup(thread) id = id + 1; thread:set("tid", id) end
+function init(args) path = args[1]; share = tonumber(args[2]); done = args[3] end
 request = function()
   counter = counter + 1
   return wrk.format("POST", path, {["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
@@ -92,33 +95,59 @@ request = function()
 end
 response = function(status)
   answered = answered + 1
-  if answered >= share then wrk.thread:stop() end
+  if answered == share then
+    io.open(done .. "." .. tid, "w"):close()
+    wrk.thread:stop()
+  end
 end
 LUA
 
-# One phase: runs "$@" and prints
-# "<requests> <gate µs/request> <redis µs/request> <µs/EVALSHA> <postgres µs/request>",
-# the requests being what wrk says it sent (a thread stops after its share, but the answers in
-# flight then still count), else N.
-measure() {
-  local g0 r0 e0 p0 g1 r1 e1 p1 requests
-  g0=$(gate_cpu_us); r0=$(redis_cpu_us); e0=$(evalsha_stats); p0=$(postgres_cpu_us)
-  "$@" >"$phase_out" 2>&1 || { cat "$phase_out" >&2; exit 1; }
-  settled
-  g1=$(gate_cpu_us); r1=$(redis_cpu_us); e1=$(evalsha_stats); p1=$(postgres_cpu_us)
-  requests=$(awk '/ requests in / {print $1}' "$phase_out")
-  awk -v n="${requests:-$n}" -v g0="$g0" -v g1="$g1" -v r0="$r0" -v r1="$r1" -v e0="$e0" -v e1="$e1" \
-    -v p0="$p0" -v p1="$p1" 'BEGIN {
-    split(e0, a, " "); split(e1, b, " ");
-    calls = b[1] - a[1]; usec = b[2] - a[2];
-    per = 0; if (calls > 0) per = usec / calls;
-    printf "%d %.1f %.1f %.2f %.1f\n", n, (g1 - g0) / n, (r1 - r0) / n, per, (p1 - p0) / n }'
-}
-wrk_n() { # path: N POSTs, each thread its half
-  wrk -t2 -c"$connections" -d120s -s "$lua" "$base" -- "$1" $(( n / 2 ))
+# The gate's, Redis's and Postgres's CPU while nothing is asked of them (the settler's and the
+# sweeper's polls, timers), µs per second: taken off each phase in proportion to its length.
+idle_cpu() { # "<gate µs/s> <redis µs/s> <postgres µs/s>"
+  local g0 r0 p0 t0 g1 r1 p1 t1
+  g0=$(gate_cpu_us); r0=$(redis_cpu_us); p0=$(postgres_cpu_us); t0=$(date +%s.%N)
+  sleep 5
+  g1=$(gate_cpu_us); r1=$(redis_cpu_us); p1=$(postgres_cpu_us); t1=$(date +%s.%N)
+  awk -v g="$((g1 - g0))" -v r="$((r1 - r0))" -v p="$((p1 - p0))" -v s="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
+    'BEGIN {printf "%.0f %.0f %.0f\n", g / s, r / s, p / s}'
 }
 
+# One phase: runs "$@" and prints
+# "<requests> <gate µs/request> <redis µs/request> <µs/EVALSHA> <postgres µs/request>", each
+# net of the idle rates over the phase's length (settling included), the requests being what wrk
+# says it answered (a thread stops after its share; the requests still in flight on its other
+# connections then are served but not counted: at most CONNECTIONS of N), else N.
+measure() {
+  local g0 r0 e0 p0 t0 g1 r1 e1 p1 t1 requests
+  g0=$(gate_cpu_us); r0=$(redis_cpu_us); e0=$(evalsha_stats); p0=$(postgres_cpu_us); t0=$(date +%s.%N)
+  "$@" >"$phase_out" 2>&1 || { cat "$phase_out" >&2; exit 1; }
+  settled
+  g1=$(gate_cpu_us); r1=$(redis_cpu_us); e1=$(evalsha_stats); p1=$(postgres_cpu_us); t1=$(date +%s.%N)
+  requests=$(awk '/ requests in / {print $1}' "$phase_out")
+  awk -v n="${requests:-$n}" -v g0="$g0" -v g1="$g1" -v r0="$r0" -v r1="$r1" -v e0="$e0" -v e1="$e1" \
+    -v p0="$p0" -v p1="$p1" -v t0="$t0" -v t1="$t1" -v idle="$idle" 'BEGIN {
+    split(e0, a, " "); split(e1, b, " "); split(idle, i, " ");
+    calls = b[1] - a[1]; usec = b[2] - a[2]; s = t1 - t0;
+    per = 0; if (calls > 0) per = usec / calls;
+    printf "%d %.1f %.1f %.2f %.1f\n", n, (g1 - g0 - i[1] * s) / n, (r1 - r0 - i[2] * s) / n, per,
+      (p1 - p0 - i[3] * s) / n }'
+}
+wrk_n() { # path: N POSTs, each thread its half; ends when both threads have had their answers
+  local wrk_pid threads=2
+  rm -f "$done_dir"/done.*
+  wrk -t"$threads" -c"$connections" -d120s -s "$lua" "$base" -- "$1" $(( n / threads )) "$done_dir/done" &
+  wrk_pid=$!
+  while kill -0 "$wrk_pid" 2>/dev/null && (( $(find "$done_dir" -name 'done.*' | wc -l) < threads )); do
+    sleep 0.05
+  done
+  kill -INT "$wrk_pid" 2>/dev/null || true # ends its sleep: it prints what it measured and exits
+  wait "$wrk_pid"
+}
+
+idle=$(idle_cpu)
 echo "== cost: $n requests per phase, $connections connections, gate pid $gate"
+echo "idle CPU taken off each phase, µs per second: gate, redis, postgres: $idle"
 holds=$(measure wrk_n /v1/skus/hot/reservations)
 if grep -q 'Non-2xx or 3xx responses' "$phase_out"; then
   echo "cost.sh: the holds phase was answered with errors, not holds" >&2; cat "$phase_out" >&2; exit 1
