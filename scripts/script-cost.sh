@@ -10,6 +10,9 @@
 #   - scripts/minimal-reserve.lua (read the stock, decrement it, write a 3-field hold hash,
 #     append a 6-field event, as perf.sh runs it), with its own 3 keys and 2 arguments, and sent
 #     as many keys and arguments as reserve.lua;
+#   - scripts/contract-reserve.lua (the minimal script plus what the contract needs of every
+#     decision: the idempotency record, TIME, the sale's fields, the buyer's count, the expiry
+#     set), sent reserve.lua's keys and arguments;
 #   - reserve.lua deciding a new hold, and a sold-out refusal, with the arguments perf.sh's
 #     ceiling sends (flashgate_reserve_call: rate limit, hold quota and client caps off, as in
 #     the perf runs);
@@ -44,6 +47,7 @@ flashgate_reserve_call "$k" cost
 reserve_keys=("${RESERVE_KEYS[@]}")
 reserve_args=("${RESERVE_ARGS[@]}")
 minimal=$(cat scripts/minimal-reserve.lua)
+contract=$(cat scripts/contract-reserve.lua)
 # The minimal script's own keys, then the rest of reserve.lua's, so that it is sent as many.
 minimal_keys=("$k:stock" "$k:hold:h__rand_int__" "$k:events")
 for key in "${reserve_keys[@]}"; do
@@ -85,6 +89,12 @@ minimal_own=$(counted "$(load "$minimal")" 3 "$k:stock" "$k:hold:h__rand_int__" 
 fresh_sale 100000000
 minimal_wide=$(counted "$(load "$minimal")" "${#minimal_keys[@]}" "${minimal_keys[@]}" "${reserve_args[@]}")
 fresh_sale 100000000
+contract_hold=$(counted "$(load "$contract")" "${#reserve_keys[@]}" "${reserve_keys[@]}" "${reserve_args[@]}")
+if (( $(cli XLEN "$k:events") < n )); then
+  echo "script-cost.sh: scripts/contract-reserve.lua made fewer than $n holds: its arguments no longer match reserve.lua's" >&2
+  exit 1
+fi
+fresh_sale 100000000
 hold=$(counted "$(load "$reserve_script")" "${#reserve_keys[@]}" "${reserve_keys[@]}" "${reserve_args[@]}")
 held=$(cli XLEN "$k:events")
 if (( held < n )); then
@@ -99,8 +109,10 @@ echo "== instructions per call, Redis side (callgrind, $n calls each, scripts fr
 printf '%-58s %9s\n' "empty script, reserve.lua's ${#reserve_keys[@]} keys and ${#reserve_args[@]} arguments" "$empty"
 printf '%-58s %9s\n' "minimal reserve script, its own 3 keys and 2 arguments" "$minimal_own"
 printf '%-58s %9s\n' "minimal reserve script, reserve.lua's arguments" "$minimal_wide"
+printf '%-58s %9s\n' "contract floor (contract-reserve.lua), a new hold" "$contract_hold"
 printf '%-58s %9s\n' "reserve.lua, a new hold" "$hold"
 printf '%-58s %9s\n' "reserve.lua, sold out" "$sold_out"
-awk -v h="$hold" -v m="$minimal_own" -v w="$minimal_wide" -v e="$empty" 'BEGIN {
+awk -v h="$hold" -v m="$minimal_own" -v w="$minimal_wide" -v e="$empty" -v c="$contract_hold" 'BEGIN {
   printf "reserve.lua hold / minimal script: %.2fx (with the same arguments: %.2fx)\n", h / m, h / w;
+  printf "contract floor / minimal script: %.2fx; reserve.lua hold / contract floor: %.2fx\n", c / m, h / c;
   printf "reserve.lua hold beyond its arguments / minimal beyond the same: %.2fx\n", (h - e) / (w - e) }'
