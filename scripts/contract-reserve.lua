@@ -14,7 +14,8 @@
 -- and without the buyers set that the gate's sold-out shortcut reads.
 local stored = redis.call('GET', KEYS[4])
 if stored then
-  return 'replayed\n' .. stored
+  -- The stored answer without the fingerprint after it.
+  return 'replayed\n' .. string.match(stored, '^(.*)\n[^\n]*$')
 end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
